@@ -1,0 +1,182 @@
+"""The ``jailsyncd`` command: parses arguments, runs a command, maps errors to exit codes.
+
+The only module that exits the process. Every ``JailsyncdError`` becomes one line on
+stderr (``jailsyncd: ...``) and its ``exit_code``; no traceback is shown unless
+``JAILSYNCD_DEBUG=1``. Commands:
+
+- ``plan``: a dry run; a readable diff, or ``--json``;
+- ``once``: one cycle, applied;
+- ``check-config``: load and validate the settings, print them (no secrets);
+- ``purge --yes``: deregister everything this host owns;
+- ``version``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from jailsyncd import __version__
+from jailsyncd.adapters.cbsd import CbsdSource
+from jailsyncd.adapters.consul import ConsulAgent
+from jailsyncd.errors import ExitCode, JailsyncdError, SafetyRefusal
+from jailsyncd.logs import configure, register_secret
+from jailsyncd.model import Plan
+from jailsyncd.reconcile import CycleResult, Reconciler
+from jailsyncd.settings import DEFAULT_CONFIG, Settings, load_settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jailsyncd", description="Keep Consul in step with the jails and VMs of a CBSD host.")
+    parser.add_argument("--config", type=Path, default=None, help=f"settings file (default {DEFAULT_CONFIG})")
+    parser.add_argument("--log-format", choices=("json", "console"), help="override log.format")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override log.level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("plan", help="show what a cycle would change (dry run)")
+    p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    p.add_argument("--force", action="store_true", help="plan past the max_deregistrations rail")
+    p = sub.add_parser("once", help="run one reconcile cycle and exit")
+    p.add_argument("--force", action="store_true", help="apply deregistrations beyond sync.max_deregistrations")
+    sub.add_parser("check-config", help="validate the settings and print them (secrets redacted)")
+    p = sub.add_parser("purge", help="deregister every service this host owns")
+    p.add_argument("--yes", action="store_true", help="really do it")
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "version":
+        print(f"jailsyncd {__version__}")
+        return ExitCode.OK
+    try:
+        settings = load_settings(args.config or DEFAULT_CONFIG, required=args.config is not None)
+        configure(args.log_format or settings.log.format, args.log_level or settings.log.level)
+        if settings.consul.token is not None:
+            register_secret(settings.consul.token.reveal())
+        return _COMMANDS[args.command](settings, args)
+    except JailsyncdError as exc:
+        print(f"jailsyncd: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
+        if os.environ.get("JAILSYNCD_DEBUG") == "1":
+            traceback.print_exc()
+        print(f"jailsyncd: internal error: {type(exc).__name__}: {exc} (set JAILSYNCD_DEBUG=1 for a traceback)", file=sys.stderr)
+        return ExitCode.FAILURE
+
+
+def _reconciler(settings: Settings) -> Reconciler:
+    source = CbsdSource(settings.cbsd.workdir, settings.cbsd.busy_timeout)
+
+    def store() -> ConsulAgent:
+        agent = ConsulAgent(settings.consul)
+        token = settings.consul.read_token()
+        if token is not None:
+            register_secret(token.reveal())
+        return agent
+
+    return Reconciler(settings, source, store)
+
+
+def _finish(result: CycleResult) -> int:
+    """Raise the cycle's error, if any, so ``main`` prints it and exits with its code."""
+    if result.error is not None:
+        raise result.error
+    if result.failures:
+        raise result.failures[0]
+    if result.plan is not None and result.plan.refused:
+        raise SafetyRefusal(
+            f"refused {len(result.plan.refused)} deregistrations (more than sync.max_deregistrations); "
+            "check the CBSD state, then re-run with --force"
+        )
+    return ExitCode.OK
+
+
+def cmd_plan(settings: Settings, args: argparse.Namespace) -> int:
+    result = _reconciler(settings).cycle(apply=False, force=args.force)
+    if result.error is not None:
+        raise result.error
+    assert result.plan is not None
+    if args.json:
+        print(json.dumps(plan_as_json(result.plan), indent=2))
+    else:
+        print(plan_as_text(result.plan))
+    return _finish(result)
+
+
+def cmd_once(settings: Settings, args: argparse.Namespace) -> int:
+    return _finish(_reconciler(settings).cycle(force=args.force))
+
+
+def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
+    if not args.yes:
+        result = _reconciler(settings).cycle(apply=False, purge=True)
+        if result.error is not None:
+            raise result.error
+        assert result.plan is not None
+        print(plan_as_text(result.plan))
+        print(f"purge would deregister {len(result.plan.deregister)} services owned by {settings.host.name}; add --yes to do it", file=sys.stderr)
+        return ExitCode.USAGE
+    return _finish(_reconciler(settings).cycle(purge=True))
+
+
+def cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
+    print(json.dumps(settings.redacted(), indent=2))
+    return ExitCode.OK
+
+
+_COMMANDS = {"plan": cmd_plan, "once": cmd_once, "purge": cmd_purge, "check-config": cmd_check_config}
+
+
+def plan_as_json(plan: Plan) -> dict[str, Any]:
+    def service(s: Any) -> dict[str, Any]:
+        return {
+            "jail": s.jail,
+            "service_id": s.service_id,
+            "name": s.name,
+            "address": s.address,
+            "port": s.port,
+            "tags": sorted(s.tags),
+            "meta": dict(s.meta),
+            "tagged_addresses": dict(s.tagged_addresses),
+        }
+
+    return {
+        "register": [service(s) for s in plan.register],
+        "update": [{**service(u.new), "fields": list(u.fields)} for u in plan.update],
+        "deregister": [service(s) for s in plan.deregister],
+        "skipped": [{"jail": k.jail, "reason": k.reason, "detail": k.detail} for k in plan.skipped],
+        "notes": [{"jail": n.jail, "kind": n.kind, "detail": n.detail} for n in plan.notes],
+    }
+
+
+def plan_as_text(plan: Plan) -> str:
+    lines: list[str] = []
+    for s in plan.register:
+        port = f":{s.port}" if s.port else ""
+        lines.append(f"+ {s.jail:<20} register   {s.name} {s.address}{port} tags={','.join(sorted(s.tags))}")
+    for u in plan.update:
+        changes = "; ".join(f"{f}: {_show(getattr(u.old, f))} -> {_show(getattr(u.new, f))}" for f in u.fields)
+        lines.append(f"~ {u.new.jail:<20} update     {changes}")
+    for s in plan.deregister:
+        lines.append(f"- {s.jail:<20} deregister {s.service_id}")
+    for k in plan.skipped:
+        lines.append(f"! {k.jail:<20} skipped    {k.reason}: {k.detail}")
+    if not (plan.register or plan.update or plan.deregister):
+        lines.append("no changes: Consul matches CBSD")
+    return "\n".join(lines)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, frozenset):
+        return ",".join(sorted(value))
+    if isinstance(value, tuple):
+        return ",".join(f"{k}={v}" for k, v in value)
+    return str(value)

@@ -1,0 +1,151 @@
+"""Turn CBSD state plus settings into the desired Consul services (pure).
+
+Called by ``reconcile`` once per cycle, and by the unit tests. One service per
+running environment that has a usable address; everything else is reported as a
+``Skip`` (why not registered) or a ``Note`` (registered, but something was dropped).
+"""
+
+from __future__ import annotations
+
+from jailsyncd.addresses import ParsedAddresses, parse_ip4_addr
+from jailsyncd.model import (
+    META_EMULATOR,
+    META_FQDN,
+    META_HOST,
+    META_JNAME,
+    META_OWNER,
+    META_SOURCE,
+    META_SOURCE_VALUE,
+    RESERVED_META,
+    SERVICE_ID_PREFIX,
+    CbsdState,
+    Desired,
+    Environment,
+    Note,
+    Service,
+    Skip,
+)
+from jailsyncd.naming import dns_label, unique_labels
+from jailsyncd.tagspec import MAX_META_VALUE, Rule, directives_for
+
+#: Consul accepts at most 64 meta pairs per service.
+MAX_META_PAIRS = 64
+
+
+def build_desired(
+    state: CbsdState,
+    *,
+    owner: str,
+    rules: tuple[Rule, ...] = (),
+    prefer_ipv6: bool = False,
+) -> Desired:
+    """The services this host should have in Consul, given a complete CBSD read."""
+    host = state.nodename or owner
+    # Collisions are settled over every environment in the DB, running or not, so a
+    # jail's name does not change when another one starts or stops.
+    labels = unique_labels([env.jname for env in state.environments])
+    unreadable = dict(state.unreadable)
+    services: list[Service] = []
+    skipped: list[Skip] = []
+    notes: list[Note] = []
+    for env in sorted(state.environments, key=lambda e: e.jname):
+        if env.jname in unreadable:
+            skipped.append(Skip(env.jname, "source_error", unreadable[env.jname]))
+            continue
+        if not env.running:
+            continue
+        directives = directives_for(env.jname, env.tags, rules)
+        notes.extend(Note(env.jname, "ignored_tag", text) for text in directives.ignored)
+        if not directives.enabled:
+            skipped.append(Skip(env.jname, "opted_out", "consul=off in the tags column or a [[rule]]"))
+            continue
+        parsed = parse_ip4_addr(env.ip4_addr)
+        if parsed.invalid:
+            notes.append(Note(env.jname, "invalid_address", f"ip4_addr items ignored: {', '.join(parsed.invalid[:5])}"))
+        address = _primary_address(parsed, prefer_ipv6)
+        if address is None:
+            skipped.append(Skip(env.jname, "unaddressable", _why_unaddressable(parsed)))
+            continue
+        if directives.name is not None:
+            name = dns_label(directives.name)
+            if name != directives.name:
+                notes.append(Note(env.jname, "name_sanitized", f"consul.name={directives.name!r} registered as {name!r}"))
+        else:
+            name = labels[env.jname]
+            if name != dns_label(env.jname):
+                notes.append(Note(env.jname, "name_collision", f"{dns_label(env.jname)!r} is taken by another jail; registered as {name!r}"))
+        meta, meta_notes = _meta(env, owner=owner, host=host, user=directives.meta)
+        notes.extend(Note(env.jname, "meta_dropped", text) for text in meta_notes)
+        port = directives.port or 0
+        services.append(
+            Service(
+                service_id=SERVICE_ID_PREFIX + env.jname,
+                name=name,
+                address=address,
+                port=port,
+                tags=frozenset((env.kind, *directives.tags)),
+                meta=tuple(sorted(meta.items())),
+                tagged_addresses=tagged_addresses(parsed),
+            )
+        )
+    protected = frozenset(unreadable)
+    return Desired(tuple(services), tuple(skipped), tuple(notes), protected)
+
+
+def _primary_address(parsed: ParsedAddresses, prefer_ipv6: bool) -> str | None:
+    order = (parsed.ipv6, parsed.ipv4) if prefer_ipv6 else (parsed.ipv4, parsed.ipv6)
+    for family in order:
+        if family:
+            return family[0]
+    return None
+
+
+def _why_unaddressable(parsed: ParsedAddresses) -> str:
+    if "REALDHCP" in parsed.dynamic:
+        return "ip4_addr is REALDHCP: the address is known only inside the environment"
+    if parsed.dynamic:
+        return f"ip4_addr is {'/'.join(parsed.dynamic)} and CBSD has not written back an address"
+    if parsed.invalid:
+        return f"ip4_addr has no valid address (first item: {parsed.invalid[0]!r})"
+    return "ip4_addr is unset"
+
+
+def tagged_addresses(parsed: ParsedAddresses) -> tuple[tuple[str, str], ...]:
+    """Every address of the environment, by name.
+
+    The first address of each family is ``lan_ipv4``/``wan_ipv4`` (or ``_ipv6``), the
+    names Consul itself fills in from a service address; further ones are
+    ``cbsd_ipv4_2``, ``cbsd_ipv4_3``, ... in column order.
+    """
+    pairs: list[tuple[str, str]] = []
+    for family, addrs in (("ipv4", parsed.ipv4), ("ipv6", parsed.ipv6)):
+        for index, addr in enumerate(addrs, start=1):
+            if index == 1:
+                pairs += [(f"lan_{family}", addr), (f"wan_{family}", addr)]
+            else:
+                pairs.append((f"cbsd_{family}_{index}", addr))
+    return tuple(sorted(pairs))
+
+
+def _meta(env: Environment, *, owner: str, host: str, user: tuple[tuple[str, str], ...]) -> tuple[dict[str, str], list[str]]:
+    meta = {
+        META_SOURCE: META_SOURCE_VALUE,
+        META_OWNER: owner,
+        META_JNAME: env.jname,
+        META_HOST: host,
+        META_EMULATOR: env.emulator,
+    }
+    dropped: list[str] = []
+    if env.host_hostname:
+        if len(env.host_hostname) <= MAX_META_VALUE:
+            meta[META_FQDN] = env.host_hostname
+        else:
+            dropped.append(f"{META_FQDN}: host_hostname longer than {MAX_META_VALUE} characters")
+    for key, value in user:
+        if key in RESERVED_META:
+            dropped.append(f"{key}: reserved for jailsyncd")
+        elif len(meta) >= MAX_META_PAIRS and key not in meta:
+            dropped.append(f"{key}: Consul allows at most {MAX_META_PAIRS} meta pairs")
+        else:
+            meta[key] = value
+    return meta, dropped

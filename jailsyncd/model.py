@@ -1,0 +1,180 @@
+"""Values passed between the layers: what CBSD holds, what Consul should hold, the plan.
+
+All are frozen dataclasses with no behaviour beyond small derived views. Built by
+``adapters.cbsd`` (``Environment``, ``CbsdState``), ``desired`` (``Service``, ``Skip``,
+``Desired``), ``adapters.consul`` (``Service``, ``Observed``) and ``plan`` (``Plan``).
+No I/O, no third-party imports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: Every service ID jailsyncd registers starts with this. It is half of the ownership
+#: test; the other half is ``META_OWNER`` equal to this host's name.
+SERVICE_ID_PREFIX = "jailsyncd-"
+META_SOURCE = "external-source"
+META_SOURCE_VALUE = "cbsd"
+META_OWNER = "jailsyncd-owner"
+META_JNAME = "cbsd-jname"
+META_HOST = "cbsd-host"
+META_EMULATOR = "cbsd-emulator"
+META_FQDN = "cbsd-fqdn"
+#: Meta keys jailsyncd itself sets; the CBSD ``tags`` column cannot override them.
+RESERVED_META = frozenset({META_SOURCE, META_OWNER, META_JNAME, META_HOST, META_EMULATOR, META_FQDN})
+
+
+@dataclass(frozen=True)
+class Environment:
+    """One row of CBSD's ``jails`` table (merged with the per-VM DB for bhyve).
+
+    Text values are stripped; CBSD's spellings of "unset" (``'0'``, ``''``, NULL,
+    ``(null)``) are already ``None`` here.
+    """
+
+    jname: str
+    emulator: str
+    status: int
+    jid: int
+    ip4_addr: str | None
+    host_hostname: str | None
+    tags: str | None
+
+    @property
+    def kind(self) -> str:
+        """The kind used as a Consul tag: cross-arch ``qemu-*-static`` jails are jails."""
+        if self.emulator.startswith("qemu-") and self.emulator.endswith("-static"):
+            return "jail"
+        return self.emulator
+
+    @property
+    def running(self) -> bool:
+        """Whether CBSD says it runs here: slaves (2) and maintenance (3) never do.
+
+        Jails need ``status=1`` and a kernel jail id; CBSD never sets ``status=1`` for
+        VMs, whose ``jid`` is the hypervisor's PID.
+        """
+        if self.status in (2, 3) or self.jid <= 0:
+            return False
+        if self.kind == "jail":
+            return self.status == 1
+        return True
+
+
+@dataclass(frozen=True)
+class CbsdState:
+    """A complete read of one CBSD node DB.
+
+    ``unreadable`` maps a jname to the reason its own data (a per-VM DB) could not be
+    read; such environments are neither registered nor deregistered this cycle.
+    """
+
+    nodename: str | None
+    environments: tuple[Environment, ...]
+    unreadable: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Service:
+    """One Consul service instance, as desired or as observed.
+
+    ``meta`` and ``tagged_addresses`` are sorted tuples of pairs so that values are
+    hashable and compare by content; ``tagged_addresses`` maps a name to an address
+    (the port is always the service's own).
+    """
+
+    service_id: str
+    name: str
+    address: str
+    port: int
+    tags: frozenset[str]
+    meta: tuple[tuple[str, str], ...]
+    tagged_addresses: tuple[tuple[str, str], ...]
+
+    @property
+    def jail(self) -> str:
+        """The CBSD jname this service stands for."""
+        return dict(self.meta).get(META_JNAME, self.service_id.removeprefix(SERVICE_ID_PREFIX))
+
+
+#: Fields ``plan`` compares, in the order they are reported.
+COMPARED_FIELDS = ("name", "address", "port", "tags", "meta", "tagged_addresses")
+
+
+@dataclass(frozen=True)
+class Skip:
+    """An environment not registered, or a change not made, and why.
+
+    ``reason`` is a stable snake_case word (``unaddressable``, ``opted_out``,
+    ``source_error``, ``conflict``, ``refused``); ``detail`` is for people.
+    """
+
+    jail: str
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something an admin should know that did not stop registration (e.g. a name
+    collision, or a ``tags`` item that was ignored)."""
+
+    jail: str
+    kind: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Desired:
+    """The complete desired state for this host, from ``desired.build_desired``.
+
+    ``protected`` lists jnames whose state is unknown this cycle (their per-VM DB could
+    not be read): ``plan`` neither updates nor deregisters their services.
+    """
+
+    services: tuple[Service, ...]
+    skipped: tuple[Skip, ...] = ()
+    notes: tuple[Note, ...] = ()
+    protected: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What Consul holds that matters to this host, from the Consul adapter.
+
+    ``owned``: services with our ID prefix and our owner. ``foreign_ids``: IDs with our
+    prefix but another (or no) owner; jailsyncd must never write to them.
+    """
+
+    owned: tuple[Service, ...]
+    foreign_ids: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Update:
+    """A service to re-register, with the fields that differ from what Consul holds."""
+
+    old: Service
+    new: Service
+    fields: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to change in Consul so that it matches ``Desired``.
+
+    ``refused`` holds deregistrations held back by the ``max_deregistrations`` rail;
+    they are *not* in ``deregister``.
+    """
+
+    register: tuple[Service, ...] = ()
+    update: tuple[Update, ...] = ()
+    deregister: tuple[Service, ...] = ()
+    skipped: tuple[Skip, ...] = ()
+    refused: tuple[Service, ...] = ()
+    notes: tuple[Note, ...] = field(default=())
+
+    @property
+    def writes(self) -> int:
+        """How many Consul writes applying this plan costs."""
+        return len(self.register) + len(self.update) + len(self.deregister)

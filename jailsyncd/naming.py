@@ -1,0 +1,49 @@
+"""DNS-safe names for Consul services (pure; called by ``desired``).
+
+Consul only makes names of letters, digits and dashes, at most 63 characters,
+discoverable over DNS. CBSD jnames may contain ``_ @ % :`` and upper case, so two
+jnames can map to one label (``web_1`` and ``web-1``). ``unique_labels`` settles such
+collisions from the jnames alone, so the result is the same on every cycle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+MAX_LABEL = 63
+_INVALID = re.compile(r"[^a-z0-9-]")
+
+
+def dns_label(text: str) -> str:
+    """Lower-case ``text``, turn every character outside ``[a-z0-9-]`` into ``-``, and
+    cut it to 63 characters. Leading/trailing dashes are dropped; an empty result
+    becomes ``x`` so that a label always exists."""
+    label = _INVALID.sub("-", text.lower())[:MAX_LABEL].strip("-")
+    return label or "x"
+
+
+def suffixed_label(jname: str) -> str:
+    """``dns_label(jname)`` plus ``-`` and 4 hex digits of a hash of the exact jname,
+    still within 63 characters. Used for jnames whose label is taken."""
+    digest = hashlib.sha256(jname.encode()).hexdigest()[:4]
+    return f"{dns_label(jname)[: MAX_LABEL - 5].rstrip('-')}-{digest}"
+
+
+def unique_labels(jnames: list[str] | tuple[str, ...] | set[str]) -> dict[str, str]:
+    """Map every jname to a DNS label; distinct jnames get distinct labels.
+
+    A jname that is already a valid label keeps it. When several jnames map to one
+    label, the one that equals the label keeps it and the others (lossy mappings)
+    get ``suffixed_label``. The choice depends on the set of jnames only, not on
+    their order, so it never flips between cycles.
+    """
+    by_label: dict[str, list[str]] = {}
+    for jname in sorted(set(jnames)):
+        by_label.setdefault(dns_label(jname), []).append(jname)
+    result: dict[str, str] = {}
+    for label, group in by_label.items():
+        for jname in group:
+            exact = jname == label
+            result[jname] = label if exact or len(group) == 1 else suffixed_label(jname)
+    return result

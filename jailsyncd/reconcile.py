@@ -1,0 +1,197 @@
+"""One reconcile cycle: observe CBSD and Consul, plan, apply, report.
+
+Called by ``cli`` (``plan``, ``once``, ``purge``) and, later, by the daemon loop. The
+order of a cycle:
+
+1. read CBSD (a failed or partial read raises ``SourceError``: the cycle stops
+   before Consul is touched, so nothing is ever deregistered because of it);
+2. build the desired services (``desired.build_desired``);
+3. read what this host owns in Consul (one request);
+4. ``plan.plan`` with the safety rails; log drift;
+5. apply: register, then update, then deregister (new instances appear before old
+   ones go). A per-request rejection (400) fails that action only; any other Consul
+   error stops the cycle, since the next request would fail the same way;
+6. log one ``cycle_finished`` summary.
+
+Skips and notes are logged when they first appear, not on every cycle.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from jailsyncd.desired import build_desired
+from jailsyncd.errors import ConsulRejected, JailsyncdError
+from jailsyncd.logs import get_logger
+from jailsyncd.model import CbsdState, Observed, Plan, Service
+from jailsyncd.plan import plan as make_plan
+from jailsyncd.plan import purge_plan
+from jailsyncd.settings import Settings
+
+
+class Source(Protocol):
+    def read(self) -> CbsdState: ...
+
+
+class Store(Protocol):
+    requests: int
+    writes: int
+
+    def read(self, owner: str) -> Observed: ...
+    def register(self, service: Service) -> None: ...
+    def deregister(self, service_id: str) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class CycleResult:
+    """What one cycle did. ``error`` is set when the cycle stopped early."""
+
+    cycle: int
+    plan: Plan | None = None
+    applied: dict[str, int] = field(default_factory=lambda: {"register": 0, "update": 0, "deregister": 0})
+    failures: list[JailsyncdError] = field(default_factory=list)
+    error: JailsyncdError | None = None
+    duration: float = 0.0
+    requests: int = 0
+    writes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.failures and not (self.plan and self.plan.refused)
+
+
+class Reconciler:
+    """Runs cycles for one host; remembers what it already reported."""
+
+    def __init__(self, settings: Settings, source: Source, store_factory: Callable[[], Store]) -> None:
+        self.settings = settings
+        self.source = source
+        self.store_factory = store_factory
+        self.cycles = 0
+        self.log = get_logger()
+        self._reported: set[tuple[str, str, str]] = set()
+
+    def cycle(self, *, apply: bool = True, force: bool = False, purge: bool = False) -> CycleResult:
+        self.cycles += 1
+        result = CycleResult(self.cycles)
+        log = self.log.bind(cycle=self.cycles)
+        started = time.monotonic()
+        store: Store | None = None
+        try:
+            store = self.store_factory()
+            if purge:
+                result.plan = purge_plan(store.read(self.settings.host.name))
+            else:
+                result.plan = self._plan(store, force)
+                self._report(log, result.plan)
+            if apply:
+                self._apply(log, store, result)
+        except JailsyncdError as exc:
+            result.error = exc
+        finally:
+            result.duration = time.monotonic() - started
+            if store is not None:
+                result.requests, result.writes = store.requests, store.writes
+                store.close()
+        self._summarise(log, result, apply)
+        return result
+
+    def _plan(self, store: Store, force: bool) -> Plan:
+        state = self.source.read()
+        desired = build_desired(
+            state,
+            owner=self.settings.host.name,
+            rules=self.settings.rules,
+            prefer_ipv6=self.settings.sync.prefer_ipv6,
+        )
+        observed = store.read(self.settings.host.name)
+        return make_plan(desired, observed, max_deregistrations=self.settings.sync.max_deregistrations, force=force)
+
+    def _report(self, log: Any, plan: Plan) -> None:
+        for svc in plan.register:
+            log.info("drift_detected", kind="missing", jail=svc.jail, service_id=svc.service_id, service=svc.name, address=svc.address)
+        for upd in plan.update:
+            log.info("drift_detected", kind="changed", jail=upd.new.jail, service_id=upd.new.service_id, fields=_changes(upd.old, upd.new, upd.fields))
+        for svc in plan.deregister + plan.refused:
+            log.info("drift_detected", kind="orphan", jail=svc.jail, service_id=svc.service_id)
+        if plan.refused:
+            log.error(
+                "deregistrations_refused",
+                count=len(plan.refused),
+                max_deregistrations=self.settings.sync.max_deregistrations,
+                jails=[s.jail for s in plan.refused],
+            )
+        current: set[tuple[str, str, str]] = set()
+        for skip in plan.skipped:
+            key = ("skip", skip.jail, skip.reason)
+            current.add(key)
+            if key not in self._reported and skip.reason != "refused":
+                level = log.warning if skip.reason in ("conflict", "source_error") else log.info
+                level("jail_skipped", jail=skip.jail, reason=skip.reason, detail=skip.detail)
+        for note in plan.notes:
+            key = ("note", note.jail, note.detail)
+            current.add(key)
+            if key not in self._reported:
+                log.warning("jail_note", jail=note.jail, kind=note.kind, detail=note.detail)
+        self._reported = current
+
+    def _apply(self, log: Any, store: Store, result: CycleResult) -> None:
+        plan = result.plan
+        assert plan is not None
+        steps: list[tuple[str, Service, Callable[[], None], dict[str, Any]]] = []
+        steps += [("register", s, lambda s=s: store.register(s), {"service": s.name, "address": s.address}) for s in plan.register]
+        steps += [("update", u.new, lambda u=u: store.register(u.new), {"fields": list(u.fields)}) for u in plan.update]
+        steps += [("deregister", s, lambda s=s: store.deregister(s.service_id), {}) for s in plan.deregister]
+        events = {"register": "service_registered", "update": "service_updated", "deregister": "service_deregistered"}
+        for action, svc, call, extra in steps:
+            try:
+                call()
+            except ConsulRejected as exc:
+                result.failures.append(exc)
+                log.error("action_failed", action=action, jail=svc.jail, service_id=svc.service_id, error=str(exc))
+                continue
+            result.applied[action] += 1
+            log.info(events[action], jail=svc.jail, service_id=svc.service_id, **extra)
+
+    def _summarise(self, log: Any, result: CycleResult, apply: bool) -> None:
+        if result.error is not None:
+            log.error(
+                "cycle_failed",
+                error=str(result.error),
+                error_kind=type(result.error).__name__,
+                retryable=result.error.retryable,
+                duration_ms=round(result.duration * 1000, 1),
+            )
+            return
+        if not apply:
+            return
+        plan = result.plan
+        assert plan is not None
+        log.info(
+            "cycle_finished",
+            registered=result.applied["register"],
+            updated=result.applied["update"],
+            deregistered=result.applied["deregister"],
+            refused=len(plan.refused),
+            skipped=len(plan.skipped),
+            failed=len(result.failures),
+            writes=result.writes,
+            requests=result.requests,
+            duration_ms=round(result.duration * 1000, 1),
+        )
+
+
+def _changes(old: Service, new: Service, fields: tuple[str, ...]) -> dict[str, Any]:
+    """``{field: {"from": ..., "to": ...}}`` in JSON-friendly types, for drift logs."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, frozenset):
+            return sorted(value)
+        if isinstance(value, tuple):
+            return dict(value)
+        return value
+
+    return {f: {"from": plain(getattr(old, f)), "to": plain(getattr(new, f))} for f in fields}

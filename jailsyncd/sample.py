@@ -1,0 +1,169 @@
+"""Build CBSD workdirs shaped exactly like CBSD's own, for the demo, tests and benchmarks.
+
+Called by ``scripts/demo`` (``python -m jailsyncd.sample DIR``), the test fixtures and
+``bench/``. It writes the way CBSD does: stdlib ``sqlite3`` (like CBSD's ``sqlite3``
+CLI), WAL journal mode on every open, a 25 s busy timeout, the node DB as
+``var/db/inv.<node>.sqlite`` with a ``local.sqlite`` symlink, and the full CBSD 14.1
+column set (``data/cbsd-local.sql``, ``data/cbsd-vm.sql``, copied from a fresh install).
+Variants: ``schema="old"`` (before ``tags``/``jnameserver``, columns reordered) and
+``extra_columns`` (columns jailsyncd does not know).
+
+The example addresses are loopback (127.0.10.x) for IPv4 and the documentation prefix
+2001:db8::/32 (RFC 3849) for IPv6, so nothing that probes them can reach a real host.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+#: Columns added by CBSD upgrades that an older host lacks (``tags`` came in 13.0.2).
+_NEWER_COLUMNS = ("tags", "ci_gw4", "zfs_encryption", "boot_delay", "allow_nfsd", "jnameserver")
+
+
+def _ddl(name: str) -> str:
+    return resources.files("jailsyncd").joinpath("data", name).read_text()
+
+
+def jails_ddl(*, schema: str = "current", extra_columns: tuple[str, ...] = ()) -> str:
+    """The node DB's DDL; ``old`` drops the newer columns and reverses the column order."""
+    ddl = _ddl("cbsd-local.sql")
+    if schema == "current" and not extra_columns:
+        return ddl
+    match = re.search(r"CREATE TABLE jails \((.*?)\);", ddl, re.S)
+    assert match, "cbsd-local.sql has no jails table"
+    cols = [c.strip() for c in match.group(1).split(", ") if c.strip()]
+    if schema == "old":
+        cols = [c for c in cols if c.split()[0] not in _NEWER_COLUMNS]
+        # Keep jname first (it is the primary key) and reverse the rest: hosts that
+        # were upgraded have their columns in another order than fresh installs.
+        cols = cols[:1] + cols[:0:-1]
+    cols += [f"{name} text default 0" for name in extra_columns]
+    return ddl.replace(match.group(0), f"CREATE TABLE jails ( {', '.join(cols)} );")
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=25, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    return conn
+
+
+class Workdir:
+    """A CBSD workdir on disk, with the writes CBSD makes on create/start/stop/set."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.node_db = root / "var" / "db" / "local.sqlite"
+
+    @classmethod
+    def create(
+        cls, root: Path, *, nodename: str = "node1", schema: str = "current", extra_columns: tuple[str, ...] = ()
+    ) -> "Workdir":
+        (root / "var" / "db").mkdir(parents=True, exist_ok=True)
+        (root / "jails-system").mkdir(exist_ok=True)
+        (root / "nodename").write_text(nodename + "\n")
+        real = root / "var" / "db" / f"inv.{nodename}.sqlite"
+        with _connect(real) as conn:
+            conn.executescript(jails_ddl(schema=schema, extra_columns=extra_columns))
+            conn.execute("INSERT INTO local (nodename, hostname, workdir) VALUES (?, ?, ?)", (nodename, f"{nodename}.my.domain", str(root)))
+        workdir = cls(root)
+        workdir.node_db.symlink_to(real.name)
+        return workdir
+
+    def columns(self) -> set[str]:
+        with _connect(self.node_db) as conn:
+            return {r[1] for r in conn.execute("PRAGMA table_info(jails)")}
+
+    def add(self, jname: str, **values: Any) -> None:
+        """Insert a row like ``cbsd jcreate``/``bcreate``; unknown-to-this-schema keys are dropped."""
+        row = {"jname": jname, "host_hostname": f"{jname}.my.domain", **values}
+        present = self.columns()
+        row = {k: v for k, v in row.items() if k in present}
+        names = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        with _connect(self.node_db) as conn:
+            conn.execute(f"INSERT INTO jails ({names}) VALUES ({marks})", tuple(row.values()))
+        if values.get("emulator") == "bhyve":
+            self.set_vm(jname, ip4_addr=values.get("ip4_addr", "DHCP"), tags=values.get("tags", "0"))
+
+    def set(self, jname: str, **values: Any) -> None:
+        """``cbsd jset``: update columns of one row."""
+        assignments = ", ".join(f"{k} = ?" for k in values)
+        with _connect(self.node_db) as conn:
+            cur = conn.execute(f"UPDATE jails SET {assignments} WHERE jname = ?", (*values.values(), jname))
+            if cur.rowcount != 1:
+                raise KeyError(jname)
+
+    def start(self, jname: str, jid: int) -> None:
+        """What ``cbsd jstart`` leaves behind (for a VM, ``jid`` is the bhyve PID)."""
+        emulator = self.get(jname, "emulator")
+        self.set(jname, jid=jid, status=0 if emulator == "bhyve" else 1)
+
+    def stop(self, jname: str) -> None:
+        self.set(jname, jid=0, status=0)
+
+    def destroy(self, jname: str) -> None:
+        with _connect(self.node_db) as conn:
+            conn.execute("DELETE FROM jails WHERE jname = ?", (jname,))
+
+    def get(self, jname: str, col: str) -> Any:
+        with _connect(self.node_db) as conn:
+            row = conn.execute(f"SELECT {col} FROM jails WHERE jname = ?", (jname,)).fetchone()
+        if row is None:
+            raise KeyError(jname)
+        return row[0]
+
+    def set_vm(self, jname: str, **values: Any) -> None:
+        """``cbsd bset``: append a row to the per-VM ``settings`` table (newest wins)."""
+        folder = self.root / "jails-system" / jname
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "local.sqlite"
+        fresh = not path.exists()
+        with _connect(path) as conn:
+            if fresh:
+                conn.executescript(_ddl("cbsd-vm.sql"))
+            names = ", ".join(values)
+            marks = ", ".join("?" for _ in values)
+            # ``created`` has one-second resolution: several bsets in one second tie,
+            # and CBSD readers (and jailsyncd) then take the last inserted row.
+            conn.execute(f"INSERT INTO settings ({names}) VALUES ({marks})", tuple(values.values()))
+
+
+#: One environment of every kind the CBSD data-model notes list (jname, columns).
+SAMPLE_ENVIRONMENTS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("web1", dict(jid=3, status=1, ip4_addr="127.0.10.10/24", tags="web,prod")),
+    ("db1", dict(jid=5, status=1, ip4_addr="127.0.10.11/24,2001:db8:10::11/64", host_hostname="db1.example.org", tags="postgres,consul.port=5432")),
+    ("mail", dict(jid=0, status=0, ip4_addr="em0#127.0.10.25/24,em0#2001:db8:25::25/64", host_hostname="mail.example.org")),
+    ("smtp", dict(jid=9, status=1, ip4_addr="em0#127.0.10.26/24,vhid_3#127.0.10.100/24")),
+    ("vnet1", dict(jid=7, status=1, ip4_addr="REALDHCP", vnet=1)),
+    ("dhcp1", dict(jid=8, status=1, ip4_addr="DHCP")),
+    ("test2", dict(jid=0, status=0, ip4_addr="DHCP,DHCPv6")),
+    ("newjail", dict(jid=0, status=3, ip4_addr="127.0.10.14", maintenance="upgrading base")),
+    ("slave1", dict(jid=11, status=2, ip4_addr="127.0.10.15")),
+    ("www1", dict(jid=12, status=1, ip4_addr="127.0.10.21", tags="consul.name=www,consul.port=80,prod")),
+    ("www2", dict(jid=13, status=1, ip4_addr="127.0.10.22", tags="consul.name=www,consul.port=80,prod")),
+    ("Build_Box", dict(jid=14, status=1, ip4_addr="127.0.10.30")),
+    ("private", dict(jid=15, status=1, ip4_addr="127.0.10.31", tags="consul=off")),
+    ("freebsd1", dict(jid=48213, status=0, emulator="bhyve", ip4_addr="127.0.10.50", tags="vm")),
+    ("win10", dict(jid=0, status=0, emulator="bhyve", ip4_addr="DHCP")),
+)
+
+
+def create_sample(root: Path, *, nodename: str = "node1") -> Workdir:
+    """A workdir holding ``SAMPLE_ENVIRONMENTS``."""
+    workdir = Workdir.create(root, nodename=nodename)
+    for jname, values in SAMPLE_ENVIRONMENTS:
+        workdir.add(jname, **values)
+    return workdir
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        print("usage: python -m jailsyncd.sample DIR", file=sys.stderr)
+        raise SystemExit(2)
+    create_sample(Path(sys.argv[1]))
+    print(sys.argv[1])

@@ -1,0 +1,403 @@
+"""Load, validate and freeze jailsyncd's settings (TOML file plus CONSUL_* variables).
+
+Called once by ``cli`` at start (and again on reload). The pipeline is: defaults,
+strict decode of the file (unknown keys are errors naming the key path), fill what
+the file leaves unset from the environment, validate. The result is immutable.
+Every failure is a ``ConfigError`` whose one line names the file and the key.
+The Consul token is never stored in plain text: only the token file's path, or a
+``Secret`` that prints as ``***``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from jailsyncd.errors import ConfigError
+from jailsyncd.tagspec import Rule, valid_meta_key
+
+DEFAULT_CONFIG = Path("/usr/local/etc/jailsyncd.toml")
+
+
+class Secret:
+    """A string that never shows itself in ``repr``/``str`` (logs, tracebacks)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    #: Owner identity written to ``jailsyncd-owner``; default: the CBSD nodename
+    #: (``$workdir/nodename``), else the host name. Must be unique per CBSD host.
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class CbsdSettings:
+    #: CBSD's ``cbsd_workdir`` (``/usr/jails`` is CBSD's default).
+    workdir: Path = Path("/usr/jails")
+    #: Seconds to wait for a CBSD writer's lock before the read fails (CBSD's own
+    #: writers wait 25 s; a reader only needs to outlast one short write).
+    busy_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class ConsulSettings:
+    #: ``host:port``, or ``http://``/``https://host:port``; Consul's default agent port.
+    address: str = "127.0.0.1:8500"
+    #: ``agent``: services on the local agent (the only mode so far).
+    mode: str = "agent"
+    #: A file holding the ACL token (re-read every cycle); preferred over a variable.
+    token_file: Path | None = None
+    #: The token from ``CONSUL_HTTP_TOKEN``, when no token file is set.
+    token: Secret | None = None
+    datacenter: str | None = None
+    #: Seconds before any one HTTP request to Consul is abandoned.
+    timeout: float = 5.0
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    tls_server_name: str | None = None
+    #: Verify the server's TLS certificate (only ever turn off for a test).
+    verify: bool = True
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.address.startswith("https://") else "http"
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return _split_address(self.address)
+
+    def read_token(self) -> Secret | None:
+        """The token to send: the token file's content (read now), else ``token``."""
+        if self.token_file is None:
+            return self.token
+        return Secret(_read_token_file(self.token_file))
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    #: Seconds between reconcile cycles in ``run``.
+    interval: float = 30.0
+    #: More deregistrations than this in one cycle are refused unless ``--force``.
+    max_deregistrations: int = 10
+    #: Register a jail's first IPv6 address rather than its first IPv4.
+    prefer_ipv6: bool = False
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    #: ``json`` (one object per line, for machines and ``report``) or ``console``.
+    format: str = "json"
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: HostSettings = field(default_factory=HostSettings)
+    cbsd: CbsdSettings = field(default_factory=CbsdSettings)
+    consul: ConsulSettings = field(default_factory=ConsulSettings)
+    sync: SyncSettings = field(default_factory=SyncSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    rules: tuple[Rule, ...] = ()
+    #: The file these settings came from (None: built-in defaults only).
+    source: Path | None = None
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective settings as plain data for the start-up log; no secrets."""
+        return _plain(self)
+
+
+_SECTIONS = {"host": HostSettings, "cbsd": CbsdSettings, "consul": ConsulSettings, "sync": SyncSettings, "log": LogSettings}
+#: Keys that only the environment may set (never a file: a token does not belong there).
+_ENV_ONLY = {("consul", "token")}
+_MODES = ("agent",)
+_LOG_FORMATS = ("json", "console")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def load_settings(path: Path | None, env: Mapping[str, str] | None = None, *, required: bool = True) -> Settings:
+    """Read ``path`` (if given) and the CONSUL_* variables of ``env`` into ``Settings``.
+
+    ``required=False`` lets a missing file mean "defaults" (the default path on a host
+    that has no config yet); an explicitly named file must exist.
+    """
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    where = str(path) if path else "defaults"
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            if required:
+                raise ConfigError(f"{path}: config file not found") from None
+            path = None
+        except PermissionError:
+            raise ConfigError(f"{path}: config file not readable (permission denied)") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    return _build(data, env, where, path)
+
+
+def _build(data: dict[str, Any], env: Mapping[str, str], where: str, path: Path | None) -> Settings:
+    def fail(key: str, message: str) -> ConfigError:
+        return ConfigError(f"{where}: {key}: {message}")
+
+    known = set(_SECTIONS) | {"rule"}
+    for key in data:
+        if key not in known:
+            raise fail(key, "unknown key" + _did_you_mean(key, known))
+    sections: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        raw = data.get(name, {})
+        if not isinstance(raw, dict):
+            raise fail(name, "must be a table")
+        sections[name] = _decode_section(name, cls, raw, fail)
+    consul = _fill_from_env(sections["consul"], env, fail)
+    cbsd = sections["cbsd"]
+    host = sections["host"]
+    if not host.name:
+        host = HostSettings(name=_default_host_name(cbsd.workdir))
+    settings = Settings(
+        host=host,
+        cbsd=cbsd,
+        consul=consul,
+        sync=sections["sync"],
+        log=sections["log"],
+        rules=_decode_rules(data.get("rule", []), fail),
+        source=path,
+    )
+    _validate(settings, fail)
+    return settings
+
+
+def _decode_section(name: str, cls: type, raw: dict[str, Any], fail) -> Any:
+    allowed = {f.name: f for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        dotted = f"{name}.{key}"
+        if key not in allowed or (name, key) in _ENV_ONLY:
+            hint = " (put the token in a file and set consul.token_file)" if (name, key) in _ENV_ONLY else ""
+            raise fail(dotted, "unknown key" + (hint or _did_you_mean(key, set(allowed) - {"token"})))
+        values[key] = _coerce(dotted, allowed[key], value, fail)
+    return cls(**values)
+
+
+def _coerce(dotted: str, fld: Any, value: Any, fail) -> Any:
+    kind = str(fld.type)
+    if "Path" in kind:
+        if not isinstance(value, str) or not value:
+            raise fail(dotted, f"expected a path string, got {value!r}")
+        return Path(value)
+    if kind == "float":  # every float setting is a duration
+        return parse_duration(value, lambda msg: fail(dotted, msg))
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise fail(dotted, f"expected true or false, got {value!r}")
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail(dotted, f"expected an integer, got {value!r}")
+        return value
+    if not isinstance(value, str):
+        raise fail(dotted, f"expected a string, got {value!r}")
+    return value
+
+
+def parse_duration(value: Any, fail) -> float:
+    """``"30s"``, ``"1m30s"``, ``"500ms"``, ``"2h"`` or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise fail(f"expected a duration like \"30s\", got {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and value and _DURATION.sub("", value) == "":
+        seconds = sum(float(n) * _UNIT[u] for n, u in _DURATION.findall(value))
+    else:
+        raise fail(f"expected a duration like \"30s\", \"1m30s\" or \"500ms\", got {value!r}")
+    if not 0 < seconds < 86400 * 7:
+        raise fail(f"duration must be above 0 and below a week, got {value!r}")
+    return seconds
+
+
+def _fill_from_env(consul: ConsulSettings, env: Mapping[str, str], fail) -> ConsulSettings:
+    """CONSUL_* variables fill only what the file left at its default."""
+    defaults = ConsulSettings()
+    updates: dict[str, Any] = {}
+
+    def unset(key: str) -> bool:
+        return getattr(consul, key) == getattr(defaults, key)
+
+    def path_from(var: str) -> Path | None:
+        return Path(env[var]) if env.get(var) else None
+
+    if unset("address") and env.get("CONSUL_HTTP_ADDR"):
+        updates["address"] = env["CONSUL_HTTP_ADDR"]
+    if unset("token_file"):
+        if env.get("CONSUL_HTTP_TOKEN_FILE"):
+            updates["token_file"] = Path(env["CONSUL_HTTP_TOKEN_FILE"])
+        elif env.get("CONSUL_HTTP_TOKEN"):
+            updates["token"] = Secret(env["CONSUL_HTTP_TOKEN"])
+    for key, var in (("ca_file", "CONSUL_CACERT"), ("cert_file", "CONSUL_CLIENT_CERT"), ("key_file", "CONSUL_CLIENT_KEY")):
+        if unset(key) and path_from(var):
+            updates[key] = path_from(var)
+    if unset("tls_server_name") and env.get("CONSUL_TLS_SERVER_NAME"):
+        updates["tls_server_name"] = env["CONSUL_TLS_SERVER_NAME"]
+    if unset("verify") and env.get("CONSUL_HTTP_SSL_VERIFY", "").lower() in ("false", "0"):
+        updates["verify"] = False
+    if unset("datacenter") and env.get("CONSUL_DATACENTER"):
+        updates["datacenter"] = env["CONSUL_DATACENTER"]
+    if updates:
+        consul = ConsulSettings(**{**consul.__dict__, **updates})
+    return consul
+
+
+def _decode_rules(raw: Any, fail) -> tuple[Rule, ...]:
+    if not isinstance(raw, list):
+        raise fail("rule", "must be an array of tables ([[rule]])")
+    rules = []
+    for index, table in enumerate(raw):
+        key = f"rule[{index}]"
+        if not isinstance(table, dict):
+            raise fail(key, "must be a table")
+        allowed = {"match", "name", "port", "tags", "meta", "enabled"}
+        for k in table:
+            if k not in allowed:
+                raise fail(f"{key}.{k}", "unknown key" + _did_you_mean(k, allowed))
+        match = table.get("match")
+        if not isinstance(match, str) or not match:
+            raise fail(f"{key}.match", "required: a glob on jname, e.g. \"www*\"")
+        name = table.get("name")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise fail(f"{key}.name", f"expected a non-empty string, got {name!r}")
+        port = table.get("port")
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535):
+            raise fail(f"{key}.port", f"expected a port 1-65535, got {port!r}")
+        tags = table.get("tags", [])
+        if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
+            raise fail(f"{key}.tags", "expected a list of non-empty strings")
+        meta = table.get("meta", {})
+        if not isinstance(meta, dict):
+            raise fail(f"{key}.meta", "expected a table of strings")
+        for mk, mv in meta.items():
+            if not valid_meta_key(mk):
+                raise fail(f"{key}.meta.{mk}", "meta keys must match [A-Za-z0-9_-]{1,128} and not start with consul-")
+            if not isinstance(mv, str) or len(mv) > 512:
+                raise fail(f"{key}.meta.{mk}", "expected a string of at most 512 characters")
+        enabled = table.get("enabled")
+        if enabled is not None and not isinstance(enabled, bool):
+            raise fail(f"{key}.enabled", f"expected true or false, got {enabled!r}")
+        rules.append(Rule(match, name, port, tuple(tags), tuple(meta.items()), enabled))
+    return tuple(rules)
+
+
+def _validate(s: Settings, fail) -> None:
+    if s.consul.mode not in _MODES:
+        raise fail("consul.mode", f"expected one of {', '.join(_MODES)}, got {s.consul.mode!r}")
+    try:
+        s.consul.host_port
+    except ValueError as exc:
+        raise fail("consul.address", str(exc)) from None
+    if s.log.format not in _LOG_FORMATS:
+        raise fail("log.format", f"expected one of {', '.join(_LOG_FORMATS)}, got {s.log.format!r}")
+    if s.log.level not in _LOG_LEVELS:
+        raise fail("log.level", f"expected one of {', '.join(_LOG_LEVELS)}, got {s.log.level!r}")
+    if s.sync.max_deregistrations < 0:
+        raise fail("sync.max_deregistrations", "must be 0 or more")
+    if not s.host.name or len(s.host.name) > 512:
+        raise fail("host.name", "must be a non-empty string of at most 512 characters")
+    if (s.consul.cert_file is None) != (s.consul.key_file is None):
+        raise fail("consul.cert_file", "cert_file and key_file must be set together")
+    if s.consul.token_file is not None:
+        try:
+            s.consul.read_token()
+        except ValueError as exc:
+            raise fail("consul.token_file", str(exc)) from None
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    rest = address.removeprefix("http://").removeprefix("https://").rstrip("/")
+    if not rest or "/" in rest:
+        raise ValueError(f"expected host:port or http(s)://host:port, got {address!r}")
+    if rest.startswith("["):
+        host, _, tail = rest[1:].partition("]")
+        port = tail.removeprefix(":")
+    elif rest.count(":") == 1:
+        host, _, port = rest.partition(":")
+    elif ":" in rest:
+        raise ValueError(f"IPv6 addresses need brackets, e.g. [::1]:8500, got {address!r}")
+    else:
+        host, port = rest, ""
+    if not port:
+        return host, 8500
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"bad port in {address!r}")
+    return host, int(port)
+
+
+def _read_token_file(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        raise ValueError(f"token file {path} does not exist") from None
+    except PermissionError:
+        raise ValueError(f"token file {path} is not readable (permission denied)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"token file {path} cannot be read: {exc.__class__.__name__}") from None
+    if not token:
+        raise ValueError(f"token file {path} is empty")
+    return token
+
+
+def _default_host_name(workdir: Path) -> str:
+    """CBSD's own node name (``$workdir/nodename``), else this machine's host name."""
+    try:
+        name = (workdir / "nodename").read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        name = ""
+    return name or socket.gethostname()
+
+
+def _did_you_mean(key: str, choices: set[str]) -> str:
+    close = difflib.get_close_matches(key, sorted(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Secret):
+        return "***"
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
