@@ -17,9 +17,10 @@ from __future__ import annotations
 import re
 import sqlite3
 import sys
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 #: Columns added by CBSD upgrades that an older host lacks (``tags`` came in 13.0.2).
 _NEWER_COLUMNS = ("tags", "ci_gw4", "zfs_encryption", "boot_delay", "allow_nfsd", "jnameserver")
@@ -46,10 +47,15 @@ def jails_ddl(*, schema: str = "current", extra_columns: tuple[str, ...] = ()) -
     return ddl.replace(match.group(0), f"CREATE TABLE jails ( {', '.join(cols)} );")
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+@contextmanager
+def _connect(path: Path) -> Iterator[sqlite3.Connection]:
+    """A CBSD-like writer connection: WAL on every open, 25 s busy timeout, closed after use."""
     conn = sqlite3.connect(path, timeout=25, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    return conn
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        yield conn
+    finally:
+        conn.close()
 
 
 class Workdir:

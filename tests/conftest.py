@@ -1,0 +1,46 @@
+"""Shared fixtures: a session-wide real Consul dev agent, CBSD workdirs, configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from harness import ConsulServer, consul_binary, write_config
+
+from jailsyncd.sample import Workdir, create_sample
+
+
+@pytest.fixture(scope="session")
+def consul_bin() -> str:
+    return consul_binary()
+
+
+@pytest.fixture(scope="session")
+def consul_server(consul_bin: str):
+    server = ConsulServer(consul_bin).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def consul(consul_server: ConsulServer) -> ConsulServer:
+    """The session agent, emptied of services before each test."""
+    consul_server.wipe()
+    return consul_server
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Workdir:
+    """An empty CBSD workdir (current schema, node name ``node1``)."""
+    return Workdir.create(tmp_path / "cbsd")
+
+
+@pytest.fixture
+def sample(tmp_path: Path) -> Workdir:
+    """A CBSD workdir holding one environment of every kind (``sample.SAMPLE_ENVIRONMENTS``)."""
+    return create_sample(tmp_path / "cbsd")
+
+
+@pytest.fixture
+def config(tmp_path: Path, consul: ConsulServer, sample: Workdir) -> Path:
+    return write_config(tmp_path / "jailsyncd.toml", workdir=sample.root, consul=consul)

@@ -1,0 +1,150 @@
+"""The CBSD adapter against real SQLite files shaped like CBSD's (WAL, full column set).
+
+No Consul here: these check that every failure is a typed ``SourceError`` (never an
+empty list), that the reader is read-only and WAL-correct, and that it holds nothing
+open between reads."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from jailsyncd.adapters.cbsd import CbsdSource
+from jailsyncd.errors import SourceCorrupt, SourceLocked, SourceMissing
+from jailsyncd.sample import SAMPLE_ENVIRONMENTS, Workdir
+
+
+def read(workdir: Workdir, busy: float = 2.0):
+    return CbsdSource(workdir.root, busy).read()
+
+
+def test_reads_every_sample_row(sample: Workdir) -> None:
+    state = read(sample)
+    assert state.nodename == "node1"
+    assert sorted(e.jname for e in state.environments) == sorted(j for j, _ in SAMPLE_ENVIRONMENTS)
+    by_name = {e.jname: e for e in state.environments}
+    assert by_name["freebsd1"].running and by_name["freebsd1"].status == 0
+    assert not by_name["newjail"].running and not by_name["slave1"].running
+    assert by_name["mail"].tags is None  # '0' means unset
+
+
+@pytest.mark.parametrize("raw", ["0", "", None, "(null)", "  0 "])
+def test_unset_spellings(workdir: Workdir, raw) -> None:
+    workdir.add("j", jid=1, status=1, ip4_addr="127.0.0.9", tags=raw, host_hostname=raw)
+    [env] = read(workdir).environments
+    assert env.tags is None and env.host_hostname is None
+
+
+def test_committed_rows_in_the_wal_are_seen(workdir: Workdir) -> None:
+    conn = sqlite3.connect(workdir.node_db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")  # keep the row in the -wal file only
+    conn.execute("INSERT INTO jails (jname, jid, status, ip4_addr) VALUES ('walonly', 2, 1, '127.0.0.2')")
+    conn.execute("BEGIN")
+    conn.execute("INSERT INTO jails (jname, jid, status, ip4_addr) VALUES ('uncommitted', 3, 1, '127.0.0.3')")
+    try:
+        assert Path(str(workdir.node_db.resolve()) + "-wal").stat().st_size > 0
+        assert [e.jname for e in read(workdir).environments] == ["walonly"]
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+
+
+def test_missing_db_is_an_error_and_is_not_created(tmp_path: Path) -> None:
+    root = tmp_path / "nowhere"
+    with pytest.raises(SourceMissing, match=r"nowhere/var/db/local\.sqlite"):
+        CbsdSource(root).read()
+    assert not root.exists()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "no_jails_table"])
+def test_corrupt_db(workdir: Workdir, damage: str) -> None:
+    for i in range(200):
+        workdir.add(f"j{i}", jid=i + 1, status=1, ip4_addr=f"127.0.1.{i % 250 + 1}", tags="x" * 200)
+    real = workdir.node_db.resolve()
+    conn = sqlite3.connect(real)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    if damage == "garbage":
+        real.write_bytes(b"this is not a database" * 100)
+    elif damage == "truncated":
+        real.write_bytes(real.read_bytes()[:6000])
+    else:
+        conn = sqlite3.connect(real)
+        conn.execute("DROP TABLE jails")
+        conn.commit()
+        conn.close()
+    with pytest.raises(SourceCorrupt, match=str(workdir.node_db)):
+        read(workdir)
+
+
+def test_locked_longer_than_busy_timeout(workdir: Workdir) -> None:
+    workdir.add("j", jid=1, status=1, ip4_addr="127.0.0.9")
+    writer = sqlite3.connect(workdir.node_db, isolation_level=None)
+    writer.execute("PRAGMA locking_mode=EXCLUSIVE")  # how a writer can shut WAL readers out
+    writer.execute("BEGIN EXCLUSIVE")
+    writer.execute("UPDATE jails SET jid = 2")
+    started = time.monotonic()
+    try:
+        with pytest.raises(SourceLocked):
+            read(workdir, busy=0.5)
+    finally:
+        writer.execute("COMMIT")
+        writer.close()
+    assert time.monotonic() - started >= 0.45  # it waited for the busy timeout first
+    assert [e.jid for e in read(workdir).environments] == [2]
+
+
+def test_bhyve_settings_come_from_the_newest_per_vm_row(workdir: Workdir) -> None:
+    workdir.add("vm1", jid=4242, status=0, emulator="bhyve", ip4_addr="DHCP")
+    workdir.set_vm("vm1", ip4_addr="127.0.0.50", tags="a", created="2099-01-01 10:00:00")
+    workdir.set_vm("vm1", ip4_addr="127.0.0.51", tags="b", created="2099-06-01 10:00:00")
+    workdir.set_vm("vm1", ip4_addr="127.0.0.49", tags="old", created="2098-01-01 10:00:00")
+    [env] = read(workdir).environments
+    assert (env.ip4_addr, env.tags) == ("127.0.0.51", "b")
+
+
+def test_unreadable_per_vm_db_protects_only_that_vm(workdir: Workdir) -> None:
+    workdir.add("vm1", jid=4242, status=0, emulator="bhyve", ip4_addr="127.0.0.50")
+    workdir.add("j1", jid=3, status=1, ip4_addr="127.0.0.3")
+    shutil.rmtree(workdir.root / "jails-system" / "vm1")
+    state = read(workdir)
+    assert [j for j, _ in state.unreadable] == ["vm1"]
+    assert {e.jname for e in state.environments} == {"vm1", "j1"}
+
+
+def test_workdir_with_spaces_and_no_open_handles(tmp_path: Path) -> None:
+    workdir = Workdir.create(tmp_path / "my cbsd dir #1")
+    workdir.add("j", jid=1, status=1, ip4_addr="127.0.0.9")
+    assert [e.jname for e in read(workdir).environments] == ["j"]
+    fds = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}")]
+    assert not [fd for fd in fds if "my cbsd dir" in fd]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to drop to nobody")
+def test_unreadable_db_as_another_user() -> None:
+    base = Path(tempfile.mkdtemp(prefix="jailsyncd-perm-"))
+    try:
+        base.chmod(0o755)
+        workdir = Workdir.create(base / "cbsd")
+        for path in (base / "cbsd", base / "cbsd" / "var", base / "cbsd" / "var" / "db"):
+            path.chmod(0o755)
+        workdir.add("j", jid=1, status=1, ip4_addr="127.0.0.9")
+        workdir.node_db.resolve().chmod(0o600)
+        code = f"from pathlib import Path; from jailsyncd.adapters.cbsd import CbsdSource; CbsdSource(Path({str(workdir.root)!r})).read()"
+        proc = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
+            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        )
+        assert proc.returncode != 0
+        assert "SourceUnreadable" in proc.stderr and "permission denied" in proc.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
