@@ -1,25 +1,18 @@
-"""Test harness: a real Consul dev agent on loopback, CLI runs, and polling helpers.
+"""Test harness: CLI runs, log parsing and configs; re-exports the dev Consul helpers.
 
-Used by ``tests/conftest.py`` and the integration tests (and by ``scripts/demo`` for the
-agent). Nothing here fakes Consul: ``ConsulServer`` runs the real binary that
-``scripts/get-consul`` provides, bound to 127.0.0.1 on free ports.
+Used by ``tests/conftest.py`` and the integration tests. Nothing here fakes Consul:
+``ConsulServer`` (from ``jailsyncd.devconsul``) runs the real binary.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+
+from jailsyncd.devconsul import ConsulServer, free_port, wait_for  # noqa: F401 - re-exported for tests
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,112 +21,6 @@ def consul_binary() -> str:
     """The Consul binary (``$CONSUL_BIN``, PATH, or fetched into the repo's cache)."""
     out = subprocess.run([str(REPO / "scripts" / "get-consul")], check=True, capture_output=True, text=True)
     return out.stdout.strip().splitlines()[-1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last_exc: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - keep polling until the deadline
-            last_exc = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
-
-
-@dataclass
-class ConsulServer:
-    """A ``consul agent -dev`` on 127.0.0.1 with private ports; ``hcl`` adds config."""
-
-    binary: str
-    hcl: str = ""
-    token: str | None = None  # management token used by the harness itself
-    http_port: int = field(default_factory=free_port)
-    dns_port: int = field(default_factory=free_port)
-    proc: subprocess.Popen | None = None
-    workdir: Path | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
-
-    def start(self) -> "ConsulServer":
-        self.workdir = Path(tempfile.mkdtemp(prefix="jailsyncd-consul-"))
-        (self.workdir / "extra.hcl").write_text(self.hcl)
-        args = [
-            self.binary, "agent", "-dev", "-client", "127.0.0.1", "-bind", "127.0.0.1",
-            "-http-port", str(self.http_port), "-dns-port", str(self.dns_port),
-            "-serf-lan-port", str(free_port()), "-serf-wan-port", str(free_port()),
-            "-server-port", str(free_port()), "-grpc-port", "-1",
-            "-node", "jailsyncd-test", "-config-file", str(self.workdir / "extra.hcl"),
-        ]
-        with open(self.workdir / "consul.log", "wb") as log:  # Popen keeps its own copy of the fd
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(self._has_leader, timeout=30, what=f"Consul leader on {self.address} (log: {self.workdir}/consul.log)")
-        return self
-
-    def _has_leader(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"consul exited with {self.proc.returncode}; see {self.workdir}/consul.log")
-        return bool(self.get("/v1/status/leader"))
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    # -- plain HTTP, independent of the code under test -----------------------------
-
-    def request(self, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any, dict]:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"http://{self.address}{path}", data=data, method=method)
-        if token or self.token:
-            req.add_header("X-Consul-Token", token or self.token)
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                raw = resp.read()
-                return resp.status, (json.loads(raw) if raw else None), dict(resp.headers)
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode(), dict(exc.headers)
-
-    def get(self, path: str) -> Any:
-        status, body, _ = self.request("GET", path)
-        assert status == 200, f"GET {path}: {status} {body}"
-        return body
-
-    def put(self, path: str, body: Any = None) -> Any:
-        status, result, _ = self.request("PUT", path, body)
-        assert status == 200, f"PUT {path}: {status} {result}"
-        return result
-
-    def services(self) -> dict[str, dict]:
-        """The agent's services, without Consul's own."""
-        return {k: v for k, v in self.get("/v1/agent/services").items() if k != "consul"}
-
-    def index(self) -> int:
-        """The catalog's raft index for services: it moves on every catalog write."""
-        _, _, headers = self.request("GET", "/v1/catalog/services")
-        return int(headers["X-Consul-Index"])
-
-    def wipe(self) -> None:
-        for sid in self.services():
-            self.put(f"/v1/agent/service/deregister/{sid}")
 
 
 def run_cli(*args: str, config: Path | None = None, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -167,19 +167,20 @@ def test_non_ascii_digit_prefix_is_invalid_not_a_crash():
 
 # A token grammar that covers all forms plus near-misses; text is ASCII only so that the
 # known non-ASCII-digit crash (xfail above) cannot make this property flaky.
+#: Printable ASCII without the item separator. Explicit alphabets (not st.characters)
+#: keep hypothesis from building its unicode table, which costs seconds on a fresh checkout.
+_ASCII_NO_COMMA = "".join(chr(c) for c in range(32, 127) if chr(c) != ",")
 _octet = st.integers(0, 300).map(str)
 _v4 = st.tuples(_octet, _octet, _octet, _octet).map(".".join)
 _v6 = st.ip_addresses(v=6).map(str) | st.ip_addresses(v=6).map(lambda a: a.exploded.upper())
 _prefix = st.sampled_from(["", "/0", "/24", "/32", "/33", "/64", "/128", "/129", "/x", "/", "/-1", "/24/8"])
 _iface = st.sampled_from(["", "em0#", "em0|", "vhid_3#", "a#b|", "#", "|"])
 _addr_token = st.builds(lambda i, a, p: i + a + p, _iface, _v4 | _v6, _prefix)
-_other = st.sampled_from(["DHCP", "dhcpv6", "REALDHCP", "0", "", " ", "::", "0.0.0.0"]) | st.text(
-    alphabet=st.characters(min_codepoint=32, max_codepoint=126, blacklist_characters=","), max_size=140
-)
+_other = st.sampled_from(["DHCP", "dhcpv6", "REALDHCP", "0", "", " ", "::", "0.0.0.0"]) | st.text(alphabet=_ASCII_NO_COMMA, max_size=140)
 _value = st.lists(_addr_token | _other, max_size=8).map(",".join)
 
 
-@settings(max_examples=150, deadline=None, database=None, derandomize=True)
+@settings(max_examples=100, deadline=None, database=None, derandomize=True)
 @given(_value)
 @example("10.0.0.1/16,em0#fd00::1/64,vhid_1|10.0.0.2/24")
 def test_no_address_ever_contains_a_slash_and_all_are_canonical(value):

@@ -21,6 +21,12 @@ LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 SUFFIX = re.compile(r"-[0-9a-f]{4}$")
 
 
+#: Printable ASCII, CBSD's jname specials and some non-ASCII letters (incl. ones whose
+#: lower() is longer). An explicit alphabet keeps hypothesis from building its unicode
+#: table (seconds on a fresh checkout).
+_ANY = "".join(chr(c) for c in range(32, 127)) + "éïüßİÅ日本Ωж\u00a0\u200b"
+
+
 def is_label(text: str) -> bool:
     return bool(LABEL.match(text))
 
@@ -71,7 +77,7 @@ def test_max_label_is_dns_limit():
 
 
 @settings(max_examples=150, deadline=None, database=None, derandomize=True)
-@given(st.text(max_size=150))
+@given(st.text(alphabet=_ANY, max_size=150))
 def test_dns_label_always_valid(text):
     label = dns_label(text)
     assert is_label(label), label
@@ -115,7 +121,7 @@ def test_suffixed_label_depends_on_exact_jname():
 
 
 @settings(max_examples=100, deadline=None, database=None, derandomize=True)
-@given(st.text(min_size=0, max_size=120))
+@given(st.text(alphabet=_ANY, max_size=120))
 def test_suffixed_label_always_valid(jname):
     label = suffixed_label(jname)
     assert is_label(label) and len(label) <= 63 and SUFFIX.search(label)
@@ -174,7 +180,7 @@ def test_unique_labels_stable_when_a_jail_is_added_elsewhere():
 _jname = st.text(alphabet="aA1_@%:-", min_size=1, max_size=5).filter(lambda s: not s.startswith("-"))
 
 
-@settings(max_examples=200, deadline=None, database=None, derandomize=True)
+@settings(max_examples=100, deadline=None, database=None, derandomize=True)
 @given(st.lists(_jname, max_size=12), st.randoms(use_true_random=False))
 def test_unique_labels_order_independent(jnames, rnd):
     shuffled = list(jnames)
@@ -183,8 +189,8 @@ def test_unique_labels_order_independent(jnames, rnd):
     assert unique_labels(jnames) == unique_labels(set(jnames))
 
 
-@settings(max_examples=200, deadline=None, database=None, derandomize=True)
-@given(st.lists(_jname | st.text(max_size=70), max_size=12))
+@settings(max_examples=100, deadline=None, database=None, derandomize=True)
+@given(st.lists(_jname | st.text(alphabet=_ANY, max_size=70), max_size=12))
 def test_unique_labels_valid_and_pairwise_distinct(jnames):
     result = unique_labels(jnames)
     assert set(result) == set(jnames)

@@ -1,0 +1,83 @@
+"""The walk-through that ``scripts/demo`` runs; see that script for what it shows."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import dns.message
+import dns.query
+import dns.rdatatype
+
+from jailsyncd.devconsul import ConsulServer
+from jailsyncd.sample import create_sample
+
+
+def step(title: str) -> None:
+    print(f"\n=== {title}", flush=True)
+
+
+def jailsyncd(*args: str, config: Path) -> int:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_")}
+    cmd = [sys.executable, "-m", "jailsyncd", "--config", str(config), "--log-format", "console", *args]
+    print("$ jailsyncd --config", config.name, *args, flush=True)
+    return subprocess.run(cmd, env=env, stderr=subprocess.STDOUT).returncode
+
+
+def main() -> int:
+    base = Path(tempfile.mkdtemp(prefix="jailsyncd-demo-"))
+    consul = ConsulServer(os.environ["CONSUL_BIN"])
+    try:
+        step(f"A sample CBSD workdir in {base / 'cbsd'} (jails table of var/db/local.sqlite)")
+        workdir = create_sample(base / "cbsd")
+        out = subprocess.run(
+            [sys.executable, "-c", (
+                "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]);"
+                "print(f\"{'jname':<10} {'jid':>6} {'status':>6} {'emulator':<8} {'ip4_addr':<44} tags\");"
+                "[print(f'{r[0]:<10} {r[1]:>6} {r[2]:>6} {r[3]:<8} {r[4]:<44} {r[5]}') for r in "
+                "c.execute('select jname,jid,status,emulator,ip4_addr,tags from jails')]"
+            ), str(workdir.node_db)],
+            capture_output=True, text=True, check=True,
+        )
+        print(out.stdout, end="")
+
+        step("A dev Consul agent on loopback")
+        consul.start()
+        print(f"consul agent -dev listening on http://{consul.address}, DNS on 127.0.0.1:{consul.dns_port}")
+        config = base / "jailsyncd.toml"
+        config.write_text(f'[host]\nname = "node1"\n\n[cbsd]\nworkdir = "{workdir.root}"\n\n[consul]\naddress = "{consul.address}"\n')
+
+        step("What one cycle would change (dry run)")
+        jailsyncd("plan", config=config)
+        step("One reconcile cycle")
+        rc = jailsyncd("once", config=config)
+        if rc != 0:
+            print(f"jailsyncd once exited with {rc}", file=sys.stderr)
+            return rc
+
+        step("What Consul now holds (GET /v1/agent/services)")
+        for sid, svc in sorted(consul.services().items()):
+            port = f":{svc['Port']}" if svc["Port"] else ""
+            print(f"{sid:<22} {svc['Service']:<10} {svc['Address']}{port:<6} tags={','.join(sorted(svc['Tags']))}")
+        print(json.dumps(consul.services()["jailsyncd-db1"], indent=2))
+
+        step("Consul DNS: www.service.consul (www1 and www2 share it via consul.name=www)")
+        for name in ("www.service.consul", "web1.service.consul"):
+            answer = dns.query.udp(dns.message.make_query(name, dns.rdatatype.A), "127.0.0.1", port=consul.dns_port, timeout=5)
+            print(f"{name}: {sorted(r.address for rrset in answer.answer for r in rrset)}")
+
+        step("A second cycle: nothing to write")
+        jailsyncd("once", config=config)
+        return 0
+    finally:
+        consul.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
