@@ -8,6 +8,7 @@ stderr (``jailsyncd: ...``) and its ``exit_code``; no traceback is shown unless
 - ``once``: one cycle, applied;
 - ``check-config``: load and validate the settings, print them (no secrets);
 - ``purge --yes``: deregister everything this host owns;
+- ``run``: the service (``daemon.Daemon``); ``kick``: SIGUSR1 to a running one;
 - ``version``.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -25,10 +27,12 @@ from jailsyncd import __version__
 from jailsyncd.adapters.cbsd import CbsdSource
 from jailsyncd.adapters.consul import ConsulAgent
 from jailsyncd.errors import ExitCode, JailsyncdError, SafetyRefusal
-from jailsyncd.logs import configure, register_secret
+from jailsyncd.logs import configure, register_secret, route_library_logs
 from jailsyncd.model import Plan
 from jailsyncd.reconcile import CycleResult, Reconciler
 from jailsyncd.settings import DEFAULT_CONFIG, Settings, load_settings
+
+DEFAULT_PIDFILE = Path("/var/run/jailsyncd.pid")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("check-config", help="validate the settings and print them (secrets redacted)")
     p = sub.add_parser("purge", help="deregister every service this host owns")
     p.add_argument("--yes", action="store_true", help="really do it")
+    p = sub.add_parser("run", help="run as a service: reconcile every sync.interval and on CBSD changes")
+    p.add_argument("--pidfile", type=Path, help="write the process ID here (removed on exit)")
+    p = sub.add_parser("kick", help="ask the running daemon for a cycle now (SIGUSR1)")
+    p.add_argument("--pidfile", type=Path, default=DEFAULT_PIDFILE, help=f"the daemon's pidfile (default {DEFAULT_PIDFILE})")
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -54,9 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "version":
         print(f"jailsyncd {__version__}")
         return ExitCode.OK
+    if args.command == "kick":
+        return cmd_kick(args)
     try:
         settings = load_settings(args.config or DEFAULT_CONFIG, required=args.config is not None)
         configure(args.log_format or settings.log.format, args.log_level or settings.log.level)
+        route_library_logs()
         if settings.consul.token is not None:
             register_secret(settings.consul.token.reveal())
         return _COMMANDS[args.command](settings, args)
@@ -72,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.FAILURE
 
 
-def _reconciler(settings: Settings) -> Reconciler:
+def _reconciler(settings: Settings, should_stop=lambda: False, *, quiet_noop: bool = False) -> Reconciler:
     source = CbsdSource(settings.cbsd.workdir, settings.cbsd.busy_timeout)
 
     def store() -> ConsulAgent:
@@ -82,7 +93,7 @@ def _reconciler(settings: Settings) -> Reconciler:
             register_secret(token.reveal())
         return agent
 
-    return Reconciler(settings, source, store)
+    return Reconciler(settings, source, store, should_stop=should_stop, quiet_noop=quiet_noop)
 
 
 def _finish(result: CycleResult) -> int:
@@ -132,7 +143,43 @@ def cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-_COMMANDS = {"plan": cmd_plan, "once": cmd_once, "purge": cmd_purge, "check-config": cmd_check_config}
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from jailsyncd.daemon import Daemon  # APScheduler is only needed by this command
+    from jailsyncd.metrics import Metrics
+
+    def load() -> Settings:
+        return load_settings(args.config or DEFAULT_CONFIG, required=args.config is not None)
+
+    daemon = Daemon(
+        settings,
+        lambda s, should_stop: _reconciler(s, should_stop, quiet_noop=True),
+        load,
+        log_overrides=(args.log_format, args.log_level),
+        metrics=Metrics() if settings.metrics.listen else None,
+    )
+    return daemon.run(args.pidfile)
+
+
+def cmd_kick(args: argparse.Namespace) -> int:
+    try:
+        pid = int(args.pidfile.read_text().strip())
+        os.kill(pid, signal.SIGUSR1)
+    except FileNotFoundError:
+        print(f"jailsyncd: {args.pidfile}: no pidfile; is jailsyncd run active?", file=sys.stderr)
+        return ExitCode.NOT_RUNNING
+    except ValueError:
+        print(f"jailsyncd: {args.pidfile}: does not hold a process ID", file=sys.stderr)
+        return ExitCode.NOT_RUNNING
+    except ProcessLookupError:
+        print(f"jailsyncd: {args.pidfile}: process {pid} is not running", file=sys.stderr)
+        return ExitCode.NOT_RUNNING
+    except PermissionError:
+        print(f"jailsyncd: {args.pidfile}: not allowed to signal process {pid} (run as its user or root)", file=sys.stderr)
+        return ExitCode.NOT_RUNNING
+    return ExitCode.OK
+
+
+_COMMANDS = {"plan": cmd_plan, "once": cmd_once, "purge": cmd_purge, "check-config": cmd_check_config, "run": cmd_run}
 
 
 def plan_as_json(plan: Plan) -> dict[str, Any]:

@@ -16,6 +16,7 @@ class ExitCode:
     OK = 0
     FAILURE = 1  # unexpected internal error
     USAGE = 2  # bad command line (argparse's own convention)
+    NOT_RUNNING = 3  # ``kick``: no running daemon to signal (as LSB's "status")
     SAFETY_REFUSED = 65  # the plan was refused by a safety rail (EX_DATAERR)
     SOURCE_UNAVAILABLE = 66  # CBSD state could not be read (EX_NOINPUT)
     CONSUL_UNAVAILABLE = 69  # Consul unreachable, timed out or failing (EX_UNAVAILABLE)

@@ -54,3 +54,18 @@ def configure(fmt: str = "json", level: str = "info", stream: TextIO | None = No
 
 def get_logger(**bound: Any) -> Any:
     return structlog.get_logger("jailsyncd").bind(**bound)
+
+
+class _LibraryHandler(logging.Handler):
+    """Routes the standard-library logging of libraries (APScheduler) into structlog,
+    so that every line jailsyncd writes is in the one configured format."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        get_logger().log(record.levelno, "library_log", logger=record.name, message=record.getMessage())
+
+
+def route_library_logs() -> None:
+    root = logging.getLogger()
+    if not any(isinstance(h, _LibraryHandler) for h in root.handlers):
+        root.addHandler(_LibraryHandler())
+    root.setLevel(logging.WARNING)

@@ -57,6 +57,9 @@ class CycleResult:
     duration: float = 0.0
     requests: int = 0
     writes: int = 0
+    #: Services this host owns in Consul after the cycle (from the observed state
+    #: plus what was applied).
+    managed: int = 0
 
     @property
     def ok(self) -> bool:
@@ -66,10 +69,23 @@ class CycleResult:
 class Reconciler:
     """Runs cycles for one host; remembers what it already reported."""
 
-    def __init__(self, settings: Settings, source: Source, store_factory: Callable[[], Store]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        source: Source,
+        store_factory: Callable[[], Store],
+        *,
+        should_stop: Callable[[], bool] = lambda: False,
+        quiet_noop: bool = False,
+    ) -> None:
         self.settings = settings
         self.source = source
         self.store_factory = store_factory
+        #: Checked between actions: a stopping daemon abandons the rest of a cycle
+        #: (each action is one atomic request, so nothing is left half-written).
+        self.should_stop = should_stop
+        #: The daemon logs a cycle that changed nothing at debug level only.
+        self.quiet_noop = quiet_noop
         self.cycles = 0
         self.log = get_logger()
         self._reported: set[tuple[str, str, str]] = set()
@@ -83,12 +99,15 @@ class Reconciler:
         try:
             store = self.store_factory()
             if purge:
-                result.plan = purge_plan(store.read(self.settings.host.name))
+                observed = store.read(self.settings.host.name)
+                result.plan = purge_plan(observed)
             else:
-                result.plan = self._plan(store, force)
+                observed, result.plan = self._plan(store, force)
                 self._report(log, result.plan)
+            result.managed = len(observed.owned)
             if apply:
                 self._apply(log, store, result)
+                result.managed += result.applied["register"] - result.applied["deregister"]
         except JailsyncdError as exc:
             result.error = exc
         finally:
@@ -99,7 +118,7 @@ class Reconciler:
         self._summarise(log, result, apply)
         return result
 
-    def _plan(self, store: Store, force: bool) -> Plan:
+    def _plan(self, store: Store, force: bool) -> tuple[Observed, Plan]:
         state = self.source.read()
         desired = build_desired(
             state,
@@ -108,7 +127,7 @@ class Reconciler:
             prefer_ipv6=self.settings.sync.prefer_ipv6,
         )
         observed = store.read(self.settings.host.name)
-        return make_plan(desired, observed, max_deregistrations=self.settings.sync.max_deregistrations, force=force)
+        return observed, make_plan(desired, observed, max_deregistrations=self.settings.sync.max_deregistrations, force=force)
 
     def _report(self, log: Any, plan: Plan) -> None:
         for svc in plan.register:
@@ -147,6 +166,9 @@ class Reconciler:
         steps += [("deregister", s, lambda s=s: store.deregister(s.service_id), {}) for s in plan.deregister]
         events = {"register": "service_registered", "update": "service_updated", "deregister": "service_deregistered"}
         for action, svc, call, extra in steps:
+            if self.should_stop():
+                log.warning("cycle_abandoned", remaining=len(steps) - sum(result.applied.values()) - len(result.failures))
+                return
             try:
                 call()
             except ConsulRejected as exc:
@@ -170,7 +192,9 @@ class Reconciler:
             return
         plan = result.plan
         assert plan is not None
-        log.info(
+        changed = result.writes or result.failures or plan.refused
+        emit = log.debug if self.quiet_noop and not changed else log.info
+        emit(
             "cycle_finished",
             registered=result.applied["register"],
             updated=result.applied["update"],

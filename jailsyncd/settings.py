@@ -107,6 +107,23 @@ class SyncSettings:
     max_deregistrations: int = 10
     #: Register a jail's first IPv6 address rather than its first IPv4.
     prefer_ipv6: bool = False
+    #: Up to this much random delay is added to each periodic cycle, so that many
+    #: hosts started together do not hit Consul in the same second.
+    jitter: float = 2.0
+    #: How often ``run`` checks the CBSD node DB and its ``-wal`` for changes (a stat
+    #: of two files; a change starts a cycle at once).
+    watch_interval: float = 1.0
+    #: After consecutive failed cycles the retry delay doubles from 1 s up to this.
+    backoff_max: float = 120.0
+    #: Deregister everything this host owns when ``run`` stops (SIGTERM/SIGINT).
+    #: Off by default: registrations stay, and health shows the daemon is gone.
+    deregister_on_stop: bool = False
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    #: ``host:port`` for Prometheus metrics (``/metrics``) and ``/healthz``; empty: off.
+    listen: str = ""
 
 
 @dataclass(frozen=True)
@@ -123,6 +140,7 @@ class Settings:
     consul: ConsulSettings = field(default_factory=ConsulSettings)
     sync: SyncSettings = field(default_factory=SyncSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     rules: tuple[Rule, ...] = ()
     #: The file these settings came from (None: built-in defaults only).
     source: Path | None = None
@@ -132,7 +150,16 @@ class Settings:
         return _plain(self)
 
 
-_SECTIONS = {"host": HostSettings, "cbsd": CbsdSettings, "consul": ConsulSettings, "sync": SyncSettings, "log": LogSettings}
+_SECTIONS = {
+    "host": HostSettings,
+    "cbsd": CbsdSettings,
+    "consul": ConsulSettings,
+    "sync": SyncSettings,
+    "log": LogSettings,
+    "metrics": MetricsSettings,
+}
+#: Durations that may be zero (every other duration must be above zero).
+_MAY_BE_ZERO = {"sync.jitter"}
 #: Keys that only the environment may set (never a file: a token does not belong there).
 _ENV_ONLY = {("consul", "token")}
 _MODES = ("agent",)
@@ -193,6 +220,7 @@ def _build(data: dict[str, Any], env: Mapping[str, str], where: str, path: Path 
         consul=consul,
         sync=sections["sync"],
         log=sections["log"],
+        metrics=sections["metrics"],
         rules=_decode_rules(data.get("rule", []), fail),
         source=path,
     )
@@ -219,7 +247,7 @@ def _coerce(dotted: str, fld: Any, value: Any, fail) -> Any:
             raise fail(dotted, f"expected a path string, got {value!r}")
         return Path(value)
     if kind == "float":  # every float setting is a duration
-        return parse_duration(value, lambda msg: fail(dotted, msg))
+        return parse_duration(value, lambda msg: fail(dotted, msg), zero_ok=dotted in _MAY_BE_ZERO)
     if kind == "bool":
         if not isinstance(value, bool):
             raise fail(dotted, f"expected true or false, got {value!r}")
@@ -233,7 +261,7 @@ def _coerce(dotted: str, fld: Any, value: Any, fail) -> Any:
     return value
 
 
-def parse_duration(value: Any, fail) -> float:
+def parse_duration(value: Any, fail, *, zero_ok: bool = False) -> float:
     """``"30s"``, ``"1m30s"``, ``"500ms"``, ``"2h"`` or a plain number of seconds."""
     if isinstance(value, bool):
         raise fail(f"expected a duration like \"30s\", got {value!r}")
@@ -243,8 +271,8 @@ def parse_duration(value: Any, fail) -> float:
         seconds = sum(float(n) * _UNIT[u] for n, u in _DURATION.findall(value))
     else:
         raise fail(f"expected a duration like \"30s\", \"1m30s\" or \"500ms\", got {value!r}")
-    if not 0 < seconds < 86400 * 7:
-        raise fail(f"duration must be above 0 and below a week, got {value!r}")
+    if not (0 <= seconds if zero_ok else 0 < seconds) or seconds >= 86400 * 7:
+        raise fail(f"duration must be {'at least 0' if zero_ok else 'above 0'} and below a week, got {value!r}")
     return seconds
 
 
@@ -330,6 +358,11 @@ def _validate(s: Settings, fail) -> None:
         raise fail("log.format", f"expected one of {', '.join(_LOG_FORMATS)}, got {s.log.format!r}")
     if s.log.level not in _LOG_LEVELS:
         raise fail("log.level", f"expected one of {', '.join(_LOG_LEVELS)}, got {s.log.level!r}")
+    if s.metrics.listen:
+        try:
+            split_listen(s.metrics.listen)
+        except ValueError as exc:
+            raise fail("metrics.listen", str(exc)) from None
     if s.sync.max_deregistrations < 0:
         raise fail("sync.max_deregistrations", "must be 0 or more")
     if not s.host.name or len(s.host.name) > 512:
@@ -361,6 +394,14 @@ def _split_address(address: str) -> tuple[str, int]:
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"bad port in {address!r}")
     return host, int(port)
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` (or ``[v6]:port``) for a listening socket; the port is required."""
+    host, port = _split_address(listen)
+    if not listen.rstrip("/").rsplit(":", 1)[-1].isdigit():
+        raise ValueError(f"expected host:port, e.g. 127.0.0.1:9311, got {listen!r}")
+    return host, port
 
 
 def _read_token_file(path: Path) -> str:

@@ -1,0 +1,232 @@
+"""The long-running service behind ``jailsyncd run``.
+
+Called by ``cli`` only. One worker thread runs reconcile cycles, one at a time;
+everything else only *asks* for a cycle:
+
+- APScheduler (3.x, ``BackgroundScheduler``) asks every ``sync.interval`` with up to
+  ``sync.jitter`` of random delay, and runs the change watcher every
+  ``sync.watch_interval``: a stat of the node DB and its ``-wal`` (CBSD writes only
+  on events, so a changed size or mtime means "re-read now");
+- ``SIGUSR1`` and ``jailsyncd kick`` ask at once;
+- the first cycle is asked for at start-up.
+
+Requests are a flag, not a queue: any number of them while a cycle runs become
+exactly one more cycle right after it (never dropped, never piled up). After a
+failed cycle the worker waits 1, 2, 4, ... seconds (capped at ``sync.backoff_max``)
+before retrying; a kick cuts the wait short; one success resets it.
+``SIGHUP`` reloads the settings (a bad file is logged and the old settings stay);
+``SIGTERM``/``SIGINT`` stop: the current cycle is abandoned between two requests
+(each request is atomic), registrations stay unless ``sync.deregister_on_stop``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from jailsyncd.errors import JailsyncdError
+from jailsyncd.logs import configure, get_logger
+from jailsyncd.reconcile import CycleResult, Reconciler
+from jailsyncd.settings import Settings
+
+#: How long a stopping daemon waits for the current cycle before it exits anyway.
+STOP_GRACE = 3.0
+
+
+def file_stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns)
+
+
+def backoff_delay(failures: int, cap: float) -> float:
+    """1, 2, 4, ... seconds after 1, 2, 3, ... consecutive failures, at most ``cap``."""
+    return min(2.0 ** (failures - 1), cap) if failures > 0 else 0.0
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        reconciler_factory: Callable[[Settings, Callable[[], bool]], Reconciler],
+        load: Callable[[], Settings],
+        *,
+        log_overrides: tuple[str | None, str | None] = (None, None),
+        metrics=None,
+    ) -> None:
+        self.settings = settings
+        self._make_reconciler = reconciler_factory
+        self._load = load
+        self._log_overrides = log_overrides
+        self.metrics = metrics
+        self.log = get_logger()
+        self._stop = threading.Event()
+        self._wanted = threading.Event()  # a cycle was asked for
+        self._kicked = threading.Event()  # an explicit request: cuts a backoff short
+        self._main_wake = threading.Event()
+        self._reload_requested = False
+        self._reasons: set[str] = set()
+        self._reasons_lock = threading.Lock()
+        self._reconciler = reconciler_factory(settings, self._stop.is_set)
+        self._stamps = self._db_stamps()
+        self.failures = 0
+        self.scheduler: BackgroundScheduler | None = None
+        self.worker: threading.Thread | None = None
+
+    # -- requests -------------------------------------------------------------
+
+    def request(self, reason: str) -> None:
+        with self._reasons_lock:
+            self._reasons.add(reason)
+        self._wanted.set()
+
+    def kick(self, reason: str = "kick") -> None:
+        self.request(reason)
+        self._kicked.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wanted.set()
+        self._kicked.set()
+        self._main_wake.set()
+
+    def _db_stamps(self) -> tuple:
+        db = self.settings.cbsd.workdir / "var" / "db" / "local.sqlite"
+        real = db.resolve()
+        return (file_stamp(real), file_stamp(Path(str(real) + "-wal")))
+
+    def _watch(self) -> None:
+        stamps = self._db_stamps()
+        if stamps != self._stamps:
+            self._stamps = stamps
+            self.request("change")
+
+    # -- the worker -------------------------------------------------------------
+
+    def _worker(self) -> None:
+        while not self._stop.is_set():
+            if not self._wanted.wait(timeout=0.5):
+                continue
+            if self._stop.is_set():
+                break
+            self._wanted.clear()
+            self._kicked.clear()
+            with self._reasons_lock:
+                reasons, self._reasons = sorted(self._reasons), set()
+            result = self._cycle(reasons)
+            if result is not None and result.error is None:
+                self.failures = 0
+                continue
+            self.failures += 1
+            delay = backoff_delay(self.failures, self.settings.sync.backoff_max)
+            self.log.warning("backoff", failures=self.failures, delay_s=delay)
+            self._kicked.wait(timeout=delay)
+            self.request("retry")
+
+    def _cycle(self, reasons: list[str]) -> CycleResult | None:
+        reconciler = self._reconciler
+        self.log.debug("cycle_started", cycle=reconciler.cycles + 1, reasons=reasons)
+        try:
+            result = reconciler.cycle()
+        except Exception as exc:  # noqa: BLE001 - the daemon must outlive a bug in one cycle
+            self.log.exception("cycle_crashed", cycle=reconciler.cycles, error=f"{type(exc).__name__}: {exc}")
+            if self.metrics:
+                self.metrics.record_crash()
+            return None
+        if self.metrics:
+            self.metrics.record(result)
+        return result
+
+    # -- reload -------------------------------------------------------------------
+
+    def _reload(self) -> None:
+        try:
+            new = self._load()
+        except JailsyncdError as exc:
+            self.log.error("config_reload_failed", error=str(exc), kept=str(self.settings.source))
+            return
+        fmt, level = self._log_overrides
+        configure(fmt or new.log.format, level or new.log.level)
+        self.log = get_logger()
+        old, self.settings = self.settings, new
+        self._reconciler = self._make_reconciler(new, self._stop.is_set)
+        if self.scheduler is not None and (old.sync.interval, old.sync.jitter, old.sync.watch_interval) != (
+            new.sync.interval, new.sync.jitter, new.sync.watch_interval
+        ):
+            self._schedule(replace=True)
+        self._stamps = self._db_stamps()
+        self.log.info("config_reloaded", settings=new.redacted())
+        self.kick("reload")
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def _schedule(self, replace: bool = False) -> None:
+        assert self.scheduler is not None
+        sync = self.settings.sync
+        common = dict(max_instances=1, coalesce=True, replace_existing=replace)
+        self.scheduler.add_job(
+            self.request, IntervalTrigger(seconds=sync.interval, jitter=sync.jitter or None), args=("interval",), id="interval", **common
+        )
+        self.scheduler.add_job(self._watch, IntervalTrigger(seconds=sync.watch_interval), id="watch", **common)
+
+    def _install_signals(self) -> None:
+        def on_stop(signum, _frame):
+            self.log.info("stop_requested", signal=signal.Signals(signum).name)
+            self.stop()
+
+        def on_hup(_signum, _frame):
+            self._reload_requested = True
+            self._main_wake.set()
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)
+        signal.signal(signal.SIGUSR1, lambda *_: self.kick("signal"))
+
+    def run(self, pidfile: Path | None = None) -> int:
+        """Serve until SIGTERM/SIGINT; returns the exit status (0)."""
+        self._install_signals()
+        if pidfile is not None:
+            pidfile.write_text(f"{os.getpid()}\n")
+        if self.metrics:
+            self.metrics.start(self.settings.metrics.listen, lambda: self.worker is not None and self.worker.is_alive())
+        self.log.info("daemon_started", pid=os.getpid(), settings=self.settings.redacted())
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self._schedule()
+        self.scheduler.start()
+        self.worker = threading.Thread(target=self._worker, name="reconcile", daemon=True)
+        self.worker.start()
+        self.request("startup")
+        try:
+            while not self._stop.is_set():
+                self._main_wake.wait(timeout=1.0)
+                self._main_wake.clear()
+                if self._reload_requested:
+                    self._reload_requested = False
+                    self._reload()
+        finally:
+            self.scheduler.shutdown(wait=False)
+            self.worker.join(timeout=STOP_GRACE)
+            if self.settings.sync.deregister_on_stop:
+                self._deregister_all()
+            if self.metrics:
+                self.metrics.stop()
+            if pidfile is not None:
+                pidfile.unlink(missing_ok=True)
+            self.log.info("daemon_stopped", cycles=self._reconciler.cycles, abandoned=self.worker.is_alive())
+        return 0
+
+    def _deregister_all(self) -> None:
+        started = time.monotonic()
+        reconciler = self._make_reconciler(self.settings, lambda: time.monotonic() - started > STOP_GRACE)
+        result = reconciler.cycle(purge=True)
+        self.log.info("deregistered_on_stop", deregistered=result.applied["deregister"], error=str(result.error) if result.error else None)

@@ -1,0 +1,198 @@
+"""``jailsyncd run`` as a real subprocess against a real Consul and a CBSD workdir."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from harness import REPO, ConsulServer, free_port, log_events, wait_for, write_config
+
+from jailsyncd.sample import Workdir
+
+pytestmark = pytest.mark.integration
+
+
+class RunningDaemon:
+    def __init__(self, config: Path, tmp: Path) -> None:
+        self.log_path = tmp / "daemon.log"
+        self.pidfile = tmp / "jailsyncd.pid"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_")}
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "jailsyncd", "--config", str(config), "--log-level", "debug", "run", "--pidfile", str(self.pidfile)],
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO),
+            )
+
+    def events(self, name: str | None = None) -> list[dict]:
+        events = log_events(self.log_path.read_text())
+        return [e for e in events if name is None or e["event"] == name]
+
+    def finished_cycles(self) -> int:
+        return len(self.events("cycle_finished")) + len(self.events("cycle_failed"))
+
+    def kick(self) -> None:
+        subprocess.run([sys.executable, "-m", "jailsyncd", "kick", "--pidfile", str(self.pidfile)], check=True, cwd=str(REPO))
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path):
+    daemons: list[RunningDaemon] = []
+
+    def start(config: Path) -> RunningDaemon:
+        daemon = RunningDaemon(config, tmp_path)
+        daemons.append(daemon)
+        wait_for(lambda: daemon.finished_cycles() >= 1, timeout=15, what="the first cycle")
+        return daemon
+
+    yield start
+    for daemon in daemons:
+        daemon.stop()
+
+
+QUIET = '[sync]\ninterval = "1h"\njitter = "0s"\n'
+
+
+def test_db_changes_reach_consul_within_3s(consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
+    workdir.add("web1", jid=0, status=0, ip4_addr="127.0.30.1")
+    workdir.add("db1", jid=5, status=1, ip4_addr="127.0.30.2")
+    daemon = start_daemon(write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul, extra=QUIET))
+    assert set(consul.services()) == {"jailsyncd-db1"}
+    started = time.monotonic()
+    workdir.start("web1", jid=7)
+    wait_for(lambda: "jailsyncd-web1" in consul.services(), timeout=3, what="web1 registered")
+    appeared = time.monotonic() - started
+    started = time.monotonic()
+    workdir.stop("db1")
+    wait_for(lambda: "jailsyncd-db1" not in consul.services(), timeout=3, what="db1 deregistered")
+    gone = time.monotonic() - started
+    assert appeared < 3 and gone < 3
+    reasons = [e["reasons"] for e in daemon.events("cycle_started")]
+    assert reasons[0] == ["startup"] and ["change"] in reasons
+
+
+def test_kick_and_sigusr1_during_a_slow_cycle_are_served_after_it(consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
+    workdir.add("web1", jid=3, status=1, ip4_addr="127.0.30.1")
+    extra = QUIET.replace('jitter = "0s"', 'jitter = "0s"\nwatch_interval = "1h"')
+    daemon = start_daemon(write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul, extra=extra))
+    # A CBSD writer holding an exclusive lock makes the next cycle wait (busy timeout 5 s).
+    writer = sqlite3.connect(workdir.node_db, isolation_level=None)
+    writer.execute("PRAGMA locking_mode=EXCLUSIVE")
+    writer.execute("BEGIN EXCLUSIVE")
+    writer.execute("UPDATE jails SET ip4_addr = '127.0.30.9' WHERE jname = 'web1'")
+    try:
+        daemon.kick()
+        wait_for(lambda: len(daemon.events("cycle_started")) == 2, timeout=5, what="the kicked cycle to start")
+        # That cycle cannot finish while the lock is held: ask twice more during it.
+        daemon.kick()
+        daemon.proc.send_signal(signal.SIGUSR1)
+    finally:
+        writer.execute("COMMIT")
+        writer.close()
+    wait_for(lambda: daemon.finished_cycles() >= 3, timeout=10, what="the cycle asked for during the slow one")
+    started = daemon.events("cycle_started")
+    assert [e["reasons"] for e in started[1:3]] == [["signal"], ["signal"]]  # kick sends SIGUSR1
+    assert not daemon.events("cycle_failed")
+    assert len(started) == 3, "requests during a cycle coalesce into exactly one more cycle"
+    assert consul.services()["jailsyncd-web1"]["Address"] == "127.0.30.9"
+
+
+def test_sighup_reload_keeps_old_settings_on_a_broken_file(consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
+    workdir.add("www1", jid=3, status=1, ip4_addr="127.0.30.1")
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul, extra=QUIET)
+    good = config.read_text()
+    daemon = start_daemon(config)
+    config.write_text(good + "[bogus]\nx = 1\n")
+    daemon.proc.send_signal(signal.SIGHUP)
+    [failed] = wait_for(lambda: daemon.events("config_reload_failed"), timeout=5, what="config_reload_failed")
+    assert "bogus" in failed["error"]
+    assert daemon.proc.poll() is None
+    config.write_text(good + '\n[[rule]]\nmatch = "www*"\nname = "www"\n')
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: daemon.events("config_reloaded"), timeout=5, what="config_reloaded")
+    wait_for(lambda: consul.services().get("jailsyncd-www1", {}).get("Service") == "www", timeout=5, what="renamed by the new rule")
+
+
+def test_sigterm_exits_0_within_5s_and_registrations_stay(consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
+    workdir.add("web1", jid=3, status=1, ip4_addr="127.0.30.1")
+    daemon = start_daemon(write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul, extra=QUIET))
+    started = time.monotonic()
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(timeout=5) == 0
+    assert time.monotonic() - started < 5
+    assert "jailsyncd-web1" in consul.services()
+    assert not daemon.pidfile.exists()
+
+
+def test_deregister_on_stop(consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
+    workdir.add("web1", jid=3, status=1, ip4_addr="127.0.30.1")
+    extra = QUIET + "deregister_on_stop = true\n"
+    daemon = start_daemon(write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul, extra=extra))
+    assert "jailsyncd-web1" in consul.services()
+    assert daemon.stop() == 0
+    assert consul.services() == {}
+
+
+def test_consul_outage_backoff_and_convergence(consul_bin: str, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
+    server = ConsulServer(consul_bin).start()
+    try:
+        workdir.add("web1", jid=3, status=1, ip4_addr="127.0.30.1")
+        extra = '[sync]\ninterval = "1h"\njitter = "0s"\nbackoff_max = "2s"\n'
+        daemon = start_daemon(write_config(tmp_path / "c.toml", workdir=workdir.root, consul=server, extra=extra))
+        assert "jailsyncd-web1" in server.services()
+        server.stop()
+        workdir.add("web2", jid=4, status=1, ip4_addr="127.0.30.2")  # a change while Consul is down
+        wait_for(lambda: len(daemon.events("backoff")) >= 3, timeout=15, what="three backoffs")
+        delays = [e["delay_s"] for e in daemon.events("backoff")]
+        assert delays[:3] == [1.0, 2.0, 2.0]  # grows, capped by backoff_max
+        assert daemon.proc.poll() is None
+        server.start()  # a fresh dev agent on the same HTTP port, empty
+        wait_for(lambda: set(server.services()) == {"jailsyncd-web1", "jailsyncd-web2"}, timeout=15, what="convergence after the outage")
+        assert daemon.events("cycle_failed")[0]["error_kind"] == "ConsulError"
+    finally:
+        server.stop()
+
+
+def test_metrics_match_what_happened(consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
+    port = free_port()
+    workdir.add("web1", jid=3, status=1, ip4_addr="127.0.30.1")
+    workdir.add("web2", jid=4, status=1, ip4_addr="127.0.30.2")
+    workdir.add("dhcp", jid=5, status=1, ip4_addr="DHCP")
+    extra = QUIET + f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+    daemon = start_daemon(write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul, extra=extra))
+    workdir.stop("web2")
+    wait_for(lambda: "jailsyncd-web2" not in consul.services(), timeout=5, what="web2 gone")
+    wait_for(lambda: daemon.finished_cycles() >= 2, timeout=5, what="second cycle logged")
+
+    def scrape() -> dict[str, float]:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("jailsyncd_")}
+
+    m = scrape()
+    cycles = len(daemon.events("cycle_started"))
+    assert m['jailsyncd_cycles_total{result="ok"}'] == cycles
+    assert m['jailsyncd_actions_total{action="register"}'] == 2
+    assert m['jailsyncd_actions_total{action="deregister"}'] == 1
+    assert m['jailsyncd_drift_total{kind="missing"}'] == 2
+    assert m['jailsyncd_drift_total{kind="orphan"}'] == 1
+    assert m["jailsyncd_managed_services"] == 1
+    assert m["jailsyncd_cycle_duration_seconds_count"] == cycles
+    assert time.time() - m["jailsyncd_last_success_timestamp_seconds"] < 30
+    health = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    assert health.status == 200 and health.read() == b"ok\n"
