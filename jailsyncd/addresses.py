@@ -77,9 +77,10 @@ def _parse_token(token: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | 
         return None
     if slash:
         limit = 32 if addr.version == 4 else 128
-        if not (prefix.isdigit() and 0 <= int(prefix) <= limit):
+        if not (prefix.isascii() and prefix.isdigit() and len(prefix) <= 3 and int(prefix) <= limit):
             return None
-    if addr.is_unspecified:
+    # A zoned IPv6 (fe80::1%em0) means nothing outside this host's interface.
+    if addr.is_unspecified or getattr(addr, "scope_id", None):
         return None
     return addr
 

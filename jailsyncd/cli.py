@@ -9,6 +9,7 @@ stderr (``jailsyncd: ...``) and its ``exit_code``; no traceback is shown unless
 - ``check-config``: load and validate the settings, print them (no secrets);
 - ``purge --yes``: deregister everything this host owns;
 - ``run``: the service (``daemon.Daemon``); ``kick``: SIGUSR1 to a running one;
+- ``report``: drift reports from jailsyncd's JSON logs (``report``);
 - ``version``.
 """
 
@@ -23,7 +24,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from jailsyncd import __version__
+from jailsyncd import __version__, report
 from jailsyncd.adapters.cbsd import CbsdSource
 from jailsyncd.adapters.consul import ConsulAgent
 from jailsyncd.errors import ExitCode, JailsyncdError, SafetyRefusal
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pidfile", type=Path, help="write the process ID here (removed on exit)")
     p = sub.add_parser("kick", help="ask the running daemon for a cycle now (SIGUSR1)")
     p.add_argument("--pidfile", type=Path, default=DEFAULT_PIDFILE, help=f"the daemon's pidfile (default {DEFAULT_PIDFILE})")
+    report.add_parser(sub)
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -64,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.OK
     if args.command == "kick":
         return cmd_kick(args)
+    if args.command == "report":  # reads logs only: works even with a broken config
+        try:
+            return report.run(args)
+        except JailsyncdError as exc:
+            print(f"jailsyncd: {exc}", file=sys.stderr)
+            return exc.exit_code
     try:
         settings = load_settings(args.config or DEFAULT_CONFIG, required=args.config is not None)
         configure(args.log_format or settings.log.format, args.log_level or settings.log.level)

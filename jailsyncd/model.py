@@ -74,6 +74,37 @@ class CbsdState:
     unreadable: tuple[tuple[str, str], ...] = ()
 
 
+#: The ID of jailsyncd's own service, which carries the heartbeat. A jname never
+#: contains a dot, so no jail's ``jailsyncd-<jname>`` can ever equal it.
+SELF_SERVICE_ID = "jailsyncd.heartbeat"
+SELF_SERVICE_NAME = "jailsyncd"
+SELF_CHECK_ID = "jailsyncd.heartbeat:ttl"
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """A check jailsyncd attaches to a service.
+
+    ``kind`` is ``ttl`` (jailsyncd probes and writes the status; ``probe`` says how:
+    ``ping``, ``tcp`` or ``http:/path``) or ``alias`` (Consul mirrors the health of
+    ``alias_of``). ``notes`` records the definition (e.g. the TTL), because Consul's
+    agent API does not return a TTL check's TTL: a changed note re-registers it.
+    """
+
+    check_id: str
+    name: str
+    kind: str
+    notes: str = ""
+    ttl: float = 0.0
+    probe: str = ""
+    alias_of: str = ""
+
+    @property
+    def observable(self) -> tuple[str, str, str]:
+        """What can be read back from Consul, and so what ``plan`` compares."""
+        return (self.check_id, self.kind, self.notes)
+
+
 @dataclass(frozen=True)
 class Service:
     """One Consul service instance, as desired or as observed.
@@ -90,6 +121,9 @@ class Service:
     tags: frozenset[str]
     meta: tuple[tuple[str, str], ...]
     tagged_addresses: tuple[tuple[str, str], ...]
+    checks: frozenset[tuple[str, str, str]] = frozenset()
+    #: The full check definitions (desired side only; ``checks`` is what compares).
+    check_specs: tuple[CheckSpec, ...] = field(default=(), compare=False)
 
     @property
     def jail(self) -> str:
@@ -98,7 +132,7 @@ class Service:
 
 
 #: Fields ``plan`` compares, in the order they are reported.
-COMPARED_FIELDS = ("name", "address", "port", "tags", "meta", "tagged_addresses")
+COMPARED_FIELDS = ("name", "address", "port", "tags", "meta", "tagged_addresses", "checks")
 
 
 @dataclass(frozen=True)
@@ -148,6 +182,8 @@ class Observed:
 
     owned: tuple[Service, ...]
     foreign_ids: frozenset[str] = frozenset()
+    #: Status and output of every check of an owned service, by check ID.
+    check_status: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,11 @@ def dns_label(text: str) -> str:
     return label or "x"
 
 
-def suffixed_label(jname: str) -> str:
-    """``dns_label(jname)`` plus ``-`` and 4 hex digits of a hash of the exact jname,
-    still within 63 characters. Used for jnames whose label is taken."""
-    digest = hashlib.sha256(jname.encode()).hexdigest()[:4]
-    return f"{dns_label(jname)[: MAX_LABEL - 5].rstrip('-')}-{digest}"
+def suffixed_label(jname: str, digits: int = 4) -> str:
+    """``dns_label(jname)`` plus ``-`` and ``digits`` hex digits of a hash of the exact
+    jname, still within 63 characters. Used for jnames whose label is taken."""
+    digest = hashlib.sha256(jname.encode()).hexdigest()[:digits]
+    return f"{dns_label(jname)[: MAX_LABEL - digits - 1].rstrip('-')}-{digest}"
 
 
 def unique_labels(jnames: list[str] | tuple[str, ...] | set[str]) -> dict[str, str]:
@@ -35,15 +35,28 @@ def unique_labels(jnames: list[str] | tuple[str, ...] | set[str]) -> dict[str, s
 
     A jname that is already a valid label keeps it. When several jnames map to one
     label, the one that equals the label keeps it and the others (lossy mappings)
-    get ``suffixed_label``. The choice depends on the set of jnames only, not on
-    their order, so it never flips between cycles.
+    get ``suffixed_label``, with a longer hash in the rare case that the suffixed
+    label is taken too. The choice depends on the set of jnames only, not on their
+    order, so it never flips between cycles.
     """
     by_label: dict[str, list[str]] = {}
     for jname in sorted(set(jnames)):
         by_label.setdefault(dns_label(jname), []).append(jname)
     result: dict[str, str] = {}
+    lossy: list[str] = []
     for label, group in by_label.items():
         for jname in group:
-            exact = jname == label
-            result[jname] = label if exact or len(group) == 1 else suffixed_label(jname)
+            if jname == label or len(group) == 1:
+                result[jname] = label
+            else:
+                lossy.append(jname)
+    used = set(result.values())
+    for jname in sorted(lossy):
+        digits = 4
+        label = suffixed_label(jname, digits)
+        while label in used and digits < 64:
+            digits += 4
+            label = suffixed_label(jname, digits)
+        used.add(label)
+        result[jname] = label
     return result

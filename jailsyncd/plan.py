@@ -37,6 +37,8 @@ def plan(
     update: list[Update] = []
     skipped: list[Skip] = list(desired.skipped)
     for sid, new in sorted(wanted.items()):
+        if new.jail in desired.protected:
+            continue
         old = owned.get(sid)
         if old is None:
             if sid in observed.foreign_ids:

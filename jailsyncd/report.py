@@ -555,11 +555,13 @@ def _stdin_lines(stdin: IO[str]) -> Iterator[str]:
         yield raw.decode("utf-8", errors="replace")
 
 
-def read_lines(paths: Sequence[str | Path], stdin: IO[str] = sys.stdin) -> Iterator[str]:
+def read_lines(paths: Sequence[str | Path], stdin: IO[str] | None = None) -> Iterator[str]:
     """The lines of ``paths`` in order (stdin for none or ``-``), newlines stripped.
 
-    Errors opening or decompressing a file become ``ReportError`` naming it.
+    ``stdin`` None means ``sys.stdin`` at call time. Errors opening or decompressing a
+    file become ``ReportError`` naming it.
     """
+    stdin = sys.stdin if stdin is None else stdin
     if not paths:
         paths = ["-"]
     for item in paths:
@@ -607,9 +609,14 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object {jails, totals}")
 
 
-def run(args: argparse.Namespace, stdin: IO[str] = sys.stdin, stdout: IO[str] = sys.stdout) -> int:
-    """Run ``report`` for parsed ``args``; raises ``ReportError`` (nothing printed) when
-    a log file cannot be read."""
+def run(args: argparse.Namespace, stdin: IO[str] | None = None, stdout: IO[str] | None = None) -> int:
+    """Run ``report`` for parsed ``args``; returns ``ExitCode.OK``, or raises
+    ``ReportError`` (nothing printed) when a log file cannot be read.
+
+    ``stdin``/``stdout`` None mean ``sys.stdin``/``sys.stdout`` at call time (not at
+    import time, so pytest's ``capsys`` and redirections see the output).
+    """
+    stdout = sys.stdout if stdout is None else stdout
     report = aggregate(
         read_lines(getattr(args, "logfiles", None) or [], stdin),
         since=getattr(args, "since", None),

@@ -121,6 +121,30 @@ class SyncSettings:
 
 
 @dataclass(frozen=True)
+class HealthSettings:
+    #: Probe every registered jail and publish the result as Consul checks.
+    enabled: bool = True
+    #: Time between probe rounds (each round probes every jail at once).
+    interval: float = 10.0
+    #: How long a round waits for replies; must be below ``interval``.
+    timeout: float = 1.0
+    #: Echo requests per address and round; one reply is enough to count as up.
+    count: int = 2
+    #: Consecutive successful rounds before a check turns passing.
+    success_before_passing: int = 1
+    #: Consecutive failed rounds before a check turns critical (anti-flap).
+    failures_before_critical: int = 3
+    #: TTL of each jail's check. Statuses are written only when they change, plus one
+    #: refresh per check at half this TTL; the daemon's death is signalled by the
+    #: heartbeat instead, so this can be long.
+    ttl: float = 3600.0
+    #: TTL of the ``jailsyncd`` self-service heartbeat, refreshed every third of it.
+    #: Every jail service has an alias check on it: if the daemon dies, all of them
+    #: turn critical within this time, at the cost of one write per refresh.
+    heartbeat_ttl: float = 30.0
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     #: ``host:port`` for Prometheus metrics (``/metrics``) and ``/healthz``; empty: off.
     listen: str = ""
@@ -140,6 +164,7 @@ class Settings:
     consul: ConsulSettings = field(default_factory=ConsulSettings)
     sync: SyncSettings = field(default_factory=SyncSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     rules: tuple[Rule, ...] = ()
     #: The file these settings came from (None: built-in defaults only).
@@ -156,6 +181,7 @@ _SECTIONS = {
     "consul": ConsulSettings,
     "sync": SyncSettings,
     "log": LogSettings,
+    "health": HealthSettings,
     "metrics": MetricsSettings,
 }
 #: Durations that may be zero (every other duration must be above zero).
@@ -209,7 +235,7 @@ def _build(data: dict[str, Any], env: Mapping[str, str], where: str, path: Path 
         if not isinstance(raw, dict):
             raise fail(name, "must be a table")
         sections[name] = _decode_section(name, cls, raw, fail)
-    consul = _fill_from_env(sections["consul"], env, fail)
+    consul = _fill_from_env(sections["consul"], set(data.get("consul", {})), env)
     cbsd = sections["cbsd"]
     host = sections["host"]
     if not host.name:
@@ -220,6 +246,7 @@ def _build(data: dict[str, Any], env: Mapping[str, str], where: str, path: Path 
         consul=consul,
         sync=sections["sync"],
         log=sections["log"],
+        health=sections["health"],
         metrics=sections["metrics"],
         rules=_decode_rules(data.get("rule", []), fail),
         source=path,
@@ -276,13 +303,12 @@ def parse_duration(value: Any, fail, *, zero_ok: bool = False) -> float:
     return seconds
 
 
-def _fill_from_env(consul: ConsulSettings, env: Mapping[str, str], fail) -> ConsulSettings:
-    """CONSUL_* variables fill only what the file left at its default."""
-    defaults = ConsulSettings()
+def _fill_from_env(consul: ConsulSettings, in_file: set[str], env: Mapping[str, str]) -> ConsulSettings:
+    """CONSUL_* variables fill only the keys the file does not set."""
     updates: dict[str, Any] = {}
 
     def unset(key: str) -> bool:
-        return getattr(consul, key) == getattr(defaults, key)
+        return key not in in_file
 
     def path_from(var: str) -> Path | None:
         return Path(env[var]) if env.get(var) else None
@@ -363,6 +389,16 @@ def _validate(s: Settings, fail) -> None:
             split_listen(s.metrics.listen)
         except ValueError as exc:
             raise fail("metrics.listen", str(exc)) from None
+    h = s.health
+    if h.timeout >= h.interval:
+        raise fail("health.timeout", f"must be shorter than health.interval ({h.interval:g}s)")
+    for key in ("count", "success_before_passing", "failures_before_critical"):
+        if not 1 <= getattr(h, key) <= 100:
+            raise fail(f"health.{key}", f"must be between 1 and 100, got {getattr(h, key)}")
+    if h.ttl < 60 or h.ttl <= 2 * h.interval:
+        raise fail("health.ttl", "must be at least 1m and more than twice health.interval")
+    if h.heartbeat_ttl < 3:
+        raise fail("health.heartbeat_ttl", "must be at least 3s")
     if s.sync.max_deregistrations < 0:
         raise fail("sync.max_deregistrations", "must be 0 or more")
     if not s.host.name or len(s.host.name) > 512:
@@ -380,17 +416,26 @@ def _split_address(address: str) -> tuple[str, int]:
     rest = address.removeprefix("http://").removeprefix("https://").rstrip("/")
     if not rest or "/" in rest:
         raise ValueError(f"expected host:port or http(s)://host:port, got {address!r}")
+    default_port = 8501 if address.startswith("https://") else 8500
     if rest.startswith("["):
-        host, _, tail = rest[1:].partition("]")
+        host, bracket, tail = rest[1:].partition("]")
+        if not bracket or (tail and not tail.startswith(":")):
+            raise ValueError(f"expected [ipv6]:port, got {address!r}")
         port = tail.removeprefix(":")
+        if tail == ":":
+            raise ValueError(f"missing port after ':' in {address!r}")
     elif rest.count(":") == 1:
         host, _, port = rest.partition(":")
+        if not port:
+            raise ValueError(f"missing port after ':' in {address!r}")
     elif ":" in rest:
         raise ValueError(f"IPv6 addresses need brackets, e.g. [::1]:8500, got {address!r}")
     else:
         host, port = rest, ""
+    if not host:
+        raise ValueError(f"missing host in {address!r}")
     if not port:
-        return host, 8500
+        return host, default_port
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"bad port in {address!r}")
     return host, int(port)

@@ -19,7 +19,7 @@ import fnmatch
 import re
 from dataclasses import dataclass
 
-_META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_META_KEY = re.compile(r"[A-Za-z0-9_-]{1,128}")
 MAX_META_VALUE = 512
 _OFF = {"off", "false", "no", "0", "disabled"}
 _ON = {"on", "true", "yes", "1", "enabled"}
@@ -53,7 +53,7 @@ class Directives:
 
 
 def valid_meta_key(key: str) -> bool:
-    return bool(_META_KEY.match(key)) and not key.startswith("consul-")
+    return bool(_META_KEY.fullmatch(key)) and not key.startswith("consul-")
 
 
 def directives_for(jname: str, tags_column: str | None, rules: tuple[Rule, ...]) -> Directives:
@@ -112,6 +112,6 @@ def _items(value: str | None) -> list[str]:
 
 
 def _port(value: str) -> int | None:
-    if value.isdigit() and 1 <= int(value) <= 65535:
+    if value.isascii() and value.isdigit() and len(value) <= 5 and 1 <= int(value) <= 65535:
         return int(value)
     return None

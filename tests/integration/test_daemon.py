@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -196,3 +197,29 @@ def test_metrics_match_what_happened(consul: ConsulServer, tmp_path: Path, workd
     assert time.time() - m["jailsyncd_last_success_timestamp_seconds"] < 30
     health = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
     assert health.status == 200 and health.read() == b"ok\n"
+
+
+def test_report_counts_what_a_real_daemon_logged(consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
+    workdir.add("web1", jid=3, status=1, ip4_addr="127.0.30.1")
+    workdir.add("vnet1", jid=4, status=1, ip4_addr="REALDHCP")
+    daemon = start_daemon(write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul, extra=QUIET))
+    workdir.set("web1", ip4_addr="127.0.30.5")
+    wait_for(lambda: consul.services()["jailsyncd-web1"]["Address"] == "127.0.30.5", timeout=5, what="address change")
+    workdir.stop("web1")
+    wait_for(lambda: "jailsyncd-web1" not in consul.services(), timeout=5, what="web1 gone")
+    wait_for(lambda: daemon.finished_cycles() >= 3, timeout=5, what="three cycles logged")
+    assert daemon.stop() == 0
+    log = daemon.log_path
+    with open(log, "ab") as fh:
+        fh.write(b"garbage line\n\xff\xfe binary\n[1, 2]\n{\"no\": \"event\"}\n")
+    proc = subprocess.run([sys.executable, "-m", "jailsyncd", "report", "--json", str(log)], capture_output=True, text=True, cwd=str(REPO))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    web1 = report["jails"]["web1"]
+    assert web1["drift"]["missing"]["count"] == 1
+    assert web1["drift"]["changed"]["count"] == 1
+    assert web1["drift"]["changed"]["fields"] == {"address": 1, "tagged_addresses": 1}
+    assert web1["drift"]["orphan"]["count"] == 1
+    assert web1["actions"] == {"registered": 1, "updated": 1, "deregistered": 1, "failed": 0, "refused": 0}
+    assert report["jails"]["vnet1"]["drift"]["unaddressable"]["count"] == 1
+    assert report["totals"]["lines_skipped"] >= 4

@@ -155,18 +155,12 @@ def test_huge_value_with_many_tokens_is_fast():
     assert all(len(item) == 64 for item in result.invalid)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="BUG: parse_ip4_addr 'never raises', but a prefix made of a non-ASCII digit "
-    "('²'.isdigit() is True, int('²') raises) crashes the parser",
-)
 def test_non_ascii_digit_prefix_is_invalid_not_a_crash():
     assert parse_ip4_addr("10.0.0.5/²,10.0.0.6") == P(ipv4=("10.0.0.6",), invalid=("10.0.0.5/²",))
 
 
 # A token grammar that covers all forms plus near-misses; text is ASCII only so that the
-# known non-ASCII-digit crash (xfail above) cannot make this property flaky.
+# property stays about the grammar, not unicode digits (tested separately above).
 #: Printable ASCII without the item separator. Explicit alphabets (not st.characters)
 #: keep hypothesis from building its unicode table, which costs seconds on a fresh checkout.
 _ASCII_NO_COMMA = "".join(chr(c) for c in range(32, 127) if chr(c) != ",")
@@ -180,7 +174,7 @@ _other = st.sampled_from(["DHCP", "dhcpv6", "REALDHCP", "0", "", " ", "::", "0.0
 _value = st.lists(_addr_token | _other, max_size=8).map(",".join)
 
 
-@settings(max_examples=100, deadline=None, database=None, derandomize=True)
+@settings(max_examples=60, deadline=None, database=None, derandomize=True)
 @given(_value)
 @example("10.0.0.1/16,em0#fd00::1/64,vhid_1|10.0.0.2/24")
 def test_no_address_ever_contains_a_slash_and_all_are_canonical(value):
@@ -200,7 +194,7 @@ def test_no_address_ever_contains_a_slash_and_all_are_canonical(value):
     assert set(result.dynamic) <= {"DHCP", "DHCPV6", "REALDHCP"}
 
 
-@settings(max_examples=100, deadline=None, database=None, derandomize=True)
+@settings(max_examples=40, deadline=None, database=None, derandomize=True)
 @given(st.lists(_addr_token, min_size=1, max_size=6))
 def test_every_token_is_accounted_for(tokens):
     """Each non-blank token ends up as an address or as an invalid item, never lost."""

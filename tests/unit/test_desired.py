@@ -77,6 +77,10 @@ def test_running_rules(emulator, status, jid, registered):
         ("xen", 0, "xen"),
         ("qemu-aarch64-static", 1, "jail"),
         ("qemu-mips64-static", 1, "jail"),
+        ("virtualbox", 0, "virtualbox"),
+        ("qemu", 0, "qemu"),
+        ("qemu-user", 0, "qemu-user"),  # only qemu-*-static is a jail
+        ("qemu-static-x", 0, "qemu-static-x"),
     ],
 )
 def test_kind_tag_and_emulator_meta(emulator, status, kind_tag):

@@ -76,7 +76,7 @@ def test_max_label_is_dns_limit():
     assert MAX_LABEL == 63
 
 
-@settings(max_examples=150, deadline=None, database=None, derandomize=True)
+@settings(max_examples=80, deadline=None, database=None, derandomize=True)
 @given(st.text(alphabet=_ANY, max_size=150))
 def test_dns_label_always_valid(text):
     label = dns_label(text)
@@ -120,7 +120,7 @@ def test_suffixed_label_depends_on_exact_jname():
     assert len(labels) == 3
 
 
-@settings(max_examples=100, deadline=None, database=None, derandomize=True)
+@settings(max_examples=50, deadline=None, database=None, derandomize=True)
 @given(st.text(alphabet=_ANY, max_size=120))
 def test_suffixed_label_always_valid(jname):
     label = suffixed_label(jname)
@@ -180,7 +180,7 @@ def test_unique_labels_stable_when_a_jail_is_added_elsewhere():
 _jname = st.text(alphabet="aA1_@%:-", min_size=1, max_size=5).filter(lambda s: not s.startswith("-"))
 
 
-@settings(max_examples=100, deadline=None, database=None, derandomize=True)
+@settings(max_examples=60, deadline=None, database=None, derandomize=True)
 @given(st.lists(_jname, max_size=12), st.randoms(use_true_random=False))
 def test_unique_labels_order_independent(jnames, rnd):
     shuffled = list(jnames)
@@ -189,7 +189,7 @@ def test_unique_labels_order_independent(jnames, rnd):
     assert unique_labels(jnames) == unique_labels(set(jnames))
 
 
-@settings(max_examples=100, deadline=None, database=None, derandomize=True)
+@settings(max_examples=60, deadline=None, database=None, derandomize=True)
 @given(st.lists(_jname | st.text(alphabet=_ANY, max_size=70), max_size=12))
 def test_unique_labels_valid_and_pairwise_distinct(jnames):
     result = unique_labels(jnames)
@@ -205,12 +205,6 @@ def test_unique_labels_valid_and_pairwise_distinct(jnames):
 # --- bugs ------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: unique_labels promises distinct labels, but a lossy jname's suffixed "
-    "label can equal another jname that is exactly that label",
-)
 def test_suffixed_label_can_collide_with_an_exact_jname():
     taken = suffixed_label("web_1")  # "web-1-" + 4 hex digits
     result = unique_labels(["web_1", "web-1", taken])
@@ -218,12 +212,6 @@ def test_suffixed_label_can_collide_with_an_exact_jname():
     assert len(set(result.values())) == 3  # ...so web_1 must get something else
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: unique_labels promises distinct labels, but two lossy jnames of one "
-    "group whose 4-hex (16-bit) hash suffixes collide get the same label",
-)
 def test_two_lossy_jnames_with_same_hash_suffix():
     a, b = "a_b_b_b%b@b_b", "a_b_b:b_b:b_b"  # found by search: same dns_label, same suffix
     assert dns_label(a) == dns_label(b)

@@ -80,6 +80,7 @@ _BASE = svc("web1", name="web1", address="10.0.0.1", port=80, tags=("jail", "web
         ("meta", tuple(p for p in _BASE.meta if p[0] != "team")),
         ("tagged_addresses", (("lan_ipv4", "10.0.0.1"), ("wan_ipv4", "10.0.0.9"))),
         ("tagged_addresses", ()),
+        ("checks", frozenset({("jailsyncd-web1:ping", "ttl", "jailsyncd probe=ping ttl=3600s")})),
     ],
 )
 def test_each_field_change_is_detected(field, value):
@@ -97,7 +98,7 @@ def test_each_field_change_is_detected(field, value):
 def test_several_changes_reported_in_compared_order():
     new = dataclasses.replace(_BASE, tagged_addresses=(), port=1, name="zzz")
     assert changed_fields(_BASE, new) == ("name", "port", "tagged_addresses")
-    assert COMPARED_FIELDS == ("name", "address", "port", "tags", "meta", "tagged_addresses")
+    assert COMPARED_FIELDS == ("name", "address", "port", "tags", "meta", "tagged_addresses", "checks")
 
 
 # --- register / deregister -------------------------------------------------------------
@@ -162,13 +163,6 @@ def test_protected_jails_do_not_count_toward_the_deregistration_limit():
     assert result.refused == ()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG (defensive; unreachable via build_desired): plan's docstring says owned "
-    "services of protected jails 'are left as they are', but a Desired listing a "
-    "protected jail's service still yields an update for it",
-)
 def test_protected_jail_is_not_updated_even_if_desired_lists_it():
     old = svc("vm1", address="10.0.0.1")
     new = svc("vm1", address="10.0.0.2")

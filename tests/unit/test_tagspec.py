@@ -106,23 +106,11 @@ def test_consul_port_invalid_is_ignored_with_reason(value):
     assert "1-65535" in result.ignored[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="BUG: consul.port uses str.isdigit() then int(); '²' passes isdigit but int() "
-    "raises, so one jail's tags crash directives_for (and the whole build_desired)",
-)
 def test_consul_port_superscript_digit_is_ignored_not_a_crash():
     result = d("consul.port=²")
     assert result.port is None and len(result.ignored) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="BUG: consul.port with more than 4300 digits passes isdigit() and int() raises "
-    "(Python's int max str digits), crashing directives_for instead of ignoring the item",
-)
 def test_consul_port_huge_number_is_ignored_not_a_crash():
     result = d("consul.port=" + "9" * 5000)
     assert result.port is None and len(result.ignored) == 1
@@ -224,12 +212,6 @@ def test_unknown_consul_directive_is_ignored(item):
         pytest.param(
             "a\n",
             False,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: _META_KEY uses '$', which also matches before a trailing newline, "
-                "so 'a\\n' is accepted (Consul's Go regexp rejects it); reachable from a "
-                "[[rule]] meta key in the config file",
-            ),
             id="trailing-newline",
         ),
     ],

@@ -1,0 +1,195 @@
+"""Health checks: which checks a service gets, and how probe results become statuses (pure).
+
+Called by ``desired`` (``jail_checks``, ``self_service``) and by ``healthloop`` (the
+state machine and the write decisions). Consul has no ICMP check and script checks
+need ``enable_script_checks`` (a remote-code-execution risk), so jailsyncd probes the
+jails itself and writes TTL checks, like consul-esm does for external nodes.
+
+Each jail service gets:
+- one TTL check per probe: ``<service_id>:ping`` always, ``:tcp``/``:http`` when the
+  jail asks for them (``consul.check=tcp``, ``consul.check=http:/path``, or a rule);
+- one alias check ``<service_id>:alive`` mirroring jailsyncd's own service
+  (``jailsyncd.heartbeat``), whose short-TTL check the daemon refreshes. If the
+  daemon dies, every jail turns critical within one heartbeat TTL for the price of
+  one write per refresh, not one per jail.
+
+Statuses are written only when they change, plus one refresh per check at half its
+TTL, so a round in a steady state writes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from jailsyncd.model import (
+    META_HOST,
+    META_OWNER,
+    META_SOURCE,
+    SELF_CHECK_ID,
+    SELF_SERVICE_ID,
+    SELF_SERVICE_NAME,
+    CheckSpec,
+    Service,
+)
+
+PASSING = "passing"
+CRITICAL = "critical"
+#: Output of a check registered before its first probe.
+NOT_PROBED = "not probed yet"
+
+
+def _ttl_text(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+def jail_checks(service_id: str, address: str, probes: tuple[str, ...], ttl: float) -> tuple[CheckSpec, ...]:
+    """The checks of one jail service: a TTL check per probe, then the alias check."""
+    checks = []
+    for probe in ("ping", *(p for p in probes if p != "ping")):
+        suffix = probe.split(":", 1)[0]
+        checks.append(
+            CheckSpec(
+                check_id=f"{service_id}:{suffix}",
+                name=f"{probe} {address}",
+                kind="ttl",
+                notes=f"jailsyncd probe={probe} ttl={_ttl_text(ttl)}",
+                ttl=ttl,
+                probe=probe,
+            )
+        )
+    checks.append(
+        CheckSpec(
+            check_id=f"{service_id}:alive",
+            name="jailsyncd alive",
+            kind="alias",
+            notes=f"jailsyncd alias={SELF_SERVICE_ID}",
+            alias_of=SELF_SERVICE_ID,
+        )
+    )
+    return tuple(checks)
+
+
+def self_service(owner: str, host: str, heartbeat_ttl: float) -> Service:
+    """jailsyncd's own service on the agent, carrying the heartbeat TTL check."""
+    check = CheckSpec(
+        check_id=SELF_CHECK_ID,
+        name="jailsyncd heartbeat",
+        kind="ttl",
+        notes=f"jailsyncd heartbeat ttl={_ttl_text(heartbeat_ttl)}",
+        ttl=heartbeat_ttl,
+        probe="heartbeat",
+    )
+    return Service(
+        service_id=SELF_SERVICE_ID,
+        name=SELF_SERVICE_NAME,
+        address="",
+        port=0,
+        tags=frozenset(),
+        meta=tuple(sorted({META_SOURCE: "jailsyncd", META_OWNER: owner, META_HOST: host}.items())),
+        tagged_addresses=(),
+        checks=frozenset({check.observable}),
+        check_specs=(check,),
+    )
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One probe of one target in one round; ``output`` says what happened."""
+
+    ok: bool
+    output: str
+
+
+@dataclass(frozen=True)
+class CheckState:
+    """A check's status and its run of consecutive successes or failures."""
+
+    status: str
+    successes: int = 0
+    failures: int = 0
+    output: str = NOT_PROBED
+
+
+def advance(state: CheckState, result: ProbeResult, *, success_before_passing: int, failures_before_critical: int) -> CheckState:
+    """The state after one more probe: the status flips only after enough consecutive
+    results the other way, so a flapping jail does not flap in Consul."""
+    if result.ok:
+        successes = state.successes + 1
+        status = PASSING if successes >= success_before_passing else state.status
+        return CheckState(status, successes, 0, result.output)
+    failures = state.failures + 1
+    status = CRITICAL if failures >= failures_before_critical else state.status
+    return CheckState(status, 0, failures, result.output)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One TTL check to probe: whose, which, and where."""
+
+    jail: str
+    check_id: str
+    probe: str
+    address: str
+    port: int
+    ttl: float
+
+
+def targets_of(services: tuple[Service, ...]) -> tuple[Target, ...]:
+    return tuple(
+        Target(s.jail, c.check_id, c.probe, s.address, s.port, c.ttl)
+        for s in services
+        for c in s.check_specs
+        if c.kind == "ttl" and c.probe != "heartbeat"
+    )
+
+
+@dataclass(frozen=True)
+class Written:
+    """What jailsyncd last wrote (or read) for a check, and when (monotonic seconds)."""
+
+    status: str
+    at: float
+
+
+@dataclass(frozen=True)
+class Change:
+    jail: str
+    check_id: str
+    old: str
+    new: str
+    output: str
+
+
+def decide(
+    targets: tuple[Target, ...],
+    states: dict[str, CheckState],
+    written: dict[str, Written],
+    results: dict[str, ProbeResult],
+    now: float,
+    *,
+    success_before_passing: int,
+    failures_before_critical: int,
+) -> tuple[dict[str, CheckState], list[tuple[Target, CheckState]], list[Change]]:
+    """One round's outcome: new states by check ID, the writes to make (status changed
+    from what Consul holds, or a refresh is due at half the TTL), and the changes to log.
+
+    A check with no result this round (not probed) keeps its state and is not written.
+    """
+    new_states: dict[str, CheckState] = {}
+    writes: list[tuple[Target, CheckState]] = []
+    changes: list[Change] = []
+    for target in targets:
+        last = written.get(target.check_id)
+        state = states.get(target.check_id) or CheckState(last.status if last else CRITICAL)
+        result = results.get(target.check_id)
+        if result is not None:
+            state = advance(state, result, success_before_passing=success_before_passing, failures_before_critical=failures_before_critical)
+        new_states[target.check_id] = state
+        if result is None:
+            continue
+        if last is None or last.status != state.status:
+            writes.append((target, state))
+            changes.append(Change(target.jail, target.check_id, last.status if last else CRITICAL, state.status, state.output))
+        elif now - last.at >= target.ttl / 2:
+            writes.append((target, replace(state)))
+    return new_states, writes, changes

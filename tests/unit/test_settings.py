@@ -1,0 +1,584 @@
+"""Unit tests for jailsyncd.settings.load_settings.
+
+Files are written to tmp_path and the environment is always an explicit dict; the real
+process environment and the real CBSD workdir are never consulted (every config sets
+``cbsd.workdir`` to tmp_path, or ``_default_host_name``/``gethostname`` is patched).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from jailsyncd import settings as settings_mod
+from jailsyncd.errors import ConfigError, ExitCode
+from jailsyncd.settings import (
+    CbsdSettings,
+    ConsulSettings,
+    HostSettings,
+    LogSettings,
+    Secret,
+    Settings,
+    SyncSettings,
+    load_settings,
+    parse_duration,
+)
+from jailsyncd.tagspec import Rule
+
+TOKEN = "s3cr3t-7f1c9a52-token-value"
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    """``cfg(text, env=None, nodename="node1")`` -> Settings from a file in tmp_path.
+
+    Unless the text has its own ``[cbsd]`` table, ``cbsd.workdir`` is set to tmp_path,
+    where a ``nodename`` file is written (so the host name never comes from this machine).
+    """
+
+    def load(text: str = "", env: dict[str, str] | None = None, nodename: str | None = "node1") -> Settings:
+        if nodename is not None:
+            (tmp_path / "nodename").write_text(nodename)
+        if "[cbsd]" not in text:
+            text = f"{text}\n\n[cbsd]\nworkdir = '{tmp_path}'\n"  # last: top-level keys stay top-level
+        path = tmp_path / "jailsyncd.toml"
+        path.write_text(text)
+        return load_settings(path, env={} if env is None else env)
+
+    return load
+
+
+def error_of(load, text, env=None) -> str:
+    with pytest.raises(ConfigError) as exc:
+        load(text, env)
+    message = str(exc.value)
+    assert "\n" not in message  # one line
+    assert "jailsyncd.toml" in message  # names the file
+    return message
+
+
+# --- defaults --------------------------------------------------------------------------
+
+
+def test_defaults_from_a_nearly_empty_file(cfg, tmp_path):
+    s = cfg("")
+    assert s.host == HostSettings(name="node1")
+    assert s.cbsd == CbsdSettings(workdir=tmp_path, busy_timeout=5.0)
+    assert s.consul == ConsulSettings()
+    assert s.consul.address == "127.0.0.1:8500"
+    assert (s.consul.mode, s.consul.verify, s.consul.timeout) == ("agent", True, 5.0)
+    assert (s.consul.token_file, s.consul.token, s.consul.datacenter) == (None, None, None)
+    assert (s.consul.ca_file, s.consul.cert_file, s.consul.key_file, s.consul.tls_server_name) == (None, None, None, None)
+    assert (s.consul.scheme, s.consul.host_port) == ("http", ("127.0.0.1", 8500))
+    assert s.sync == SyncSettings(interval=30.0, max_deregistrations=10, prefer_ipv6=False)
+    assert s.log == LogSettings(format="json", level="info")
+    assert s.rules == ()
+    assert s.source == tmp_path / "jailsyncd.toml"
+    assert s.consul.read_token() is None
+
+
+def test_no_file_at_all(monkeypatch):
+    monkeypatch.setattr(settings_mod, "_default_host_name", lambda workdir: f"host-of-{workdir}")
+    s = load_settings(None, env={})
+    assert s.source is None
+    assert s.cbsd.workdir == Path("/usr/jails")  # CBSD's default workdir
+    assert s.host.name == "host-of-/usr/jails"
+    assert s.consul == ConsulSettings() and s.sync == SyncSettings() and s.log == LogSettings()
+
+
+def test_missing_optional_file_means_defaults(tmp_path, monkeypatch):
+    monkeypatch.setattr(settings_mod, "_default_host_name", lambda workdir: "h")
+    s = load_settings(tmp_path / "absent.toml", env={}, required=False)
+    assert s.source is None and s.consul == ConsulSettings()
+
+
+def test_missing_explicit_file_is_an_error(tmp_path):
+    path = tmp_path / "absent.toml"
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, env={})
+    assert str(path) in str(exc.value) and "not found" in str(exc.value)
+    assert exc.value.exit_code == ExitCode.CONFIG
+
+
+@pytest.mark.parametrize("text", ["[consul\naddress = 1", "a = ", "x = 'unterminated", "[sync]\n[sync]\n", "= 1"])
+def test_invalid_toml_names_the_file(tmp_path, text):
+    path = tmp_path / "broken-config.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, env={})
+    assert str(path) in str(exc.value)
+    assert "invalid TOML" in str(exc.value)
+
+
+def test_the_real_environment_is_never_read_when_env_is_given(cfg, monkeypatch):
+    monkeypatch.setenv("CONSUL_HTTP_ADDR", "10.99.99.99:8500")
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", TOKEN)
+    s = cfg("", env={})
+    assert s.consul.address == "127.0.0.1:8500" and s.consul.token is None
+
+
+# --- unknown keys ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key_path", "suggestion"),
+    [
+        ("[consl]\naddress = 'x'", "consl", "consul"),
+        ("[sycn]\ninterval = '1s'", "sycn", "sync"),
+        ("rules = []", "rules", "rule"),
+        ("zzzzzz = 1", "zzzzzz", None),
+        ("[consul]\nadress = 'x'", "consul.adress", "address"),
+        ("[sync]\nmax_deregistration = 3", "sync.max_deregistration", "max_deregistrations"),
+        ("[log]\nlevl = 'info'", "log.levl", "level"),
+        ("[host]\nnmae = 'h'", "host.nmae", "name"),
+        ("[cbsd]\nworkdri = '/tmp'", "cbsd.workdri", "workdir"),
+        ("[consul]\nqqqqqq = 1", "consul.qqqqqq", None),
+        ("[[rule]]\nmatch = '*'\nmach = 'x'", "rule[0].mach", "match"),
+        ("[[rule]]\nmatch = '*'\n[[rule]]\nmatch = 'a'\nprot = 80", "rule[1].prot", "port"),
+        ("[[rule]]\nmatch = '*'\nzzzzzz = 1", "rule[0].zzzzzz", None),
+    ],
+)
+def test_unknown_keys_are_rejected_with_path_and_suggestion(cfg, text, key_path, suggestion):
+    message = error_of(cfg, text)
+    assert f": {key_path}: unknown key" in message
+    if suggestion:
+        assert f"did you mean '{suggestion}'" in message
+    else:
+        assert "did you mean" not in message
+
+
+def test_token_in_the_file_is_rejected_and_not_echoed(cfg):
+    message = error_of(cfg, f"[consul]\ntoken = '{TOKEN}'")
+    assert "consul.token" in message and "token_file" in message
+    assert TOKEN not in message
+
+
+# --- types and values ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key_path"),
+    [
+        ("consul = 'x'", "consul"),
+        ("sync = 5", "sync"),
+        ("[sync]\nmax_deregistrations = '10'", "sync.max_deregistrations"),
+        ("[sync]\nmax_deregistrations = true", "sync.max_deregistrations"),
+        ("[sync]\nmax_deregistrations = 1.5", "sync.max_deregistrations"),
+        ("[sync]\nmax_deregistrations = -1", "sync.max_deregistrations"),
+        ("[sync]\nprefer_ipv6 = 'yes'", "sync.prefer_ipv6"),
+        ("[sync]\nprefer_ipv6 = 1", "sync.prefer_ipv6"),
+        ("[consul]\naddress = 8500", "consul.address"),
+        ("[consul]\naddress = ''", "consul.address"),
+        ("[consul]\nverify = 'false'", "consul.verify"),
+        ("[consul]\nca_file = 5", "consul.ca_file"),
+        ("[consul]\nca_file = ''", "consul.ca_file"),
+        ("[consul]\ndatacenter = 1", "consul.datacenter"),
+        ("[consul]\nmode = 'catalog'", "consul.mode"),
+        ("[consul]\ncert_file = '/c.pem'", "consul.cert_file"),  # needs key_file too
+        ("[consul]\nkey_file = '/k.pem'", "consul.cert_file"),
+        ("[log]\nlevel = 3", "log.level"),
+        ("[log]\nlevel = 'trace'", "log.level"),
+        ("[log]\nformat = 'xml'", "log.format"),
+        ("[host]\nname = 5", "host.name"),
+        ("[host]\nname = '" + "h" * 513 + "'", "host.name"),
+        ("[cbsd]\nworkdir = 7", "cbsd.workdir"),
+        ("rule = 5", "rule"),
+        ("[rule]\nmatch = '*'", "rule"),  # a table, not an array of tables
+        ("rule = [5]", "rule[0]"),
+        ("[[rule]]\nname = 'x'", "rule[0].match"),
+        ("[[rule]]\nmatch = ''", "rule[0].match"),
+        ("[[rule]]\nmatch = 5", "rule[0].match"),
+        ("[[rule]]\nmatch = '*'\nname = ''", "rule[0].name"),
+        ("[[rule]]\nmatch = '*'\nname = 5", "rule[0].name"),
+        ("[[rule]]\nmatch = '*'\nport = 0", "rule[0].port"),
+        ("[[rule]]\nmatch = '*'\nport = 65536", "rule[0].port"),
+        ("[[rule]]\nmatch = '*'\nport = true", "rule[0].port"),
+        ("[[rule]]\nmatch = '*'\nport = '80'", "rule[0].port"),
+        ("[[rule]]\nmatch = '*'\ntags = 'web'", "rule[0].tags"),
+        ("[[rule]]\nmatch = '*'\ntags = ['']", "rule[0].tags"),
+        ("[[rule]]\nmatch = '*'\ntags = [1]", "rule[0].tags"),
+        ("[[rule]]\nmatch = '*'\nmeta = 'x'", "rule[0].meta"),
+        ("[[rule]]\nmatch = '*'\nmeta = { 'a.b' = 'x' }", "rule[0].meta.a.b"),
+        ("[[rule]]\nmatch = '*'\nmeta = { consul-x = 'x' }", "rule[0].meta.consul-x"),
+        ("[[rule]]\nmatch = '*'\nmeta = { k = 5 }", "rule[0].meta.k"),
+        ("[[rule]]\nmatch = '*'\nmeta = { k = '" + "v" * 513 + "' }", "rule[0].meta.k"),
+        ("[[rule]]\nmatch = '*'\nenabled = 'no'", "rule[0].enabled"),
+        ("[[rule]]\nmatch = '*'\n[[rule]]\nmatch = '*'\nport = -1", "rule[1].port"),
+    ],
+)
+def test_wrong_types_and_values(cfg, text, key_path):
+    message = error_of(cfg, text)
+    assert f": {key_path}: " in message
+
+
+def test_rule_meta_key_with_trailing_newline_is_rejected(cfg):
+    with pytest.raises(ConfigError):
+        cfg("[[rule]]\nmatch = '*'\nmeta = { \"a\\n\" = 'x' }")
+
+
+def test_rules_are_decoded(cfg):
+    s = cfg(
+        "[[rule]]\nmatch = 'www*'\nname = 'www'\nport = 80\ntags = ['web', 'prod']\nmeta = { team = 'ops' }\n"
+        "[[rule]]\nmatch = 'test*'\nenabled = false\n"
+    )
+    assert s.rules == (
+        Rule("www*", "www", 80, ("web", "prod"), (("team", "ops"),), None),
+        Rule("test*", None, None, (), (), False),
+    )
+
+
+def test_explicit_values_are_kept(cfg, tmp_path):
+    s = cfg(
+        "[host]\nname = 'explicit'\n"
+        "[consul]\naddress = 'https://consul.example:8501'\ndatacenter = 'dc2'\nverify = false\n"
+        "ca_file = '/etc/ca.pem'\ncert_file = '/etc/c.pem'\nkey_file = '/etc/k.pem'\ntls_server_name = 'srv'\n"
+        "[sync]\nmax_deregistrations = 0\nprefer_ipv6 = true\n[log]\nformat = 'console'\nlevel = 'debug'\n"
+    )
+    assert s.host.name == "explicit"
+    assert (s.consul.scheme, s.consul.host_port, s.consul.datacenter, s.consul.verify) == ("https", ("consul.example", 8501), "dc2", False)
+    assert (s.consul.ca_file, s.consul.cert_file, s.consul.key_file) == (Path("/etc/ca.pem"), Path("/etc/c.pem"), Path("/etc/k.pem"))
+    assert s.consul.tls_server_name == "srv"
+    assert (s.sync.max_deregistrations, s.sync.prefer_ipv6) == (0, True)
+    assert (s.log.format, s.log.level) == ("console", "debug")
+
+
+# --- durations -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("toml_value", "seconds"),
+    [
+        ("'30s'", 30.0),
+        ("'1m30s'", 90.0),
+        ("'500ms'", 0.5),
+        ("'2h'", 7200.0),
+        ("'1h30m'", 5400.0),
+        ("'1.5s'", 1.5),
+        ("'2m'", 120.0),
+        ("45", 45.0),
+        ("2.5", 2.5),
+        ("1", 1.0),
+        ("'167h'", 167 * 3600.0),
+    ],
+)
+@pytest.mark.parametrize(("section", "key"), [("sync", "interval"), ("consul", "timeout"), ("cbsd", "busy_timeout")])
+def test_durations(cfg, tmp_path, section, key, toml_value, seconds):
+    extra = f"workdir = '{tmp_path}'\n" if section == "cbsd" else ""
+    s = cfg(f"[{section}]\n{extra}{key} = {toml_value}\n")
+    assert getattr(getattr(s, section), key) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    "toml_value",
+    [
+        "'30'",  # a string needs a unit
+        "''",
+        "'abc'",
+        "'30 s'",
+        "'-5s'",
+        "'1d'",
+        "'s'",
+        "'30sx'",
+        "'1.5.3s'",
+        "true",
+        "[30]",
+        # zero and below
+        "0",
+        "0.0",
+        "'0s'",
+        "'0ms'",
+        "-1",
+        # a week and more
+        "'168h'",
+        "604800",
+        "inf",
+        "nan",
+    ],
+)
+def test_bad_durations(cfg, toml_value):
+    message = error_of(cfg, f"[sync]\ninterval = {toml_value}\n")
+    assert ": sync.interval: " in message
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("30s", 30), ("1m30s", 90), ("500ms", 0.5), ("2h", 7200), (10, 10), (0.25, 0.25)])
+def test_parse_duration_directly(value, seconds):
+    assert parse_duration(value, ValueError) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("value", ["", "5", "1w", 0, -3, False, None, "0s"])
+def test_parse_duration_directly_rejects(value):
+    with pytest.raises(ValueError):
+        parse_duration(value, ValueError)
+
+
+# --- environment variables -------------------------------------------------------------
+
+
+@pytest.fixture
+def token_file(tmp_path):
+    path = tmp_path / "consul.token"
+    path.write_text(f"  {TOKEN}\n")
+    return path
+
+
+def test_env_fills_what_the_file_leaves_unset(cfg, tmp_path, token_file):
+    env = {
+        "CONSUL_HTTP_ADDR": "https://10.1.2.3:8501",
+        "CONSUL_HTTP_TOKEN_FILE": str(token_file),
+        "CONSUL_CACERT": "/env/ca.pem",
+        "CONSUL_CLIENT_CERT": "/env/c.pem",
+        "CONSUL_CLIENT_KEY": "/env/k.pem",
+        "UNRELATED": "x",
+    }
+    s = cfg("", env)
+    assert s.consul.address == "https://10.1.2.3:8501"
+    assert (s.consul.scheme, s.consul.host_port) == ("https", ("10.1.2.3", 8501))
+    assert s.consul.token_file == token_file
+    assert s.consul.token is None
+    assert s.consul.read_token() == Secret(TOKEN)  # stripped content
+    assert (s.consul.ca_file, s.consul.cert_file, s.consul.key_file) == (Path("/env/ca.pem"), Path("/env/c.pem"), Path("/env/k.pem"))
+
+
+def test_file_values_win_over_env(cfg, tmp_path, token_file):
+    other = tmp_path / "other.token"
+    other.write_text("other-token")
+    env = {
+        "CONSUL_HTTP_ADDR": "10.9.9.9:8500",
+        "CONSUL_HTTP_TOKEN_FILE": str(other),
+        "CONSUL_HTTP_TOKEN": "env-token",
+        "CONSUL_CACERT": "/env/ca.pem",
+        "CONSUL_CLIENT_CERT": "/env/c.pem",
+        "CONSUL_CLIENT_KEY": "/env/k.pem",
+    }
+    s = cfg(
+        f"[consul]\naddress = 'consul.lan:8500'\ntoken_file = '{token_file}'\n"
+        "ca_file = '/file/ca.pem'\ncert_file = '/file/c.pem'\nkey_file = '/file/k.pem'\n",
+        env,
+    )
+    assert s.consul.address == "consul.lan:8500"
+    assert s.consul.token_file == token_file and s.consul.token is None
+    assert s.consul.read_token() == Secret(TOKEN)
+    assert (s.consul.ca_file, s.consul.cert_file, s.consul.key_file) == (Path("/file/ca.pem"), Path("/file/c.pem"), Path("/file/k.pem"))
+
+
+def test_env_token_used_when_no_token_file(cfg):
+    s = cfg("", {"CONSUL_HTTP_TOKEN": TOKEN})
+    assert s.consul.token_file is None
+    assert isinstance(s.consul.token, Secret)
+    assert s.consul.token.reveal() == TOKEN
+    assert s.consul.read_token() == Secret(TOKEN)
+
+
+def test_env_token_file_beats_env_token(cfg, token_file):
+    s = cfg("", {"CONSUL_HTTP_TOKEN": "env-token", "CONSUL_HTTP_TOKEN_FILE": str(token_file)})
+    assert s.consul.token_file == token_file and s.consul.token is None
+
+
+@pytest.mark.parametrize("var", ["CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE", "CONSUL_CACERT"])
+def test_empty_env_values_are_unset(cfg, var):
+    s = cfg("", {var: ""})
+    assert s.consul == ConsulSettings()
+
+
+def test_only_one_of_client_cert_and_key_from_env_is_an_error(cfg):
+    assert ": consul.cert_file: " in error_of(cfg, "", {"CONSUL_CLIENT_CERT": "/c.pem"})
+    assert ": consul.cert_file: " in error_of(cfg, "", {"CONSUL_CLIENT_KEY": "/k.pem"})
+
+
+def test_bad_address_from_env_names_consul_address(cfg):
+    assert ": consul.address: " in error_of(cfg, "", {"CONSUL_HTTP_ADDR": "::1"})
+
+
+def test_file_address_equal_to_default_still_wins_over_env(cfg):
+    s = cfg("[consul]\naddress = '127.0.0.1:8500'\n", {"CONSUL_HTTP_ADDR": "10.9.9.9:8500"})
+    assert s.consul.address == "127.0.0.1:8500"
+
+
+def test_file_verify_true_wins_over_env(cfg):
+    s = cfg("[consul]\nverify = true\n", {"CONSUL_HTTP_SSL_VERIFY": "false"})
+    assert s.consul.verify is True
+
+
+# --- token file ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", [None, "", "   \n\t\n"], ids=["missing", "empty", "blank"])
+@pytest.mark.parametrize("source", ["file", "env"])
+def test_bad_token_file_names_consul_token_file(cfg, tmp_path, content, source):
+    path = tmp_path / "tok"
+    if content is not None:
+        path.write_text(content)
+    if source == "file":
+        message = error_of(cfg, f"[consul]\ntoken_file = '{path}'\n")
+    else:
+        message = error_of(cfg, "", {"CONSUL_HTTP_TOKEN_FILE": str(path)})
+    assert ": consul.token_file: " in message
+    assert str(path) in message
+
+
+def test_token_file_is_reread_on_every_read_token(cfg, token_file):
+    s = cfg(f"[consul]\ntoken_file = '{token_file}'\n")
+    assert s.consul.read_token().reveal() == TOKEN
+    token_file.write_text("rotated-token\n")
+    assert s.consul.read_token().reveal() == "rotated-token"
+
+
+# --- secrets never show ----------------------------------------------------------------
+
+
+def test_secret_never_shows_its_value():
+    secret = Secret(TOKEN)
+    for text in (repr(secret), str(secret), f"{secret}", "%s" % secret, "%r" % (secret,), repr([secret]), repr({"t": secret})):
+        assert TOKEN not in text
+        assert "***" in text
+    assert secret.reveal() == TOKEN
+    assert secret == Secret(TOKEN) and secret != Secret("other") and secret != TOKEN
+
+
+@pytest.mark.parametrize("how", ["env-token", "env-token-file", "file-token-file"])
+def test_settings_never_show_the_token(cfg, token_file, how):
+    if how == "env-token":
+        s = cfg("", {"CONSUL_HTTP_TOKEN": TOKEN})
+    elif how == "env-token-file":
+        s = cfg("", {"CONSUL_HTTP_TOKEN_FILE": str(token_file)})
+    else:
+        s = cfg(f"[consul]\ntoken_file = '{token_file}'\n")
+    assert s.consul.read_token().reveal() == TOKEN
+    for text in (repr(s), str(s), repr(s.consul), json.dumps(s.redacted())):
+        assert TOKEN not in text
+
+
+def test_redacted_is_plain_data(cfg, tmp_path):
+    s = cfg("[[rule]]\nmatch = 'www*'\nport = 80\ntags = ['web']\n", {"CONSUL_HTTP_TOKEN": TOKEN})
+    red = s.redacted()
+    assert json.loads(json.dumps(red)) == red  # plain JSON types only
+    assert red["consul"]["token"] == "***"
+    assert red["consul"]["address"] == "127.0.0.1:8500"
+    assert red["cbsd"]["workdir"] == str(tmp_path)
+    assert red["host"]["name"] == "node1"
+    assert red["rules"][0]["match"] == "www*" and red["rules"][0]["port"] == 80
+    assert set(red) >= {"host", "cbsd", "consul", "sync", "log", "rules", "source"}
+    assert red["source"] == str(tmp_path / "jailsyncd.toml")
+
+
+# --- consul.address --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "scheme", "host_port"),
+    [
+        ("127.0.0.1:8500", "http", ("127.0.0.1", 8500)),
+        ("consul.service:8600", "http", ("consul.service", 8600)),
+        ("http://consul:8500", "http", ("consul", 8500)),
+        ("http://consul:8500/", "http", ("consul", 8500)),
+        ("https://consul.example:8501", "https", ("consul.example", 8501)),
+        ("[::1]:8500", "http", ("::1", 8500)),
+        ("[::1]", "http", ("::1", 8500)),
+        ("https://[fd00::1]:8501", "https", ("fd00::1", 8501)),
+        ("consul", "http", ("consul", 8500)),  # bare host: Consul's default port
+        ("10.0.0.1", "http", ("10.0.0.1", 8500)),
+        ("http://consul", "http", ("consul", 8500)),
+        ("consul:1", "http", ("consul", 1)),
+        ("consul:65535", "http", ("consul", 65535)),
+    ],
+)
+@pytest.mark.parametrize("source", ["file", "env"])
+def test_address_forms(cfg, address, scheme, host_port, source):
+    if source == "file":
+        s = cfg(f"[consul]\naddress = '{address}'\n")
+    else:
+        s = cfg("", {"CONSUL_HTTP_ADDR": address})
+    assert s.consul.address == address
+    assert s.consul.scheme == scheme
+    assert s.consul.host_port == host_port
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "consul:0",
+        "consul:65536",
+        "consul:abc",
+        "consul:-1",
+        "consul:80:80",
+        "consul:²",
+        "::1",  # IPv6 needs brackets
+        "::1:8500",
+        "fd00::1",
+        "http://consul:8500/v1",
+        "http://",
+        "https:///",
+        "[::1]:x",
+    ],
+)
+def test_bad_addresses(cfg, address):
+    message = error_of(cfg, f"[consul]\naddress = '{address}'\n")
+    assert ": consul.address: " in message
+    if address.count(":") > 1 and "[" not in address and "//" not in address:
+        assert "brackets" in message
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        pytest.param(":8500", id="empty-host"),
+        pytest.param("consul:", id="empty-port"),
+        pytest.param("[::1:8500", id="unclosed-bracket"),
+    ],
+)
+def test_malformed_addresses_are_rejected(cfg, address):
+    with pytest.raises(ConfigError):
+        cfg(f"[consul]\naddress = '{address}'\n")
+
+
+# --- host.name -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("content", "name"), [("node7", "node7"), ("  node7\n", "node7"), ("cbsd-host.lan\n\n", "cbsd-host.lan")])
+def test_host_name_defaults_to_cbsd_nodename(cfg, content, name):
+    assert cfg("", nodename=content).host.name == name
+
+
+def test_explicit_host_name_wins(cfg):
+    assert cfg("[host]\nname = 'mine'\n", nodename="node7").host.name == "mine"
+
+
+@pytest.mark.parametrize("content", [None, "", "  \n"], ids=["no-file", "empty", "blank"])
+def test_host_name_falls_back_to_hostname(cfg, monkeypatch, content):
+    monkeypatch.setattr(settings_mod.socket, "gethostname", lambda: "fallback-host")
+    assert cfg("", nodename=content).host.name == "fallback-host"
+
+
+# --- immutability ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("attr_path", "value"),
+    [
+        ("host", HostSettings("x")),
+        ("rules", ()),
+        ("source", None),
+        ("host.name", "x"),
+        ("cbsd.workdir", Path("/")),
+        ("consul.address", "x:1"),
+        ("consul.token", Secret("x")),
+        ("sync.max_deregistrations", 1000),
+        ("log.level", "debug"),
+    ],
+)
+def test_settings_are_frozen(cfg, attr_path, value):
+    s = cfg("[[rule]]\nmatch = '*'\n")
+    *parents, last = attr_path.split(".")
+    target = s
+    for part in parents:
+        target = getattr(target, part)
+    before = getattr(target, last)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(target, last, value)
+    assert getattr(target, last) == before
+    assert isinstance(s.rules, tuple)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.rules[0].port = 1  # type: ignore[misc]
