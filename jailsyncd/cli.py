@@ -27,6 +27,9 @@ from typing import Any
 from jailsyncd import __version__, report
 from jailsyncd.adapters.cbsd import CbsdSource
 from jailsyncd.adapters.consul import ConsulAgent
+from jailsyncd.adapters.probe import Prober
+from jailsyncd.health import targets_of
+from jailsyncd.healthloop import HealthLoop
 from jailsyncd.errors import ExitCode, JailsyncdError, SafetyRefusal
 from jailsyncd.logs import configure, register_secret, route_library_logs
 from jailsyncd.model import Plan
@@ -91,9 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.FAILURE
 
 
-def _reconciler(settings: Settings, should_stop=lambda: False, *, quiet_noop: bool = False) -> Reconciler:
-    source = CbsdSource(settings.cbsd.workdir, settings.cbsd.busy_timeout)
-
+def _store_factory(settings: Settings):
     def store() -> ConsulAgent:
         agent = ConsulAgent(settings.consul)
         token = settings.consul.read_token()
@@ -101,7 +102,21 @@ def _reconciler(settings: Settings, should_stop=lambda: False, *, quiet_noop: bo
             register_secret(token.reveal())
         return agent
 
-    return Reconciler(settings, source, store, should_stop=should_stop, quiet_noop=quiet_noop)
+    return store
+
+
+def _health(settings: Settings) -> HealthLoop | None:
+    """The health loop when health is on; fails now if ICMP cannot work here."""
+    if not settings.health.enabled:
+        return None
+    prober = Prober()
+    prober.check()
+    return HealthLoop(settings.health, prober, _store_factory(settings))
+
+
+def _reconciler(settings: Settings, should_stop=lambda: False, *, quiet_noop: bool = False, health: HealthLoop | None = None) -> Reconciler:
+    source = CbsdSource(settings.cbsd.workdir, settings.cbsd.busy_timeout)
+    return Reconciler(settings, source, _store_factory(settings), should_stop=should_stop, quiet_noop=quiet_noop, health=health)
 
 
 def _finish(result: CycleResult) -> int:
@@ -123,15 +138,47 @@ def cmd_plan(settings: Settings, args: argparse.Namespace) -> int:
     if result.error is not None:
         raise result.error
     assert result.plan is not None
+    health = _health_rows(settings, result)
     if args.json:
-        print(json.dumps(plan_as_json(result.plan), indent=2))
+        print(json.dumps({**plan_as_json(result.plan), "health": health}, indent=2))
     else:
         print(plan_as_text(result.plan))
+        for row in health:
+            mark = " " if row["consul"] == row["probe"] else "h"
+            print(f"{mark} {row['jail']:<20} health     {row['check']}: consul={row['consul']} probe={row['probe']} ({row['output']})")
     return _finish(result)
 
 
+def _health_rows(settings: Settings, result: CycleResult) -> list[dict[str, str]]:
+    """Each check's status in Consul next to what a probe says now (health on only).
+    A probe result is what the check would become once the anti-flap thresholds agree."""
+    health = _health(settings)
+    if health is None or result.desired is None or result.observed is None:
+        return []
+    targets = targets_of(result.desired.services)
+    results = health.probe(targets)
+    in_consul = {check_id: status for check_id, status, _ in result.observed.check_status}
+    return [
+        {
+            "jail": t.jail,
+            "check": t.check_id.rsplit(":", 1)[-1],
+            "check_id": t.check_id,
+            "consul": in_consul.get(t.check_id, "absent"),
+            "probe": "passing" if results[t.check_id].ok else "critical",
+            "output": results[t.check_id].output,
+        }
+        for t in targets
+    ]
+
+
 def cmd_once(settings: Settings, args: argparse.Namespace) -> int:
-    return _finish(_reconciler(settings).cycle(force=args.force))
+    health = _health(settings)
+    result = _reconciler(settings, health=health).cycle(force=args.force)
+    if health is not None and result.error is None:
+        # One health round and one heartbeat, so that Consul's statuses are true now.
+        health.round()
+        health.heartbeat()
+    return _finish(result)
 
 
 def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
@@ -147,6 +194,7 @@ def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
+    _health(settings)  # with health on, fails (exit 71) where no ICMP socket can be opened
     print(json.dumps(settings.redacted(), indent=2))
     return ExitCode.OK
 
@@ -158,12 +206,14 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     def load() -> Settings:
         return load_settings(args.config or DEFAULT_CONFIG, required=args.config is not None)
 
+    health = _health(settings)
     daemon = Daemon(
         settings,
-        lambda s, should_stop: _reconciler(s, should_stop, quiet_noop=True),
+        lambda s, should_stop: _reconciler(s, should_stop, quiet_noop=True, health=health),
         load,
         log_overrides=(args.log_format, args.log_level),
         metrics=Metrics() if settings.metrics.listen else None,
+        health=health,
     )
     return daemon.run(args.pidfile)
 

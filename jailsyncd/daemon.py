@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import signal
+from datetime import datetime, timedelta, timezone
 import threading
 import time
 from pathlib import Path
@@ -62,12 +63,15 @@ class Daemon:
         *,
         log_overrides: tuple[str | None, str | None] = (None, None),
         metrics=None,
+        health=None,
     ) -> None:
         self.settings = settings
         self._make_reconciler = reconciler_factory
         self._load = load
         self._log_overrides = log_overrides
         self.metrics = metrics
+        #: The ``HealthLoop`` (health on) whose rounds and heartbeat are scheduled here.
+        self.health = health
         self.log = get_logger()
         self._stop = threading.Event()
         self._wanted = threading.Event()  # a cycle was asked for
@@ -159,9 +163,9 @@ class Daemon:
         self.log = get_logger()
         old, self.settings = self.settings, new
         self._reconciler = self._make_reconciler(new, self._stop.is_set)
-        if self.scheduler is not None and (old.sync.interval, old.sync.jitter, old.sync.watch_interval) != (
-            new.sync.interval, new.sync.jitter, new.sync.watch_interval
-        ):
+        if self.health is not None:
+            self.health.settings = new.health
+        if self.scheduler is not None and (old.sync, old.health) != (new.sync, new.health):
             self._schedule(replace=True)
         self._stamps = self._db_stamps()
         self.log.info("config_reloaded", settings=new.redacted())
@@ -177,6 +181,13 @@ class Daemon:
             self.request, IntervalTrigger(seconds=sync.interval, jitter=sync.jitter or None), args=("interval",), id="interval", **common
         )
         self.scheduler.add_job(self._watch, IntervalTrigger(seconds=sync.watch_interval), id="watch", **common)
+        if self.health is not None:
+            health = self.settings.health
+            soon = datetime.now(timezone.utc) + timedelta(seconds=1)  # after the first cycle, usually
+            self.scheduler.add_job(self.health.safe_round, IntervalTrigger(seconds=health.interval), id="health", next_run_time=soon, **common)
+            self.scheduler.add_job(
+                self.health.safe_heartbeat, IntervalTrigger(seconds=health.heartbeat_ttl / 3), id="heartbeat", next_run_time=soon, **common
+            )
 
     def _install_signals(self) -> None:
         def on_stop(signum, _frame):

@@ -19,13 +19,16 @@ from jailsyncd.model import (
     RESERVED_META,
     SERVICE_ID_PREFIX,
     CbsdState,
+    CheckSpec,
     Desired,
     Environment,
     Note,
     Service,
     Skip,
 )
+from jailsyncd.health import jail_checks, self_service
 from jailsyncd.naming import dns_label, unique_labels
+from jailsyncd.settings import HealthSettings
 from jailsyncd.tagspec import MAX_META_VALUE, Rule, directives_for
 
 #: Consul accepts at most 64 meta pairs per service.
@@ -38,8 +41,13 @@ def build_desired(
     owner: str,
     rules: tuple[Rule, ...] = (),
     prefer_ipv6: bool = False,
+    health: HealthSettings | None = None,
 ) -> Desired:
-    """The services this host should have in Consul, given a complete CBSD read."""
+    """The services this host should have in Consul, given a complete CBSD read.
+
+    With ``health`` (enabled), every service carries its checks and jailsyncd's own
+    heartbeat service is part of the desired state too.
+    """
     host = state.nodename or owner
     # Collisions are settled over every environment in the DB, running or not, so a
     # jail's name does not change when another one starts or stops.
@@ -77,17 +85,28 @@ def build_desired(
         meta, meta_notes = _meta(env, owner=owner, host=host, user=directives.meta)
         notes.extend(Note(env.jname, "meta_dropped", text) for text in meta_notes)
         port = directives.port or 0
+        service_id = SERVICE_ID_PREFIX + env.jname
+        specs: tuple[CheckSpec, ...] = ()
+        if health is not None:
+            probes = directives.checks if port else ()
+            if directives.checks and not port:
+                notes.append(Note(env.jname, "check_ignored", f"{', '.join(directives.checks)} needs a port (consul.port=)"))
+            specs = jail_checks(service_id, address, probes, health.ttl)
         services.append(
             Service(
-                service_id=SERVICE_ID_PREFIX + env.jname,
+                service_id=service_id,
                 name=name,
                 address=address,
                 port=port,
                 tags=frozenset((env.kind, *directives.tags)),
                 meta=tuple(sorted(meta.items())),
                 tagged_addresses=tagged_addresses(parsed),
+                checks=frozenset(c.observable for c in specs),
+                check_specs=specs,
             )
         )
+    if health is not None:
+        services.append(self_service(owner, host, health.heartbeat_ttl))
     protected = frozenset(unreadable)
     return Desired(tuple(services), tuple(skipped), tuple(notes), protected)
 

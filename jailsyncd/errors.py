@@ -20,6 +20,7 @@ class ExitCode:
     SAFETY_REFUSED = 65  # the plan was refused by a safety rail (EX_DATAERR)
     SOURCE_UNAVAILABLE = 66  # CBSD state could not be read (EX_NOINPUT)
     CONSUL_UNAVAILABLE = 69  # Consul unreachable, timed out or failing (EX_UNAVAILABLE)
+    PROBE_UNAVAILABLE = 71  # health probes impossible: no ICMP socket (EX_OSERR)
     CONSUL_REFUSED = 77  # Consul said no: ACL denied, bad token (EX_NOPERM)
     CONFIG = 78  # bad configuration (EX_CONFIG)
 

@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from jailsyncd.desired import build_desired
 from jailsyncd.errors import ConsulRejected, JailsyncdError
 from jailsyncd.logs import get_logger
-from jailsyncd.model import CbsdState, Observed, Plan, Service
+from jailsyncd.model import CbsdState, Desired, Observed, Plan, Service
 from jailsyncd.plan import plan as make_plan
 from jailsyncd.plan import purge_plan
 from jailsyncd.settings import Settings
+
+if TYPE_CHECKING:  # the health loop is handed in; reconcile never builds one
+    from jailsyncd.healthloop import HealthLoop
 
 
 class Source(Protocol):
@@ -40,7 +43,7 @@ class Store(Protocol):
     writes: int
 
     def read(self, owner: str) -> Observed: ...
-    def register(self, service: Service) -> None: ...
+    def register(self, service: Service, statuses: dict[str, str] | None = None) -> None: ...
     def deregister(self, service_id: str) -> None: ...
     def close(self) -> None: ...
 
@@ -60,6 +63,8 @@ class CycleResult:
     #: Services this host owns in Consul after the cycle (from the observed state
     #: plus what was applied).
     managed: int = 0
+    desired: Desired | None = None
+    observed: Observed | None = None
 
     @property
     def ok(self) -> bool:
@@ -77,6 +82,7 @@ class Reconciler:
         *,
         should_stop: Callable[[], bool] = lambda: False,
         quiet_noop: bool = False,
+        health: HealthLoop | None = None,
     ) -> None:
         self.settings = settings
         self.source = source
@@ -86,6 +92,9 @@ class Reconciler:
         self.should_stop = should_stop
         #: The daemon logs a cycle that changed nothing at debug level only.
         self.quiet_noop = quiet_noop
+        #: With health on: probes new services before they are registered, and is
+        #: told after each cycle which checks exist and what Consul holds for them.
+        self.health = health
         self.cycles = 0
         self.log = get_logger()
         self._reported: set[tuple[str, str, str]] = set()
@@ -102,8 +111,9 @@ class Reconciler:
                 observed = store.read(self.settings.host.name)
                 result.plan = purge_plan(observed)
             else:
-                observed, result.plan = self._plan(store, force)
+                result.desired, observed, result.plan = self._plan(store, force)
                 self._report(log, result.plan)
+            result.observed = observed
             result.managed = len(observed.owned)
             if apply:
                 self._apply(log, store, result)
@@ -118,16 +128,18 @@ class Reconciler:
         self._summarise(log, result, apply)
         return result
 
-    def _plan(self, store: Store, force: bool) -> tuple[Observed, Plan]:
+    def _plan(self, store: Store, force: bool) -> tuple[Desired, Observed, Plan]:
         state = self.source.read()
         desired = build_desired(
             state,
             owner=self.settings.host.name,
             rules=self.settings.rules,
             prefer_ipv6=self.settings.sync.prefer_ipv6,
+            health=self.settings.health if self.settings.health.enabled else None,
         )
         observed = store.read(self.settings.host.name)
-        return observed, make_plan(desired, observed, max_deregistrations=self.settings.sync.max_deregistrations, force=force)
+        plan = make_plan(desired, observed, max_deregistrations=self.settings.sync.max_deregistrations, force=force)
+        return desired, observed, plan
 
     def _report(self, log: Any, plan: Plan) -> None:
         for svc in plan.register:
@@ -160,9 +172,19 @@ class Reconciler:
     def _apply(self, log: Any, store: Store, result: CycleResult) -> None:
         plan = result.plan
         assert plan is not None
+        statuses: dict[str, str] = {}
+        if self.health is not None and result.desired is not None:
+            fresh = tuple(plan.register) + tuple(u.new for u in plan.update if "checks" in u.fields)
+            statuses = self.health.initial_statuses(fresh) if fresh else {}
+        registered: dict[str, str] = {}
+
+        def register(service: Service) -> None:
+            store.register(service, statuses)
+            registered.update({c.check_id: statuses.get(c.check_id, "critical") for c in service.check_specs if c.kind == "ttl"})
+
         steps: list[tuple[str, Service, Callable[[], None], dict[str, Any]]] = []
-        steps += [("register", s, lambda s=s: store.register(s), {"service": s.name, "address": s.address}) for s in plan.register]
-        steps += [("update", u.new, lambda u=u: store.register(u.new), {"fields": list(u.fields)}) for u in plan.update]
+        steps += [("register", s, lambda s=s: register(s), {"service": s.name, "address": s.address}) for s in plan.register]
+        steps += [("update", u.new, lambda u=u: register(u.new), {"fields": list(u.fields)}) for u in plan.update]
         steps += [("deregister", s, lambda s=s: store.deregister(s.service_id), {}) for s in plan.deregister]
         events = {"register": "service_registered", "update": "service_updated", "deregister": "service_deregistered"}
         for action, svc, call, extra in steps:
@@ -177,6 +199,9 @@ class Reconciler:
                 continue
             result.applied[action] += 1
             log.info(events[action], jail=svc.jail, service_id=svc.service_id, **extra)
+        if self.health is not None and result.desired is not None and result.observed is not None:
+            consul_status = {check_id: status for check_id, status, _ in result.observed.check_status}
+            self.health.sync(result.desired.services, consul_status, registered)
 
     def _summarise(self, log: Any, result: CycleResult, apply: bool) -> None:
         if result.error is not None:

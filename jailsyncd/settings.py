@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from jailsyncd.errors import ConfigError
-from jailsyncd.tagspec import Rule, valid_meta_key
+from jailsyncd.tagspec import Rule, valid_check, valid_meta_key
 
 DEFAULT_CONFIG = Path("/usr/local/etc/jailsyncd.toml")
 
@@ -342,7 +342,7 @@ def _decode_rules(raw: Any, fail) -> tuple[Rule, ...]:
         key = f"rule[{index}]"
         if not isinstance(table, dict):
             raise fail(key, "must be a table")
-        allowed = {"match", "name", "port", "tags", "meta", "enabled"}
+        allowed = {"match", "name", "port", "tags", "meta", "enabled", "checks"}
         for k in table:
             if k not in allowed:
                 raise fail(f"{key}.{k}", "unknown key" + _did_you_mean(k, allowed))
@@ -369,7 +369,10 @@ def _decode_rules(raw: Any, fail) -> tuple[Rule, ...]:
         enabled = table.get("enabled")
         if enabled is not None and not isinstance(enabled, bool):
             raise fail(f"{key}.enabled", f"expected true or false, got {enabled!r}")
-        rules.append(Rule(match, name, port, tuple(tags), tuple(meta.items()), enabled))
+        checks = table.get("checks", [])
+        if not isinstance(checks, list) or not all(isinstance(c, str) and valid_check(c) for c in checks):
+            raise fail(f"{key}.checks", 'expected a list of "tcp" or "http:/path"')
+        rules.append(Rule(match, name, port, tuple(tags), tuple(meta.items()), enabled, tuple(checks)))
     return tuple(rules)
 
 

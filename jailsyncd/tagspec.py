@@ -5,6 +5,8 @@ never parses it. jailsyncd reads it as comma-separated items:
 
 - ``consul.name=www`` sets the service name, ``consul.port=80`` the port,
   ``consul=off`` (or ``false``/``no``/``0``... see ``_OFF``) opts the jail out;
+- ``consul.check=tcp`` or ``consul.check=http:/path`` adds a TCP or HTTP probe of
+  the service port (besides the ping every jail gets); may be given more than once;
 - any other ``key=value`` becomes service meta (the key must be a valid Consul meta
   key: ``[A-Za-z0-9_-]{1,128}``, not starting with ``consul-``);
 - a plain item becomes a Consul tag.
@@ -35,6 +37,7 @@ class Rule:
     tags: tuple[str, ...] = ()
     meta: tuple[tuple[str, str], ...] = ()
     enabled: bool | None = None
+    checks: tuple[str, ...] = ()
 
     def matches(self, jname: str) -> bool:
         return fnmatch.fnmatchcase(jname, self.match)
@@ -50,6 +53,12 @@ class Directives:
     tags: tuple[str, ...] = ()
     meta: tuple[tuple[str, str], ...] = ()
     ignored: tuple[str, ...] = ()
+    checks: tuple[str, ...] = ()
+
+
+def valid_check(value: str) -> bool:
+    """``tcp``, or ``http:`` followed by an absolute path."""
+    return value == "tcp" or (value.startswith("http:/") and " " not in value and len(value) <= 512)
 
 
 def valid_meta_key(key: str) -> bool:
@@ -65,6 +74,7 @@ def directives_for(jname: str, tags_column: str | None, rules: tuple[Rule, ...])
     tags: list[str] = []
     meta: dict[str, str] = {}
     ignored: list[str] = []
+    checks: list[str] = []
     for rule in rules:
         if not rule.matches(jname):
             continue
@@ -73,6 +83,7 @@ def directives_for(jname: str, tags_column: str | None, rules: tuple[Rule, ...])
         enabled = rule.enabled if rule.enabled is not None else enabled
         tags.extend(t for t in rule.tags if t not in tags)
         meta.update(rule.meta)
+        checks.extend(c for c in rule.checks if c not in checks)
     for item in _items(tags_column):
         key, eq, value = item.partition("=")
         key, value = key.strip(), value.strip()
@@ -94,6 +105,11 @@ def directives_for(jname: str, tags_column: str | None, rules: tuple[Rule, ...])
                 enabled = True
             else:
                 ignored.append(f"{item}: expected consul=on or consul=off")
+        elif key == "consul.check":
+            if not valid_check(value):
+                ignored.append(f"{item}: expected consul.check=tcp or consul.check=http:/path")
+            elif value not in checks:
+                checks.append(value)
         elif key.startswith("consul."):
             ignored.append(f"{item}: unknown jailsyncd directive")
         elif not valid_meta_key(key):
@@ -102,7 +118,7 @@ def directives_for(jname: str, tags_column: str | None, rules: tuple[Rule, ...])
             ignored.append(f"{key}=...: meta value longer than {MAX_META_VALUE} characters")
         else:
             meta[key] = value
-    return Directives(name, port, enabled, tuple(tags), tuple(meta.items()), tuple(ignored))
+    return Directives(name, port, enabled, tuple(tags), tuple(meta.items()), tuple(ignored), tuple(checks))
 
 
 def _items(value: str | None) -> list[str]:

@@ -46,9 +46,14 @@ def log_events(stderr: str) -> list[dict]:
     return events
 
 
-def write_config(path: Path, *, workdir: Path, consul: ConsulServer, host: str = "node1", extra: str = "", consul_extra: str = "") -> Path:
+def write_config(
+    path: Path, *, workdir: Path, consul: ConsulServer, host: str = "node1", extra: str = "", consul_extra: str = "", health: str | None = None
+) -> Path:
+    """A config for one test. Health is off unless ``health`` gives the ``[health]``
+    table's body: only the health tests probe, and only addresses they own."""
+    health_table = f"[health]\n{health}\n" if health is not None else "[health]\nenabled = false\n"
     path.write_text(
         f'[host]\nname = "{host}"\n\n[cbsd]\nworkdir = "{workdir}"\n\n'
-        f'[consul]\naddress = "{consul.address}"\ntimeout = "5s"\n{consul_extra}\n{extra}\n'
+        f'[consul]\naddress = "{consul.address}"\ntimeout = "5s"\n{consul_extra}\n{health_table}\n{extra}\n'
     )
     return path

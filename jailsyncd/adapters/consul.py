@@ -21,8 +21,12 @@ import consul.std as consul_std
 import requests
 
 from jailsyncd.errors import ConsulError, ConsulRefused, ConsulRejected
-from jailsyncd.model import META_OWNER, SERVICE_ID_PREFIX, Observed, Service
+from jailsyncd.model import META_OWNER, SELF_SERVICE_ID, SERVICE_ID_PREFIX, CheckSpec, Observed, Service
 from jailsyncd.settings import ConsulSettings
+
+
+#: Check output is cut to this many characters (Consul's default limit is 4 KiB).
+MAX_OUTPUT = 1024
 
 
 class _ServerNameAdapter(requests.adapters.HTTPAdapter):
@@ -67,22 +71,40 @@ class ConsulAgent:
     # -- the interface reconcile uses ------------------------------------------------
 
     def read(self, owner: str) -> Observed:
-        """Every service on the agent in one request; keep ours, note foreign ``jailsyncd-`` IDs."""
-        raw = self._call("GET", "/v1/agent/services", consul_base.CB.json())
+        """Every service and check on the agent in two requests, whatever their number;
+        keep ours, and note foreign IDs that look like ours."""
+        raw = self._call("GET", "/v1/agent/services", consul_base.CB.json()) or {}
+        raw_checks = self._call("GET", "/v1/agent/checks", consul_base.CB.json()) or {}
+        checks_by_service: dict[str, list[dict]] = {}
+        for check in raw_checks.values():
+            checks_by_service.setdefault(check.get("ServiceID", ""), []).append(check)
         owned: list[Service] = []
         foreign: set[str] = set()
-        for sid, entry in (raw or {}).items():
-            if not sid.startswith(SERVICE_ID_PREFIX):
+        status: list[tuple[str, str, str]] = []
+        for sid, entry in raw.items():
+            if not (sid.startswith(SERVICE_ID_PREFIX) or sid == SELF_SERVICE_ID):
                 continue
-            if (entry.get("Meta") or {}).get(META_OWNER) == owner:
-                owned.append(service_from_consul(entry))
-            else:
+            if (entry.get("Meta") or {}).get(META_OWNER) != owner:
                 foreign.add(sid)
-        return Observed(tuple(sorted(owned, key=lambda s: s.service_id)), frozenset(foreign))
+                continue
+            checks = checks_by_service.get(sid, [])
+            owned.append(service_from_consul(entry, checks))
+            status += [(c["CheckID"], c.get("Status", ""), c.get("Output", "")) for c in checks]
+        return Observed(tuple(sorted(owned, key=lambda s: s.service_id)), frozenset(foreign), tuple(sorted(status)))
 
-    def register(self, service: Service) -> None:
-        """Create or replace one service on the agent (the agent API is an upsert)."""
-        self._call("PUT", "/v1/agent/service/register", consul_base.CB.bool(), body=service_payload(service), write=True)
+    def register(self, service: Service, statuses: dict[str, str] | None = None) -> None:
+        """Create or replace one service on the agent (the agent API is an upsert).
+
+        ``statuses`` gives the initial status of new TTL checks (default critical);
+        Consul keeps the current status of checks that already exist.
+        """
+        payload = service_payload(service, statuses or {})
+        self._call("PUT", "/v1/agent/service/register", consul_base.CB.bool(), body=payload, write=True)
+
+    def update_check(self, check_id: str, status: str, output: str) -> None:
+        """Set a TTL check's status and output (this also resets its TTL)."""
+        body = {"Status": status, "Output": output[:MAX_OUTPUT]}
+        self._call("PUT", f"/v1/agent/check/update/{check_id}", consul_base.CB.bool(), body=body, write=True)
 
     def deregister(self, service_id: str) -> None:
         self._call("PUT", f"/v1/agent/service/deregister/{service_id}", consul_base.CB.bool(), write=True)
@@ -126,8 +148,16 @@ def _first_line(exc: BaseException) -> str:
     return (text.splitlines()[0] if text else exc.__class__.__name__)[:200]
 
 
-def service_payload(service: Service) -> dict[str, Any]:
-    """The agent API body for ``service``."""
+def check_payload(check: CheckSpec, status: str) -> dict[str, Any]:
+    if check.kind == "alias":
+        return {"CheckID": check.check_id, "Name": check.name, "Notes": check.notes, "AliasService": check.alias_of}
+    return {"CheckID": check.check_id, "Name": check.name, "Notes": check.notes, "TTL": f"{check.ttl:g}s", "Status": status}
+
+
+def service_payload(service: Service, statuses: dict[str, str] | None = None) -> dict[str, Any]:
+    """The agent API body for ``service`` (with its checks, if any)."""
+    statuses = statuses or {}
+    checks = [check_payload(c, statuses.get(c.check_id, "critical")) for c in service.check_specs]
     return {
         "ID": service.service_id,
         "Name": service.name,
@@ -137,11 +167,13 @@ def service_payload(service: Service) -> dict[str, Any]:
         "Meta": dict(service.meta),
         "TaggedAddresses": {name: {"Address": addr, "Port": service.port} for name, addr in service.tagged_addresses},
         "EnableTagOverride": False,
+        **({"Checks": checks} if checks else {}),
     }
 
 
-def service_from_consul(entry: dict[str, Any]) -> Service:
-    """A ``Service`` from one value of ``/v1/agent/services``; absent fields become empty."""
+def service_from_consul(entry: dict[str, Any], checks: list[dict[str, Any]] = ()) -> Service:
+    """A ``Service`` from one value of ``/v1/agent/services`` and its entries of
+    ``/v1/agent/checks``; absent fields become empty."""
     tagged = entry.get("TaggedAddresses") or {}
     return Service(
         service_id=entry["ID"],
@@ -151,4 +183,5 @@ def service_from_consul(entry: dict[str, Any]) -> Service:
         tags=frozenset(entry.get("Tags") or ()),
         meta=tuple(sorted((entry.get("Meta") or {}).items())),
         tagged_addresses=tuple(sorted((k, v.get("Address", "")) for k, v in tagged.items())),
+        checks=frozenset((c["CheckID"], c.get("Type", ""), c.get("Notes", "")) for c in checks),
     )

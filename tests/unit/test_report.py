@@ -460,7 +460,7 @@ class MemoryStore:
         self.requests += 1
         return Observed(tuple(s for s in self.services.values() if dict(s.meta).get(META_OWNER) == owner))
 
-    def register(self, service):
+    def register(self, service, statuses=None):
         self.requests += 1
         if service.jail in self.reject:
             raise ConsulRejected(f"PUT /v1/agent/service/register: 400 rejected {service.service_id}")

@@ -1,0 +1,150 @@
+"""Runs health rounds: probe every jail, write only the statuses that changed.
+
+Called by ``daemon`` (``round`` every ``health.interval``, ``heartbeat`` every third
+of ``health.heartbeat_ttl``), by ``reconcile`` (``initial_statuses`` for services
+about to be registered, ``sync`` after every cycle) and by ``cli`` (``once``,
+``plan``). The decisions themselves are pure functions in ``health``.
+
+What it remembers between rounds: each check's state (status and its run of
+consecutive results) and what was last written to Consul. Every reconcile cycle
+re-reads Consul's statuses (``sync``): if a status there differs from what we last
+wrote (a TTL ran out while the daemon was down, someone wrote to it), the next round
+writes ours again. So health is level-triggered too, and costs O(changes) in writes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from jailsyncd.adapters.probe import Probe, Prober
+from jailsyncd.errors import JailsyncdError
+from jailsyncd.health import CRITICAL, PASSING, CheckState, ProbeResult, Target, Written, advance, decide, targets_of
+from jailsyncd.logs import get_logger
+from jailsyncd.model import SELF_CHECK_ID, Service
+from jailsyncd.settings import HealthSettings
+
+
+@dataclass(frozen=True)
+class RoundStats:
+    probed: int
+    writes: int
+    changes: int
+    duration: float
+
+
+class HealthLoop:
+    def __init__(self, settings: HealthSettings, prober: Prober, store_factory: Callable, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.prober = prober
+        self.store_factory = store_factory
+        self.clock = clock
+        self.log = get_logger()
+        self.rounds = 0
+        self._lock = threading.Lock()
+        self._targets: tuple[Target, ...] = ()
+        self._states: dict[str, CheckState] = {}
+        self._written: dict[str, Written] = {}
+
+    # -- used by reconcile ---------------------------------------------------------
+
+    def probe(self, targets: tuple[Target, ...]) -> dict[str, ProbeResult]:
+        probes = [Probe(t.check_id, t.probe, t.address, t.port) for t in targets]
+        return self.prober.run(probes, count=self.settings.count, timeout=self.settings.timeout)
+
+    def initial_statuses(self, services: tuple[Service, ...]) -> dict[str, str]:
+        """Probe the checks of services about to be registered, so that they start
+        with a real status instead of a write later. Also records that state."""
+        targets = targets_of(services)
+        results = self.probe(targets) if targets else {}
+        statuses = {SELF_CHECK_ID: PASSING}
+        with self._lock:
+            for t in targets:
+                state = advance(
+                    self._states.get(t.check_id) or CheckState(CRITICAL),
+                    results[t.check_id],
+                    success_before_passing=self.settings.success_before_passing,
+                    failures_before_critical=self.settings.failures_before_critical,
+                )
+                self._states[t.check_id] = state
+                statuses[t.check_id] = state.status
+        return statuses
+
+    def sync(self, services: tuple[Service, ...], consul_status: dict[str, str], registered: dict[str, str]) -> bool:
+        """After a cycle: the checks to probe from now on, and what Consul holds for
+        them (``consul_status`` as read, ``registered`` as just written). Returns
+        whether there are checks that have never been probed."""
+        now = self.clock()
+        targets = targets_of(services)
+        with self._lock:
+            self._targets = targets
+            known = {t.check_id for t in targets}
+            self._states = {k: v for k, v in self._states.items() if k in known}
+            written = {k: v for k, v in self._written.items() if k in known}
+            for check_id, status in {**consul_status, **registered}.items():
+                if check_id in known and (check_id not in written or written[check_id].status != status):
+                    written[check_id] = Written(status, now)
+            self._written = written
+            return any(t.check_id not in self._states for t in targets)
+
+    # -- used by the daemon -----------------------------------------------------------
+
+    def round(self) -> RoundStats:
+        started = self.clock()
+        with self._lock:
+            targets = self._targets
+        results = self.probe(targets) if targets else {}
+        with self._lock:
+            states, writes, changes = decide(
+                targets,
+                self._states,
+                self._written,
+                results,
+                self.clock(),
+                success_before_passing=self.settings.success_before_passing,
+                failures_before_critical=self.settings.failures_before_critical,
+            )
+            self._states = states
+        self.rounds += 1
+        for change in changes:
+            check = change.check_id.rsplit(":", 1)[-1]
+            self.log.info("health_changed", jail=change.jail, check=check, check_id=change.check_id, **{"from": change.old, "to": change.new}, output=change.output)
+        done = 0
+        if writes:
+            store = self.store_factory()
+            try:
+                for target, state in writes:
+                    store.update_check(target.check_id, state.status, state.output)
+                    with self._lock:
+                        self._written[target.check_id] = Written(state.status, self.clock())
+                    done += 1
+            finally:
+                store.close()
+        return RoundStats(len(targets), done, len(changes), self.clock() - started)
+
+    def heartbeat(self) -> None:
+        store = self.store_factory()
+        try:
+            # A constant output: an unchanged check is not synced to the catalog again,
+            # so the heartbeat does not move Consul's index every few seconds.
+            store.update_check(SELF_CHECK_ID, PASSING, "jailsyncd is running")
+        finally:
+            store.close()
+
+    def safe_round(self) -> None:
+        """``round`` for the scheduler: errors are logged, never raised."""
+        try:
+            stats = self.round()
+        except JailsyncdError as exc:
+            self.log.warning("health_round_failed", error=str(exc))
+            return
+        log = self.log.info if stats.writes else self.log.debug
+        log("health_round", probed=stats.probed, writes=stats.writes, changes=stats.changes, duration_ms=round(stats.duration * 1000, 1))
+
+    def safe_heartbeat(self) -> None:
+        try:
+            self.heartbeat()
+        except JailsyncdError as exc:
+            self.log.warning("heartbeat_failed", error=str(exc))
