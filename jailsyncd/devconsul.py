@@ -53,6 +53,8 @@ class ConsulServer:
     dns_port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     workdir: Path | None = None
+    #: Run the agent inside this ``devnet.NetNS``; requests then go through it too.
+    netns: Any = None
 
     @property
     def address(self) -> str:
@@ -69,7 +71,8 @@ class ConsulServer:
             "-node", "jailsyncd-test", "-config-file", str(self.workdir / "extra.hcl"),
         ]
         with open(self.workdir / "consul.log", "wb") as log:  # Popen keeps its own copy of the fd
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            prefix = self.netns.prefix() if self.netns is not None else []
+            self.proc = subprocess.Popen([*prefix, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(self._has_leader, timeout=30, what=f"Consul leader on {self.address} (log: {self.workdir}/consul.log)")
         return self
 
@@ -92,6 +95,11 @@ class ConsulServer:
     # -- plain HTTP, independent of the code under test -----------------------------
 
     def request(self, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any, dict]:
+        if self.netns is not None:
+            return self.netns.call(self._request, method, path, body, token)
+        return self._request(method, path, body, token)
+
+    def _request(self, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any, dict]:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(f"http://{self.address}{path}", data=data, method=method)
         if token or self.token:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from harness import ConsulServer, consul_binary, write_config
+from harness import ConsulServer, RunningDaemon, consul_binary, wait_for, write_config
 
 from jailsyncd.sample import Workdir, create_sample
 
@@ -44,3 +44,20 @@ def sample(tmp_path: Path) -> Workdir:
 @pytest.fixture
 def config(tmp_path: Path, consul: ConsulServer, sample: Workdir) -> Path:
     return write_config(tmp_path / "jailsyncd.toml", workdir=sample.root, consul=consul)
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path):
+    """Start ``jailsyncd run`` subprocesses (optionally inside a namespace prefix),
+    each returned once its first cycle is logged; all are stopped at teardown."""
+    daemons: list[RunningDaemon] = []
+
+    def start(config: Path, prefix: list[str] | None = None) -> RunningDaemon:
+        daemon = RunningDaemon(config, tmp_path, prefix)
+        daemons.append(daemon)
+        wait_for(lambda: daemon.finished_cycles() >= 1, timeout=15, what="the first cycle")
+        return daemon
+
+    yield start
+    for daemon in daemons:
+        daemon.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,40 @@ def consul_binary() -> str:
     """The Consul binary (``$CONSUL_BIN``, PATH, or fetched into the repo's cache)."""
     out = subprocess.run([str(REPO / "scripts" / "get-consul")], check=True, capture_output=True, text=True)
     return out.stdout.strip().splitlines()[-1]
+
+
+class RunningDaemon:
+    """``jailsyncd run`` as a subprocess (inside ``prefix``, e.g. ``ip netns exec NS``),
+    logging JSON at debug level into ``tmp/daemon-N.log``."""
+
+    def __init__(self, config: Path, tmp: Path, prefix: list[str] | None = None) -> None:
+        n = len(list(tmp.glob("daemon-*.log")))
+        self.log_path = tmp / f"daemon-{n}.log"
+        self.pidfile = tmp / f"jailsyncd-{n}.pid"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_")}
+        argv = [sys.executable, "-m", "jailsyncd", "--config", str(config), "--log-level", "debug", "run", "--pidfile", str(self.pidfile)]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen([*(prefix or []), *argv], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
+
+    def events(self, name: str | None = None) -> list[dict]:
+        events = log_events(self.log_path.read_text())
+        return [e for e in events if name is None or e["event"] == name]
+
+    def finished_cycles(self) -> int:
+        return len(self.events("cycle_finished")) + len(self.events("cycle_failed"))
+
+    def kick(self) -> None:
+        subprocess.run([sys.executable, "-m", "jailsyncd", "kick", "--pidfile", str(self.pidfile)], check=True, cwd=str(REPO))
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
 
 
 def run_cli(*args: str, config: Path | None = None, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -13,58 +12,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from harness import REPO, ConsulServer, free_port, log_events, wait_for, write_config
+from harness import REPO, ConsulServer, free_port, wait_for, write_config
 
 from jailsyncd.sample import Workdir
 
 pytestmark = pytest.mark.integration
-
-
-class RunningDaemon:
-    def __init__(self, config: Path, tmp: Path) -> None:
-        self.log_path = tmp / "daemon.log"
-        self.pidfile = tmp / "jailsyncd.pid"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_")}
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "jailsyncd", "--config", str(config), "--log-level", "debug", "run", "--pidfile", str(self.pidfile)],
-                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO),
-            )
-
-    def events(self, name: str | None = None) -> list[dict]:
-        events = log_events(self.log_path.read_text())
-        return [e for e in events if name is None or e["event"] == name]
-
-    def finished_cycles(self) -> int:
-        return len(self.events("cycle_finished")) + len(self.events("cycle_failed"))
-
-    def kick(self) -> None:
-        subprocess.run([sys.executable, "-m", "jailsyncd", "kick", "--pidfile", str(self.pidfile)], check=True, cwd=str(REPO))
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-
-@pytest.fixture
-def start_daemon(tmp_path: Path):
-    daemons: list[RunningDaemon] = []
-
-    def start(config: Path) -> RunningDaemon:
-        daemon = RunningDaemon(config, tmp_path)
-        daemons.append(daemon)
-        wait_for(lambda: daemon.finished_cycles() >= 1, timeout=15, what="the first cycle")
-        return daemon
-
-    yield start
-    for daemon in daemons:
-        daemon.stop()
 
 
 QUIET = '[sync]\ninterval = "1h"\njitter = "0s"\n'

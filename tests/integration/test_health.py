@@ -1,0 +1,188 @@
+"""Health with real ICMP, real TCP/HTTP and a real Consul, all inside a network
+namespace the test creates: "up" jails have their addresses on the namespace's ``lo``,
+"down" jails have addresses with no route, so no probe ever leaves the namespace."""
+
+from __future__ import annotations
+
+import http.server
+import signal
+import threading
+import time
+from pathlib import Path
+
+import dns.message
+import dns.query
+import dns.rdatatype
+import pytest
+from harness import ConsulServer, wait_for, write_config
+
+from jailsyncd.adapters.cbsd import CbsdSource
+from jailsyncd.adapters.consul import ConsulAgent
+from jailsyncd.adapters.probe import Prober
+from jailsyncd.devnet import NetNS, available
+from jailsyncd.healthloop import HealthLoop
+from jailsyncd.reconcile import Reconciler
+from jailsyncd.sample import Workdir
+from jailsyncd.settings import Settings, load_settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(available() is not None, reason=str(available()))]
+
+UP, FLAPPY, OTHER = "10.77.0.1", "10.77.0.2", "10.77.0.3"
+
+
+@pytest.fixture
+def netns():
+    with NetNS() as ns:
+        yield ns
+
+
+@pytest.fixture
+def ns_consul(consul_bin: str, netns: NetNS):
+    server = ConsulServer(consul_bin, netns=netns).start()
+    yield server
+    server.stop()
+
+
+def statuses(consul: ConsulServer) -> dict[str, str]:
+    return {c["CheckID"]: c["Status"] for c in consul.get("/v1/agent/checks").values()}
+
+
+def dns_a(consul: ConsulServer, name: str) -> list[str]:
+    def ask() -> list[str]:
+        answer = dns.query.udp(dns.message.make_query(name, dns.rdatatype.A), "127.0.0.1", port=consul.dns_port, timeout=5)
+        return sorted(r.address for rrset in answer.answer for r in rrset)
+
+    return consul.netns.call(ask)
+
+
+def in_process(settings: Settings) -> tuple[Reconciler, HealthLoop, list[ConsulAgent]]:
+    """A reconciler and health loop like the daemon's, keeping every store it makes
+    so that the test can count their writes."""
+    stores: list[ConsulAgent] = []
+
+    def store() -> ConsulAgent:
+        agent = ConsulAgent(settings.consul)
+        stores.append(agent)
+        return agent
+
+    health = HealthLoop(settings.health, Prober(), store)
+    return Reconciler(settings, CbsdSource(settings.cbsd.workdir), store, health=health), health, stores
+
+
+HEALTH = 'interval = "1s"\ntimeout = "300ms"\ncount = 1\nfailures_before_critical = 3\nsuccess_before_passing = 1\nheartbeat_ttl = "3s"'
+
+
+def test_thresholds_stop_flapping_and_a_steady_round_writes_nothing(netns: NetNS, ns_consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    netns.add_address(UP)
+    netns.add_address(FLAPPY)
+    workdir.add("web1", jid=3, status=1, ip4_addr=f"{UP}/24", tags="consul.name=web")
+    workdir.add("web2", jid=4, status=1, ip4_addr=f"{FLAPPY}/24", tags="consul.name=web")
+    settings = load_settings(write_config(tmp_path / "c.toml", workdir=workdir.root, consul=ns_consul, health=HEALTH), env={})
+
+    def body() -> None:
+        reconciler, health, stores = in_process(settings)
+        assert reconciler.cycle().ok
+        # New services are probed before registration: they start passing, no extra write.
+        assert statuses(ns_consul)["jailsyncd-web2:ping"] == "passing"
+        assert sum(s.writes for s in stores) == 3  # two jails and the heartbeat service
+        before = sum(s.writes for s in stores)
+
+        # Down for one or two rounds at a time, never three: Consul never sees it.
+        up = True
+        for want_up in (False, True, False, False, True, False, False, True):
+            if want_up != up:
+                (netns.add_address if want_up else netns.del_address)(FLAPPY)
+                up = want_up
+            assert health.round().writes == 0
+        assert statuses(ns_consul)["jailsyncd-web2:ping"] == "passing"
+        assert sum(s.writes for s in stores) == before
+
+        # Three failed rounds in a row: critical, with exactly one write.
+        netns.del_address(FLAPPY)
+        assert [health.round().writes for _ in range(3)] == [0, 0, 1]
+        assert statuses(ns_consul)["jailsyncd-web2:ping"] == "critical"
+        assert wait_for(lambda: dns_a(ns_consul, "web.service.consul") == [UP], timeout=5, what="web2 out of DNS")
+
+        netns.add_address(FLAPPY)
+        assert health.round().writes == 1
+        assert statuses(ns_consul)["jailsyncd-web2:ping"] == "passing"
+        wait_for(lambda: dns_a(ns_consul, "web.service.consul") == [UP, FLAPPY], timeout=5, what="web2 back in DNS")
+
+        # Steady state: rounds write nothing and Consul's index does not move.
+        _, _, headers = ns_consul.request("GET", "/v1/health/state/any")
+        index = headers["X-Consul-Index"]
+        assert [health.round().writes for _ in range(3)] == [0, 0, 0]
+        _, _, headers = ns_consul.request("GET", "/v1/health/state/any")
+        assert headers["X-Consul-Index"] == index
+
+    netns.call(body)
+
+
+def test_tcp_and_http_checks_from_the_tags_column(netns: NetNS, ns_consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    netns.add_address(UP)
+    workdir.add("api", jid=3, status=1, ip4_addr=UP, tags="consul.port=8080,consul.check=tcp,consul.check=http:/health")
+    settings = load_settings(write_config(tmp_path / "c.toml", workdir=workdir.root, consul=ns_consul, health=HEALTH.replace("failures_before_critical = 3", "failures_before_critical = 1")), env={})
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    def body() -> None:
+        server = http.server.HTTPServer((UP, 8080), Handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        reconciler, health, _ = in_process(settings)
+        assert reconciler.cycle().ok
+        checks = statuses(ns_consul)
+        assert (checks["jailsyncd-api:ping"], checks["jailsyncd-api:tcp"], checks["jailsyncd-api:http"]) == ("passing",) * 3
+        server.shutdown()
+        server.server_close()
+        assert health.round().writes == 2  # tcp and http turn critical; ping stays passing
+        checks = statuses(ns_consul)
+        assert (checks["jailsyncd-api:ping"], checks["jailsyncd-api:tcp"], checks["jailsyncd-api:http"]) == ("passing", "critical", "critical")
+        output = {c["CheckID"]: c["Output"] for c in ns_consul.get("/v1/agent/checks").values()}
+        assert "Connection refused" in output["jailsyncd-api:tcp"] and "Connection refused" in output["jailsyncd-api:http"]
+
+    netns.call(body)
+
+
+def test_daemon_health_down_up_and_death(netns: NetNS, ns_consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
+    for address in (UP, FLAPPY, OTHER):
+        netns.add_address(address)
+    workdir.add("web1", jid=3, status=1, ip4_addr=UP)
+    workdir.add("web2", jid=4, status=1, ip4_addr=FLAPPY)
+    workdir.add("db1", jid=5, status=1, ip4_addr=OTHER)
+    health = HEALTH.replace("failures_before_critical = 3", "failures_before_critical = 2")
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=ns_consul, health=health, extra='[sync]\ninterval = "1h"\n')
+    daemon = start_daemon(config, netns.prefix())
+    ping_checks = {f"jailsyncd-{j}:ping" for j in ("web1", "web2", "db1")}
+    alias_checks = {f"jailsyncd-{j}:alive" for j in ("web1", "web2", "db1")}
+    wait_for(lambda: all(statuses(ns_consul).get(c) == "passing" for c in ping_checks | alias_checks), timeout=10, what="all passing")
+
+    # Down: critical within interval x failures_before_critical (2 s), plus one round of slack.
+    netns.del_address(FLAPPY)
+    started = time.monotonic()
+    wait_for(lambda: statuses(ns_consul)["jailsyncd-web2:ping"] == "critical", timeout=4, what="web2 critical")
+    assert time.monotonic() - started <= 3.5
+    assert dns_a(ns_consul, "web2.service.consul") == []
+    changed = wait_for(lambda: [e for e in daemon.events("health_changed") if e["jail"] == "web2"], timeout=2, what="health_changed logged")
+    assert (changed[-1]["check"], changed[-1]["from"], changed[-1]["to"]) == ("ping", "passing", "critical")
+    netns.add_address(FLAPPY)
+    wait_for(lambda: statuses(ns_consul)["jailsyncd-web2:ping"] == "passing", timeout=4, what="web2 passing again")
+
+    # Death: every jail turns critical through its alias check within the heartbeat TTL.
+    daemon.proc.send_signal(signal.SIGKILL)
+    daemon.proc.wait()
+    killed = time.monotonic()
+    wait_for(lambda: all(statuses(ns_consul)[c] == "critical" for c in alias_checks), timeout=6, what="alias checks critical")
+    assert time.monotonic() - killed <= 3 + 1.5  # heartbeat_ttl plus Consul's reaping tick
+    assert dns_a(ns_consul, "web1.service.consul") == []
+
+    restarted = start_daemon(config, netns.prefix())
+    wait_for(lambda: all(statuses(ns_consul)[c] == "passing" for c in alias_checks), timeout=10, what="alias checks passing again")
+    assert dns_a(ns_consul, "web1.service.consul") == [UP]
+    assert restarted.proc.poll() is None
