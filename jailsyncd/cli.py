@@ -26,7 +26,7 @@ from typing import Any
 
 from jailsyncd import __version__, report
 from jailsyncd.adapters.cbsd import CbsdSource
-from jailsyncd.adapters.consul import ConsulAgent
+from jailsyncd.adapters.consul import ConsulAgent, ConsulCatalog, connect
 from jailsyncd.adapters.probe import Prober
 from jailsyncd.health import targets_of
 from jailsyncd.healthloop import HealthLoop
@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _store_factory(settings: Settings):
-    def store() -> ConsulAgent:
-        agent = ConsulAgent(settings.consul)
+    def store() -> ConsulAgent | ConsulCatalog:
+        agent = connect(settings.consul)
         token = settings.consul.read_token()
         if token is not None:
             register_secret(token.reveal())
@@ -175,9 +175,10 @@ def cmd_once(settings: Settings, args: argparse.Namespace) -> int:
     health = _health(settings)
     result = _reconciler(settings, health=health).cycle(force=args.force)
     if health is not None and result.error is None:
-        # One health round and one heartbeat, so that Consul's statuses are true now.
+        # One health round (and the heartbeat), so that Consul's statuses are true now.
         health.round()
-        health.heartbeat()
+        if settings.consul.mode == "agent":
+            health.heartbeat()
     return _finish(result)
 
 

@@ -185,9 +185,10 @@ class Daemon:
             health = self.settings.health
             soon = datetime.now(timezone.utc) + timedelta(seconds=1)  # after the first cycle, usually
             self.scheduler.add_job(self.health.safe_round, IntervalTrigger(seconds=health.interval), id="health", next_run_time=soon, **common)
-            self.scheduler.add_job(
-                self.health.safe_heartbeat, IntervalTrigger(seconds=health.heartbeat_ttl / 3), id="heartbeat", next_run_time=soon, **common
-            )
+            if self.settings.consul.mode == "agent":  # catalog mode has no heartbeat service
+                self.scheduler.add_job(
+                    self.health.safe_heartbeat, IntervalTrigger(seconds=health.heartbeat_ttl / 3), id="heartbeat", next_run_time=soon, **common
+                )
 
     def _install_signals(self) -> None:
         def on_stop(signum, _frame):

@@ -28,7 +28,7 @@ from jailsyncd.model import (
 )
 from jailsyncd.health import jail_checks, self_service
 from jailsyncd.naming import dns_label, unique_labels
-from jailsyncd.settings import HealthSettings
+from jailsyncd.settings import CatalogSettings, HealthSettings
 from jailsyncd.tagspec import MAX_META_VALUE, Rule, directives_for
 
 #: Consul accepts at most 64 meta pairs per service.
@@ -42,11 +42,15 @@ def build_desired(
     rules: tuple[Rule, ...] = (),
     prefer_ipv6: bool = False,
     health: HealthSettings | None = None,
+    catalog: CatalogSettings | None = None,
 ) -> Desired:
     """The services this host should have in Consul, given a complete CBSD read.
 
-    With ``health`` (enabled), every service carries its checks and jailsyncd's own
-    heartbeat service is part of the desired state too.
+    With ``health`` (enabled), every service carries its checks; in agent mode
+    jailsyncd's own heartbeat service is part of the desired state too. With
+    ``catalog`` (catalog mode), every service is placed on an external node of its
+    own (see ``node_name``), and a node name two jails would share goes to the
+    first jname in sort order; the other is skipped as ``conflict``.
     """
     host = state.nodename or owner
     # Collisions are settled over every environment in the DB, running or not, so a
@@ -56,6 +60,7 @@ def build_desired(
     services: list[Service] = []
     skipped: list[Skip] = []
     notes: list[Note] = []
+    nodes: dict[str, str] = {}  # node name -> jname (catalog mode)
     for env in sorted(state.environments, key=lambda e: e.jname):
         if env.jname in unreadable:
             skipped.append(Skip(env.jname, "source_error", unreadable[env.jname]))
@@ -86,29 +91,66 @@ def build_desired(
         notes.extend(Note(env.jname, "meta_dropped", text) for text in meta_notes)
         port = directives.port or 0
         service_id = SERVICE_ID_PREFIX + env.jname
+        tags = frozenset((env.kind, *directives.tags))
+        node, node_meta = "", ()
+        if catalog is not None:
+            node = node_name(catalog.node_name, fqdn=env.host_hostname or env.jname, jname=env.jname, host=host)
+            if node in nodes:
+                skipped.append(Skip(env.jname, "conflict", f"node name {node} is already used by jail {nodes[node]}"))
+                continue
+            nodes[node] = env.jname
+            node_meta = _node_meta(env, owner=owner, host=host, external_probe=catalog.external_probe)
+            if catalog.layout == "article":
+                name, tags = "jail", frozenset({catalog.host_tag, "jail"})
         specs: tuple[CheckSpec, ...] = ()
         if health is not None:
             probes = directives.checks if port else ()
             if directives.checks and not port:
                 notes.append(Note(env.jname, "check_ignored", f"{', '.join(directives.checks)} needs a port (consul.port=)"))
-            specs = jail_checks(service_id, address, probes, health.ttl)
+            external = catalog is not None and catalog.external_probe
+            specs = jail_checks(service_id, address, probes, health.ttl, catalog=catalog is not None, external_probe=external)
         services.append(
             Service(
                 service_id=service_id,
                 name=name,
                 address=address,
                 port=port,
-                tags=frozenset((env.kind, *directives.tags)),
+                tags=tags,
                 meta=tuple(sorted(meta.items())),
                 tagged_addresses=tagged_addresses(parsed),
                 checks=frozenset(c.observable for c in specs),
                 check_specs=specs,
+                node=node,
+                node_meta=node_meta,
             )
         )
-    if health is not None:
+    if health is not None and catalog is None:
         services.append(self_service(owner, host, health.heartbeat_ttl))
     protected = frozenset(unreadable)
     return Desired(tuple(services), tuple(skipped), tuple(notes), protected)
+
+
+def node_name(template: str, *, fqdn: str, jname: str, host: str) -> str:
+    """The catalog node name: the template filled in, each dot-separated label made
+    DNS-safe, so ``<node>.node.consul`` resolves (``Redis_1.My.Domain`` becomes
+    ``redis-1.my.domain``)."""
+    text = template.format(fqdn=fqdn, jname=jname, host=host)
+    return ".".join(dns_label(label) for label in text.split(".") if label)
+
+
+def _node_meta(env: Environment, *, owner: str, host: str, external_probe: bool) -> tuple[tuple[str, str], ...]:
+    return tuple(
+        sorted(
+            {
+                "external-node": "true",
+                "external-probe": "true" if external_probe else "false",
+                META_OWNER: owner,
+                META_HOST: host,
+                META_JNAME: env.jname,
+                META_EMULATOR: env.emulator,
+            }.items()
+        )
+    )
 
 
 def _primary_address(parsed: ParsedAddresses, prefer_ipv6: bool) -> str | None:

@@ -42,11 +42,24 @@ def _ttl_text(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-def jail_checks(service_id: str, address: str, probes: tuple[str, ...], ttl: float) -> tuple[CheckSpec, ...]:
-    """The checks of one jail service: a TTL check per probe, then the alias check."""
+def jail_checks(
+    service_id: str, address: str, probes: tuple[str, ...], ttl: float, *, catalog: bool = False, external_probe: bool = False
+) -> tuple[CheckSpec, ...]:
+    """The checks of one jail service.
+
+    Agent mode: a TTL check per probe, then the alias check. Catalog mode: the ping
+    is a node-level check (none when ``external_probe`` leaves it to consul-esm), TCP
+    and HTTP probes are service-level checks; catalog checks have no TTL and no
+    alias, jailsyncd writes their status itself.
+    """
     checks = []
-    for probe in ("ping", *(p for p in probes if p != "ping")):
+    wanted = (*(() if catalog and external_probe else ("ping",)), *(p for p in probes if p != "ping"))
+    for probe in wanted:
         suffix = probe.split(":", 1)[0]
+        if catalog:
+            kind = "node" if probe == "ping" else "service"
+            checks.append(CheckSpec(f"{service_id}:{suffix}", f"{probe} {address}", kind, notes=f"jailsyncd probe={probe}", ttl=ttl, probe=probe))
+            continue
         checks.append(
             CheckSpec(
                 check_id=f"{service_id}:{suffix}",
@@ -57,6 +70,8 @@ def jail_checks(service_id: str, address: str, probes: tuple[str, ...], ttl: flo
                 probe=probe,
             )
         )
+    if catalog:
+        return tuple(checks)
     checks.append(
         CheckSpec(
             check_id=f"{service_id}:alive",
@@ -124,7 +139,8 @@ def advance(state: CheckState, result: ProbeResult, *, success_before_passing: i
 
 @dataclass(frozen=True)
 class Target:
-    """One TTL check to probe: whose, which, and where."""
+    """One check to probe: whose, which, where, and (for catalog writes) its
+    definition and the node and service it belongs to."""
 
     jail: str
     check_id: str
@@ -132,14 +148,17 @@ class Target:
     address: str
     port: int
     ttl: float
+    spec: CheckSpec | None = None
+    node: str = ""
+    service_id: str = ""
 
 
 def targets_of(services: tuple[Service, ...]) -> tuple[Target, ...]:
     return tuple(
-        Target(s.jail, c.check_id, c.probe, s.address, s.port, c.ttl)
+        Target(s.jail, c.check_id, c.probe, s.address, s.port, c.ttl, c, s.node, s.service_id)
         for s in services
         for c in s.check_specs
-        if c.kind == "ttl" and c.probe != "heartbeat"
+        if c.kind in ("ttl", "node", "service") and c.probe != "heartbeat"
     )
 
 

@@ -111,18 +111,16 @@ class HealthLoop:
         for change in changes:
             check = change.check_id.rsplit(":", 1)[-1]
             self.log.info("health_changed", jail=change.jail, check=check, check_id=change.check_id, **{"from": change.old, "to": change.new}, output=change.output)
-        done = 0
         if writes:
             store = self.store_factory()
             try:
-                for target, state in writes:
-                    store.update_check(target.check_id, state.status, state.output)
-                    with self._lock:
-                        self._written[target.check_id] = Written(state.status, self.clock())
-                    done += 1
+                store.write_checks([(target, state.status, state.output) for target, state in writes])
             finally:
                 store.close()
-        return RoundStats(len(targets), done, len(changes), self.clock() - started)
+            now = self.clock()
+            with self._lock:
+                self._written.update({target.check_id: Written(state.status, now) for target, state in writes})
+        return RoundStats(len(targets), len(writes), len(changes), self.clock() - started)
 
     def heartbeat(self) -> None:
         store = self.store_factory()

@@ -93,7 +93,7 @@ class CheckSpec:
 
     check_id: str
     name: str
-    kind: str
+    kind: str  # ttl, alias (agent mode); node, service (catalog mode: inert checks we write)
     notes: str = ""
     ttl: float = 0.0
     probe: str = ""
@@ -107,7 +107,8 @@ class CheckSpec:
 
 @dataclass(frozen=True)
 class Service:
-    """One Consul service instance, as desired or as observed.
+    """One Consul service instance, as desired or as observed (in catalog mode, with
+    the external node that carries it).
 
     ``meta`` and ``tagged_addresses`` are sorted tuples of pairs so that values are
     hashable and compare by content; ``tagged_addresses`` maps a name to an address
@@ -124,6 +125,9 @@ class Service:
     checks: frozenset[tuple[str, str, str]] = frozenset()
     #: The full check definitions (desired side only; ``checks`` is what compares).
     check_specs: tuple[CheckSpec, ...] = field(default=(), compare=False)
+    #: Catalog mode only: the external node this service lives on, and its meta.
+    node: str = ""
+    node_meta: tuple[tuple[str, str], ...] = ()
 
     @property
     def jail(self) -> str:
@@ -132,7 +136,7 @@ class Service:
 
 
 #: Fields ``plan`` compares, in the order they are reported.
-COMPARED_FIELDS = ("name", "address", "port", "tags", "meta", "tagged_addresses", "checks")
+COMPARED_FIELDS = ("name", "address", "port", "tags", "meta", "tagged_addresses", "checks", "node", "node_meta")
 
 
 @dataclass(frozen=True)
@@ -182,6 +186,9 @@ class Observed:
 
     owned: tuple[Service, ...]
     foreign_ids: frozenset[str] = frozenset()
+    #: Catalog mode: node names that exist and are not ours (agents' nodes, other
+    #: hosts' jails, anything without our owner): never written to.
+    foreign_nodes: frozenset[str] = frozenset()
     #: Status and output of every check of an owned service, by check ID.
     check_status: tuple[tuple[str, str, str], ...] = ()
 
@@ -193,6 +200,17 @@ class Update:
     old: Service
     new: Service
     fields: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Action:
+    """One change to apply: ``kind`` is register, update or deregister; ``old`` is what
+    Consul held (update, deregister); ``statuses`` the initial status of new checks."""
+
+    kind: str
+    service: Service
+    old: Service | None = None
+    statuses: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

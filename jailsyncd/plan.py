@@ -25,7 +25,9 @@ def plan(
     """What to register, update and deregister so that Consul matches ``desired``.
 
     - A desired service whose ID is held by an entry jailsyncd does not own (our
-      prefix, another owner) is skipped as ``conflict``, never overwritten.
+      prefix, another owner), or whose catalog node exists and is not ours (an
+      agent's node, another host's jail), is skipped as ``conflict``, never
+      overwritten.
     - Owned services of ``desired.protected`` jails (state unknown) are left as they are.
     - More than ``max_deregistrations`` deregistrations are all refused (moved to
       ``Plan.refused``) unless ``force``: a sudden mass removal more often means a
@@ -40,6 +42,9 @@ def plan(
         if new.jail in desired.protected:
             continue
         old = owned.get(sid)
+        if new.node and new.node in observed.foreign_nodes and (old is None or old.node != new.node):
+            skipped.append(Skip(new.jail, "conflict", f"node {new.node} exists in Consul and is not owned by this host"))
+            continue
         if old is None:
             if sid in observed.foreign_ids:
                 skipped.append(Skip(new.jail, "conflict", f"service ID {sid} exists in Consul and is not owned by this host"))

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 from jailsyncd.desired import build_desired
-from jailsyncd.errors import ConsulRejected, JailsyncdError
+from jailsyncd.errors import JailsyncdError
 from jailsyncd.logs import get_logger
-from jailsyncd.model import CbsdState, Desired, Observed, Plan, Service
+from jailsyncd.model import Action, CbsdState, Desired, Observed, Plan, Service
 from jailsyncd.plan import plan as make_plan
 from jailsyncd.plan import purge_plan
 from jailsyncd.settings import Settings
@@ -39,12 +39,19 @@ class Source(Protocol):
 
 
 class Store(Protocol):
+    """Consul as a reconcile cycle sees it (``adapters.consul``: agent or catalog)."""
+
     requests: int
     writes: int
 
     def read(self, owner: str) -> Observed: ...
-    def register(self, service: Service, statuses: dict[str, str] | None = None) -> None: ...
-    def deregister(self, service_id: str) -> None: ...
+
+    def apply(self, actions: list[Action], should_stop: Callable[[], bool]) -> Iterator[tuple[Action, JailsyncdError | None]]:
+        """Apply in order, yielding each action with None (done) or the error that
+        rejected that action alone; stops early when ``should_stop()``; raises on
+        errors that would fail every other action too (unreachable, 403...)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -136,6 +143,7 @@ class Reconciler:
             rules=self.settings.rules,
             prefer_ipv6=self.settings.sync.prefer_ipv6,
             health=self.settings.health if self.settings.health.enabled else None,
+            catalog=self.settings.catalog if self.settings.consul.mode == "catalog" else None,
         )
         observed = store.read(self.settings.host.name)
         plan = make_plan(desired, observed, max_deregistrations=self.settings.sync.max_deregistrations, force=force)
@@ -174,31 +182,36 @@ class Reconciler:
         assert plan is not None
         statuses: dict[str, str] = {}
         if self.health is not None and result.desired is not None:
-            fresh = tuple(plan.register) + tuple(u.new for u in plan.update if "checks" in u.fields)
+            fresh = tuple(plan.register) + tuple(u.new for u in plan.update if "checks" in u.fields or "node" in u.fields)
             statuses = self.health.initial_statuses(fresh) if fresh else {}
-        registered: dict[str, str] = {}
 
-        def register(service: Service) -> None:
-            store.register(service, statuses)
-            registered.update({c.check_id: statuses.get(c.check_id, "critical") for c in service.check_specs if c.kind == "ttl"})
+        def action(kind: str, service: Service, old: Service | None = None) -> Action:
+            own = tuple((c.check_id, statuses[c.check_id]) for c in service.check_specs if c.check_id in statuses)
+            return Action(kind, service, old, own)
 
-        steps: list[tuple[str, Service, Callable[[], None], dict[str, Any]]] = []
-        steps += [("register", s, lambda s=s: register(s), {"service": s.name, "address": s.address}) for s in plan.register]
-        steps += [("update", u.new, lambda u=u: register(u.new), {"fields": list(u.fields)}) for u in plan.update]
-        steps += [("deregister", s, lambda s=s: store.deregister(s.service_id), {}) for s in plan.deregister]
+        actions = [action("register", s) for s in plan.register]
+        actions += [action("update", u.new, u.old) for u in plan.update]
+        actions += [action("deregister", s, s) for s in plan.deregister]
         events = {"register": "service_registered", "update": "service_updated", "deregister": "service_deregistered"}
-        for action, svc, call, extra in steps:
-            if self.should_stop():
-                log.warning("cycle_abandoned", remaining=len(steps) - sum(result.applied.values()) - len(result.failures))
-                return
-            try:
-                call()
-            except ConsulRejected as exc:
-                result.failures.append(exc)
-                log.error("action_failed", action=action, jail=svc.jail, service_id=svc.service_id, error=str(exc))
+        fields = {u.new.service_id: list(u.fields) for u in plan.update}
+        registered: dict[str, str] = {}
+        done = 0
+        for act, error in store.apply(actions, self.should_stop):
+            done += 1
+            svc = act.service
+            if error is not None:
+                result.failures.append(error)
+                log.error("action_failed", action=act.kind, jail=svc.jail, service_id=svc.service_id, error=str(error))
                 continue
-            result.applied[action] += 1
-            log.info(events[action], jail=svc.jail, service_id=svc.service_id, **extra)
+            result.applied[act.kind] += 1
+            registered.update(dict(act.statuses))
+            extra = {"fields": fields[svc.service_id]} if act.kind == "update" else {"service": svc.name, "address": svc.address} if act.kind == "register" else {}
+            if svc.node:
+                extra["node"] = svc.node
+            log.info(events[act.kind], jail=svc.jail, service_id=svc.service_id, **extra)
+        if done < len(actions):
+            log.warning("cycle_abandoned", remaining=len(actions) - done)
+            return
         if self.health is not None and result.desired is not None and result.observed is not None:
             consul_status = {check_id: status for check_id, status, _ in result.observed.check_status}
             self.health.sync(result.desired.services, consul_status, registered)

@@ -68,7 +68,8 @@ class CbsdSettings:
 class ConsulSettings:
     #: ``host:port``, or ``http://``/``https://host:port``; Consul's default agent port.
     address: str = "127.0.0.1:8500"
-    #: ``agent``: services on the local agent (the only mode so far).
+    #: ``agent``: services on the local agent. ``catalog``: one external node per jail
+    #: through the catalog API (works with no local agent; see ``[catalog]``).
     mode: str = "agent"
     #: A file holding the ACL token (re-read every cycle); preferred over a variable.
     token_file: Path | None = None
@@ -121,6 +122,24 @@ class SyncSettings:
 
 
 @dataclass(frozen=True)
+class CatalogSettings:
+    #: Node name template for ``mode = "catalog"``: ``{fqdn}`` (the jail's
+    #: host_hostname, or its jname when unset), ``{jname}``, ``{host}`` (the CBSD node
+    #: name). Each dot-separated label is made DNS-safe.
+    node_name: str = "{fqdn}"
+    #: Node meta ``external-probe``: true lets consul-esm ping the jails, and then
+    #: jailsyncd writes no node check of its own.
+    external_probe: bool = False
+    #: ``per-jail``: services named as in agent mode. ``article``: every jail is one
+    #: instance of service ``jail`` tagged with the CBSD host's name and ``jail``
+    #: (the layout of the usual CBSD hook scripts).
+    layout: str = "per-jail"
+    #: The CBSD host's own tag in the ``article`` layout; default: this machine's
+    #: host name (on FreeBSD usually its FQDN, as set in rc.conf).
+    host_tag: str = ""
+
+
+@dataclass(frozen=True)
 class HealthSettings:
     #: Probe every registered jail and publish the result as Consul checks.
     enabled: bool = True
@@ -164,6 +183,7 @@ class Settings:
     consul: ConsulSettings = field(default_factory=ConsulSettings)
     sync: SyncSettings = field(default_factory=SyncSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    catalog: CatalogSettings = field(default_factory=CatalogSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     rules: tuple[Rule, ...] = ()
@@ -181,6 +201,7 @@ _SECTIONS = {
     "consul": ConsulSettings,
     "sync": SyncSettings,
     "log": LogSettings,
+    "catalog": CatalogSettings,
     "health": HealthSettings,
     "metrics": MetricsSettings,
 }
@@ -188,7 +209,8 @@ _SECTIONS = {
 _MAY_BE_ZERO = {"sync.jitter"}
 #: Keys that only the environment may set (never a file: a token does not belong there).
 _ENV_ONLY = {("consul", "token")}
-_MODES = ("agent",)
+_MODES = ("agent", "catalog")
+_LAYOUTS = ("per-jail", "article")
 _LOG_FORMATS = ("json", "console")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -238,6 +260,8 @@ def _build(data: dict[str, Any], env: Mapping[str, str], where: str, path: Path 
     consul = _fill_from_env(sections["consul"], set(data.get("consul", {})), env)
     cbsd = sections["cbsd"]
     host = sections["host"]
+    if not sections["catalog"].host_tag:
+        sections["catalog"] = CatalogSettings(**{**sections["catalog"].__dict__, "host_tag": socket.gethostname()})
     if not host.name:
         host = HostSettings(name=_default_host_name(cbsd.workdir))
     settings = Settings(
@@ -246,6 +270,7 @@ def _build(data: dict[str, Any], env: Mapping[str, str], where: str, path: Path 
         consul=consul,
         sync=sections["sync"],
         log=sections["log"],
+        catalog=sections["catalog"],
         health=sections["health"],
         metrics=sections["metrics"],
         rules=_decode_rules(data.get("rule", []), fail),
@@ -383,6 +408,12 @@ def _validate(s: Settings, fail) -> None:
         s.consul.host_port
     except ValueError as exc:
         raise fail("consul.address", str(exc)) from None
+    if s.catalog.layout not in _LAYOUTS:
+        raise fail("catalog.layout", f"expected one of {', '.join(_LAYOUTS)}, got {s.catalog.layout!r}")
+    try:
+        s.catalog.node_name.format(fqdn="f", jname="j", host="h")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise fail("catalog.node_name", f"only {{fqdn}}, {{jname}} and {{host}} may appear ({exc})") from None
     if s.log.format not in _LOG_FORMATS:
         raise fail("log.format", f"expected one of {', '.join(_LOG_FORMATS)}, got {s.log.format!r}")
     if s.log.level not in _LOG_LEVELS:

@@ -1,7 +1,9 @@
-"""Read and write this host's services on a Consul agent (agent mode).
+"""Read and write what this host owns in Consul: ``ConsulAgent`` (agent mode) or
+``ConsulCatalog`` (catalog mode), chosen by ``connect``.
 
-Called by ``reconcile`` (``read``, ``register``, ``deregister``) and by ``cli``. The
-only module that imports python-consul2 (and the ``requests`` it runs on).
+Called by ``reconcile`` (``read``, ``apply``), ``healthloop`` (``write_checks``,
+``update_check``) and ``cli``. The only module that imports python-consul2 (and the
+``requests`` it runs on).
 
 python-consul2 is used as the transport and response checker: its ``HTTPClient``
 sends the requests, its ``CB`` callbacks map status codes to exceptions. Its
@@ -14,14 +16,16 @@ high-level ``Consul`` object is not used because it reads ``CONSUL_HTTP_ADDR`` a
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+import urllib.parse
+from typing import Any, Callable, Iterator
 
 import consul.base as consul_base
 import consul.std as consul_std
 import requests
 
-from jailsyncd.errors import ConsulError, ConsulRefused, ConsulRejected
-from jailsyncd.model import META_OWNER, SELF_SERVICE_ID, SERVICE_ID_PREFIX, CheckSpec, Observed, Service
+from jailsyncd.errors import ConsulError, ConsulRefused, ConsulRejected, JailsyncdError
+from jailsyncd.health import Target
+from jailsyncd.model import META_OWNER, SELF_SERVICE_ID, SERVICE_ID_PREFIX, Action, CheckSpec, Observed, Service
 from jailsyncd.settings import ConsulSettings
 
 
@@ -43,8 +47,8 @@ class _ServerNameAdapter(requests.adapters.HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
 
 
-class ConsulAgent:
-    """This host's view of a Consul agent. Counts the HTTP requests and writes it makes."""
+class _Consul:
+    """The HTTP plumbing both modes share. Counts the requests and writes it makes."""
 
     def __init__(self, settings: ConsulSettings) -> None:
         host, port = settings.host_port
@@ -62,13 +66,24 @@ class ConsulAgent:
             raise ConsulRefused(f"consul.token_file: {exc}") from None
         if token is not None:
             self._headers["X-Consul-Token"] = token.reveal()
+        self._dc = settings.datacenter
         self.requests = 0
         self.writes = 0
 
     def close(self) -> None:
         self._http.session.close()
 
-    # -- the interface reconcile uses ------------------------------------------------
+    def leader(self) -> str:
+        """The cluster leader's address ('' while there is none): a cheap liveness probe."""
+        return self._call("GET", "/v1/status/leader", consul_base.CB.json()) or ""
+
+    def write_checks(self, writes: list[tuple[Target, str, str]]) -> None:
+        """Write the status and output of checks (health rounds)."""
+        raise NotImplementedError
+
+
+class ConsulAgent(_Consul):
+    """Agent mode: this host's services on its local Consul agent."""
 
     def read(self, owner: str) -> Observed:
         """Every service and check on the agent in two requests, whatever their number;
@@ -109,9 +124,24 @@ class ConsulAgent:
     def deregister(self, service_id: str) -> None:
         self._call("PUT", f"/v1/agent/service/deregister/{service_id}", consul_base.CB.bool(), write=True)
 
-    def leader(self) -> str:
-        """The cluster leader's address ('' while there is none): a cheap liveness probe."""
-        return self._call("GET", "/v1/status/leader", consul_base.CB.json()) or ""
+    def apply(self, actions: list[Action], should_stop: Callable[[], bool]) -> Iterator[tuple[Action, JailsyncdError | None]]:
+        """One request per action; a 400 fails only that action."""
+        for action in actions:
+            if should_stop():
+                return
+            try:
+                if action.kind == "deregister":
+                    self.deregister(action.service.service_id)
+                else:
+                    self.register(action.service, dict(action.statuses))
+            except ConsulRejected as exc:
+                yield action, exc
+                continue
+            yield action, None
+
+    def write_checks(self, writes: list[tuple[Target, str, str]]) -> None:
+        for target, status, output in writes:
+            self.update_check(target.check_id, status, output)
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -141,6 +171,195 @@ class ConsulAgent:
         if write:
             self.writes += 1
         return result
+
+
+class ConsulCatalog(_Consul):
+    """Catalog mode: every jail is an external node of its own (node meta
+    ``external-node=true``), registered through ``/v1/txn`` in batches of at most 64
+    operations. Nodes are created with ``cas`` at index 0, so a node that appeared
+    since the read (another host, an agent) is never overwritten; a node's
+    operations never straddle two transactions, so nothing is left half-written."""
+
+    def read(self, owner: str) -> Observed:
+        """Our nodes with their services and checks, and every other node's name: two
+        requests, whatever the number of jails.
+
+        Consul 1.8 has no public endpoint that returns nodes with their services in
+        one filtered read; ``/v1/internal/ui/nodes`` (what Consul's UI uses) does.
+        """
+        quoted = owner.replace("\\", "\\\\").replace('"', '\\"')
+        flt = urllib.parse.quote(f'Meta["{META_OWNER}"] == "{quoted}"')
+        dumps = self._call("GET", self._dc_path(f"/v1/internal/ui/nodes?filter={flt}"), consul_base.CB.json()) or []
+        every = self._call("GET", self._dc_path("/v1/catalog/nodes"), consul_base.CB.json()) or []
+        owned: list[Service] = []
+        status: list[tuple[str, str, str]] = []
+        ours = set()
+        for dump in dumps:
+            if (dump.get("Meta") or {}).get(META_OWNER) != owner:
+                continue  # the filter is a convenience; ownership is checked here
+            ours.add(dump["Node"])
+            checks = dump.get("Checks") or []
+            status += [(c["CheckID"], c.get("Status", ""), c.get("Output", "")) for c in checks]
+            for entry in dump.get("Services") or []:
+                if entry.get("ID", "").startswith(SERVICE_ID_PREFIX):
+                    owned.append(service_from_catalog(dump, entry, checks))
+        foreign = frozenset(n["Node"] for n in every if n["Node"] not in ours)
+        self._status = {check_id: (st, out) for check_id, st, out in status}
+        return Observed(tuple(sorted(owned, key=lambda s: s.service_id)), frozenset(), tuple(sorted(status)), foreign_nodes=foreign)
+
+    def apply(self, actions: list[Action], should_stop: Callable[[], bool]) -> Iterator[tuple[Action, JailsyncdError | None]]:
+        for batch in _batches([(a, self._ops(a)) for a in actions], MAX_TXN_OPS):
+            if should_stop():
+                return
+            yield from self._txn(batch)
+
+    def write_checks(self, writes: list[tuple[Target, str, str]]) -> None:
+        ops = [(w, [_check_op(w[0].node, w[0].spec, w[0].service_id, w[1], w[2])]) for w in writes if w[0].spec is not None]
+        for batch in _batches(ops, MAX_TXN_OPS):
+            for _, error in self._txn(batch):
+                if error is not None:
+                    raise error
+
+    def _ops(self, action: Action) -> list[dict[str, Any]]:
+        new, old = action.service, action.old
+        if action.kind == "deregister":
+            return [{"Node": {"Verb": "delete", "Node": {"Node": new.node}}}]
+        statuses = dict(action.statuses)
+        ops: list[dict[str, Any]] = []
+        moved = old is not None and old.node != new.node
+        if moved:
+            ops.append({"Node": {"Verb": "delete", "Node": {"Node": old.node}}})
+        if old is None or moved:
+            # cas at index 0: create only if no such node exists by now.
+            ops.append({"Node": {"Verb": "cas", "Node": {**_node_body(new), "ModifyIndex": 0}}})
+        elif (old.address, old.node_meta) != (new.address, new.node_meta):
+            ops.append({"Node": {"Verb": "set", "Node": _node_body(new)}})
+        if old is None or moved or _service_fields(old) != _service_fields(new):
+            ops.append({"Service": {"Verb": "set", "Node": new.node, "Service": _catalog_service(new)}})
+        have = old.checks if old is not None and not moved else frozenset()
+        for spec in new.check_specs:
+            if spec.observable in have:
+                continue
+            # A changed definition keeps the status Consul holds; a new check starts
+            # with the status probed just before registration (or critical).
+            current, output = self._status.get(spec.check_id, (statuses.get(spec.check_id, "critical"), NOT_PROBED_OUTPUT))
+            ops.append(_check_op(new.node, spec, new.service_id, current, output))
+        if old is not None and not moved:
+            wanted = {c.check_id for c in new.check_specs}
+            ops += [
+                {"Check": {"Verb": "delete", "Check": {"Node": new.node, "CheckID": check_id}}}
+                for check_id, _, _ in sorted(old.checks)
+                if check_id not in wanted
+            ]
+        return ops
+
+    def _txn(self, batch: list[tuple[Any, list[dict[str, Any]]]]) -> Iterator[tuple[Any, JailsyncdError | None]]:
+        """Apply one batch atomically. When Consul rejects some operations (409), the
+        whole transaction was rolled back: report the actions those operations belong
+        to and try the rest again, until a transaction applies or nothing is left."""
+        while batch:
+            ops = [op for _, item_ops in batch for op in item_ops]
+            result = self._call("PUT", self._dc_path("/v1/txn"), consul_base.CB.json(), body=ops, write=True) or {}
+            errors = result.get("Errors") or []
+            if not errors:
+                for item, _ in batch:
+                    yield item, None
+                return
+            failed: dict[int, str] = {}
+            for error in errors:
+                index = error.get("OpIndex", 0)
+                position = 0
+                for i, (_, item_ops) in enumerate(batch):
+                    if position <= index < position + len(item_ops):
+                        failed.setdefault(i, error.get("What", "rejected"))
+                        break
+                    position += len(item_ops)
+            for i, what in sorted(failed.items()):
+                item = batch[i][0]
+                yield item, ConsulRejected(f"PUT {self.endpoint}/v1/txn: {_subject(item)}: {what}")
+            batch = [b for i, b in enumerate(batch) if i not in failed]
+
+    def _dc_path(self, path: str) -> str:
+        if not self._dc:
+            return path
+        return f"{path}{'&' if '?' in path else '?'}dc={urllib.parse.quote(self._dc)}"
+
+
+#: Consul applies at most 64 operations in one transaction.
+MAX_TXN_OPS = 64
+NOT_PROBED_OUTPUT = "not probed yet"
+
+
+def _subject(item: Any) -> str:
+    if isinstance(item, Action):
+        return f"node {item.service.node} of jail {item.service.jail}"
+    return f"check {item[0].check_id}"
+
+
+def _batches(items: list[tuple[Any, list[dict[str, Any]]]], limit: int) -> list[list[tuple[Any, list[dict[str, Any]]]]]:
+    """Pack items into batches of at most ``limit`` operations, never splitting one
+    item's operations (an item with more than ``limit`` gets a batch of its own)."""
+    batches: list[list[tuple[Any, list[dict[str, Any]]]]] = []
+    current: list[tuple[Any, list[dict[str, Any]]]] = []
+    size = 0
+    for item, ops in items:
+        if not ops:
+            continue
+        if current and size + len(ops) > limit:
+            batches.append(current)
+            current, size = [], 0
+        current.append((item, ops))
+        size += len(ops)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _node_body(service: Service) -> dict[str, Any]:
+    return {"Node": service.node, "Address": service.address, "Meta": dict(service.node_meta)}
+
+
+def _service_fields(service: Service) -> tuple:
+    return (service.name, service.address, service.port, service.tags, service.meta, service.tagged_addresses)
+
+
+def _catalog_service(service: Service) -> dict[str, Any]:
+    body = service_payload(service)
+    body.pop("Checks", None)
+    body["Service"] = body.pop("Name")
+    return body
+
+
+def _check_op(node: str, spec: CheckSpec, service_id: str, status: str, output: str) -> dict[str, Any]:
+    check = {"Node": node, "CheckID": spec.check_id, "Name": spec.name, "Notes": spec.notes, "Status": status, "Output": output[:MAX_OUTPUT]}
+    if spec.kind == "service":
+        check["ServiceID"] = service_id
+    return {"Check": {"Verb": "set", "Check": check}}
+
+
+def service_from_catalog(dump: dict[str, Any], entry: dict[str, Any], checks: list[dict[str, Any]]) -> Service:
+    """A ``Service`` from one node of ``/v1/internal/ui/nodes`` and one of its services."""
+    sid = entry["ID"]
+    mine = [c for c in checks if c.get("CheckID", "").startswith(sid + ":")]
+    kinds = frozenset((c["CheckID"], "service" if c.get("ServiceID") else "node", c.get("Notes", "")) for c in mine)
+    service = service_from_consul(entry)
+    return Service(
+        service_id=service.service_id,
+        name=service.name,
+        address=service.address,
+        port=service.port,
+        tags=service.tags,
+        meta=service.meta,
+        tagged_addresses=service.tagged_addresses,
+        checks=kinds,
+        node=dump["Node"],
+        node_meta=tuple(sorted((dump.get("Meta") or {}).items())),
+    )
+
+
+def connect(settings: ConsulSettings) -> ConsulAgent | ConsulCatalog:
+    """The store for the configured mode."""
+    return ConsulCatalog(settings) if settings.mode == "catalog" else ConsulAgent(settings)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -98,7 +98,7 @@ def test_each_field_change_is_detected(field, value):
 def test_several_changes_reported_in_compared_order():
     new = dataclasses.replace(_BASE, tagged_addresses=(), port=1, name="zzz")
     assert changed_fields(_BASE, new) == ("name", "port", "tagged_addresses")
-    assert COMPARED_FIELDS == ("name", "address", "port", "tags", "meta", "tagged_addresses", "checks")
+    assert COMPARED_FIELDS == ("name", "address", "port", "tags", "meta", "tagged_addresses", "checks", "node", "node_meta")
 
 
 # --- register / deregister -------------------------------------------------------------

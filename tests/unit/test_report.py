@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from jailsyncd.errors import ConsulRejected, ExitCode, JailsyncdError
+from jailsyncd.errors import ExitCode, JailsyncdError
 from jailsyncd.report import ReportError, add_parser, aggregate, parse_line, parse_since, read_lines, report_as_json, report_as_text, run
 
 UTC = timezone.utc
@@ -446,76 +446,3 @@ def test_text_output_when_nothing_matches():
 # -- the real log format --------------------------------------------------------------------------
 
 
-class MemoryStore:
-    """A Consul stand-in with the ``reconcile.Store`` interface (no network)."""
-
-    def __init__(self, reject: set[str] = frozenset()) -> None:
-        self.services: dict = {}
-        self.reject = reject
-        self.requests = self.writes = 0
-
-    def read(self, owner):
-        from jailsyncd.model import META_OWNER, Observed
-
-        self.requests += 1
-        return Observed(tuple(s for s in self.services.values() if dict(s.meta).get(META_OWNER) == owner))
-
-    def register(self, service, statuses=None):
-        self.requests += 1
-        if service.jail in self.reject:
-            raise ConsulRejected(f"PUT /v1/agent/service/register: 400 rejected {service.service_id}")
-        self.writes += 1
-        self.services[service.service_id] = service
-
-    def deregister(self, service_id):
-        self.requests += 1
-        self.writes += 1
-        del self.services[service_id]
-
-    def close(self):
-        pass
-
-
-def test_reads_the_log_that_reconcile_really_writes(tmp_path: Path):
-    """Drift made with the real CBSD reader and Reconciler, logged by logs.configure."""
-    import structlog
-
-    from jailsyncd.adapters.cbsd import CbsdSource
-    from jailsyncd.logs import configure
-    from jailsyncd.reconcile import Reconciler
-    from jailsyncd.sample import create_sample
-    from jailsyncd.settings import HostSettings, Settings, SyncSettings
-
-    sample = create_sample(tmp_path / "cbsd")
-    stream = io.StringIO()
-    configure("json", "info", stream=stream)
-    try:
-        store = MemoryStore(reject={"db1"})
-        settings = Settings(host=HostSettings(name="node1"), sync=SyncSettings(max_deregistrations=1))
-        reconciler = Reconciler(settings, CbsdSource(sample.root), lambda: store)
-        reconciler.cycle()  # registers everything running, db1 rejected
-        sample.set("web1", ip4_addr="127.0.10.99/24")
-        reconciler.cycle()  # web1 changed
-        sample.stop("www1")
-        sample.stop("www2")
-        reconciler.cycle()  # two orphans, more than max_deregistrations=1: refused
-    finally:
-        structlog.reset_defaults()
-
-    logfile = tmp_path / "jailsyncd.log.0.gz"
-    with gzip.open(logfile, "wt") as fh:
-        fh.write(stream.getvalue())
-    data = json.loads(run_report("--json", str(logfile)))
-    jails = data["jails"]
-    assert data["totals"]["cycles"] == 3
-    assert jails["web1"]["drift"]["missing"]["count"] == 1
-    assert jails["web1"]["drift"]["changed"]["count"] == 1
-    assert "address" in jails["web1"]["drift"]["changed"]["fields"]
-    assert jails["web1"]["actions"]["registered"] == 1 and jails["web1"]["actions"]["updated"] == 1
-    assert jails["db1"]["actions"]["failed"] == 3 and jails["db1"]["last_error"]
-    for jail in ("www1", "www2"):
-        assert jails[jail]["drift"]["orphan"]["count"] == 1
-        assert jails[jail]["actions"]["refused"] == 1 and jails[jail]["actions"]["deregistered"] == 0
-    assert jails["private"]["drift"]["opted_out"]["count"] == 1
-    assert "unaddressable" in jails["dhcp1"]["drift"]
-    assert data["totals"]["events_used"] + data["totals"]["lines_skipped"] == data["totals"]["lines_read"]

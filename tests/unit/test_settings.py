@@ -176,7 +176,7 @@ def test_token_in_the_file_is_rejected_and_not_echoed(cfg):
         ("[consul]\nca_file = 5", "consul.ca_file"),
         ("[consul]\nca_file = ''", "consul.ca_file"),
         ("[consul]\ndatacenter = 1", "consul.datacenter"),
-        ("[consul]\nmode = 'catalog'", "consul.mode"),
+        ("[consul]\nmode = 'swarm'", "consul.mode"),
         ("[consul]\ncert_file = '/c.pem'", "consul.cert_file"),  # needs key_file too
         ("[consul]\nkey_file = '/k.pem'", "consul.cert_file"),
         ("[log]\nlevel = 3", "log.level"),
