@@ -92,6 +92,7 @@ def build_desired(
         port = directives.port or 0
         service_id = SERVICE_ID_PREFIX + env.jname
         tags = frozenset((env.kind, *directives.tags))
+        tagged = tagged_addresses(parsed)
         node, node_meta = "", ()
         if catalog is not None:
             node = node_name(catalog.node_name, fqdn=env.host_hostname or env.jname, jname=env.jname, host=host)
@@ -102,6 +103,12 @@ def build_desired(
             node_meta = _node_meta(env, owner=owner, host=host, external_probe=catalog.external_probe)
             if catalog.layout == "article":
                 name, tags = "jail", frozenset({catalog.host_tag, "jail"})
+            # Consul 1.8's /v1/txn drops a service's TaggedAddresses, so in catalog mode
+            # every address goes into the meta value cbsd-addresses instead.
+            tagged = ()
+            addresses = ",".join(parsed.all)
+            if len(addresses) <= MAX_META_VALUE and len(meta) < MAX_META_PAIRS:
+                meta = {**meta, "cbsd-addresses": addresses}
         specs: tuple[CheckSpec, ...] = ()
         if health is not None:
             probes = directives.checks if port else ()
@@ -117,7 +124,7 @@ def build_desired(
                 port=port,
                 tags=tags,
                 meta=tuple(sorted(meta.items())),
-                tagged_addresses=tagged_addresses(parsed),
+                tagged_addresses=tagged,
                 checks=frozenset(c.observable for c in specs),
                 check_specs=specs,
                 node=node,

@@ -16,7 +16,6 @@ high-level ``Consul`` object is not used because it reads ``CONSUL_HTTP_ADDR`` a
 from __future__ import annotations
 
 import json
-import urllib.parse
 from typing import Any, Callable, Iterator
 
 import consul.base as consul_base
@@ -67,6 +66,8 @@ class _Consul:
         if token is not None:
             self._headers["X-Consul-Token"] = token.reveal()
         self._dc = settings.datacenter
+        #: Catalog reads and transactions take ``?dc=``; agent endpoints are local.
+        self._dc_scoped = False
         self.requests = 0
         self.writes = 0
 
@@ -80,6 +81,39 @@ class _Consul:
     def write_checks(self, writes: list[tuple[Target, str, str]]) -> None:
         """Write the status and output of checks (health rounds)."""
         raise NotImplementedError
+
+    # -- plumbing -------------------------------------------------------------------
+
+    def _call(
+        self, method: str, path: str, callback: Callable, *, body: Any = None, params: dict[str, str] | None = None, write: bool = False
+    ) -> Any:
+        """One request. The path is quoted by python-consul2; query values go in ``params``."""
+        what = f"{method} {self.endpoint}{path}"
+        params = {**(params or {}), **({"dc": self._dc} if self._dc and self._dc_scoped else {})}
+        self.requests += 1
+        try:
+            if method == "GET":
+                result = self._http.get(callback, path, params=params or None, headers=self._headers)
+            else:
+                data = json.dumps(body) if body is not None else ""
+                result = self._http.put(callback, path, params=params or None, data=data, headers=self._headers)
+        except (consul_base.ACLPermissionDenied, consul_base.ACLDisabled) as exc:
+            raise ConsulRefused(f"{what}: permission denied ({_first_line(exc)}); check the token and its ACL policy") from None
+        except consul_base.BadRequest as exc:
+            raise ConsulRejected(f"{what}: Consul rejected the request ({_first_line(exc)})") from None
+        except consul_base.ConsulException as exc:
+            raise ConsulError(f"{what}: Consul failed ({_first_line(exc)})") from None
+        except requests.exceptions.SSLError:
+            raise ConsulError(f"{what}: TLS handshake failed (check consul.ca_file, cert_file and tls_server_name)") from None
+        except requests.exceptions.Timeout:
+            raise ConsulError(f"{what}: no answer within {self._timeout:g}s") from None
+        except requests.exceptions.ConnectionError:
+            raise ConsulError(f"{what}: cannot connect (is the Consul agent running at {self.endpoint}?)") from None
+        except requests.exceptions.RequestException as exc:
+            raise ConsulError(f"{what}: request failed ({exc.__class__.__name__})") from None
+        if write:
+            self.writes += 1
+        return result
 
 
 class ConsulAgent(_Consul):
@@ -105,7 +139,7 @@ class ConsulAgent(_Consul):
             checks = checks_by_service.get(sid, [])
             owned.append(service_from_consul(entry, checks))
             status += [(c["CheckID"], c.get("Status", ""), c.get("Output", "")) for c in checks]
-        return Observed(tuple(sorted(owned, key=lambda s: s.service_id)), frozenset(foreign), tuple(sorted(status)))
+        return Observed(owned=tuple(sorted(owned, key=lambda s: s.service_id)), foreign_ids=frozenset(foreign), check_status=tuple(sorted(status)))
 
     def register(self, service: Service, statuses: dict[str, str] | None = None) -> None:
         """Create or replace one service on the agent (the agent API is an upsert).
@@ -143,42 +177,17 @@ class ConsulAgent(_Consul):
         for target, status, output in writes:
             self.update_check(target.check_id, status, output)
 
-    # -- plumbing -------------------------------------------------------------------
-
-    def _call(self, method: str, path: str, callback: Callable, *, body: Any = None, write: bool = False) -> Any:
-        what = f"{method} {self.endpoint}{path.split('?')[0]}"
-        self.requests += 1
-        try:
-            if method == "GET":
-                result = self._http.get(callback, path, headers=self._headers)
-            else:
-                data = json.dumps(body) if body is not None else ""
-                result = self._http.put(callback, path, data=data, headers=self._headers)
-        except (consul_base.ACLPermissionDenied, consul_base.ACLDisabled) as exc:
-            raise ConsulRefused(f"{what}: permission denied ({_first_line(exc)}); check the token and its ACL policy") from None
-        except consul_base.BadRequest as exc:
-            raise ConsulRejected(f"{what}: Consul rejected the request ({_first_line(exc)})") from None
-        except consul_base.ConsulException as exc:
-            raise ConsulError(f"{what}: Consul failed ({_first_line(exc)})") from None
-        except requests.exceptions.SSLError:
-            raise ConsulError(f"{what}: TLS handshake failed (check consul.ca_file, cert_file and tls_server_name)") from None
-        except requests.exceptions.Timeout:
-            raise ConsulError(f"{what}: no answer within {self._timeout:g}s") from None
-        except requests.exceptions.ConnectionError:
-            raise ConsulError(f"{what}: cannot connect (is the Consul agent running at {self.endpoint}?)") from None
-        except requests.exceptions.RequestException as exc:
-            raise ConsulError(f"{what}: request failed ({exc.__class__.__name__})") from None
-        if write:
-            self.writes += 1
-        return result
-
-
 class ConsulCatalog(_Consul):
     """Catalog mode: every jail is an external node of its own (node meta
     ``external-node=true``), registered through ``/v1/txn`` in batches of at most 64
     operations. Nodes are created with ``cas`` at index 0, so a node that appeared
     since the read (another host, an agent) is never overwritten; a node's
     operations never straddle two transactions, so nothing is left half-written."""
+
+    def __init__(self, settings: ConsulSettings) -> None:
+        super().__init__(settings)
+        self._dc_scoped = True
+        self._status: dict[str, tuple[str, str]] = {}
 
     def read(self, owner: str) -> Observed:
         """Our nodes with their services and checks, and every other node's name: two
@@ -188,9 +197,9 @@ class ConsulCatalog(_Consul):
         one filtered read; ``/v1/internal/ui/nodes`` (what Consul's UI uses) does.
         """
         quoted = owner.replace("\\", "\\\\").replace('"', '\\"')
-        flt = urllib.parse.quote(f'Meta["{META_OWNER}"] == "{quoted}"')
-        dumps = self._call("GET", self._dc_path(f"/v1/internal/ui/nodes?filter={flt}"), consul_base.CB.json()) or []
-        every = self._call("GET", self._dc_path("/v1/catalog/nodes"), consul_base.CB.json()) or []
+        flt = f'Meta["{META_OWNER}"] == "{quoted}"'
+        dumps = self._call("GET", "/v1/internal/ui/nodes", consul_base.CB.json(), params={"filter": flt}) or []
+        every = self._call("GET", "/v1/catalog/nodes", consul_base.CB.json()) or []
         owned: list[Service] = []
         status: list[tuple[str, str, str]] = []
         ours = set()
@@ -205,7 +214,7 @@ class ConsulCatalog(_Consul):
                     owned.append(service_from_catalog(dump, entry, checks))
         foreign = frozenset(n["Node"] for n in every if n["Node"] not in ours)
         self._status = {check_id: (st, out) for check_id, st, out in status}
-        return Observed(tuple(sorted(owned, key=lambda s: s.service_id)), frozenset(), tuple(sorted(status)), foreign_nodes=foreign)
+        return Observed(owned=tuple(sorted(owned, key=lambda s: s.service_id)), foreign_nodes=foreign, check_status=tuple(sorted(status)))
 
     def apply(self, actions: list[Action], should_stop: Callable[[], bool]) -> Iterator[tuple[Action, JailsyncdError | None]]:
         for batch in _batches([(a, self._ops(a)) for a in actions], MAX_TXN_OPS):
@@ -242,7 +251,12 @@ class ConsulCatalog(_Consul):
                 continue
             # A changed definition keeps the status Consul holds; a new check starts
             # with the status probed just before registration (or critical).
-            current, output = self._status.get(spec.check_id, (statuses.get(spec.check_id, "critical"), NOT_PROBED_OUTPUT))
+            if spec.check_id in self._status:
+                current, output = self._status[spec.check_id]
+            elif spec.check_id in statuses:
+                current, output = statuses[spec.check_id], f"first probe before registration: {statuses[spec.check_id]}"
+            else:
+                current, output = "critical", NOT_PROBED_OUTPUT
             ops.append(_check_op(new.node, spec, new.service_id, current, output))
         if old is not None and not moved:
             wanted = {c.check_id for c in new.check_specs}
@@ -259,7 +273,7 @@ class ConsulCatalog(_Consul):
         to and try the rest again, until a transaction applies or nothing is left."""
         while batch:
             ops = [op for _, item_ops in batch for op in item_ops]
-            result = self._call("PUT", self._dc_path("/v1/txn"), consul_base.CB.json(), body=ops, write=True) or {}
+            result = self._call("PUT", "/v1/txn", _txn_result, body=ops, write=True) or {}
             errors = result.get("Errors") or []
             if not errors:
                 for item, _ in batch:
@@ -279,15 +293,18 @@ class ConsulCatalog(_Consul):
                 yield item, ConsulRejected(f"PUT {self.endpoint}/v1/txn: {_subject(item)}: {what}")
             batch = [b for i, b in enumerate(batch) if i not in failed]
 
-    def _dc_path(self, path: str) -> str:
-        if not self._dc:
-            return path
-        return f"{path}{'&' if '?' in path else '?'}dc={urllib.parse.quote(self._dc)}"
 
 
 #: Consul applies at most 64 operations in one transaction.
 MAX_TXN_OPS = 64
 NOT_PROBED_OUTPUT = "not probed yet"
+
+
+def _txn_result(response: Any) -> Any:
+    """A transaction's JSON; a 409 (operations rolled back) is an answer, not an error."""
+    if response.code != 409:
+        consul_base.CB._status(response)
+    return json.loads(response.body) if response.body else None
 
 
 def _subject(item: Any) -> str:

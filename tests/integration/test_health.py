@@ -17,7 +17,7 @@ import pytest
 from harness import ConsulServer, wait_for, write_config
 
 from jailsyncd.adapters.cbsd import CbsdSource
-from jailsyncd.adapters.consul import ConsulAgent
+from jailsyncd.adapters.consul import ConsulAgent, ConsulCatalog, connect
 from jailsyncd.adapters.probe import Prober
 from jailsyncd.devnet import NetNS, available
 from jailsyncd.healthloop import HealthLoop
@@ -55,13 +55,13 @@ def dns_a(consul: ConsulServer, name: str) -> list[str]:
     return consul.netns.call(ask)
 
 
-def in_process(settings: Settings) -> tuple[Reconciler, HealthLoop, list[ConsulAgent]]:
+def in_process(settings: Settings) -> tuple[Reconciler, HealthLoop, list[ConsulAgent | ConsulCatalog]]:
     """A reconciler and health loop like the daemon's, keeping every store it makes
     so that the test can count their writes."""
     stores: list[ConsulAgent] = []
 
-    def store() -> ConsulAgent:
-        agent = ConsulAgent(settings.consul)
+    def store() -> ConsulAgent | ConsulCatalog:
+        agent = connect(settings.consul)
         stores.append(agent)
         return agent
 
@@ -186,3 +186,37 @@ def test_daemon_health_down_up_and_death(netns: NetNS, ns_consul: ConsulServer, 
     wait_for(lambda: all(statuses(ns_consul)[c] == "passing" for c in alias_checks), timeout=10, what="alias checks passing again")
     assert dns_a(ns_consul, "web1.service.consul") == [UP]
     assert restarted.proc.poll() is None
+
+
+def test_catalog_mode_node_checks(netns: NetNS, ns_consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    netns.add_address(UP)
+    netns.add_address(FLAPPY)
+    workdir.add("web1", jid=3, status=1, ip4_addr=UP)
+    workdir.add("web2", jid=4, status=1, ip4_addr=FLAPPY)
+    health = HEALTH.replace("failures_before_critical = 3", "failures_before_critical = 2")
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=ns_consul, health=health, consul_extra='mode = "catalog"')
+    settings = load_settings(config, env={})
+
+    def node_checks() -> dict[str, tuple[str, str]]:
+        return {c["CheckID"]: (c["Node"], c["Status"]) for c in ns_consul.get("/v1/health/state/any") if c["CheckID"].startswith("jailsyncd-")}
+
+    def body() -> None:
+        reconciler, loop, stores = in_process(settings)
+        assert reconciler.cycle().ok
+        assert node_checks() == {"jailsyncd-web1:ping": ("web1.my.domain", "passing"), "jailsyncd-web2:ping": ("web2.my.domain", "passing")}
+        netns.del_address(FLAPPY)
+        assert [loop.round().writes for _ in range(3)] == [0, 1, 0]
+        assert node_checks()["jailsyncd-web2:ping"] == ("web2.my.domain", "critical")
+        assert dns_a(ns_consul, "web2.service.consul") == []  # a critical node check hides its services
+        assert dns_a(ns_consul, "web1.service.consul") == [UP]
+        assert reconciler.cycle().writes == 0, "a cycle never resets a check's status"
+        assert node_checks()["jailsyncd-web2:ping"][1] == "critical"
+
+    netns.call(body)
+
+    external = write_config(tmp_path / "e.toml", workdir=workdir.root, consul=ns_consul, health=health, consul_extra='mode = "catalog"', extra="[catalog]\nexternal_probe = true\n")
+    reconciler, _, _ = in_process(load_settings(external, env={}))
+    assert netns.call(reconciler.cycle).ok
+    assert node_checks() == {}, "with external-probe, consul-esm pings and jailsyncd writes no node check"
+    meta = {n["Node"]: n["Meta"]["external-probe"] for n in ns_consul.get("/v1/catalog/nodes") if n["Meta"] and "jailsyncd-owner" in n["Meta"]}
+    assert meta == {"web1.my.domain": "true", "web2.my.domain": "true"}

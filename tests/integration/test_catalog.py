@@ -1,0 +1,167 @@
+"""Catalog mode against a real Consul: external nodes, the article's layout, several
+hosts sharing one Consul, transactions of at most 64 operations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dns.message
+import dns.query
+import dns.rdatatype
+import pytest
+from harness import ConsulServer, log_events, run_cli, write_config
+
+from jailsyncd.adapters.consul import ConsulCatalog
+from jailsyncd.desired import build_desired
+from jailsyncd.adapters.cbsd import CbsdSource
+from jailsyncd.model import Action
+from jailsyncd.plan import plan
+from jailsyncd.sample import Workdir
+from jailsyncd.settings import load_settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def catalog(consul: ConsulServer) -> ConsulServer:
+    """The session agent with no catalog nodes but its own."""
+    for node in consul.get("/v1/catalog/nodes"):
+        if node["Node"] != "jailsyncd-test":
+            consul.put("/v1/catalog/deregister", {"Node": node["Node"]})
+    return consul
+
+
+def catalog_config(tmp: Path, workdir: Workdir, consul: ConsulServer, host: str, catalog_table: str = "") -> Path:
+    return write_config(tmp / f"{host}.toml", workdir=workdir.root, consul=consul, host=host, consul_extra='mode = "catalog"', extra=f"[catalog]\nhost_tag = \"{host}.my.domain\"\n{catalog_table}")
+
+
+def once(config: Path, *args: str) -> tuple[int, list[dict], str]:
+    proc = run_cli("once", *args, config=config)
+    return proc.returncode, log_events(proc.stderr), proc.stderr
+
+
+def summary(events: list[dict]) -> dict:
+    return [e for e in events if e["event"] == "cycle_finished"][-1]
+
+
+def nodes(consul: ConsulServer) -> dict[str, dict]:
+    return {n["Node"]: n for n in consul.get("/v1/catalog/nodes") if n["Node"] != "jailsyncd-test"}
+
+
+def test_article_layout_and_dns(catalog: ConsulServer, tmp_path: Path) -> None:
+    clu1 = Workdir.create(tmp_path / "clu1", nodename="clu1")
+    clu1.add("redis1", jid=3, status=1, ip4_addr="127.0.40.1/16", host_hostname="redis1.my.domain")
+    clu2 = Workdir.create(tmp_path / "clu2", nodename="clu2")
+    clu2.add("www1", jid=4, status=1, ip4_addr="127.0.40.2/16", host_hostname="www1.my.domain")
+    for wd, host in ((clu1, "clu1"), (clu2, "clu2")):
+        rc, _, err = once(catalog_config(tmp_path, wd, catalog, host, 'layout = "article"'))
+        assert rc == 0, err
+    services = catalog.get("/v1/catalog/services")
+    assert sorted(services["jail"]) == ["clu1.my.domain", "clu2.my.domain", "jail"]
+    assert set(nodes(catalog)) == {"redis1.my.domain", "www1.my.domain"}
+    node = nodes(catalog)["redis1.my.domain"]
+    assert node["Address"] == "127.0.40.1"
+    assert node["Meta"]["external-node"] == "true" and node["Meta"]["external-probe"] == "false"
+    assert (node["Meta"]["jailsyncd-owner"], node["Meta"]["cbsd-jname"], node["Meta"]["cbsd-host"]) == ("clu1", "redis1", "clu1")
+    for name in ("redis1.my.domain.node.consul", "redis1.my.domain.node.dc1.consul"):
+        answer = dns.query.udp(dns.message.make_query(name, dns.rdatatype.A), "127.0.0.1", port=catalog.dns_port, timeout=5)
+        assert [(rrset.rdtype, sorted(r.to_text() for r in rrset)) for rrset in answer.answer] == [(dns.rdatatype.A, ["127.0.40.1"])]
+
+
+def test_two_hosts_ownership_conflicts_purge_and_migration(catalog: ConsulServer, tmp_path: Path) -> None:
+    a = Workdir.create(tmp_path / "a", nodename="hosta")
+    b = Workdir.create(tmp_path / "b", nodename="hostb")
+    a.add("a1", jid=1, status=1, ip4_addr="127.0.41.1")
+    b.add("b1", jid=1, status=1, ip4_addr="127.0.41.2")
+    # Two names each host wants: a registers "one" first, b registers "two" first.
+    a.add("one", jid=2, status=1, ip4_addr="127.0.41.3", host_hostname="one.my.domain")
+    b.add("two", jid=2, status=1, ip4_addr="127.0.41.4", host_hostname="two.my.domain")
+    ca, cb = catalog_config(tmp_path, a, catalog, "hosta"), catalog_config(tmp_path, b, catalog, "hostb")
+    assert once(ca)[0] == 0 and once(cb)[0] == 0
+    a.add("two", jid=3, status=1, ip4_addr="127.0.41.14", host_hostname="two.my.domain")
+    b.add("one", jid=3, status=1, ip4_addr="127.0.41.13", host_hostname="one.my.domain")
+    before = nodes(catalog)
+    for config, wanted in ((ca, "two"), (cb, "one")):
+        rc, events, _ = once(config)
+        assert rc == 0
+        conflicts = [e for e in events if e["event"] == "jail_skipped" and e["reason"] == "conflict"]
+        assert [e["jail"] for e in conflicts] == [wanted], "each host reports the name the other holds"
+        assert summary(events)["writes"] == 0
+    assert nodes(catalog) == before, "overwritten by neither"
+    plan_json = json.loads(run_cli("plan", "--json", config=ca).stdout)
+    assert [(s["jail"], s["reason"]) for s in plan_json["skipped"]] == [("two", "conflict")]
+
+    # One host purging removes nothing of the other's.
+    assert run_cli("purge", "--yes", config=cb).returncode == 0
+    left = nodes(catalog)
+    assert {n: m["Meta"]["jailsyncd-owner"] for n, m in left.items()} == {"a1.my.domain": "hosta", "one.my.domain": "hosta"}
+    assert once(cb)[0] == 0
+
+    # Migration: "one" moves from hosta to hostb. While hosta still runs it, hostb waits.
+    b.start("one", jid=9)
+    rc, events, _ = once(cb)
+    assert [e["jail"] for e in events if e["event"] == "jail_skipped" and e["reason"] == "conflict"] == ["one"]
+    assert nodes(catalog)["one.my.domain"]["Meta"]["jailsyncd-owner"] == "hosta"
+    a.stop("one")
+    assert once(ca)[0] == 0
+    assert "one.my.domain" not in nodes(catalog)
+    rc, events, _ = once(cb)
+    assert rc == 0
+    moved = nodes(catalog)["one.my.domain"]
+    assert (moved["Meta"]["jailsyncd-owner"], moved["Address"]) == ("hostb", "127.0.41.13")
+    assert summary(once(ca)[1])["writes"] == 0 and summary(once(cb)[1])["writes"] == 0, "no flapping afterwards"
+
+
+def test_more_than_64_operations_in_several_transactions(catalog: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    for i in range(45):  # 45 jails x (node + service) = 90 operations
+        workdir.add(f"bulk{i:02}", jid=i + 1, status=1, ip4_addr=f"127.0.42.{i + 1}")
+    config = catalog_config(tmp_path, workdir, catalog, "node1")
+    rc, events, _ = once(config)
+    assert rc == 0
+    s = summary(events)
+    assert (s["registered"], s["writes"]) == (45, 2)
+    assert len(nodes(catalog)) == 45
+    for name in nodes(catalog):
+        assert catalog.get(f"/v1/catalog/node/{name}")["Services"], f"node {name} without its service"
+    rc, events, _ = once(config)
+    assert (summary(events)["writes"], summary(events)["requests"]) == (0, 2)
+
+
+def test_a_node_created_under_our_feet_rolls_back_only_itself(catalog: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    for i in range(10):
+        workdir.add(f"race{i}", jid=i + 1, status=1, ip4_addr=f"127.0.43.{i + 1}")
+    settings = load_settings(catalog_config(tmp_path, workdir, catalog, "node1"), env={})
+    store = ConsulCatalog(settings.consul)
+    desired = build_desired(CbsdSource(workdir.root).read(), owner="node1", catalog=settings.catalog)
+    observed = store.read("node1")
+    # Someone else creates "race3" between our read and our write.
+    catalog.put("/v1/catalog/register", {"Node": "race3.my.domain", "Address": "192.0.2.33", "NodeMeta": {"team": "other"}})
+    p = plan(desired, observed, max_deregistrations=10)
+    results = list(store.apply([Action("register", s) for s in p.register], lambda: False))
+    failed = [a.service.jail for a, error in results if error is not None]
+    assert failed == ["race3"]
+    assert len(results) == 10
+    held = nodes(catalog)
+    assert held["race3.my.domain"]["Address"] == "192.0.2.33" and "jailsyncd-owner" not in held["race3.my.domain"]["Meta"]
+    assert not catalog.get("/v1/catalog/node/race3.my.domain")["Services"]
+    assert all(catalog.get(f"/v1/catalog/node/race{i}.my.domain")["Services"] for i in range(10) if i != 3)
+
+
+def test_foreign_and_agent_nodes_are_left_alone(catalog: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    catalog.put("/v1/catalog/register", {"Node": "web1.my.domain", "Address": "192.0.2.10", "Service": {"Service": "legacy"}})
+    workdir.add("web1", jid=1, status=1, ip4_addr="127.0.44.1")
+    workdir.add("agentnode", jid=2, status=1, ip4_addr="127.0.44.2", host_hostname="jailsyncd-test")  # the dev agent's own node
+    workdir.add("fine", jid=3, status=1, ip4_addr="127.0.44.3")
+    config = catalog_config(tmp_path, workdir, catalog, "node1")
+    before = {n: catalog.get(f"/v1/catalog/node/{n}") for n in ("web1.my.domain", "jailsyncd-test")}
+    rc, events, _ = once(config)
+    assert rc == 0
+    conflicts = sorted(e["jail"] for e in events if e["event"] == "jail_skipped" and e["reason"] == "conflict")
+    assert conflicts == ["agentnode", "web1"]
+    after = {n: catalog.get(f"/v1/catalog/node/{n}") for n in ("web1.my.domain", "jailsyncd-test")}
+    assert after["web1.my.domain"] == before["web1.my.domain"]
+    assert {s["ID"] for s in after["jailsyncd-test"]["Services"].values()} == {s["ID"] for s in before["jailsyncd-test"]["Services"].values()}
+    assert "fine.my.domain" in nodes(catalog)
+    assert run_cli("purge", "--yes", config=config).returncode == 0
+    assert set(nodes(catalog)) == {"web1.my.domain"}
