@@ -30,7 +30,7 @@ from jailsyncd.adapters.consul import ConsulAgent, ConsulCatalog, connect
 from jailsyncd.adapters.probe import Prober
 from jailsyncd.health import targets_of
 from jailsyncd.healthloop import HealthLoop
-from jailsyncd.errors import ExitCode, JailsyncdError, SafetyRefusal
+from jailsyncd.errors import ConsulRefused, ExitCode, JailsyncdError, SafetyRefusal
 from jailsyncd.logs import configure, register_secret, route_library_logs
 from jailsyncd.model import Plan
 from jailsyncd.reconcile import CycleResult, Reconciler
@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="plan past the max_deregistrations rail")
     p = sub.add_parser("once", help="run one reconcile cycle and exit")
     p.add_argument("--force", action="store_true", help="apply deregistrations beyond sync.max_deregistrations")
-    sub.add_parser("check-config", help="validate the settings and print them (secrets redacted)")
+    p = sub.add_parser("check-config", help="validate the settings and print them (secrets redacted)")
+    p.add_argument("--online", action="store_true", help="also check Consul: reachable, leader, token, the mode's permissions")
     p = sub.add_parser("purge", help="deregister every service this host owns")
     p.add_argument("--yes", action="store_true", help="really do it")
     p = sub.add_parser("run", help="run as a service: reconcile every sync.interval and on CBSD changes")
@@ -197,7 +198,27 @@ def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
     _health(settings)  # with health on, fails (exit 71) where no ICMP socket can be opened
     print(json.dumps(settings.redacted(), indent=2))
+    if not args.online:
+        return ExitCode.OK
+    store = _store_factory(settings)()
+    try:
+        findings = store.preflight(_needs(settings))
+    finally:
+        store.close()
+    for ok, text in findings:
+        print(f"{'ok' if ok else 'FAIL' if ok is False else 'note'}: {text}")
+    missing = [text for ok, text in findings if ok is False]
+    if missing:
+        raise ConsulRefused(f"check-config --online: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     return ExitCode.OK
+
+
+def _needs(settings: Settings) -> list[tuple[str, str, str]]:
+    """The ACL permissions the mode needs, asked for example names: service names and
+    node names are not known in advance, so policies use prefixes (docs/acl/)."""
+    if settings.consul.mode == "catalog":
+        return [("node", "example-jail.my.domain", "write"), ("service", "example-jail", "write"), ("node", "", "read")]
+    return [("service", "example-jail", "write"), ("service", "jailsyncd", "write"), ("node", "", "read")]
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:

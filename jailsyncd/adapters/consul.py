@@ -82,6 +82,36 @@ class _Consul:
         """Write the status and output of checks (health rounds)."""
         raise NotImplementedError
 
+    def preflight(self, needs: list[tuple[str, str, str]]) -> list[tuple[bool | None, str]]:
+        """``check-config --online``: reachability, leader, the token, and each
+        ``(resource, segment, access)`` the mode needs. ``None`` means "could not tell"."""
+        findings: list[tuple[bool | None, str]] = []
+        leader = self.leader()  # raises ConsulError when unreachable
+        findings.append((bool(leader), f"reached {self.endpoint}; leader {leader or 'NONE: the cluster has no leader'}"))
+        status, body = self._raw("GET", "/v1/acl/token/self")
+        if status == 401 or (status != 200 and "disabled" in body.lower()):
+            findings.append((None, "ACLs are disabled on this Consul: no token needed"))
+            return findings
+        if status != 200:
+            findings.append((False, f"token refused by /v1/acl/token/self ({status} {body[:80].strip()}): check consul.token_file"))
+            return findings
+        info = json.loads(body)
+        policies = ", ".join(p.get("Name", "?") for p in info.get("Policies") or []) or "none"
+        findings.append((True, f"token accepted: {info.get('Description') or 'no description'} (policies: {policies})"))
+        request = [{"Resource": r, "Segment": seg, "Access": a} for r, seg, a in needs]
+        status, body = self._raw("POST", "/v1/internal/acl/authorize", request)
+        if status != 200:
+            findings.append((None, f"cannot ask Consul which permissions the token has ({status}); skipped"))
+            return findings
+        for (resource, segment, access), answer in zip(needs, json.loads(body)):
+            allowed = bool(answer.get("Allow"))
+            findings.append((allowed, f"{resource}:{access} on {segment!r}: {'allowed' if allowed else 'MISSING'}"))
+        return findings
+
+    def _raw(self, method: str, path: str, body: Any = None) -> tuple[int, str]:
+        """Status and body, for answers where an error status is information."""
+        return self._call(method, path, lambda r: (r.code, r.body or ""), body=body)
+
     # -- plumbing -------------------------------------------------------------------
 
     def _call(
@@ -96,7 +126,8 @@ class _Consul:
                 result = self._http.get(callback, path, params=params or None, headers=self._headers)
             else:
                 data = json.dumps(body) if body is not None else ""
-                result = self._http.put(callback, path, params=params or None, data=data, headers=self._headers)
+                send = self._http.post if method == "POST" else self._http.put
+                result = send(callback, path, params=params or None, data=data, headers=self._headers)
         except (consul_base.ACLPermissionDenied, consul_base.ACLDisabled) as exc:
             raise ConsulRefused(f"{what}: permission denied ({_first_line(exc)}); check the token and its ACL policy") from None
         except consul_base.BadRequest as exc:
