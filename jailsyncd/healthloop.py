@@ -83,9 +83,14 @@ class HealthLoop:
             known = {t.check_id for t in targets}
             self._states = {k: v for k, v in self._states.items() if k in known}
             written = {k: v for k, v in self._written.items() if k in known}
-            for check_id, status in {**consul_status, **registered}.items():
+            for check_id, status in consul_status.items():
                 if check_id in known and (check_id not in written or written[check_id].status != status):
                     written[check_id] = Written(status, now)
+            for check_id, status in registered.items():
+                # A registration can carry a status but not the probe's output: let the
+                # next round write it once (as if a refresh were due).
+                if check_id in known:
+                    written[check_id] = Written(status, now - self.settings.ttl)
             self._written = written
             return any(t.check_id not in self._states for t in targets)
 

@@ -50,7 +50,15 @@ def main() -> int:
         consul.start()
         print(f"consul agent -dev listening on http://{consul.address}, DNS on 127.0.0.1:{consul.dns_port}")
         config = base / "jailsyncd.toml"
-        config.write_text(f'[host]\nname = "node1"\n\n[cbsd]\nworkdir = "{workdir.root}"\n\n[consul]\naddress = "{consul.address}"\n')
+        # Health pings need root (a raw ICMP socket); the sample's jails all have
+        # loopback addresses, so no probe leaves this machine.
+        health = os.geteuid() == 0
+        if not health:
+            print("(not root: health checks are off in this demo; run it as root to see the ping checks)")
+        config.write_text(
+            f'[host]\nname = "node1"\n\n[cbsd]\nworkdir = "{workdir.root}"\n\n[consul]\naddress = "{consul.address}"\n\n'
+            f"[health]\nenabled = {'true' if health else 'false'}\n"
+        )
 
         step("What one cycle would change (dry run)")
         jailsyncd("plan", config=config)
@@ -65,6 +73,10 @@ def main() -> int:
             port = f":{svc['Port']}" if svc["Port"] else ""
             print(f"{sid:<22} {svc['Service']:<10} {svc['Address']}{port:<6} tags={','.join(sorted(svc['Tags']))}")
         print(json.dumps(consul.services()["jailsyncd-db1"], indent=2))
+        if health:
+            step("Health checks jailsyncd writes (GET /v1/agent/checks)")
+            for check in sorted(consul.get("/v1/agent/checks").values(), key=lambda c: c["CheckID"]):
+                print(f"{check['CheckID']:<30} {check['Status']:<9} {check['Output'][:70]}")
 
         step("Consul DNS: www.service.consul (www1 and www2 share it via consul.name=www)")
         for name in ("www.service.consul", "web1.service.consul"):
@@ -73,6 +85,20 @@ def main() -> int:
 
         step("A second cycle: nothing to write")
         jailsyncd("once", config=config)
+
+        step("Catalog mode, the hook scripts' layout: one external node per jail, service 'jail'")
+        jailsyncd("purge", "--yes", config=config)
+        catalog = base / "catalog.toml"
+        catalog.write_text(
+            config.read_text().replace('[health]\nenabled = true', '[health]\nenabled = false')
+            + '\n[catalog]\nlayout = "article"\nhost_tag = "node1.my.domain"\n'
+        )
+        catalog.write_text(catalog.read_text().replace("[consul]\n", '[consul]\nmode = "catalog"\n'))
+        jailsyncd("once", config=catalog)
+        print("GET /v1/catalog/services:", json.dumps({k: v for k, v in consul.get("/v1/catalog/services").items() if k == "jail"}))
+        name = "db1.example.org.node.consul"
+        answer = dns.query.udp(dns.message.make_query(name, dns.rdatatype.A), "127.0.0.1", port=consul.dns_port, timeout=5)
+        print(f"{name}: {sorted(r.address for rrset in answer.answer for r in rrset)}")
         return 0
     finally:
         consul.stop()

@@ -85,6 +85,10 @@ def test_thresholds_stop_flapping_and_a_steady_round_writes_nothing(netns: NetNS
         # New services are probed before registration: they start passing, no extra write.
         assert statuses(ns_consul)["jailsyncd-web2:ping"] == "passing"
         assert sum(s.writes for s in stores) == 3  # two jails and the heartbeat service
+        # A registration cannot carry the probe's output: the first round writes it once.
+        assert health.round().writes == 2
+        assert "1/1 replies" in ns_consul.get("/v1/agent/checks")["jailsyncd-web2:ping"]["Output"]
+        assert health.round().writes == 0
         before = sum(s.writes for s in stores)
 
         # Down for one or two rounds at a time, never three: Consul never sees it.
@@ -141,7 +145,8 @@ def test_tcp_and_http_checks_from_the_tags_column(netns: NetNS, ns_consul: Consu
         assert (checks["jailsyncd-api:ping"], checks["jailsyncd-api:tcp"], checks["jailsyncd-api:http"]) == ("passing",) * 3
         server.shutdown()
         server.server_close()
-        assert health.round().writes == 2  # tcp and http turn critical; ping stays passing
+        # tcp and http turn critical; ping stays passing (its output is written once)
+        assert health.round().writes == 3
         checks = statuses(ns_consul)
         assert (checks["jailsyncd-api:ping"], checks["jailsyncd-api:tcp"], checks["jailsyncd-api:http"]) == ("passing", "critical", "critical")
         output = {c["CheckID"]: c["Output"] for c in ns_consul.get("/v1/agent/checks").values()}
@@ -204,6 +209,7 @@ def test_catalog_mode_node_checks(netns: NetNS, ns_consul: ConsulServer, tmp_pat
         reconciler, loop, stores = in_process(settings)
         assert reconciler.cycle().ok
         assert node_checks() == {"jailsyncd-web1:ping": ("web1.my.domain", "passing"), "jailsyncd-web2:ping": ("web2.my.domain", "passing")}
+        assert loop.round().writes == 2  # each check's first real output, once
         netns.del_address(FLAPPY)
         assert [loop.round().writes for _ in range(3)] == [0, 1, 0]
         assert node_checks()["jailsyncd-web2:ping"] == ("web2.my.domain", "critical")
