@@ -158,6 +158,20 @@ class Daemon:
         except JailsyncdError as exc:
             self.log.error("config_reload_failed", error=str(exc), kept=str(self.settings.source))
             return
+        restart_only = [key for key, old_value, new_value in (
+            ("consul", self.settings.consul, new.consul),
+            ("health.enabled", self.settings.health.enabled, new.health.enabled),
+            ("metrics", self.settings.metrics, new.metrics),
+        ) if old_value != new_value]
+        if restart_only:
+            # The health loop's Consul client, its heartbeat and the metrics listener
+            # are built once at start: refuse rather than apply half of the file.
+            self.log.error(
+                "config_reload_failed",
+                error=f"{', '.join(restart_only)} changed: restart jailsyncd to apply them; nothing was reloaded",
+                kept=str(self.settings.source),
+            )
+            return
         fmt, level = self._log_overrides
         configure(fmt or new.log.format, level or new.log.level)
         self.log = get_logger()

@@ -54,8 +54,12 @@ def jail_checks(
     """
     checks = []
     wanted = (*(() if catalog and external_probe else ("ping",)), *(p for p in probes if p != "ping"))
+    seen: dict[str, int] = {}
     for probe in wanted:
-        suffix = probe.split(":", 1)[0]
+        kind = probe.split(":", 1)[0]
+        seen[kind] = seen.get(kind, 0) + 1
+        # A second HTTP probe (another path) gets its own ID: http, http-2, http-3...
+        suffix = kind if seen[kind] == 1 else f"{kind}-{seen[kind]}"
         if catalog:
             kind = "node" if probe == "ping" else "service"
             checks.append(CheckSpec(f"{service_id}:{suffix}", f"{probe} {address}", kind, notes=f"jailsyncd probe={probe}", ttl=ttl, probe=probe))

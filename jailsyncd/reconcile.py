@@ -1,17 +1,19 @@
 """One reconcile cycle: observe CBSD and Consul, plan, apply, report.
 
-Called by ``cli`` (``plan``, ``once``, ``purge``) and, later, by the daemon loop. The
+Called by ``cli`` (``plan``, ``once``, ``purge``) and by ``daemon``'s worker. The
 order of a cycle:
 
 1. read CBSD (a failed or partial read raises ``SourceError``: the cycle stops
    before Consul is touched, so nothing is ever deregistered because of it);
 2. build the desired services (``desired.build_desired``);
-3. read what this host owns in Consul (one request);
+3. read what this host owns in Consul (two requests, whatever the number of jails);
 4. ``plan.plan`` with the safety rails; log drift;
-5. apply: register, then update, then deregister (new instances appear before old
-   ones go). A per-request rejection (400) fails that action only; any other Consul
-   error stops the cycle, since the next request would fail the same way;
-6. log one ``cycle_finished`` summary.
+5. apply through the store: register, then update, then deregister (new instances
+   appear before old ones go); with health on, new services are probed first so
+   they start with a real status. A rejection of one action (400, or a rolled-back
+   catalog operation) fails that action only; any other Consul error stops the
+   cycle, since the next request would fail the same way;
+6. tell the health loop which checks exist now; log one ``cycle_finished`` summary.
 
 Skips and notes are logged when they first appear, not on every cycle.
 """

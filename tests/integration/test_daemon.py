@@ -80,6 +80,12 @@ def test_sighup_reload_keeps_old_settings_on_a_broken_file(consul: ConsulServer,
     daemon.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: daemon.events("config_reloaded"), timeout=5, what="config_reloaded")
     wait_for(lambda: consul.services().get("jailsyncd-www1", {}).get("Service") == "www", timeout=5, what="renamed by the new rule")
+    # Settings built once at start are refused as a whole, never half applied.
+    config.write_text(config.read_text().replace('timeout = "5s"', 'timeout = "7s"') + '[[rule]]\nmatch = "www*"\nname = "w3"\n')
+    daemon.proc.send_signal(signal.SIGHUP)
+    refused = wait_for(lambda: [e for e in daemon.events("config_reload_failed") if "restart" in e["error"]], timeout=5, what="restart-only refusal")
+    assert refused[0]["error"].startswith("consul changed")
+    assert consul.services()["jailsyncd-www1"]["Service"] == "www"
 
 
 def test_sigterm_exits_0_within_5s_and_registrations_stay(consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:

@@ -1,0 +1,65 @@
+"""The pure health rules: which checks a service gets, the anti-flap state machine,
+and which statuses a round writes."""
+
+from __future__ import annotations
+
+import pytest
+
+from jailsyncd.health import CRITICAL, PASSING, CheckState, ProbeResult, Target, Written, advance, decide, jail_checks
+
+OK, BAD = ProbeResult(True, "ok"), ProbeResult(False, "bad")
+
+
+@pytest.mark.parametrize(
+    ("probes", "catalog", "external", "expected"),
+    [
+        ((), False, False, [("s:ping", "ttl"), ("s:alive", "alias")]),
+        (("tcp", "http:/a", "http:/b"), False, False, [("s:ping", "ttl"), ("s:tcp", "ttl"), ("s:http", "ttl"), ("s:http-2", "ttl"), ("s:alive", "alias")]),
+        (("tcp",), True, False, [("s:ping", "node"), ("s:tcp", "service")]),
+        (("tcp",), True, True, [("s:tcp", "service")]),
+        ((), True, True, []),
+    ],
+)
+def test_checks_per_mode(probes, catalog, external, expected) -> None:
+    checks = jail_checks("s", "10.0.0.1", probes, 3600.0, catalog=catalog, external_probe=external)
+    assert [(c.check_id, c.kind) for c in checks] == expected
+    assert len({c.check_id for c in checks}) == len(checks)
+
+
+@pytest.mark.parametrize(
+    ("results", "sbp", "fbc", "statuses"),
+    [
+        ("BBB", 1, 3, [CRITICAL, CRITICAL, CRITICAL]),  # starts critical (as registered)
+        ("OBBOBBB", 1, 3, [PASSING, PASSING, PASSING, PASSING, PASSING, PASSING, CRITICAL]),
+        ("OOB", 2, 1, [CRITICAL, PASSING, CRITICAL]),
+        ("OBOBO", 2, 2, [CRITICAL] * 5),
+    ],
+)
+def test_anti_flap_state_machine(results: str, sbp: int, fbc: int, statuses: list[str]) -> None:
+    state = CheckState(CRITICAL)
+    seen = []
+    for r in results:
+        state = advance(state, OK if r == "O" else BAD, success_before_passing=sbp, failures_before_critical=fbc)
+        seen.append(state.status)
+    assert seen == statuses
+
+
+def _target(check_id: str, ttl: float = 100.0) -> Target:
+    return Target("j", check_id, "ping", "10.0.0.1", 0, ttl)
+
+
+@pytest.mark.parametrize(
+    ("written", "result", "now", "writes"),
+    [
+        (Written(PASSING, 0.0), OK, 10.0, 0),  # unchanged, refresh not due
+        (Written(PASSING, 0.0), OK, 50.0, 1),  # refresh due at half the TTL
+        (Written(CRITICAL, 0.0), OK, 10.0, 1),  # status changed
+        (None, OK, 10.0, 1),  # never written
+        (Written(PASSING, 0.0), None, 99.0, 0),  # not probed this round: never written
+    ],
+)
+def test_write_decisions(written, result, now, writes) -> None:
+    t = _target("c")
+    states = {"c": CheckState(PASSING, successes=1)}
+    _, out, _ = decide((t,), states, {"c": written} if written else {}, {"c": result} if result else {}, now, success_before_passing=1, failures_before_critical=1)
+    assert len(out) == writes
