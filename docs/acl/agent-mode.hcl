@@ -1,0 +1,40 @@
+# Least-privilege ACL policy for jailsyncd in agent mode (consul.mode = "agent").
+#
+#   consul acl policy create -name jailsyncd-agent -rules @docs/acl/agent-mode.hcl
+#   consul acl token create -description "jailsyncd on $(hostname)" -policy-name jailsyncd-agent
+#
+# Put the token's SecretID into consul.token_file (mode 0600, owned by the user
+# jailsyncd runs as). Checked against Consul 1.8.7 with default_policy = "deny" by
+# tests/integration/test_acl_policy.py, which loads exactly this file.
+#
+# What jailsyncd calls on the local agent, and the rule each one needs:
+#
+#   GET /v1/agent/services                service:read  (Consul silently leaves out every
+#                                         service the token may not read, so a token
+#                                         without read sees nothing, and jailsyncd
+#                                         then removes nothing)
+#   GET /v1/agent/checks                  service:read for service checks (node checks
+#                                         such as serfHealth are left out without
+#                                         node:read; jailsyncd never looks at them)
+#   PUT /v1/agent/service/register        service:write on the service's name (its
+#                                         TTL and alias checks come with it)
+#   PUT /v1/agent/service/deregister/ID   service:write on the service's name
+#   PUT /v1/agent/check/update/ID         service:write on the name of the check's
+#                                         service (health on: jail checks and the
+#                                         "jailsyncd" heartbeat service)
+#
+# No node rule is needed: jailsyncd never reads or writes node entries in agent mode,
+# and the agent syncs services and their checks to the catalog with the token that
+# registered them, for which service:write is enough (the agent's own node entry is
+# synced with the agent's token, acl.tokens.agent, not with this one).
+#
+# Service names are not known in advance (jail names, consul.name=, [[rule]] names),
+# hence the empty prefix. To narrow it, replace the prefix with one block per name
+# (service "www" { policy = "write" }) or a common prefix, and keep
+# service "jailsyncd" { policy = "write" } when [health] is enabled. Be aware that a
+# jail whose name the token may not write makes every cycle stop at that jail (exit
+# 77; see docs/reliability.md).
+
+service_prefix "" {
+  policy = "write"
+}

@@ -1,0 +1,147 @@
+"""docs/acl/agent-mode.hcl is enough for everything jailsyncd does in agent mode, and
+nothing less is: against Consul 1.8.7 with ACLs on and default deny."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from harness import REPO, ConsulServer, log_events, run_cli, wait_for, write_config
+
+from jailsyncd.errors import ExitCode
+from jailsyncd.sample import Workdir
+
+pytestmark = pytest.mark.integration
+
+POLICY_FILE = REPO / "docs" / "acl" / "agent-mode.hcl"
+
+
+@pytest.fixture(scope="module")
+def acl_consul(consul_bin: str):
+    master = str(uuid.uuid4())
+    hcl = (
+        "disable_update_check = true\n"
+        f'acl {{\n  enabled = true\n  default_policy = "deny"\n  tokens {{\n    master = "{master}"\n    agent = "{master}"\n  }}\n}}\n'
+    )
+    server = ConsulServer(consul_bin, hcl=hcl, token=master).start()
+    yield server
+    server.stop()
+
+
+def make_token(server: ConsulServer, rules: str) -> str:
+    name = f"p-{uuid.uuid4().hex[:8]}"
+    server.put("/v1/acl/policy", {"Name": name, "Rules": rules})
+    return server.put("/v1/acl/token", {"Policies": [{"Name": name}]})["SecretID"]
+
+
+def config_with_token(server: ConsulServer, tmp_path: Path, workdir: Workdir, token: str) -> Path:
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    return write_config(tmp_path / "c.toml", workdir=workdir.root, consul=server, consul_extra=f'token_file = "{token_file}"')
+
+
+def summary(proc) -> dict:
+    [event] = [e for e in log_events(proc.stderr) if e["event"] == "cycle_finished"]
+    return event
+
+
+def test_the_documented_policy_covers_a_full_cycle(acl_consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    acl_consul.wipe()
+    rules = POLICY_FILE.read_text()
+    active = [line for line in rules.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert active == ['service_prefix "" {', '  policy = "write"', "}"]  # nothing else is needed (see the file)
+    token = make_token(acl_consul, rules)
+    workdir.add("web1", jid=1, status=1, ip4_addr="127.0.80.1", tags="consul.port=80,prod,team=web")
+    workdir.add("db1", jid=2, status=1, ip4_addr="127.0.80.2", tags="consul.name=postgres")
+    workdir.add("old1", jid=3, status=1, ip4_addr="127.0.80.3")
+    config = config_with_token(acl_consul, tmp_path, workdir, token)
+    proc = run_cli("once", config=config)  # register
+    assert proc.returncode == 0, proc.stderr
+    assert summary(proc)["registered"] == 3
+    # The agent syncs them to the catalog with this token.
+    wait_for(lambda: {"web1", "postgres", "old1"} <= set(acl_consul.get("/v1/catalog/services")), timeout=5, what="catalog sync")
+    workdir.set("web1", ip4_addr="127.0.80.9")
+    workdir.stop("old1")
+    proc = run_cli("once", config=config)  # update and deregister
+    assert proc.returncode == 0, proc.stderr
+    assert (summary(proc)["updated"], summary(proc)["deregistered"]) == (1, 1)
+    proc = run_cli("once", config=config)  # read only
+    assert proc.returncode == 0 and summary(proc)["writes"] == 0
+    services = acl_consul.services()
+    assert set(services) == {"jailsyncd-web1", "jailsyncd-db1"}
+    assert services["jailsyncd-web1"]["Address"] == "127.0.80.9"
+    assert run_cli("purge", "--yes", config=config).returncode == 0
+    assert acl_consul.services() == {}
+
+
+def test_the_documented_policy_covers_the_health_endpoints(acl_consul: ConsulServer) -> None:
+    """What [health] adds (TTL and alias checks, check updates, the ``jailsyncd``
+    heartbeat service), called with a token of exactly this policy. Plain HTTP with
+    payloads shaped like jailsyncd's, because probing needs a network namespace."""
+    acl_consul.wipe()
+    token = make_token(acl_consul, POLICY_FILE.read_text())
+    heartbeat = {
+        "ID": "jailsyncd.heartbeat", "Name": "jailsyncd", "Meta": {"jailsyncd-owner": "node1"},
+        "Checks": [{"CheckID": "jailsyncd.heartbeat:ttl", "Name": "jailsyncd heartbeat", "TTL": "30s", "Status": "passing"}],
+    }
+    jail = {
+        "ID": "jailsyncd-web1", "Name": "web1", "Address": "127.0.80.1", "Meta": {"jailsyncd-owner": "node1"},
+        "Checks": [
+            {"CheckID": "jailsyncd-web1:ping", "Name": "ping", "TTL": "3600s", "Status": "critical"},
+            {"CheckID": "jailsyncd-web1:alive", "Name": "jailsyncd alive", "AliasService": "jailsyncd.heartbeat"},
+        ],
+    }
+    for body in (heartbeat, jail):
+        status, answer, _ = acl_consul.request("PUT", "/v1/agent/service/register", body, token=token)
+        assert status == 200, answer
+    for check_id in ("jailsyncd-web1:ping", "jailsyncd.heartbeat:ttl"):
+        status, answer, _ = acl_consul.request("PUT", f"/v1/agent/check/update/{check_id}", {"Status": "passing", "Output": "ok"}, token=token)
+        assert status == 200, answer
+    status, checks, _ = acl_consul.request("GET", "/v1/agent/checks", token=token)
+    assert status == 200
+    assert {k: v["Status"] for k, v in checks.items()} == {
+        "jailsyncd-web1:ping": "passing", "jailsyncd-web1:alive": "passing", "jailsyncd.heartbeat:ttl": "passing",
+    }
+    wait_for(
+        lambda: {c["CheckID"]: c["Status"] for e in acl_consul.get("/v1/health/service/web1") for c in e["Checks"]}.get("jailsyncd-web1:ping") == "passing",
+        timeout=5, what="the check status in the catalog",
+    )
+    for sid in ("jailsyncd-web1", "jailsyncd.heartbeat"):
+        status, answer, _ = acl_consul.request("PUT", f"/v1/agent/service/deregister/{sid}", token=token)
+        assert status == 200, answer
+
+
+def test_without_service_write_the_cycle_is_refused(acl_consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    acl_consul.wipe()
+    workdir.add("web1", jid=1, status=1, ip4_addr="127.0.80.1")
+    token = make_token(acl_consul, 'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }\n')
+    proc = run_cli("once", config=config_with_token(acl_consul, tmp_path, workdir, token))
+    assert proc.returncode == ExitCode.CONSUL_REFUSED
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"jailsyncd: PUT http://{acl_consul.address}/v1/agent/service/register: permission denied"), line
+    assert token not in proc.stderr
+    assert acl_consul.services() == {}
+
+
+def test_a_name_the_token_may_not_write_stops_the_cycle(acl_consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    """A narrowed policy (one block per name, as docs/acl/agent-mode.hcl suggests) and
+    a new jail whose name is not in it: that registration is refused (403), and, as
+    design.md decides for every 403, the cycle stops there, so later actions of the
+    cycle do not happen either. Nothing is deregistered."""
+    acl_consul.wipe()
+    workdir.add("web1", jid=1, status=1, ip4_addr="127.0.80.1")
+    token = make_token(acl_consul, 'service_prefix "" { policy = "read" }\nservice "web1" { policy = "write" }\n')
+    config = config_with_token(acl_consul, tmp_path, workdir, token)
+    assert run_cli("once", config=config).returncode == 0
+    workdir.add("aaa", jid=2, status=1, ip4_addr="127.0.80.2")  # sorts before web1
+    workdir.set("web1", ip4_addr="127.0.80.9")
+    proc = run_cli("once", config=config)
+    assert proc.returncode == ExitCode.CONSUL_REFUSED
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "permission denied" in line and "aaa" in line, line
+    services = acl_consul.services()
+    assert set(services) == {"jailsyncd-web1"}
+    assert services["jailsyncd-web1"]["Address"] == "127.0.80.1"  # its update came after the refusal
+    assert not [e for e in log_events(proc.stderr) if e["event"] == "service_deregistered"]

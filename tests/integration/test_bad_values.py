@@ -1,0 +1,299 @@
+"""Bad and hostile values in CBSD's columns, each against a real Consul via ``once``.
+
+What happens to each is written down in docs/design.md or, where design.md is
+silent, in docs/reliability.md ("Bad values"). Every test ends with a second cycle
+that must write nothing: a value that makes the plan see a difference on every cycle
+would rewrite Consul forever.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+from pathlib import Path
+
+import dns.message
+import dns.query
+import dns.rdatatype
+import pytest
+from harness import ConsulServer, log_events, run_cli, wait_for, write_config
+
+from jailsyncd.errors import ExitCode
+from jailsyncd.naming import dns_label
+from jailsyncd.sample import Workdir
+
+pytestmark = pytest.mark.integration
+
+DNS_SAFE = set("abcdefghijklmnopqrstuvwxyz0123456789-")
+OUR_META = {"external-source", "jailsyncd-owner", "cbsd-jname", "cbsd-host", "cbsd-emulator", "cbsd-fqdn"}
+
+
+@pytest.fixture(autouse=True)
+def wipe_unicode_ids(consul: ConsulServer):
+    """Leave no service behind: the shared ``consul`` fixture's wipe cannot put a
+    non-ASCII service ID into a URL, so this file removes its own (URL-encoded)."""
+    yield
+    for sid in consul.services():
+        consul.put(f"/v1/agent/service/deregister/{urllib.parse.quote(sid, safe='')}")
+
+
+def once(config: Path) -> tuple[int, list[dict], str]:
+    proc = run_cli("once", config=config)
+    return proc.returncode, log_events(proc.stderr), proc.stderr
+
+
+def finished(events: list[dict]) -> dict:
+    [event] = [e for e in events if e["event"] == "cycle_finished"]
+    return event
+
+
+def of(events: list[dict], event: str, jail: str) -> list[dict]:
+    return [e for e in events if e["event"] == event and e.get("jail") == jail]
+
+
+def assert_stable(config: Path) -> None:
+    """A second cycle over the same state writes nothing."""
+    rc, events, stderr = once(config)
+    assert rc == 0, stderr
+    assert finished(events)["writes"] == 0, [e for e in events if e["event"] == "drift_detected"]
+
+
+def dns_a(consul: ConsulServer, name: str) -> list[str]:
+    query = dns.message.make_query(f"{name}.service.consul", dns.rdatatype.A)
+    answer = dns.query.udp(query, "127.0.0.1", port=consul.dns_port, timeout=5)
+    return sorted(r.address for rrset in answer.answer for r in rrset)
+
+
+def assert_dns(consul: ConsulServer, name: str, expected: list[str]) -> None:
+    """Consul DNS answers ``expected`` for ``name`` (the agent's catalog sync runs in
+    the background, so the answer may take a moment to appear)."""
+    try:
+        wait_for(lambda: dns_a(consul, name) == expected, timeout=5, interval=0.1, what=f"DNS {name}")
+    except AssertionError:
+        assert dns_a(consul, name) == expected, name
+
+
+def test_garbage_and_10000_character_ip4_addr(consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    many = []
+    for i in range(2000):  # valid, distinct loopback addresses until the column is 10,000 characters
+        many.append(f"127.0.{16 + i // 250}.{i % 250 + 1}")
+        if len(",".join(many)) >= 10_000:
+            break
+    many_column = ",".join(many)
+    junk_then_ip = ("bogus," * 2000)[: 10_000 - len("127.0.15.2")] + "127.0.15.2"
+    workdir.add("garbage", jid=1, status=1, ip4_addr="not-an-ip,999.1.1.1,::zz::,127.0.15.1/33,em0#,fe80::1%em0,0.0.0.0")
+    workdir.add("huge", jid=2, status=1, ip4_addr="x" * 10_000)
+    workdir.add("junkfirst", jid=3, status=1, ip4_addr=junk_then_ip)
+    workdir.add("manyips", jid=4, status=1, ip4_addr=many_column + "," + many[0])  # with a duplicate at the end
+    assert len(junk_then_ip) == 10_000 and len(many_column) >= 10_000
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul)
+    rc, events, stderr = once(config)
+    assert rc == 0, stderr
+    services = consul.services()
+    # No usable address: skipped as unaddressable, the bad items noted, nothing registered.
+    assert set(services) == {"jailsyncd-junkfirst", "jailsyncd-manyips"}
+    for jail in ("garbage", "huge"):
+        [skip] = of(events, "jail_skipped", jail)
+        assert skip["reason"] == "unaddressable"
+        [note] = of(events, "jail_note", jail)
+        assert note["kind"] == "invalid_address"
+    # Log lines stay short whatever the column holds (at most 5 items of 64 characters).
+    assert all(len(line) < 2000 for line in stderr.splitlines()), max(len(line) for line in stderr.splitlines())
+    # One valid address after 9,990 characters of junk: registered with it, junk noted.
+    assert services["jailsyncd-junkfirst"]["Address"] == "127.0.15.2"
+    assert of(events, "jail_note", "junkfirst")[0]["kind"] == "invalid_address"
+    # ~830 valid addresses: the first is the address, every one is a tagged address.
+    manyips = services["jailsyncd-manyips"]
+    assert manyips["Address"] == many[0]
+    tagged = {v["Address"] for v in manyips["TaggedAddresses"].values()}
+    assert tagged == set(many) and len(manyips["TaggedAddresses"]) == len(many) + 1  # lan_ + wan_ for the first
+    assert not of(events, "jail_note", "manyips")
+    assert_stable(config)
+
+
+def test_awkward_and_unicode_jnames(consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    jnames = ["db_1", "mail@box", "50%off", "host:8080", "a?b#c", "my jail", "Ünïcødé", "日本"]
+    for i, jname in enumerate(jnames):
+        workdir.add(jname, jid=10 + i, status=1, ip4_addr=f"127.0.21.{i + 1}")
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul)
+    rc, events, stderr = once(config)
+    assert rc == 0, stderr
+    services = consul.services()
+    # The service ID is the jname as is; the name is DNS-safe and distinct.
+    assert set(services) == {f"jailsyncd-{j}" for j in jnames}
+    names = {services[f"jailsyncd-{j}"]["Service"] for j in jnames}
+    assert len(names) == len(jnames)
+    assert all(set(n) <= DNS_SAFE and 0 < len(n) <= 63 and not n.startswith("-") and not n.endswith("-") for n in names)
+    assert services["jailsyncd-Ünïcødé"]["Service"] == "n-c-d"
+    assert services["jailsyncd-日本"]["Service"] == "x"
+    for i, jname in enumerate(jnames):
+        svc = services[f"jailsyncd-{jname}"]
+        assert svc["Meta"]["cbsd-jname"] == jname
+        # Consul's catalog and DNS have each of them, under its sanitised name.
+        assert_dns(consul, svc["Service"], [f"127.0.21.{i + 1}"])
+    assert_stable(config)
+    for jname in jnames:  # deregistration URL-encodes the IDs ('?', '#', '%', ' ', unicode)
+        workdir.stop(jname)
+    rc, events, stderr = once(config)
+    assert rc == 0, stderr
+    assert finished(events)["deregistered"] == len(jnames)
+    assert consul.services() == {}
+
+
+def test_jails_mapping_to_one_dns_name_stay_distinct(consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    long_a, long_b = "a" * 63 + "_one", "a" * 63 + "_two"  # equal in their first 63 characters
+    layout = {
+        long_a: "127.0.22.1",
+        long_b: "127.0.22.2",
+        "日本": "127.0.22.3",  # both map to "x"
+        "中文": "127.0.22.4",
+        "x": "127.0.22.5",  # ... which is this jail's own name, so it keeps it
+        "www1": "127.0.22.6",  # one name on purpose: both answer
+        "www2": "127.0.22.7",
+    }
+    for i, (jname, ip) in enumerate(layout.items()):
+        tags = "consul.name=www" if jname.startswith("www") else None
+        workdir.add(jname, jid=20 + i, status=1, ip4_addr=ip, tags=tags)
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul)
+    rc, events, stderr = once(config)
+    assert rc == 0, stderr
+    names = {sid.removeprefix("jailsyncd-"): s["Service"] for sid, s in consul.services().items()}
+    assert names["x"] == "x" and names["www1"] == names["www2"] == "www"
+    for jname in (long_a, long_b, "日本", "中文"):
+        assert names[jname] != dns_label(jname)
+        assert len(names[jname]) <= 63 and set(names[jname]) <= DNS_SAFE
+        assert [e["kind"] for e in of(events, "jail_note", jname)] == ["name_collision"]
+    accidental = [names[j] for j in (long_a, long_b, "日本", "中文", "x")]
+    assert len(set(accidental)) == len(accidental)
+    for jname, ip in layout.items():
+        if not jname.startswith("www"):
+            assert_dns(consul, names[jname], [ip])
+    assert_dns(consul, "www", ["127.0.22.6", "127.0.22.7"])
+    assert_stable(config)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: jnames that differ only in case (Web1, web1) get service IDs that Consul's catalog treats as one; "
+    "only one of the two jails reaches the catalog and DNS, and jailsyncd reports both as registered",
+)
+def test_jnames_differing_only_in_case_both_reach_the_catalog(consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    workdir.add("Web1", jid=1, status=1, ip4_addr="127.0.23.1")
+    workdir.add("web1", jid=2, status=1, ip4_addr="127.0.23.2")
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul)
+    rc, events, stderr = once(config)
+    assert rc == 0, stderr
+    agent = consul.services()
+    assert set(agent) == {"jailsyncd-Web1", "jailsyncd-web1"}
+    node = f"/v1/catalog/node/{consul.get('/v1/agent/self')['Config']['NodeName']}"
+    wait_for(lambda: set(consul.get(node)["Services"]) & set(agent), timeout=5, what="the agent's catalog sync")
+    time.sleep(0.3)  # both were synced in the same anti-entropy pass
+    for sid, svc in agent.items():
+        in_catalog = consul.get(f"/v1/catalog/service/{svc['Service']}")
+        assert [e["ServiceAddress"] for e in in_catalog] == [svc["Address"]], f"{sid} ({svc['Service']}) is not in Consul's catalog"
+
+
+def test_meta_beyond_consul_limits_is_dropped_not_rejected(consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    many_pairs = ",".join(f"k{i:03}=v{i}" for i in range(100))
+    key128, key129 = "k" * 128, "k" * 129
+    workdir.add("longval", jid=1, status=1, ip4_addr="127.0.24.1", tags="team=" + "t" * 600 + ",env=prod")
+    workdir.add("manypairs", jid=2, status=1, ip4_addr="127.0.24.2", tags=many_pairs)
+    workdir.add("keys", jid=3, status=1, ip4_addr="127.0.24.3", tags=f"{key128}=ok,{key129}=no,bad.key=no,consul-x=no,=empty")
+    workdir.add("reserved", jid=4, status=1, ip4_addr="127.0.24.4", tags="jailsyncd-owner=evil,cbsd-jname=evil,external-source=evil")
+    workdir.add("longfqdn", jid=5, status=1, ip4_addr="127.0.24.5", host_hostname="h" * 600)
+    workdir.add("val512", jid=6, status=1, ip4_addr="127.0.24.6", tags="edge=" + "v" * 512)
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul)
+    rc, events, stderr = once(config)
+    assert rc == 0, stderr
+    services = {sid.removeprefix("jailsyncd-"): s for sid, s in consul.services().items()}
+    assert set(services) == {"longval", "manypairs", "keys", "reserved", "longfqdn", "val512"}
+    # A value over 512 characters: that pair is dropped and noted, the rest is kept.
+    assert services["longval"]["Meta"]["env"] == "prod" and "team" not in services["longval"]["Meta"]
+    assert any("team" in n["detail"] for n in of(events, "jail_note", "longval"))
+    # 100 pairs: Consul's 64 in all, jailsyncd's own first, the rest dropped and noted.
+    meta = services["manypairs"]["Meta"]
+    assert len(meta) == 64 and OUR_META <= set(meta)
+    assert {k for k in meta if k not in OUR_META} == {f"k{i:03}" for i in range(64 - len(OUR_META))}
+    dropped = [n for n in of(events, "jail_note", "manypairs") if n["kind"] == "meta_dropped"]
+    assert len(dropped) == 100 - (64 - len(OUR_META))
+    # Keys: 128 characters is the limit; invalid and consul- keys are ignored and noted.
+    assert services["keys"]["Meta"][key128] == "ok"
+    assert not {key129, "bad.key", "consul-x", ""} & set(services["keys"]["Meta"])
+    assert len(of(events, "jail_note", "keys")) == 4
+    # Users cannot override jailsyncd's own keys (ownership stays intact).
+    assert services["reserved"]["Meta"]["jailsyncd-owner"] == "node1"
+    assert services["reserved"]["Meta"]["cbsd-jname"] == "reserved"
+    assert services["reserved"]["Meta"]["external-source"] == "cbsd"
+    # host_hostname over 512 characters: no cbsd-fqdn, noted.
+    assert "cbsd-fqdn" not in services["longfqdn"]["Meta"]
+    assert [n["kind"] for n in of(events, "jail_note", "longfqdn")] == ["meta_dropped"]
+    assert services["val512"]["Meta"]["edge"] == "v" * 512
+    assert_stable(config)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: meta values are limited to 512 characters, but Consul counts bytes: a non-ASCII value of 300 "
+    "characters (600 bytes) in the tags column or host_hostname makes Consul reject the whole registration (400)",
+)
+def test_non_ascii_meta_value_over_512_bytes_is_dropped_not_rejected(consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    workdir.add("uval", jid=1, status=1, ip4_addr="127.0.25.1", tags="team=" + "é" * 300 + ",env=prod")
+    workdir.add("ufqdn", jid=2, status=1, ip4_addr="127.0.25.2", host_hostname="é" * 300)
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul)
+    rc, events, stderr = once(config)
+    services = consul.services()
+    assert set(services) == {"jailsyncd-uval", "jailsyncd-ufqdn"}, stderr.strip().splitlines()[-1]
+    assert rc == 0
+    assert services["jailsyncd-uval"]["Meta"]["env"] == "prod" and "team" not in services["jailsyncd-uval"]["Meta"]
+    assert "cbsd-fqdn" not in services["jailsyncd-ufqdn"]["Meta"]
+
+
+def test_tags_column_with_hundreds_of_items(consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    items = [f"tag{i:03}" for i in range(500)]
+    column = ",".join(items + items[:50] + [" spaced ", "", "0", "ünï", "a/b:c"])  # duplicates, blanks, oddities
+    workdir.add("tagged", jid=1, status=1, ip4_addr="127.0.26.1", tags=column)
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul)
+    rc, events, stderr = once(config)
+    assert rc == 0, stderr
+    tags = consul.services()["jailsyncd-tagged"]["Tags"]
+    assert sorted(tags) == sorted({"jail", "spaced", "ünï", "a/b:c", *items})
+    assert_stable(config)
+
+
+def test_duplicate_ips_across_jails_are_all_registered(consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    workdir.add("one", jid=1, status=1, ip4_addr="127.0.27.1/24")
+    workdir.add("two", jid=2, status=1, ip4_addr="em0#127.0.27.1")
+    workdir.add("three", jid=3, status=1, ip4_addr="127.0.27.1,127.0.27.2", tags="consul.name=shared")
+    workdir.add("four", jid=4, status=1, ip4_addr="127.0.27.1", tags="consul.name=shared")
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul)
+    rc, events, stderr = once(config)
+    assert rc == 0, stderr
+    services = consul.services()
+    assert {sid: s["Address"] for sid, s in services.items()} == {f"jailsyncd-{j}": "127.0.27.1" for j in ("one", "two", "three", "four")}
+    assert not [e for e in events if e["event"] == "jail_note"]
+    assert_dns(consul, "one", ["127.0.27.1"])
+    assert_dns(consul, "two", ["127.0.27.1"])
+    wait_for(lambda: len(consul.get("/v1/catalog/service/shared")) == 2, timeout=5, what="both instances of shared")
+    assert set(dns_a(consul, "shared")) == {"127.0.27.1"}
+    assert_stable(config)
+
+
+def test_a_rejected_payload_fails_only_that_jail(consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    """The CBSD node name is not checked against Consul's limits: with a 600-character
+    node name every registration is rejected (400). Each fails alone, is logged as
+    action_failed naming the jail, nothing is deregistered, and ``once`` exits 77."""
+    workdir.add("a1", jid=1, status=1, ip4_addr="127.0.28.1")
+    workdir.add("a2", jid=2, status=1, ip4_addr="127.0.28.2")
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul)
+    assert once(config)[0] == 0
+    before = consul.services()
+    (workdir.root / "nodename").write_text("n" * 600 + "\n")  # cbsd-host meta: over 512 characters
+    rc, events, stderr = once(config)
+    assert rc == ExitCode.CONSUL_REFUSED
+    failed = [e for e in events if e["event"] == "action_failed"]
+    assert sorted(e["jail"] for e in failed) == ["a1", "a2"]
+    assert all("400" in e["error"] and "Meta" in e["error"] for e in failed)
+    assert finished(events)["failed"] == 2
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("jailsyncd: PUT http://") and "rejected" in last
+    assert consul.services() == before
