@@ -27,7 +27,7 @@ from jailsyncd.model import (
     Skip,
 )
 from jailsyncd.health import jail_checks, self_service
-from jailsyncd.naming import dns_label, unique_labels
+from jailsyncd.naming import dns_label, service_ids, unique_labels
 from jailsyncd.settings import CatalogSettings, HealthSettings
 from jailsyncd.tagspec import MAX_META_VALUE, Rule, directives_for
 
@@ -56,6 +56,7 @@ def build_desired(
     # Collisions are settled over every environment in the DB, running or not, so a
     # jail's name does not change when another one starts or stops.
     labels = unique_labels([env.jname for env in state.environments])
+    ids = service_ids([env.jname for env in state.environments], SERVICE_ID_PREFIX)
     unreadable = dict(state.unreadable)
     services: list[Service] = []
     skipped: list[Skip] = []
@@ -90,7 +91,7 @@ def build_desired(
         meta, meta_notes = _meta(env, owner=owner, host=host, user=directives.meta)
         notes.extend(Note(env.jname, "meta_dropped", text) for text in meta_notes)
         port = directives.port or 0
-        service_id = SERVICE_ID_PREFIX + env.jname
+        service_id = ids[env.jname]
         tags = frozenset((env.kind, *directives.tags))
         tagged = tagged_addresses(parsed)
         node, node_meta = "", ()
@@ -205,10 +206,10 @@ def _meta(env: Environment, *, owner: str, host: str, user: tuple[tuple[str, str
     }
     dropped: list[str] = []
     if env.host_hostname:
-        if len(env.host_hostname) <= MAX_META_VALUE:
+        if len(env.host_hostname.encode()) <= MAX_META_VALUE:  # Consul counts bytes
             meta[META_FQDN] = env.host_hostname
         else:
-            dropped.append(f"{META_FQDN}: host_hostname longer than {MAX_META_VALUE} characters")
+            dropped.append(f"{META_FQDN}: host_hostname longer than {MAX_META_VALUE} bytes")
     for key, value in user:
         if key in RESERVED_META:
             dropped.append(f"{key}: reserved for jailsyncd")

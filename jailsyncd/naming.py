@@ -60,3 +60,24 @@ def unique_labels(jnames: list[str] | tuple[str, ...] | set[str]) -> dict[str, s
         used.add(label)
         result[jname] = label
     return result
+
+
+def service_ids(jnames: list[str] | tuple[str, ...] | set[str], prefix: str) -> dict[str, str]:
+    """Map every jname to its service ID, ``prefix + jname``.
+
+    Consul's catalog compares service IDs without regard to case, so ``Web1`` and
+    ``web1`` would be one entry there. When jnames differ only in case, the
+    all-lower-case one keeps the plain ID and the others get ``~`` and 8 hex digits
+    of a hash of the exact jname (a jname never contains ``~``). Like
+    ``unique_labels``, this depends on the set of jnames only.
+    """
+    by_lower: dict[str, list[str]] = {}
+    for jname in sorted(set(jnames)):
+        by_lower.setdefault(jname.lower(), []).append(jname)
+    result: dict[str, str] = {}
+    for lower, group in by_lower.items():
+        for jname in group:
+            plain = len(group) == 1 or jname == lower
+            suffix = "" if plain else "~" + hashlib.sha256(jname.encode()).hexdigest()[:8]
+            result[jname] = prefix + jname + suffix
+    return result

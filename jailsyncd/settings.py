@@ -389,8 +389,8 @@ def _decode_rules(raw: Any, fail) -> tuple[Rule, ...]:
         for mk, mv in meta.items():
             if not valid_meta_key(mk):
                 raise fail(f"{key}.meta.{mk}", "meta keys must match [A-Za-z0-9_-]{1,128} and not start with consul-")
-            if not isinstance(mv, str) or len(mv) > 512:
-                raise fail(f"{key}.meta.{mk}", "expected a string of at most 512 characters")
+            if not isinstance(mv, str) or len(mv.encode()) > 512:
+                raise fail(f"{key}.meta.{mk}", "expected a string of at most 512 bytes")
         enabled = table.get("enabled")
         if enabled is not None and not isinstance(enabled, bool):
             raise fail(f"{key}.enabled", f"expected true or false, got {enabled!r}")

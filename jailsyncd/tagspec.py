@@ -114,8 +114,8 @@ def directives_for(jname: str, tags_column: str | None, rules: tuple[Rule, ...])
             ignored.append(f"{item}: unknown jailsyncd directive")
         elif not valid_meta_key(key):
             ignored.append(f"{item}: meta key must match [A-Za-z0-9_-]{{1,128}} and not start with consul-")
-        elif len(value) > MAX_META_VALUE:
-            ignored.append(f"{key}=...: meta value longer than {MAX_META_VALUE} characters")
+        elif len(value.encode()) > MAX_META_VALUE:
+            ignored.append(f"{key}=...: meta value longer than {MAX_META_VALUE} bytes")
         else:
             meta[key] = value
     return Directives(name, port, enabled, tuple(tags), tuple(meta.items()), tuple(ignored), tuple(checks))

@@ -9,7 +9,16 @@ How CBSD's files are treated, and why:
 - opened as ``file:...?mode=ro`` (a wrong path is an error, never a new empty file),
   never ``immutable=1`` (that skips the WAL and returns stale rows);
 - one short read transaction per DB, a busy timeout, and no pooled connection kept
-  between cycles (``NullPool``), so CBSD's writers are never blocked by us;
+  between cycles (``NullPool``), so CBSD's writers are never blocked by us; the one
+  SQLAlchemy engine kept between reads holds no connection, only compiled queries;
+- the node DB is read in full on every ``read()``. A running VM's per-VM DB is read
+  again only when it may have changed: its settings are cached under the identity,
+  size and mtime of the DB file and of its ``-wal`` (any committed write changes one
+  of them; the DB's ctime too, so a file put back with its old mtime is noticed),
+  and an entry is not trusted while the files were modified less than
+  ``RACY_WINDOW`` seconds before they were read (a second write in the same
+  timestamp granule could otherwise go unnoticed). So a no-op cycle opens one
+  SQLite file, not one per running VM;
 - columns are selected by name after ``PRAGMA table_info``: column order differs
   between hosts, old hosts lack ``tags``, and unknown columns are ignored;
 - any failure raises a ``SourceError``: a failed read must never look like "no jails".
@@ -19,11 +28,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
+import time
 import urllib.parse
+from contextvars import ContextVar
 from pathlib import Path
 
 from sqlalchemy import column, create_engine, select, table
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
@@ -36,6 +48,13 @@ _OPTIONAL = ("emulator", "host_hostname", "tags")
 #: Per-VM ``settings`` columns that override the node DB row for bhyve VMs.
 _VM_COLUMNS = ("ip4_addr", "tags")
 _UNSET = {"", "0", "(null)"}
+#: Seconds: a per-VM DB (or its ``-wal``) modified or changed less than this long
+#: before a read is re-read next time even if its stamp is the same, because file
+#: timestamps are coarse (a kernel tick, or a second on some file systems).
+RACY_WINDOW = 2.0
+
+#: A file's identity and version: (device, inode, size, mtime_ns, ctime_ns or 0).
+_FileStamp = tuple[int, int, int, int, int]
 
 
 def unset_to_none(value: object) -> str | None:
@@ -54,12 +73,22 @@ def _as_int(value: object) -> int:
 
 
 class CbsdSource:
-    """Reads one CBSD workdir. Holds no open handle between ``read()`` calls."""
+    """Reads one CBSD workdir. Holds no open file or connection between ``read()``
+    calls; keeps one SQLAlchemy engine (no pooled connection) and the settings of
+    running VMs, by file stamp (see the module docstring)."""
 
     def __init__(self, workdir: Path, busy_timeout: float = 5.0) -> None:
         self.workdir = workdir
         self.node_db = workdir / "var" / "db" / "local.sqlite"
         self.busy_timeout = busy_timeout
+        #: The URI the engine's next connection opens (set just before each connect).
+        self._uri: ContextVar[str] = ContextVar("cbsd_uri")
+        self._engine: Engine | None = None
+        self._vm_dir = str(workdir / "jails-system")
+        #: Per-VM DB path -> (stamp of the DB and its -wal when read, settings read).
+        self._vm_cache: dict[str, tuple[tuple[_FileStamp | None, _FileStamp | None], dict]] = {}
+        #: Per-VM DBs actually opened by the last ``read()`` (the others came from cache).
+        self.vm_reads = 0
 
     def read(self) -> CbsdState:
         """A complete, consistent read of the node DB (and per-VM DBs of running VMs)."""
@@ -67,16 +96,22 @@ class CbsdSource:
         nodename, raw_rows = rows
         environments: list[Environment] = []
         unreadable: list[tuple[str, str]] = []
+        running_vms: set[str] = set()
+        self.vm_reads = 0
         for row in raw_rows:
             env = _environment(row)
             if not env.jname:
                 continue  # a row without its primary key is not an environment
             if env.emulator == "bhyve" and env.running:
+                path = f"{self._vm_dir}/{env.jname}/local.sqlite"
+                running_vms.add(path)
                 try:
-                    env = self._merge_vm_settings(env)
+                    env = self._merge_vm_settings(env, path)
                 except SourceError as exc:
                     unreadable.append((env.jname, str(exc)))
             environments.append(env)
+        for gone in self._vm_cache.keys() - running_vms:
+            del self._vm_cache[gone]  # stopped or destroyed: read afresh when it runs again
         return CbsdState(nodename, tuple(environments), tuple(unreadable))
 
     # -- node DB ---------------------------------------------------------------
@@ -90,7 +125,9 @@ class CbsdSource:
             raise SourceCorrupt(f"{path}: table 'jails' lacks column(s) {', '.join(missing)}")
         wanted = [c for c in _REQUIRED + _OPTIONAL if c in present]
         jails = table("jails", *(column(c) for c in wanted))
-        rows = [dict(r._mapping) for r in conn.execute(select(*jails.c))]
+        result = conn.execute(select(*jails.c))
+        keys = list(result.keys())
+        rows = [dict(zip(keys, r)) for r in result]
         return self._nodename(conn), rows
 
     def _nodename(self, conn: Connection) -> str | None:
@@ -108,9 +145,8 @@ class CbsdSource:
 
     # -- per-VM DB ----------------------------------------------------------------
 
-    def _merge_vm_settings(self, env: Environment) -> Environment:
-        path = self.workdir / "jails-system" / env.jname / "local.sqlite"
-        settings = self._read_db(path, _read_vm_settings)
+    def _merge_vm_settings(self, env: Environment, path: str) -> Environment:
+        settings = self._vm_settings(path)
         if not settings:
             return env
         return Environment(
@@ -123,7 +159,28 @@ class CbsdSource:
             tags=unset_to_none(settings["tags"]) if "tags" in settings else env.tags,
         )
 
+    def _vm_settings(self, path: str) -> dict:
+        """The newest ``settings`` row of one per-VM DB: from the cache while the DB and
+        its ``-wal`` keep the stamp they had when read, else read now."""
+        stamp = _db_stamp(path)
+        cached = self._vm_cache.get(path)
+        if cached is not None and stamp[0] is not None and cached[0] == stamp:
+            return cached[1]
+        self._vm_cache.pop(path, None)
+        read_at = time.time_ns()
+        settings = self._read_db(Path(path), _read_vm_settings)
+        self.vm_reads += 1
+        # The stamp was taken before the read, so what was read is at least that new; a
+        # write after it changes the stamp, unless it lands in the same timestamp granule
+        # as the last one: only files older than RACY_WINDOW are trusted.
+        if stamp[0] is not None and not _racy(stamp, read_at):
+            self._vm_cache[path] = (stamp, settings)
+        return settings
+
     # -- plumbing -----------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self._uri.get(), uri=True, timeout=self.busy_timeout, check_same_thread=False)
 
     def _read_db(self, path: Path, reader):
         """Run ``reader(conn, path)`` inside one read-only transaction on ``path``."""
@@ -131,14 +188,13 @@ class CbsdSource:
             raise SourceMissing(f"{path}: CBSD database not found (check cbsd.workdir)")
         if not os.access(path, os.R_OK):
             raise SourceUnreadable(f"{path}: permission denied (run as root or in group cbsd)")
-        uri = "file:" + urllib.parse.quote(str(path)) + "?mode=ro"
-        engine = create_engine(
-            "sqlite+pysqlite://",
-            creator=lambda: sqlite3.connect(uri, uri=True, timeout=self.busy_timeout, check_same_thread=False),
-            poolclass=NullPool,
-        )
+        if self._engine is None:
+            # NullPool: every connect() opens a new read-only connection to the URI set
+            # just before it, and closing it really closes the file.
+            self._engine = create_engine("sqlite+pysqlite://", creator=self._connect, poolclass=NullPool)
+        token = self._uri.set("file:" + urllib.parse.quote(str(path)) + "?mode=ro")
         try:
-            with engine.connect() as conn:
+            with self._engine.connect() as conn:
                 # One explicit read transaction: every SELECT below sees one snapshot.
                 conn.exec_driver_sql("BEGIN")
                 return reader(conn, path)
@@ -147,7 +203,7 @@ class CbsdSource:
         except sqlite3.Error as exc:
             raise _wrap(path, exc) from exc
         finally:
-            engine.dispose()
+            self._uri.reset(token)
 
 
 def _read_vm_settings(conn: Connection, path: Path) -> dict:
@@ -166,6 +222,43 @@ def _read_vm_settings(conn: Connection, path: Path) -> dict:
         query = query.order_by(column("rowid").desc())
     row = conn.execute(query.limit(1)).first()
     return dict(row._mapping) if row else {}
+
+
+def _file_stamp(path: str, *, ctime: bool = True, st: os.stat_result | None = None) -> _FileStamp | None:
+    if st is None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns if ctime else 0)
+
+
+def _db_stamp(path: str) -> tuple[_FileStamp | None, _FileStamp | None]:
+    """Stamps of a DB and of its ``-wal`` (next to the real file, symlinks resolved).
+    Every committed write changes one of them: WAL frames are appended to the ``-wal``
+    (or written over it from the start after a checkpoint, which changes its mtime);
+    a checkpoint, or a write in another journal mode, changes the DB file itself.
+
+    The ``-wal``'s ctime is left out: SQLite running as root re-owns the ``-wal`` on
+    every open (``fchown``), even a read-only one, which moves its ctime each time."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return (None, None)
+    if stat.S_ISLNK(st.st_mode):  # SQLite puts the -wal next to the file the link names
+        path = os.path.realpath(path)
+        db = _file_stamp(path)
+    else:
+        db = _file_stamp(path, st=st)
+    return (db, _file_stamp(path + "-wal", ctime=False))
+
+
+def _racy(stamp: tuple[_FileStamp | None, _FileStamp | None], read_at_ns: int) -> bool:
+    """Whether a file of ``stamp`` changed within ``RACY_WINDOW`` of the read (or
+    claims to have changed after it: a clock step), so that a later write could
+    leave the same stamp."""
+    newest = max(max(s[3], s[4]) for s in stamp if s is not None)
+    return newest > read_at_ns - int(RACY_WINDOW * 1e9)
 
 
 def _columns(conn: Connection, name: str) -> set[str]:

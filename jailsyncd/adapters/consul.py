@@ -16,13 +16,14 @@ high-level ``Consul`` object is not used because it reads ``CONSUL_HTTP_ADDR`` a
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Callable, Iterator
 
 import consul.base as consul_base
 import consul.std as consul_std
 import requests
 
-from jailsyncd.errors import ConsulError, ConsulRefused, ConsulRejected, JailsyncdError
+from jailsyncd.errors import ConfigError, ConsulError, ConsulRefused, ConsulRejected, JailsyncdError
 from jailsyncd.health import Target
 from jailsyncd.model import META_OWNER, SELF_SERVICE_ID, SERVICE_ID_PREFIX, Action, CheckSpec, Observed, Service
 from jailsyncd.settings import ConsulSettings
@@ -50,6 +51,10 @@ class _Consul:
     """The HTTP plumbing both modes share. Counts the requests and writes it makes."""
 
     def __init__(self, settings: ConsulSettings) -> None:
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(settings, key)
+            if path is not None and not os.access(path, os.R_OK):
+                raise ConfigError(f"consul.{key}: {path} does not exist or is not readable")
         host, port = settings.host_port
         self.endpoint = f"{settings.scheme}://{host}:{port}"
         verify: bool | str = str(settings.ca_file) if settings.ca_file else settings.verify
@@ -108,6 +113,14 @@ class _Consul:
             findings.append((allowed, f"{resource}:{access} on {segment!r}: {'allowed' if allowed else 'MISSING'}"))
         return findings
 
+    def _json_object(self, path: str) -> dict[str, Any]:
+        """A GET whose answer must be a JSON object (a 404 or a list means this is not
+        the Consul agent API)."""
+        result = self._call("GET", path, _strict_json)
+        if not isinstance(result, dict):
+            raise ConsulError(f"GET {self.endpoint}{path}: the answer is not Consul's (is {self.endpoint} a Consul agent?)")
+        return result
+
     def _raw(self, method: str, path: str, body: Any = None) -> tuple[int, str]:
         """Status and body, for answers where an error status is information."""
         return self._call(method, path, lambda r: (r.code, r.body or ""), body=body)
@@ -130,6 +143,8 @@ class _Consul:
                 result = send(callback, path, params=params or None, data=data, headers=self._headers)
         except (consul_base.ACLPermissionDenied, consul_base.ACLDisabled) as exc:
             raise ConsulRefused(f"{what}: permission denied ({_first_line(exc)}); check the token and its ACL policy") from None
+        except consul_base.NotFound:
+            raise ConsulError(f"{what}: 404 not found (is {self.endpoint} a Consul agent?)") from None
         except consul_base.BadRequest as exc:
             raise ConsulRejected(f"{what}: Consul rejected the request ({_first_line(exc)})") from None
         except consul_base.ConsulException as exc:
@@ -142,6 +157,10 @@ class _Consul:
             raise ConsulError(f"{what}: cannot connect (is the Consul agent running at {self.endpoint}?)") from None
         except requests.exceptions.RequestException as exc:
             raise ConsulError(f"{what}: request failed ({exc.__class__.__name__})") from None
+        except ValueError:  # JSON that is not JSON: a proxy, a portal, not Consul
+            raise ConsulError(f"{what}: the answer is not Consul's JSON (is {self.endpoint} a Consul agent?)") from None
+        except OSError as exc:  # e.g. a TLS file that went away after start-up
+            raise ConsulError(f"{what}: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
         if write:
             self.writes += 1
         return result
@@ -153,8 +172,8 @@ class ConsulAgent(_Consul):
     def read(self, owner: str) -> Observed:
         """Every service and check on the agent in two requests, whatever their number;
         keep ours, and note foreign IDs that look like ours."""
-        raw = self._call("GET", "/v1/agent/services", consul_base.CB.json()) or {}
-        raw_checks = self._call("GET", "/v1/agent/checks", consul_base.CB.json()) or {}
+        raw = self._json_object("/v1/agent/services")
+        raw_checks = self._json_object("/v1/agent/checks")
         checks_by_service: dict[str, list[dict]] = {}
         for check in raw_checks.values():
             checks_by_service.setdefault(check.get("ServiceID", ""), []).append(check)
@@ -229,8 +248,8 @@ class ConsulCatalog(_Consul):
         """
         quoted = owner.replace("\\", "\\\\").replace('"', '\\"')
         flt = f'Meta["{META_OWNER}"] == "{quoted}"'
-        dumps = self._call("GET", "/v1/internal/ui/nodes", consul_base.CB.json(), params={"filter": flt}) or []
-        every = self._call("GET", "/v1/catalog/nodes", consul_base.CB.json()) or []
+        dumps = self._call("GET", "/v1/internal/ui/nodes", _strict_json, params={"filter": flt}) or []
+        every = self._call("GET", "/v1/catalog/nodes", _strict_json) or []
         owned: list[Service] = []
         status: list[tuple[str, str, str]] = []
         ours = set()
@@ -329,6 +348,12 @@ class ConsulCatalog(_Consul):
 #: Consul applies at most 64 operations in one transaction.
 MAX_TXN_OPS = 64
 NOT_PROBED_OUTPUT = "not probed yet"
+
+
+def _strict_json(response: Any) -> Any:
+    """Like python-consul2's JSON callback, but a 404 is an error here, not "nothing"."""
+    consul_base.CB._status(response, allow_404=False)
+    return json.loads(response.body)
 
 
 def _txn_result(response: Any) -> Any:

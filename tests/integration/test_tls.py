@@ -235,11 +235,6 @@ def test_plain_http_to_the_https_port_is_named_clearly(tls_consul: TlsConsul, tm
 
 
 @pytest.mark.parametrize("key", ["ca_file", "cert_file"])
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a consul.ca_file or consul.cert_file that does not exist ends in 'internal error: OSError' (exit 1) "
-    "instead of one line naming the key and the file with exit 78 (or 69)",
-)
 def test_missing_tls_file_is_named(tls_consul: TlsConsul, pki: Path, tmp_path: Path, jail: Workdir, key: str) -> None:
     files = {**client_files(pki), key: str(tmp_path / "nowhere.pem")}
     proc = run_cli("once", config=tls_config(tmp_path / "c.toml", jail, tls_consul.https_address, **files))

@@ -20,6 +20,7 @@ def test_sample_with_every_key_uncommented_loads(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("t0ken")
     text = uncommented(SAMPLE.read_text()).replace("/usr/local/etc/jailsyncd.token", str(token))
+
     config.write_text(text)
     settings = load_settings(config, env={})
     assert settings.consul.address == "127.0.0.1:8500"
