@@ -7,6 +7,8 @@ running environment that has a usable address; everything else is reported as a
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from jailsyncd.addresses import ParsedAddresses, parse_ip4_addr
 from jailsyncd.model import (
     META_EMULATOR,
@@ -16,6 +18,7 @@ from jailsyncd.model import (
     META_OWNER,
     META_SOURCE,
     META_SOURCE_VALUE,
+    META_TOKEN,
     RESERVED_META,
     SERVICE_ID_PREFIX,
     CbsdState,
@@ -218,3 +221,23 @@ def _meta(env: Environment, *, owner: str, host: str, user: tuple[tuple[str, str
         else:
             meta[key] = value
     return meta, dropped
+
+
+def mark_token(desired: Desired, accessor: str) -> Desired:
+    """Agent mode: record in each service which token registered it.
+
+    A Consul agent syncs a service to the catalog with the token it was registered
+    with. After a token rotation (old token deleted, new one in the token file) that
+    sync fails silently and the catalog goes stale. With the token's AccessorID in
+    the meta, a new token makes every service differ, so the next cycle re-registers
+    them all with it. The AccessorID is Consul's public name for a token, not a secret.
+    """
+    if not accessor:
+        return desired
+    marked = []
+    for service in desired.services:
+        meta = dict(service.meta)
+        if len(meta) < MAX_META_PAIRS or META_TOKEN in meta:
+            meta[META_TOKEN] = accessor
+        marked.append(replace(service, meta=tuple(sorted(meta.items()))))
+    return replace(desired, services=tuple(marked))

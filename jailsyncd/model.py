@@ -20,8 +20,10 @@ META_JNAME = "cbsd-jname"
 META_HOST = "cbsd-host"
 META_EMULATOR = "cbsd-emulator"
 META_FQDN = "cbsd-fqdn"
+#: The AccessorID (public, not the secret) of the token that registered a service.
+META_TOKEN = "jailsyncd-token-accessor"
 #: Meta keys jailsyncd itself sets; the CBSD ``tags`` column cannot override them.
-RESERVED_META = frozenset({META_SOURCE, META_OWNER, META_JNAME, META_HOST, META_EMULATOR, META_FQDN})
+RESERVED_META = frozenset({META_SOURCE, META_OWNER, META_JNAME, META_HOST, META_EMULATOR, META_FQDN, META_TOKEN})
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,8 @@ class Observed:
     foreign_nodes: frozenset[str] = frozenset()
     #: Status and output of every check of an owned service, by check ID.
     check_status: tuple[tuple[str, str, str], ...] = ()
+    #: Agent mode with ACLs: the AccessorID of the token in use ('' otherwise).
+    token_accessor: str = ""
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
-from jailsyncd.desired import build_desired
+from jailsyncd.desired import build_desired, mark_token
 from jailsyncd.errors import JailsyncdError
 from jailsyncd.logs import get_logger
 from jailsyncd.model import Action, CbsdState, Desired, Observed, Plan, Service
@@ -148,6 +148,7 @@ class Reconciler:
             catalog=self.settings.catalog if self.settings.consul.mode == "catalog" else None,
         )
         observed = store.read(self.settings.host.name)
+        desired = mark_token(desired, observed.token_accessor)
         plan = make_plan(desired, observed, max_deregistrations=self.settings.sync.max_deregistrations, force=force)
         return desired, observed, plan
 

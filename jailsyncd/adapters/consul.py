@@ -174,6 +174,7 @@ class ConsulAgent(_Consul):
         keep ours, and note foreign IDs that look like ours."""
         raw = self._json_object("/v1/agent/services")
         raw_checks = self._json_object("/v1/agent/checks")
+        accessor = self._token_accessor()
         checks_by_service: dict[str, list[dict]] = {}
         for check in raw_checks.values():
             checks_by_service.setdefault(check.get("ServiceID", ""), []).append(check)
@@ -189,7 +190,24 @@ class ConsulAgent(_Consul):
             checks = checks_by_service.get(sid, [])
             owned.append(service_from_consul(entry, checks))
             status += [(c["CheckID"], c.get("Status", ""), c.get("Output", "")) for c in checks]
-        return Observed(owned=tuple(sorted(owned, key=lambda s: s.service_id)), foreign_ids=frozenset(foreign), check_status=tuple(sorted(status)))
+        return Observed(
+            owned=tuple(sorted(owned, key=lambda s: s.service_id)),
+            foreign_ids=frozenset(foreign),
+            check_status=tuple(sorted(status)),
+            token_accessor=accessor,
+        )
+
+    def _token_accessor(self) -> str:
+        """The AccessorID of our token: a third request, made only when a token is set."""
+        if "X-Consul-Token" not in self._headers:
+            return ""
+        status, body = self._raw("GET", "/v1/acl/token/self")
+        if status != 200:
+            return ""  # ACLs disabled (401), or a token the reads above already accepted
+        try:
+            return str(json.loads(body).get("AccessorID") or "")
+        except ValueError:
+            return ""
 
     def register(self, service: Service, statuses: dict[str, str] | None = None) -> None:
         """Create or replace one service on the agent (the agent API is an upsert).

@@ -462,12 +462,6 @@ UP = "10.77.0.1"  # on the namespace's lo only: the probes never leave the names
 
 
 @pytest.mark.skipif(available() is not None, reason=str(available()))
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: after a token rotation (old token deleted, new one in the token file) jailsyncd keeps the agent's "
-    "entries registered with the old token; the agent syncs them and their check updates to the catalog with that "
-    "dead token, so a jail that goes down stays 'passing' in the catalog and DNS, and jailsyncd sees no drift",
-)
 def test_token_rotation_keeps_health_reaching_the_catalog(consul_bin: str, tmp_path: Path, workdir: Workdir) -> None:
     master = str(uuid.uuid4())
     hcl = (
