@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +63,9 @@ class ConsulServer:
 
     def start(self) -> "ConsulServer":
         self.workdir = Path(tempfile.mkdtemp(prefix="jailsyncd-consul-"))
-        (self.workdir / "extra.hcl").write_text(self.hcl)
+        # No update check: a dev agent here must not try to reach the internet.
+        hcl = self.hcl if "disable_update_check" in self.hcl else "disable_update_check = true\n" + self.hcl
+        (self.workdir / "extra.hcl").write_text(hcl)
         args = [
             self.binary, "agent", "-dev", "-client", "127.0.0.1", "-bind", "127.0.0.1",
             "-http-port", str(self.http_port), "-dns-port", str(self.dns_port),
@@ -132,4 +135,4 @@ class ConsulServer:
 
     def wipe(self) -> None:
         for sid in self.services():
-            self.put(f"/v1/agent/service/deregister/{sid}")
+            self.put(f"/v1/agent/service/deregister/{urllib.parse.quote(sid, safe='')}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,20 @@ def consul_bin() -> str:
 @pytest.fixture(scope="session")
 def consul_server(consul_bin: str):
     server = ConsulServer(consul_bin).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def acl_consul(consul_bin: str):
+    """A dev agent with ACLs on and default deny, one per test module; the harness
+    talks to it with the master token (``acl_consul.token``)."""
+    master = str(uuid.uuid4())
+    hcl = (
+        "disable_update_check = true\n"
+        f'acl {{\n  enabled = true\n  default_policy = "deny"\n  tokens {{\n    master = "{master}"\n    agent = "{master}"\n  }}\n}}\n'
+    )
+    server = ConsulServer(consul_bin, hcl=hcl, token=master).start()
     yield server
     server.stop()
 

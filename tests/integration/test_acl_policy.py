@@ -17,18 +17,6 @@ pytestmark = pytest.mark.integration
 POLICY_FILE = REPO / "docs" / "acl" / "agent-mode.hcl"
 
 
-@pytest.fixture(scope="module")
-def acl_consul(consul_bin: str):
-    master = str(uuid.uuid4())
-    hcl = (
-        "disable_update_check = true\n"
-        f'acl {{\n  enabled = true\n  default_policy = "deny"\n  tokens {{\n    master = "{master}"\n    agent = "{master}"\n  }}\n}}\n'
-    )
-    server = ConsulServer(consul_bin, hcl=hcl, token=master).start()
-    yield server
-    server.stop()
-
-
 def make_token(server: ConsulServer, rules: str) -> str:
     name = f"p-{uuid.uuid4().hex[:8]}"
     server.put("/v1/acl/policy", {"Name": name, "Rules": rules})

@@ -15,15 +15,6 @@ from jailsyncd.sample import Workdir
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def acl_consul(consul_bin: str):
-    master = str(uuid.uuid4())
-    hcl = f'acl {{\n  enabled = true\n  default_policy = "deny"\n  tokens {{\n    master = "{master}"\n    agent = "{master}"\n  }}\n}}\n'
-    server = ConsulServer(consul_bin, hcl=hcl, token=master).start()
-    yield server
-    server.stop()
-
-
 def token_with(server: ConsulServer, rules: str) -> str:
     name = f"p-{uuid.uuid4().hex[:8]}"
     server.put("/v1/acl/policy", {"Name": name, "Rules": rules})

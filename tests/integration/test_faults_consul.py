@@ -364,18 +364,6 @@ def test_agent_without_servers_keeps_registrations_and_syncs_when_a_server_joins
 # -- ACL: a token revoked under a registered host ------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def acl_consul(consul_bin: str):
-    master = str(uuid.uuid4())
-    hcl = (
-        "disable_update_check = true\n"
-        f'acl {{\n  enabled = true\n  default_policy = "deny"\n  tokens {{\n    master = "{master}"\n    agent = "{master}"\n  }}\n}}\n'
-    )
-    server = ConsulServer(consul_bin, hcl=hcl, token=master).start()
-    yield server
-    server.stop()
-
-
 AGENT_RULES = 'service_prefix "" { policy = "write" }\nnode_prefix "" { policy = "read" }\n'
 
 
