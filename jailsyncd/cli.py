@@ -31,10 +31,10 @@ from jailsyncd.adapters.probe import Prober
 from jailsyncd.health import targets_of
 from jailsyncd.healthloop import HealthLoop
 from jailsyncd.errors import ConsulRefused, ExitCode, JailsyncdError, SafetyRefusal
-from jailsyncd.logs import configure, register_secret, route_library_logs
+from jailsyncd.logs import configure, get_logger, register_secret, route_library_logs
 from jailsyncd.model import Plan
 from jailsyncd.reconcile import CycleResult, Reconciler
-from jailsyncd.settings import DEFAULT_CONFIG, Settings, load_settings
+from jailsyncd.settings import DEFAULT_CONFIG, Settings, load_settings, token_file_problem
 
 DEFAULT_PIDFILE = Path("/var/run/jailsyncd.pid")
 
@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         route_library_logs()
         if settings.consul.token is not None:
             register_secret(settings.consul.token.reveal())
+        problem = token_file_problem(settings.consul.token_file)
+        if problem is not None:
+            get_logger().warning("token_file_insecure", path=str(settings.consul.token_file), problem=problem)
         return _COMMANDS[args.command](settings, args)
     except JailsyncdError as exc:
         print(f"jailsyncd: {exc}", file=sys.stderr)

@@ -35,7 +35,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from jailsyncd.errors import JailsyncdError
 from jailsyncd.logs import configure, get_logger
 from jailsyncd.reconcile import CycleResult, Reconciler
-from jailsyncd.settings import Settings
+from jailsyncd.settings import Settings, token_file_problem
 
 #: How long a stopping daemon waits for the current cycle before it exits anyway.
 STOP_GRACE = 3.0
@@ -175,6 +175,9 @@ class Daemon:
         fmt, level = self._log_overrides
         configure(fmt or new.log.format, level or new.log.level)
         self.log = get_logger()
+        problem = token_file_problem(new.consul.token_file)
+        if problem is not None:
+            self.log.warning("token_file_insecure", path=str(new.consul.token_file), problem=problem)
         old, self.settings = self.settings, new
         self._reconciler = self._make_reconciler(new, self._stop.is_set)
         if self.health is not None:

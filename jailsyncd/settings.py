@@ -475,6 +475,24 @@ def _split_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def token_file_problem(path: Path | None) -> str | None:
+    """Why a token file is too open (readable or writable by group or others, or owned
+    by another user than root or us), or None. jailsyncd warns, it does not refuse:
+    see docs/reliability.md."""
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None  # a missing file is reported where it is read
+    problems = []
+    if st.st_mode & 0o077:
+        problems.append(f"mode {st.st_mode & 0o777:04o} lets group or others at it")
+    if st.st_uid not in (0, os.geteuid()):
+        problems.append(f"owned by uid {st.st_uid}")
+    return "; ".join(problems) + " (chmod 600 and chown to the user jailsyncd runs as)" if problems else None
+
+
 def split_listen(listen: str) -> tuple[str, int]:
     """``host:port`` (or ``[v6]:port``) for a listening socket; the port is required."""
     host, port = _split_address(listen)
