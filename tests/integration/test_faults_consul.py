@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from harness import REPO, ConsulServer, free_port, log_events, run_cli, wait_for, write_config
 
+from jailsyncd.devconsul import terminate
 from jailsyncd.devnet import NetNS, available
 from jailsyncd.errors import ExitCode
 from jailsyncd.sample import Workdir
@@ -88,13 +89,7 @@ class Agent:
         self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
 
 
 @pytest.fixture
