@@ -105,6 +105,9 @@ class Reconciler:
         #: told after each cycle which checks exist and what Consul holds for them.
         self.health = health
         self.cycles = 0
+        #: The last CBSD state and the desired state built from it: ``build_desired``
+        #: is pure, so an unchanged state (the common case) reuses its result.
+        self._memo: tuple[CbsdState, Desired] | None = None
         self.log = get_logger()
         self._reported: set[tuple[str, str, str]] = set()
 
@@ -139,14 +142,18 @@ class Reconciler:
 
     def _plan(self, store: Store, force: bool) -> tuple[Desired, Observed, Plan]:
         state = self.source.read()
-        desired = build_desired(
-            state,
-            owner=self.settings.host.name,
-            rules=self.settings.rules,
-            prefer_ipv6=self.settings.sync.prefer_ipv6,
-            health=self.settings.health if self.settings.health.enabled else None,
-            catalog=self.settings.catalog if self.settings.consul.mode == "catalog" else None,
-        )
+        if self._memo is not None and self._memo[0] == state:
+            desired = self._memo[1]
+        else:
+            desired = build_desired(
+                state,
+                owner=self.settings.host.name,
+                rules=self.settings.rules,
+                prefer_ipv6=self.settings.sync.prefer_ipv6,
+                health=self.settings.health if self.settings.health.enabled else None,
+                catalog=self.settings.catalog if self.settings.consul.mode == "catalog" else None,
+            )
+            self._memo = (state, desired)
         observed = store.read(self.settings.host.name)
         desired = mark_token(desired, observed.token_accessor)
         plan = make_plan(desired, observed, max_deregistrations=self.settings.sync.max_deregistrations, force=force)

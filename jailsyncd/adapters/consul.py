@@ -15,6 +15,7 @@ high-level ``Consul`` object is not used because it reads ``CONSUL_HTTP_ADDR`` a
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any, Callable, Iterator
@@ -113,14 +114,6 @@ class _Consul:
             findings.append((allowed, f"{resource}:{access} on {segment!r}: {'allowed' if allowed else 'MISSING'}"))
         return findings
 
-    def _json_object(self, path: str) -> dict[str, Any]:
-        """A GET whose answer must be a JSON object (a 404 or a list means this is not
-        the Consul agent API)."""
-        result = self._call("GET", path, _strict_json)
-        if not isinstance(result, dict):
-            raise ConsulError(f"GET {self.endpoint}{path}: the answer is not Consul's (is {self.endpoint} a Consul agent?)")
-        return result
-
     def _raw(self, method: str, path: str, body: Any = None) -> tuple[int, str]:
         """Status and body, for answers where an error status is information."""
         return self._call(method, path, lambda r: (r.code, r.body or ""), body=body)
@@ -172,30 +165,12 @@ class ConsulAgent(_Consul):
     def read(self, owner: str) -> Observed:
         """Every service and check on the agent in two requests, whatever their number;
         keep ours, and note foreign IDs that look like ours."""
-        raw = self._json_object("/v1/agent/services")
-        raw_checks = self._json_object("/v1/agent/checks")
-        accessor = self._token_accessor()
-        checks_by_service: dict[str, list[dict]] = {}
-        for check in raw_checks.values():
-            checks_by_service.setdefault(check.get("ServiceID", ""), []).append(check)
-        owned: list[Service] = []
-        foreign: set[str] = set()
-        status: list[tuple[str, str, str]] = []
-        for sid, entry in raw.items():
-            if not (sid.startswith(SERVICE_ID_PREFIX) or sid == SELF_SERVICE_ID):
-                continue
-            if (entry.get("Meta") or {}).get(META_OWNER) != owner:
-                foreign.add(sid)
-                continue
-            checks = checks_by_service.get(sid, [])
-            owned.append(service_from_consul(entry, checks))
-            status += [(c["CheckID"], c.get("Status", ""), c.get("Output", "")) for c in checks]
-        return Observed(
-            owned=tuple(sorted(owned, key=lambda s: s.service_id)),
-            foreign_ids=frozenset(foreign),
-            check_status=tuple(sorted(status)),
-            token_accessor=accessor,
-        )
+        services = self._call("GET", "/v1/agent/services", _body)
+        checks = self._call("GET", "/v1/agent/checks", _body)
+        try:
+            return _observe_agent(owner, services, checks, self._token_accessor())
+        except (ValueError, AttributeError, KeyError, TypeError):
+            raise ConsulError(f"GET {self.endpoint}/v1/agent/services: the answer is not Consul's (is {self.endpoint} a Consul agent?)") from None
 
     def _token_accessor(self) -> str:
         """The AccessorID of our token: a third request, made only when a token is set."""
@@ -366,6 +341,44 @@ class ConsulCatalog(_Consul):
 #: Consul applies at most 64 operations in one transaction.
 MAX_TXN_OPS = 64
 NOT_PROBED_OUTPUT = "not probed yet"
+
+
+def _body(response: Any) -> str:
+    """The answer's text, checked like python-consul2 checks (a 404 is an error here)."""
+    consul_base.CB._status(response, allow_404=False)
+    return response.body
+
+
+@functools.lru_cache(maxsize=2)
+def _observe_agent(owner: str, services_json: str, checks_json: str, accessor: str) -> Observed:
+    """What the agent's answers say this host owns. Cached on the exact answers: in a
+    steady state they repeat byte for byte, and turning a thousand services into
+    values costs more than the requests themselves."""
+    raw = json.loads(services_json)
+    raw_checks = json.loads(checks_json)
+    if not isinstance(raw, dict) or not isinstance(raw_checks, dict):
+        raise ValueError("not a JSON object")
+    checks_by_service: dict[str, list[dict]] = {}
+    for check in raw_checks.values():
+        checks_by_service.setdefault(check.get("ServiceID", ""), []).append(check)
+    owned: list[Service] = []
+    foreign: set[str] = set()
+    status: list[tuple[str, str, str]] = []
+    for sid, entry in raw.items():
+        if not (sid.startswith(SERVICE_ID_PREFIX) or sid == SELF_SERVICE_ID):
+            continue
+        if (entry.get("Meta") or {}).get(META_OWNER) != owner:
+            foreign.add(sid)
+            continue
+        checks = checks_by_service.get(sid, [])
+        owned.append(service_from_consul(entry, checks))
+        status += [(c["CheckID"], c.get("Status", ""), c.get("Output", "")) for c in checks]
+    return Observed(
+        owned=tuple(sorted(owned, key=lambda s: s.service_id)),
+        foreign_ids=frozenset(foreign),
+        check_status=tuple(sorted(status)),
+        token_accessor=accessor,
+    )
 
 
 def _strict_json(response: Any) -> Any:
