@@ -1,0 +1,754 @@
+"""jailsyncd's benchmark: one command, one table (issue 7).
+
+    scripts/setup && .venv/bin/python bench/run.py [--sizes 100,1000,5000] [--modes agent,catalog]
+
+For each size N it builds a CBSD workdir of N environments (``workload.py``: bhyve
+VMs with per-VM DBs, multi-IP and IPv6 jails, stopped and DHCP ones), starts real
+Consul dev agents on loopback (``scripts/get-consul``), and measures, per mode
+(``agent``, ``catalog``) and per health setting:
+
+- cold converge: empty Consul until the catalog shows every service, against Consul's
+  own limit for the mode (a minimal keep-alive client sending jailsyncd's exact
+  payloads: agent API one by one, or ``/v1/txn`` in batches of 64) and, in agent
+  mode, against the naive hook approach (one ``curl`` per jail);
+- steady state: no-op cycles run in this process (``Reconciler.cycle``, built exactly
+  as ``jailsyncd once`` builds it): wall and CPU time, HTTP requests, writes, and
+  whether Consul's raft indexes moved;
+- change latency: ``jailsyncd run`` as a subprocess (``sync.interval = 1h``, so only
+  the DB watcher reacts); a jail stopped in the DB until it is gone from the catalog,
+  and started until it is back;
+- peak RSS of that daemon (``VmHWM``);
+- a health round: N addresses pinged by jailsyncd's ``Prober`` with 10% down, inside
+  a private network namespace; and, with health on, whether a steady round writes.
+
+Health on runs entirely inside a private network namespace (``jailsyncd.devnet``):
+90% of the jails' addresses are on its ``lo``, 10% have no route. Health off uses
+127.1.x.y addresses on loopback. No packet ever leaves 127.0.0.0/8 or a namespace
+created here.
+
+Every Consul phase gets a fresh dev agent (same binary, same flags), so each contender
+starts from the same empty Consul. Every wait has a deadline; ``--budget`` bounds the
+whole run (phases past it are reported as skipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(REPO))
+
+import baselines  # noqa: E402
+import workload  # noqa: E402
+
+from jailsyncd import settings as settings_module  # noqa: E402
+from jailsyncd.devconsul import ConsulServer  # noqa: E402
+from jailsyncd.devnet import NetNS, available as netns_available  # noqa: E402
+
+DEFAULT_SIZES = (100, 1000, 5000)
+TARGET_N = 1000
+def not_built(mode: str) -> str:
+    return f"n/a ({mode} mode not built yet)"
+
+
+# -- results ----------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    n: int
+    mode: str
+    health: str
+    measure: str
+    value: str
+    baseline: str = "—"
+    ratio: str = "—"
+    target: str = "—"
+    met: str = "—"
+    notes: str = ""
+    #: Raw numbers for tests and for the target summary.
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+HEADER = ("N", "mode", "health", "measurement", "jailsyncd", "baseline", "ratio", "target", "met", "notes")
+
+
+def render(rows: list[Row]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    for r in rows:
+        cells = (f"{r.n:,}", r.mode, r.health, r.measure, r.value, r.baseline, r.ratio, r.target, r.met, r.notes)
+        lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def verdict(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b > 0 else "—"
+
+
+# -- options and environment -------------------------------------------------------------
+
+
+@dataclass
+class Options:
+    sizes: tuple[int, ...] = DEFAULT_SIZES
+    modes: tuple[str, ...] = ("agent", "catalog")
+    health: tuple[str, ...] = ("off", "on")
+    health_max: int = 1000
+    noops: int = 5
+    changes: int = 5
+    idle: float = 3.0
+    rounds: int = 3
+    cold_repeat: int = 3
+    cold_repeat_max: int = 1000
+    curl: bool = True
+    curl_max: int = 5000
+    budget: float = 1800.0
+    profile: Path | None = None
+    consul_bin: str = ""
+    started: float = field(default_factory=time.monotonic)
+
+    def left(self) -> float:
+        return self.budget - (time.monotonic() - self.started)
+
+
+def consul_binary() -> str:
+    out = subprocess.run([str(REPO / "scripts" / "get-consul")], check=True, capture_output=True, text=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def supported_modes() -> tuple[str, ...]:
+    """The ``consul.mode`` values this jailsyncd accepts."""
+    return tuple(getattr(settings_module, "_MODES", ("agent",)))
+
+
+def machine(consul_bin: str) -> list[str]:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kb = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    except OSError:
+        pass
+    consul_version = subprocess.run([consul_bin, "version"], capture_output=True, text=True).stdout.splitlines()[0]
+    import sqlalchemy
+
+    git = ["git", "-C", str(REPO)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
+    dirty = subprocess.run([*git, "status", "--porcelain", "--", "jailsyncd"], capture_output=True, text=True).stdout.strip()
+
+    return [
+        f"{cpu}, {os.cpu_count()} cores, {mem_kb // 1024:,} MiB RAM, {platform.system()} {platform.release()} {platform.machine()}",
+        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, SQLAlchemy {sqlalchemy.__version__}, {consul_version} (`-dev`, in memory, on 127.0.0.1)",
+        f"jailsyncd at commit {head}" + (" with uncommitted changes in jailsyncd/" if dirty else " (jailsyncd/ unmodified)"),
+        f"curl: {baselines.curl_path() or 'not installed (apt-get install curl): the hook baseline is skipped'}",
+        f"network namespaces: {netns_available() or 'available'}",
+        f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other work on this machine adds noise)",
+    ]
+
+
+# -- jailsyncd in this process ---------------------------------------------------------------
+
+
+def write_config(path: Path, *, workdir: Path, consul: ConsulServer, mode: str, health: bool) -> Path:
+    mode_line = f'mode = "{mode}"\n' if mode != "agent" else ""
+    path.write_text(
+        f'[host]\nname = "{workload.OWNER}"\n\n[cbsd]\nworkdir = "{workdir}"\n\n'
+        f'[consul]\naddress = "{consul.address}"\ntimeout = "30s"\n{mode_line}\n'
+        f'[sync]\ninterval = "1h"\njitter = "0s"\n\n'
+        f"[health]\nenabled = {'true' if health else 'false'}\n"
+    )
+    return path
+
+
+def in_process(config: Path, log_path: Path):
+    """A reconciler (and health loop) built exactly as ``jailsyncd once`` builds them."""
+    from jailsyncd import cli
+    from jailsyncd.logs import configure
+
+    configure("json", "info", stream=open(log_path, "a"))  # noqa: SIM115 - lives as long as the run
+    settings = settings_module.load_settings(config, env={})
+    health = cli._health(settings)
+    return cli._reconciler(settings, health=health), health
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    wall, cpu = time.monotonic(), time.process_time()
+    value = fn()
+    return value, time.monotonic() - wall, time.process_time() - cpu
+
+
+# -- the daemon ----------------------------------------------------------------------
+
+
+class Daemon:
+    """``jailsyncd run`` as a subprocess, JSON logs at debug level into ``log``. Started
+    from the calling thread, so inside a namespace when called on its thread."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.log = log
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_")}
+        argv = [sys.executable, "-m", "jailsyncd", "--config", str(config), "--log-level", "debug", "run"]
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
+
+    def events(self, name: str) -> list[dict]:
+        found = []
+        for line in self.log.read_text().splitlines():
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict) and obj.get("event") == name:
+                found.append(obj)
+        return found
+
+    def peak_rss_kb(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> float | None:
+    """Seconds until ``predicate()`` holds, or None after ``timeout``."""
+    started = time.monotonic()
+    while True:
+        if predicate():
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            return None
+        time.sleep(interval)
+
+
+# -- one (N, health, mode) scenario ---------------------------------------------------------
+
+
+@contextmanager
+def fresh_consul(opts: Options, netns: NetNS | None) -> Iterator[ConsulServer]:
+    server = ConsulServer(opts.consul_bin, netns=netns).start()
+    try:
+        settle(server)
+        yield server
+    finally:
+        server.stop()
+
+
+def settle(consul: ConsulServer, quiet: float = 1.0, timeout: float = 20.0) -> None:
+    """Wait until a fresh agent's own start-up writes (its node, serfHealth) are done:
+    the raft indexes stay put for ``quiet`` seconds."""
+    deadline = time.monotonic() + timeout
+    last, since = baselines.index(consul), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = baselines.index(consul)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+    raise TimeoutError(f"Consul's raft indexes did not settle within {timeout:g}s")
+
+
+def cold_converge(opts: Options, load: workload.Workload, tmp: Path, mode: str, health: bool, netns: NetNS | None, consul: ConsulServer, tag: str):
+    """One cold converge by jailsyncd (in this process) into the empty ``consul``:
+    (reconciler, health loop, captured writes, cycle result, seconds, CPU seconds, catch-up seconds)."""
+    config = write_config(tmp / f"{tag}.toml", workdir=load.workdir.root, consul=consul, mode=mode, health=health)
+    reconciler, healthloop = in_process(config, tmp / f"{tag}-inprocess.log")
+    with baselines.capture() as captured:
+        result, wall, cpu = timed(reconciler.cycle)
+    if result.error is not None or result.failures:
+        raise RuntimeError(f"cold cycle failed: {result.error or result.failures[0]}")
+    catch_up = baselines.wait_converged(consul, workload.OWNER, len(load.registered), timeout=60 + load.n * 0.02)
+    return config, reconciler, healthloop, captured, result, wall + catch_up, cpu, catch_up
+
+
+def limit_run(opts: Options, load: workload.Workload, mode: str, netns: NetNS | None, captured: baselines.Captured) -> tuple[float, str]:
+    """Consul's own limit for the mode, with the very payloads jailsyncd sent: (seconds, how)."""
+    n, expected = load.n, len(load.registered)
+    with fresh_consul(opts, netns) as consul:
+        if mode == "catalog":
+            ops = captured.txn_ops() or baselines.catalog_ops(captured.registrations(), workload.OWNER)
+            sent, txns = baselines.tight_txn(consul, ops)
+            how = f"tight `/v1/txn` client, {txns} txns of ≤ 64 ops"
+        else:
+            sent = baselines.tight_agent(consul, captured.registrations())
+            how = "tight agent-API client, one keep-alive connection"
+        return sent + baselines.wait_converged(consul, workload.OWNER, expected, timeout=60 + n * 0.02), how
+
+
+def scenario(opts: Options, load: workload.Workload, tmp: Path, mode: str, health: bool, netns: NetNS | None) -> list[Row]:
+    n = load.n
+    hl = "on" if health else "off"
+    rows: list[Row] = []
+    expected = len(load.registered)
+    is_target = n == TARGET_N
+    repeats = opts.cold_repeat if n <= opts.cold_repeat_max else 1
+
+    def row(measure: str, value: str, **kw: Any) -> Row:
+        r = Row(n, mode, hl, measure, value, **kw)
+        rows.append(r)
+        return r
+
+    colds: list[float] = []
+    limits: list[float] = []
+    with fresh_consul(opts, netns) as consul:
+        config, reconciler, healthloop, captured, result, cold, cpu, catch_up = cold_converge(opts, load, tmp, mode, health, netns, consul, f"{mode}-{hl}")
+        colds.append(cold)
+        cold_done = time.monotonic()
+        cold_row = row(
+            "cold converge: empty Consul to all in the catalog" + (f" (median of {repeats})" if repeats > 1 else ""),
+            ms(cold),
+            notes=f"{expected:,} services; {result.writes:,} writes, {result.requests:,} requests; CPU {ms(cpu)}; catalog catch-up {ms(catch_up)} (first run)",
+            data={"writes": result.writes, "requests": result.requests, "cpu": cpu},
+        )
+
+        # Steady state: no-op cycles in this process, once Consul has finished its own
+        # work (agent anti-entropy) and CBSD's files are older than the CBSD adapter's
+        # racy window (as they are on a host that is not changing).
+        settle(consul, timeout=60 + n * 0.02)
+        time.sleep(max(0.0, 2.2 - (time.monotonic() - cold_done)))
+        before = baselines.index(consul)
+        samples = []
+        for _ in range(opts.noops):
+            with baselines.capture() as reads:
+                res, w, c = timed(reconciler.cycle)
+            samples.append((w, c, res.requests, res.writes, res.error))
+        after = baselines.index(consul)
+        errors = [s[4] for s in samples if s[4] is not None]
+        if errors:
+            raise RuntimeError(f"no-op cycle failed: {errors[0]}")
+        walls = sorted(s[0] for s in samples)
+        cpus = sorted(s[1] for s in samples)
+        requests = max(s[2] for s in samples)
+        writes = sum(s[3] for s in samples)
+        moved = after != before
+        noop_wall = statistics.median(walls)
+        wall_target = 0.05 if n == TARGET_N else 0.25 if n == 5000 else None
+        vm_reads = getattr(reconciler.source, "vm_reads", None)
+        row(
+            f"no-op cycle: wall (median of {opts.noops}, in-process `Reconciler.cycle`)",
+            ms(noop_wall),
+            target=f"≤ {ms(wall_target)}" if wall_target else "—",
+            met=verdict(noop_wall <= wall_target) if wall_target else "—",
+            notes=f"worst {ms(walls[-1])}" + (f"; per-VM DBs opened in the last one: {vm_reads}" if vm_reads is not None else ""),
+            data={"seconds": noop_wall, "worst": walls[-1]},
+        )
+        row("no-op cycle: CPU time (median)", ms(statistics.median(cpus)), notes=f"worst {ms(cpus[-1])}", data={"seconds": statistics.median(cpus)})
+        row(
+            "no-op cycle: HTTP requests / writes",
+            f"{requests} / {writes}",
+            target="≤ 3 / 0" if is_target else "—",
+            met=verdict(requests <= 3 and writes == 0 and not moved) if is_target else "—",
+            notes=(
+                f"writes summed over {opts.noops} cycles; Consul's raft indexes {'MOVED' if moved else 'unchanged'}; "
+                f"{sum(reads.read_bytes) / 1024:,.0f} KiB of responses read per cycle"
+            ),
+            data={"requests": requests, "writes": writes, "index_moved": moved, "read_bytes": sum(reads.read_bytes)},
+        )
+        if opts.profile is not None:
+            profile_noop(opts.profile / f"noop-{n}-{mode}-health-{hl}.txt", reconciler)
+
+        if healthloop is not None:
+            first = healthloop.round()
+            before = baselines.index(consul)
+            stats = [healthloop.round() for _ in range(2)]
+            after = baselines.index(consul)
+            row(
+                "steady health round: Consul writes (2 rounds)",
+                str(sum(s.writes for s in stats)),
+                target="0" if is_target else "—",
+                met=verdict(sum(s.writes for s in stats) == 0 and before == after) if is_target else "—",
+                notes=(
+                    f"{stats[0].probed:,} checks probed, 10% of them down; round {ms(stats[-1].duration)}; raft indexes "
+                    f"{'MOVED' if before != after else 'unchanged'}; the first round after the cold converge wrote {first.writes:,}"
+                ),
+                data={"writes": sum(s.writes for s in stats), "seconds": stats[-1].duration},
+            )
+
+        rows += daemon_phase(opts, load, tmp, config, consul, mode, hl)
+
+    # Consul's own limit for the mode, with the very payloads jailsyncd sent; then more
+    # cold converges, interleaved with it, to take medians on a noisy machine.
+    if opts.left() <= 0:
+        cold_row.baseline = "skipped (time budget)"
+        cold_row.value = ms(cold)
+        return rows
+    limit, how = limit_run(opts, load, mode, netns, captured)
+    limits.append(limit)
+    for rep in range(1, repeats):
+        if opts.left() <= 0:
+            break
+        with fresh_consul(opts, netns) as consul:
+            colds.append(cold_converge(opts, load, tmp, mode, health, netns, consul, f"{mode}-{hl}-{rep}")[5])
+        limits.append(limit_run(opts, load, mode, netns, captured)[0])
+    cold, limit = statistics.median(colds), statistics.median(limits)
+    cold_row.value = ms(cold)
+    cold_row.baseline = f"{how}: {ms(limit)}"
+    cold_row.ratio = f"{ratio(cold, limit)} Consul's limit"
+    if len(colds) > 1:
+        cold_row.notes += f"; runs {', '.join(ms(c) for c in colds)} vs limit {', '.join(ms(x) for x in limits)}"
+    cold_row.data.update(seconds=cold, limit=limit, runs=colds, limits=limits)
+    if is_target:
+        cold_row.target = "≤ 1.3x Consul's limit"
+        cold_row.met = verdict(cold <= 1.3 * limit)
+
+    if mode == "agent" and opts.curl:
+        hook = row("naive hooks: one `curl` per jail, cold", "—")
+        if baselines.curl_path() is None:
+            hook.baseline = "curl not installed (apt-get install curl)"
+        elif n > opts.curl_max:
+            hook.baseline = f"skipped (N > --curl-max {opts.curl_max})"
+        elif opts.left() <= 0:
+            hook.baseline = "skipped (time budget)"
+        else:
+            bodies = captured.registrations()
+            with fresh_consul(opts, netns) as consul:
+                took = baselines.curl_hooks(consul, bodies, deadline=time.monotonic() + max(opts.left(), 60))
+                took += baselines.wait_converged(consul, workload.OWNER, expected, timeout=60 + n * 0.02)
+            hook.baseline = f"{len(bodies):,} curl processes: {ms(took)}"
+            hook.ratio = f"jailsyncd {ratio(cold, took)} of it; curl {ratio(took, limit)} Consul's limit"
+            hook.data["seconds"] = took
+    return rows
+
+
+def daemon_phase(opts: Options, load: workload.Workload, tmp: Path, config: Path, consul: ConsulServer, mode: str, hl: str) -> list[Row]:
+    """``jailsyncd run`` against the converged Consul: idle writes, change latency, RSS."""
+    n = load.n
+    is_target = n == TARGET_N
+    rows: list[Row] = []
+    daemon = Daemon(config, tmp / f"daemon-{mode}-{hl}.log")
+    try:
+        first = wait_until(lambda: bool(daemon.events("cycle_finished") or daemon.events("cycle_failed")), timeout=60 + n * 0.01, interval=0.05)
+        if first is None or daemon.events("cycle_failed"):
+            raise RuntimeError(f"daemon's first cycle did not finish cleanly (log: {daemon.log})")
+        startup = daemon.events("cycle_finished")[0]
+
+        # Idle: nothing changes, so nothing may be written (after the first health round
+        # and heartbeat, which settle the statuses once).
+        time.sleep(1.5 if hl == "on" else 0)
+        before = baselines.index(consul)
+        cycles_before = len(daemon.events("cycle_started"))
+        time.sleep(opts.idle)
+        after = baselines.index(consul)
+        extra_cycles = len(daemon.events("cycle_started")) - cycles_before
+        idle_ok = before == after
+        rows.append(
+            Row(
+                n, mode, hl, f"daemon idle {opts.idle:g} s: catalog writes", "0" if idle_ok else "some (raft index moved)",
+                target="0" if is_target else "—", met=verdict(idle_ok) if is_target else "—",
+                notes=f"{extra_cycles} cycles ran; start-up cycle (a no-op, cold cache) {startup['duration_ms']:.0f} ms, {startup['requests']} requests, {startup['writes']} writes (daemon log `cycle_finished`)",
+                data={"idle_ok": idle_ok},
+            )
+        )
+
+        # Change latency: stop a jail in the DB until it is gone from the catalog, start it
+        # until it is back. Jails whose address answers (health on) are used.
+        candidates = [(j, jid) for j, jid in load.plain_jails if load.probe_addresses.get(load.registered[j], True)]
+        step = max(1, len(candidates) // max(1, opts.changes))
+        chosen = candidates[::step][: opts.changes]
+        gone: list[float] = []
+        back: list[float] = []
+        timeout = 10.0
+        for jname, jid in chosen:
+            sid = f"jailsyncd-{jname}"
+            start = time.monotonic()
+            load.workdir.stop(jname)
+            took = wait_until(lambda: not baselines.present(consul, jname, sid), timeout)
+            gone.append(took if took is not None else float("inf"))
+            start = time.monotonic()
+            load.workdir.start(jname, jid)
+            took = wait_until(lambda: baselines.present(consul, jname, sid), timeout)
+            back.append(took if took is not None else float("inf"))
+            del start
+        cycles = [e for e in daemon.events("cycle_finished")[1:] if e.get("writes")]
+        cycle_ms = statistics.median(e["duration_ms"] for e in cycles) if cycles else 0
+        for label, values in (("stopped until gone", gone), ("started until present", back)):
+            med, worst = statistics.median(values), max(values)
+            rows.append(
+                Row(
+                    n, mode, hl, f"change latency in `run`: {label} (median / worst of {len(values)})",
+                    f"{ms(med)} / {ms(worst)}" if worst != float("inf") else f"{ms(med)} / > {timeout:g} s",
+                    target="≤ 2 s / 3 s" if is_target else "—",
+                    met=verdict(med <= 2 and worst <= 3) if is_target else "—",
+                    notes=f"watch_interval 1 s; those cycles took {cycle_ms:.0f} ms (median, daemon log)",
+                    data={"median": med, "worst": worst},
+                )
+            )
+        rss = daemon.peak_rss_kb()
+        rows.append(
+            Row(
+                n, mode, hl, "daemon peak RSS (VmHWM)", f"{rss / 1024:.0f} MB",
+                target="≤ 100 MB" if is_target else "—", met=verdict(rss <= 100 * 1024) if is_target else "—",
+                notes=f"after {len(daemon.events('cycle_finished'))} cycles",
+                data={"kb": rss},
+            )
+        )
+    finally:
+        daemon.stop()
+    return rows
+
+
+def profile_noop(path: Path, reconciler: Any) -> None:
+    try:
+        from pyinstrument import Profiler
+    except ImportError:
+        path.with_suffix(".skipped").write_text("pyinstrument is not installed here\n")
+        return
+    profiler = Profiler(interval=0.0005)
+    profiler.start()
+    reconciler.cycle()
+    profiler.stop()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(profiler.output_text(unicode=False, color=False, show_all=False))
+
+
+# -- the health round ------------------------------------------------------------------------
+
+
+def add_addresses(netns: NetNS, addresses: list[str], tmp: Path) -> None:
+    """Put many addresses on the namespace's lo with one ``ip -batch``."""
+    if not addresses:
+        return
+    batch = tmp / f"{netns.name}.ip"
+    batch.write_text("".join(f"addr add {a}/32 dev lo\n" for a in addresses))
+    subprocess.run(["ip", "-n", netns.name, "-batch", str(batch)], check=True, capture_output=True)
+
+
+def health_round(opts: Options, n: int, tmp: Path) -> list[Row]:
+    """jailsyncd's ``Prober`` pinging N addresses, 10% of them down, inside a namespace.
+
+    "no route": the down addresses have no route (the kernel refuses at once, as in
+    the tests). "silent": they are routed into the namespace's lo, which drops them
+    without an answer, as for a powered-off host on a LAN; the round then waits for
+    its timeout.
+    """
+    from jailsyncd.adapters.probe import Probe, Prober
+    from jailsyncd.settings import HealthSettings
+
+    hs = HealthSettings()
+    rows: list[Row] = []
+    with NetNS("jsb") as ns:
+        # Routed to lo, where the namespace drops them: not local, and no forwarding.
+        ns.ip("route", "add", "10.212.0.0/16", "dev", "lo")
+        up = [f"10.210.{i // 250}.{i % 250 + 1}" for i in range(n) if not workload.is_down(i)]
+        add_addresses(ns, up, tmp)
+        for variant, prefix in (("no route", "10.211"), ("silent", "10.212")):
+            down = [f"{prefix}.{i // 250}.{i % 250 + 1}" for i in range(n) if workload.is_down(i)]
+            probes = [Probe(a, "ping", a) for a in up + down]
+            prober = Prober()
+
+            def go() -> tuple[int, float]:
+                started = time.monotonic()
+                results = prober.run(probes, count=hs.count, timeout=hs.timeout)
+                return sum(r.ok for r in results.values()), time.monotonic() - started
+
+            samples = [ns.call(go) for _ in range(opts.rounds)]
+            times = sorted(s[1] for s in samples)
+            oks = {s[0] for s in samples}
+            lost = len(up) - min(oks)
+            is_target = n == TARGET_N
+            rows.append(
+                Row(
+                    n, "any", "on", f"health round: {n:,} pings, 10% down ({variant}) (median / worst of {opts.rounds})",
+                    f"{ms(statistics.median(times))} / {ms(times[-1])}",
+                    target="≤ 1.5 s, every up address answers" if is_target else "—",
+                    met=verdict(times[-1] <= 1.5 and not lost) if is_target else "—",
+                    notes=(
+                        f"up answered: {'/'.join(f'{o:,}' for o in sorted(oks))} of {len(up):,}"
+                        + (f" (**{lost:,} up addresses got no reply: replies lost**)" if lost else "")
+                        + f"; count={hs.count}, timeout={hs.timeout:g} s (defaults)"
+                    ),
+                    data={"median": statistics.median(times), "worst": times[-1], "ok": sorted(oks), "up": len(up)},
+                )
+            )
+    return rows
+
+
+# -- driver ------------------------------------------------------------------------------
+
+
+def run(opts: Options, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> list[Row]:
+    rows: list[Row] = []
+    modes = supported_modes()
+    for n in opts.sizes:
+        for hl in opts.health:
+            health = hl == "on"
+            if health and n > opts.health_max:
+                rows.append(Row(n, "all", "on", "cold converge, steady state, change latency", f"skipped (N > --health-max {opts.health_max})"))
+                continue
+            if health and netns_available() is not None:
+                rows.append(Row(n, "all", "on", "cold converge, steady state, change latency", f"skipped ({netns_available()})"))
+                continue
+            for mode in opts.modes:
+                if mode not in modes:
+                    rows.append(Row(n, mode, hl, "cold converge: empty Consul to all in the catalog", not_built(mode)))
+                    continue
+                if opts.left() <= 0:
+                    rows.append(Row(n, mode, hl, "all measurements", "skipped (time budget)"))
+                    continue
+                log(f"bench: N={n:,} mode={mode} health={hl} ({opts.left():.0f} s of budget left)")
+                with tempfile.TemporaryDirectory(prefix=f"jailsyncd-bench-{n}-") as tmpdir:
+                    tmp = Path(tmpdir)
+                    try:
+                        rows += one(opts, n, tmp, mode, health)
+                    except Exception as exc:  # noqa: BLE001 - one failed phase must not lose the others
+                        traceback.print_exc()
+                        rows.append(Row(n, mode, hl, "error", f"{type(exc).__name__}: {exc}"[:300]))
+        if netns_available() is None and opts.left() > 0:
+            log(f"bench: N={n:,} health round")
+            with tempfile.TemporaryDirectory(prefix=f"jailsyncd-bench-{n}-") as tmpdir:
+                rows += health_round(opts, n, Path(tmpdir))
+    return rows
+
+
+def one(opts: Options, n: int, tmp: Path, mode: str, health: bool) -> list[Row]:
+    if not health:
+        load = workload.build(tmp / "cbsd", n, workload.host_address)
+        return scenario(opts, load, tmp, mode, False, None)
+    load = workload.build(tmp / "cbsd", n, workload.netns_address)
+    with NetNS("jsb") as ns:
+        add_addresses(ns, [a for a, up in load.probe_addresses.items() if up], tmp)
+        # Everything, the daemon and the baselines included, runs on the namespace's thread.
+        return ns.call(scenario, opts, load, tmp, mode, True, ns)
+
+
+def summary(rows: list[Row]) -> list[str]:
+    """The targets (N = 1,000, and the no-op at 5,000), each with its verdict."""
+    out = []
+    for r in rows:
+        if r.met != "—":
+            out.append(f"- {'met' if r.met == 'yes' else '**NOT met**'}: N = {r.n:,}, {r.mode}, health {r.health}: {r.measure}: {r.value} (target {r.target})")
+    return out
+
+
+def write_results(path: Path, command: str, machine_lines: list[str], rows: list[Row], took: float) -> str:
+    table = render(rows)
+    text = "\n".join(
+        [
+            "# Benchmark results",
+            "",
+            "Produced by (the repo's `.venv` comes from `scripts/setup`):",
+            "",
+            "```sh",
+            command,
+            "```",
+            "",
+            f"Run at {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, took {took / 60:.1f} min. Machine:",
+            "",
+            *[f"- {m}" for m in machine_lines],
+            "",
+            "What each row means, and how each cost grows with N: `docs/performance.md`.",
+            "",
+            table,
+            "",
+            "## Targets",
+            "",
+            *(summary(rows) or ["- no target applies to the sizes run (targets are for N = 1,000 and 5,000)"]),
+            "",
+        ]
+    )
+    path.write_text(text)
+    return table
+
+
+def parse(argv: list[str] | None) -> tuple[Options, Path]:
+    p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)), help="comma-separated N (default %(default)s)")
+    p.add_argument("--modes", default="agent,catalog", help="consul.mode values to run (default %(default)s)")
+    p.add_argument("--health", default="off,on", help="health settings to run: off, on or both (default %(default)s)")
+    p.add_argument("--health-max", type=int, default=1000, help="largest N run with health on (default %(default)s)")
+    p.add_argument("--noops", type=int, default=5, help="no-op cycles per scenario (default %(default)s)")
+    p.add_argument("--changes", type=int, default=5, help="stop/start pairs for change latency (default %(default)s)")
+    p.add_argument("--idle", type=float, default=3.0, help="seconds the daemon idles while writes are counted (default %(default)s)")
+    p.add_argument("--rounds", type=int, default=3, help="health rounds per variant (default %(default)s)")
+    p.add_argument("--cold-repeat", type=int, default=3, help="cold converges (and limits) per scenario, median taken (default %(default)s)")
+    p.add_argument("--cold-repeat-max", type=int, default=1000, help="largest N repeated; larger ones run once (default %(default)s)")
+    p.add_argument("--no-curl", action="store_true", help="skip the one-curl-per-jail baseline")
+    p.add_argument("--curl-max", type=int, default=5000, help="largest N for the curl baseline (default %(default)s)")
+    p.add_argument("--budget", type=float, default=1800, help="seconds; later phases are skipped past it (default %(default)s)")
+    p.add_argument("--profile", type=Path, help="write a pyinstrument profile of one no-op cycle per scenario here")
+    p.add_argument("--out", type=Path, default=BENCH / "RESULTS.md", help="results file (default bench/RESULTS.md)")
+    p.add_argument("--json", type=Path, help="also write every row, with its raw numbers, as JSON here")
+    a = p.parse_args(argv)
+    opts = Options(
+        sizes=tuple(int(x) for x in a.sizes.split(",") if x),
+        modes=tuple(x for x in a.modes.split(",") if x),
+        health=tuple(x for x in a.health.split(",") if x),
+        health_max=a.health_max,
+        noops=a.noops,
+        changes=a.changes,
+        idle=a.idle,
+        rounds=a.rounds,
+        cold_repeat=a.cold_repeat,
+        cold_repeat_max=a.cold_repeat_max,
+        curl=not a.no_curl,
+        curl_max=a.curl_max,
+        budget=a.budget,
+        profile=a.profile,
+    )
+    return opts, a.out, a.json
+
+
+def main(argv: list[str] | None = None) -> list[Row]:
+    opts, out, json_out = parse(argv)
+    opts.consul_bin = os.environ.get("CONSUL_BIN") or consul_binary()
+    args = list(argv if argv is not None else sys.argv[1:])
+    command = shlex.join(["scripts/setup", "&&", ".venv/bin/python", "bench/run.py", *args]).replace("'&&'", "&&")
+    command += f"\n# this run's exact command line (cwd {os.getcwd()}):\n" + shlex.join([sys.executable, *sys.argv[:1], *args])
+    lines = machine(opts.consul_bin)
+    rows = run(opts)
+    table = write_results(out, command, lines, rows, time.monotonic() - opts.started)
+    if json_out is not None:
+        json_out.write_text(json.dumps([r.__dict__ for r in rows], indent=1, default=str))
+    print("\n".join(f"# {m}" for m in lines))
+    print(table)
+    print("\n".join(summary(rows)))
+    print(f"(written to {out})")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
