@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import http.client
 import os
+import select
 import socket
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -106,7 +108,8 @@ class Prober:
     def _exchange(self, family: int, sock, addresses: list[str], count: int, timeout: float) -> dict[str, ProbeResult]:
         raw = sock.sock
         try:  # replies from hundreds of jails arrive while we are still sending
-            raw.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", socket.SO_RCVBUF), _RCVBUF)
+            # Python has no SO_RCVBUFFORCE constant; 33 is Linux's (it lifts rmem_max as root).
+            raw.setsockopt(socket.SOL_SOCKET, 33 if sys.platform.startswith("linux") else socket.SO_RCVBUF, _RCVBUF)
         except OSError:
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
         sent_at: dict[int, float] = {}
@@ -114,6 +117,28 @@ class Prober:
         rtts: dict[str, list[float]] = {a: [] for a in addresses}
         errors: dict[str, str] = {}
         ident = self._ident
+        pending: set[int] = set()
+
+        def take(reply) -> None:
+            if reply.id != ident or reply.sequence not in pending:
+                return  # another process's ping, or our own request seen by the raw socket
+            address = owner[reply.sequence]
+            if reply.type == _ECHO_REPLY[family] and reply.source == address:
+                pending.discard(reply.sequence)
+                rtts[address].append((time.monotonic() - sent_at[reply.sequence]) * 1000)
+            elif reply.type in _ERRORS[family]:
+                pending.discard(reply.sequence)
+                errors.setdefault(address, f"{_ERRORS[family][reply.type]} (code {reply.code}) from {reply.source}")
+
+        def drain() -> None:
+            """Read what has arrived while still sending, so that a full receive buffer
+            never drops replies (the buffer size is capped by the kernel)."""
+            while select.select([raw], [], [], 0)[0]:
+                try:
+                    take(sock.receive(None, timeout=0.01))
+                except ICMPLibError:
+                    return
+
         for index, address in enumerate(addresses):
             for n in range(count):
                 seq = (index * count + n) & 0xFFFF
@@ -126,8 +151,10 @@ class Prober:
                 ident = request.id  # unprivileged Linux sockets get an ID from the kernel
                 sent_at[seq] = time.monotonic()
                 owner[seq] = address
+                pending.add(seq)
+            if index % 32 == 31:
+                drain()
         deadline = time.monotonic() + timeout
-        pending = {seq for seq in owner}
         while pending:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -138,15 +165,7 @@ class Prober:
                 break
             except ICMPLibError:
                 continue
-            if reply.id != ident or reply.sequence not in pending:
-                continue  # another process's ping, or our own request seen by the raw socket
-            address = owner[reply.sequence]
-            if reply.type == _ECHO_REPLY[family] and reply.source == address:
-                pending.discard(reply.sequence)
-                rtts[address].append((time.monotonic() - sent_at[reply.sequence]) * 1000)
-            elif reply.type in _ERRORS[family]:
-                pending.discard(reply.sequence)
-                errors.setdefault(address, f"{_ERRORS[family][reply.type]} (code {reply.code}) from {reply.source}")
+            take(reply)
         return {a: _ping_result(a, count, rtts[a], errors.get(a), timeout) for a in addresses}
 
 
