@@ -10,8 +10,16 @@ decompressed on the fly. Each line is one JSON object as structlog renders it; a
 may carry a syslog prefix (``Nov 27 19:00:01 host jailsyncd[123]: {...}``, from
 daemon(8) ``-S`` and syslogd): the object starting at the first ``{`` is used, and
 nothing but white space may follow it. Bytes that are not UTF-8 are replaced, never
-fatal. A file that is missing, unreadable or not valid compressed data raises
-``ReportError`` (exit 66) naming the file; nothing is printed then.
+fatal. A file that is missing, unreadable or not valid compressed data does not
+stop the report: the lines read before the problem (a truncated ``.gz`` yields its
+intact beginning) and every other file are still reported, the file is listed in the
+report (``unreadable``, with the reason), and ``run`` then raises ``ReportError``
+(exit 66, EX_NOINPUT: an input file did not exist or was not readable) naming every
+such file in one line, so that a cron job or script notices the gap.
+
+A bad ``--since`` (not a date or an age, or out of the range of dates: ``99999999d``,
+``0001-01-01T00:00+01:00``) is ``ReportUsageError``: one line, exit 2 like any other
+bad command line, nothing read.
 
 Lines used, per jail (``jail`` key):
 
@@ -74,7 +82,7 @@ import lzma
 import re
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Sequence
@@ -89,6 +97,7 @@ __all__ = [
     "KindStats",
     "Report",
     "ReportError",
+    "ReportUsageError",
     "Totals",
     "add_parser",
     "aggregate",
@@ -105,6 +114,12 @@ class ReportError(JailsyncdError):
     """A log file given to ``report`` is missing, unreadable or corrupt."""
 
     exit_code = ExitCode.SOURCE_UNAVAILABLE
+
+
+class ReportUsageError(JailsyncdError):
+    """A bad ``report`` argument (``--since``): a bad command line, exit 2."""
+
+    exit_code = ExitCode.USAGE
 
 
 #: Drift kinds in display order (unknown kinds follow, alphabetically).
@@ -183,10 +198,12 @@ class Totals:
 
 @dataclass(frozen=True)
 class Report:
-    """``jails`` sorted by jail name."""
+    """``jails`` sorted by jail name. ``unreadable``: ``(file, reason)`` for each input
+    that could not be read completely (set by ``run``; ``aggregate`` sees lines only)."""
 
     jails: tuple[JailReport, ...]
     totals: Totals
+    unreadable: tuple[tuple[str, str], ...] = ()
 
     def jail(self, name: str) -> JailReport | None:
         return next((j for j in self.jails if j.jail == name), None)
@@ -226,11 +243,11 @@ def parse_timestamp(value: Any) -> datetime | None:
         return None
     try:
         ts = datetime.fromisoformat(value.strip())
-    except ValueError:
+        if ts.tzinfo is None:
+            return ts.replace(tzinfo=timezone.utc)
+        return ts.astimezone(timezone.utc)
+    except (ValueError, OverflowError):  # OverflowError: a zone moving it past year 1 or 9999
         return None
-    if ts.tzinfo is None:
-        return ts.replace(tzinfo=timezone.utc)
-    return ts.astimezone(timezone.utc)
 
 
 _RELATIVE = re.compile(r"(\d+)\s*([smhdw])")
@@ -241,19 +258,35 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     """``--since``: an ISO date/time (``2026-11-27``, ``2026-11-27T19:00Z``; no zone
     means UTC) or an age before ``now`` (``30m``, ``2h``, ``7d``, ``1w``, ``1h30m``).
 
-    Raises ``ValueError`` with a message for people.
+    Raises ``ValueError`` with a one-line message for people, also when the value is
+    out of the range of dates (an age reaching before the year 1, a zone moving a
+    time past year 1 or 9999).
     """
     value = text.strip().lower()
+    shown = text if len(text) <= 40 else text[:37] + "..."
     if value and _RELATIVE.sub("", value).strip() == "":
         now = now or datetime.now(timezone.utc)
-        delta = timedelta()
-        for number, unit in _RELATIVE.findall(value):
-            delta += timedelta(**{_UNITS[unit]: int(number)})
-        return now - delta
-    ts = parse_timestamp(text.strip())
+        try:
+            delta = timedelta()
+            for number, unit in _RELATIVE.findall(value):
+                if len(number) > 12:  # int() refuses > 4300 digits; no age needs 13
+                    raise OverflowError
+                delta += timedelta(**{_UNITS[unit]: int(number)})
+            return now - delta
+        except OverflowError:
+            raise ValueError(f"invalid --since {shown!r}: the age reaches before the year 1; use a smaller age or a date") from None
+    try:
+        ts = datetime.fromisoformat(text.strip())
+    except ValueError:
+        ts = None
     if ts is None:
-        raise ValueError(f"invalid --since {text!r}: use an ISO date or time (2026-11-27, 2026-11-27T19:00Z) or an age (30m, 2h, 7d)")
-    return ts
+        raise ValueError(f"invalid --since {shown!r}: use an ISO date or time (2026-11-27, 2026-11-27T19:00Z) or an age (30m, 2h, 7d)")
+    if ts.tzinfo is None:
+        return ts.replace(tzinfo=timezone.utc)
+    try:
+        return ts.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(f"invalid --since {shown!r}: in UTC this is outside the years 1 to 9999") from None
 
 
 # -- aggregation ----------------------------------------------------------------------
@@ -478,6 +511,7 @@ def report_as_json(report: Report) -> dict[str, Any]:
             "failed_cycles": t.failed_cycles,
             "first_event": _iso(t.first_event),
             "last_event": _iso(t.last_event),
+            "unreadable": [{"file": name, "error": reason} for name, reason in report.unreadable],
         },
     }
 
@@ -528,6 +562,8 @@ def report_as_text(report: Report) -> str:
     )
     if t.first_event is not None:
         lines.append(f"period: {_when(t.first_event)} .. {_when(t.last_event)} UTC")
+    for name, reason in report.unreadable:
+        lines.append(f"unreadable: {_safe(name)}: {_safe(reason)}")
     return "\n".join(lines)
 
 
@@ -555,44 +591,55 @@ def _stdin_lines(stdin: IO[str]) -> Iterator[str]:
         yield raw.decode("utf-8", errors="replace")
 
 
-def read_lines(paths: Sequence[str | Path], stdin: IO[str] | None = None) -> Iterator[str]:
+def _problem(exc: BaseException, lines: int) -> str:
+    """Why a file could not be read (completely), for people."""
+    after = f" after {lines} lines" if lines else ""
+    if isinstance(exc, ReportError):
+        return str(exc)
+    if isinstance(exc, FileNotFoundError):
+        return "log file not found"
+    if isinstance(exc, PermissionError):
+        return "log file not readable (permission denied)"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory, not a log file"
+    if isinstance(exc, (EOFError, gzip.BadGzipFile, lzma.LZMAError)):
+        return f"corrupt or truncated compressed log{after}: {exc}"
+    if isinstance(exc, OSError):  # bz2 reports bad data as OSError("Invalid data stream")
+        return f"cannot read log file{after}: {exc.strerror or exc}"
+    raise exc
+
+
+def read_lines(paths: Sequence[str | Path], stdin: IO[str] | None = None, unreadable: list[tuple[str, str]] | None = None) -> Iterator[str]:
     """The lines of ``paths`` in order (stdin for none or ``-``), newlines stripped.
 
-    ``stdin`` None means ``sys.stdin`` at call time. Errors opening or decompressing a
-    file become ``ReportError`` naming it.
+    ``stdin`` None means ``sys.stdin`` at call time. A file that cannot be opened or
+    decompressed (completely) becomes ``ReportError`` naming it, or, when
+    ``unreadable`` is a list, ``(file, reason)`` appended to it and the next file read:
+    the lines read before the problem have been yielded either way.
     """
     stdin = sys.stdin if stdin is None else stdin
     if not paths:
         paths = ["-"]
     for item in paths:
-        if str(item) == "-":
-            for line in _stdin_lines(stdin):
-                yield line.rstrip("\r\n")
-            continue
-        path = Path(item)
+        name = "<stdin>" if str(item) == "-" else str(item)
+        lines = 0
         try:
-            with _open(path) as fh:
-                for line in fh:
+            if str(item) == "-":
+                for line in _stdin_lines(stdin):
+                    lines += 1
                     yield line.rstrip("\r\n")
-        except ReportError:
-            raise
-        except FileNotFoundError:
-            raise ReportError(f"{path}: log file not found") from None
-        except PermissionError:
-            raise ReportError(f"{path}: log file not readable (permission denied)") from None
-        except IsADirectoryError:
-            raise ReportError(f"{path}: is a directory, not a log file") from None
-        except (EOFError, gzip.BadGzipFile, lzma.LZMAError) as exc:
-            raise ReportError(f"{path}: corrupt or truncated compressed log: {exc}") from None
-        except OSError as exc:  # bz2 reports bad data as OSError("Invalid data stream")
-            raise ReportError(f"{path}: cannot read log file: {exc.strerror or exc}") from None
-
-
-def _since_arg(text: str) -> datetime:
-    try:
-        return parse_since(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+                continue
+            with _open(Path(item)) as fh:
+                for line in fh:
+                    lines += 1
+                    yield line.rstrip("\r\n")
+        except (ReportError, EOFError, OSError, lzma.LZMAError) as exc:
+            reason = _problem(exc, lines)
+            if isinstance(exc, ReportError):  # already names the file
+                reason = reason.removeprefix(f"{name}: ")
+            if unreadable is None:
+                raise ReportError(f"{name}: {reason}") from None
+            unreadable.append((name, reason))
 
 
 def add_parser(subparsers: Any) -> None:
@@ -604,26 +651,43 @@ def add_parser(subparsers: Any) -> None:
         "per jail, each kind of drift (how often, first and last seen) and what jailsyncd did about it.",
     )
     p.add_argument("logfiles", nargs="*", metavar="LOGFILE", help="log files in any order ('-' or none: stdin)")
-    p.add_argument("--since", type=_since_arg, metavar="WHEN", help="only events since an ISO date/time (UTC unless a zone is given) or an age: 30m, 2h, 7d")
+    # Parsed by ``run``, not by argparse, so that a bad value is one line (no usage
+    # text) like every other jailsyncd error, with argparse's exit status 2.
+    p.add_argument("--since", metavar="WHEN", help="only events since an ISO date/time (UTC unless a zone is given) or an age: 30m, 2h, 7d")
     p.add_argument("--jail", action="append", dest="jails", metavar="NAME", help="only this jail (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object {jails, totals}")
 
 
 def run(args: argparse.Namespace, stdin: IO[str] | None = None, stdout: IO[str] | None = None) -> int:
-    """Run ``report`` for parsed ``args``; returns ``ExitCode.OK``, or raises
-    ``ReportError`` (nothing printed) when a log file cannot be read.
+    """Run ``report`` for parsed ``args``; returns ``ExitCode.OK``.
+
+    Raises ``ReportUsageError`` (nothing read or printed) for a bad ``--since``, and
+    ``ReportError`` naming every unreadable file *after* printing the report of the
+    rest (which lists them too).
 
     ``stdin``/``stdout`` None mean ``sys.stdin``/``sys.stdout`` at call time (not at
     import time, so pytest's ``capsys`` and redirections see the output).
     """
     stdout = sys.stdout if stdout is None else stdout
+    since = getattr(args, "since", None)
+    if isinstance(since, str):
+        try:
+            since = parse_since(since)
+        except ValueError as exc:
+            raise ReportUsageError(f"report: {exc}") from None
+    unreadable: list[tuple[str, str]] = []
     report = aggregate(
-        read_lines(getattr(args, "logfiles", None) or [], stdin),
-        since=getattr(args, "since", None),
+        read_lines(getattr(args, "logfiles", None) or [], stdin, unreadable),
+        since=since,
         jails=getattr(args, "jails", None),
     )
+    report = replace(report, unreadable=tuple(unreadable))
     if getattr(args, "json", False):
         stdout.write(json.dumps(report_as_json(report), indent=2) + "\n")
     else:
         stdout.write(report_as_text(report) + "\n")
+    if unreadable:
+        stdout.flush()
+        names = "; ".join(_safe(f"{name}: {reason}") for name, reason in unreadable)
+        raise ReportError(f"report incomplete, {len(unreadable)} log file(s) could not be read completely: {names}")
     return ExitCode.OK

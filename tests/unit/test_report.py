@@ -3,7 +3,8 @@
 Contract (report docstring): drift kinds counted per jail with first/last seen;
 ``changed`` fields counted; actions counted; anything that is not one of the used
 events is skipped and counted by reason, never fatal; ``--since``/``--jail`` filter;
-rotated ``.gz``/``.bz2`` files and stdin are read; a missing file is a ``ReportError``.
+rotated ``.gz``/``.bz2`` files and stdin are read; an unreadable file is listed and
+a ``ReportError`` after the rest is reported; a bad ``--since`` is a one-line usage error.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from jailsyncd.errors import ExitCode, JailsyncdError
-from jailsyncd.report import ReportError, add_parser, aggregate, parse_line, parse_since, read_lines, report_as_json, report_as_text, run
+from jailsyncd.report import ReportError, ReportUsageError, add_parser, aggregate, parse_line, parse_since, read_lines, report_as_json, report_as_text, run
 
 UTC = timezone.utc
 
@@ -327,16 +328,18 @@ def test_stdin_bytes_that_are_not_utf8_are_replaced():
     assert report.totals.lines_skipped == 1 and report.totals.events_used == 1
 
 
-def test_missing_file_is_a_report_error_naming_it(tmp_path: Path):
+def test_missing_file_is_a_report_error_naming_it_after_the_rest_is_reported(tmp_path: Path):
     present = tmp_path / "jailsyncd.log"
     present.write_text(LOG[0] + "\n")
     missing = tmp_path / "jailsyncd.log.0.gz"
     out = io.StringIO()
     with pytest.raises(ReportError) as info:
-        run(parse(str(present), str(missing)), stdin=io.StringIO(), stdout=out)
+        run(parse("--json", str(present), str(missing)), stdin=io.StringIO(), stdout=out)
     assert str(missing) in str(info.value)
     assert isinstance(info.value, JailsyncdError) and info.value.exit_code == ExitCode.SOURCE_UNAVAILABLE == 66
-    assert out.getvalue() == ""  # nothing printed on error
+    data = json.loads(out.getvalue())  # the readable file is still reported
+    assert data["totals"]["events_used"] == 1
+    assert data["totals"]["unreadable"] == [{"file": str(missing), "error": "log file not found"}]
 
 
 def test_corrupt_compressed_file_is_a_report_error(tmp_path: Path):
@@ -359,7 +362,7 @@ def test_directory_is_a_report_error(tmp_path: Path):
 
 def test_options_are_parsed():
     args = parse("--since", "2026-11-27T19:01:00Z", "--jail", "web1", "--jail", "db1", "--json", "a.log", "b.log.gz")
-    assert args.since == dt(1)
+    assert args.since == "2026-11-27T19:01:00Z"  # parsed by run (one-line errors)
     assert args.jails == ["web1", "db1"]
     assert args.json is True
     assert args.logfiles == ["a.log", "b.log.gz"]
@@ -367,11 +370,12 @@ def test_options_are_parsed():
     assert (defaults.since, defaults.jails, defaults.json, defaults.logfiles) == (None, None, False, [])
 
 
-def test_bad_since_is_a_usage_error(capsys):
-    with pytest.raises(SystemExit) as info:
-        parse("--since", "last tuesday")
-    assert info.value.code == 2
-    assert "--since" in capsys.readouterr().err
+def test_bad_since_is_a_usage_error():
+    out = io.StringIO()
+    with pytest.raises(ReportUsageError, match="--since") as info:
+        run(parse("--since", "last tuesday"), stdin=io.StringIO(LOG[0]), stdout=out)
+    assert info.value.exit_code == ExitCode.USAGE == 2
+    assert out.getvalue() == ""
 
 
 def test_json_output_shape(tmp_path: Path):
@@ -404,6 +408,7 @@ def test_json_output_shape(tmp_path: Path):
         "failed_cycles": 1,
         "first_event": "2026-11-27T19:00:01Z",
         "last_event": "2026-11-27T19:03:00Z",
+        "unreadable": [],
     }
 
 
@@ -446,3 +451,125 @@ def test_text_output_when_nothing_matches():
 # -- the real log format --------------------------------------------------------------------------
 
 
+
+
+# -- issue 10 item 11: bad --since values and unreadable rotated logs ------------------------------
+
+
+@pytest.mark.parametrize(
+    "since",
+    [
+        "99999999d",  # the issue's example: before the year 1
+        "999999999999999999999999w",  # too large for a timedelta at all
+        "1" * 5000 + "s",  # more digits than int() accepts
+        "0001-01-01T00:00:00+01:00",  # a valid ISO time whose UTC equivalent is before the year 1
+        "9999-12-31T23:00:00-05:00",  # ... or after the year 9999
+        "2026-13-01",
+        "last tuesday",
+        "",
+    ],
+)
+def test_every_bad_since_is_one_line_exit_2_without_traceback(since, tmp_path: Path, capsys):
+    from jailsyncd.cli import main
+
+    path = tmp_path / "jailsyncd.log"
+    path.write_text("\n".join(LOG) + "\n")
+    assert main(["report", "--since", since, str(path)]) == ExitCode.USAGE == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len(captured.err.splitlines()) == 1, captured.err
+    assert "--since" in captured.err and "Traceback" not in captured.err
+    assert captured.err.startswith("jailsyncd: ")
+
+
+def test_parse_since_overflow_is_a_value_error():
+    now = datetime(2026, 11, 27, 20, 0, tzinfo=UTC)
+    for bad in ("99999999d", "999999999999999999999999w", "0001-01-01T00:00:00+01:00"):
+        with pytest.raises(ValueError, match="--since"):
+            parse_since(bad, now)
+    # The limits themselves still work: the earliest representable instant.
+    assert parse_since("0001-01-01T00:00:00Z", now) == datetime(1, 1, 1, tzinfo=UTC)
+
+
+def test_log_timestamps_out_of_range_are_malformed_not_fatal():
+    lines = [
+        ev("drift_detected", "0001-01-01T00:00:00+01:00", kind="missing", jail="x"),
+        ev("drift_detected", "9999-12-31T23:00:00-05:00", kind="missing", jail="x"),
+        LOG[0],
+    ]
+    report = aggregate(lines)
+    assert dict(report.totals.skipped)["malformed"] == 2
+    assert report.totals.events_used == 1
+
+
+def _rotated_set(tmp_path: Path) -> list[Path]:
+    """newsyslog's layout: the live file, then .0.gz, .1.gz ... (older)."""
+    live = tmp_path / "jailsyncd.log"
+    live.write_text("\n".join(LOG[12:]) + "\n")
+    middle = tmp_path / "jailsyncd.log.0.gz"
+    with gzip.open(middle, "wt") as fh:
+        fh.write("\n".join(LOG[5:12]) + "\n")
+    oldest = tmp_path / "jailsyncd.log.1.gz"
+    with gzip.open(oldest, "wt") as fh:
+        fh.write("\n".join(LOG[:5]) + "\n")
+    return [live, middle, oldest]
+
+
+def test_one_truncated_gz_reports_the_rest_names_the_file_and_exits_66(tmp_path: Path, capsys):
+    from jailsyncd.cli import main
+
+    live, middle, oldest = _rotated_set(tmp_path)
+    middle.write_bytes(middle.read_bytes()[:-12])  # cut like a full disk or an interrupted copy
+    assert main(["report", "--json", str(live), str(middle), str(oldest)]) == ExitCode.SOURCE_UNAVAILABLE == 66
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    # The other two files are fully reported: web1's registration (oldest) and the last update (live).
+    assert data["jails"]["web1"]["actions"]["registered"] == 1
+    assert data["jails"]["web1"]["drift"]["changed"]["count"] >= 1
+    assert data["totals"]["cycles"] >= 2
+    assert [u["file"] for u in data["totals"]["unreadable"]] == [str(middle)]
+    err = captured.err.splitlines()
+    assert len(err) == 1 and f"{middle}: corrupt or truncated" in err[0] and f"{live}:" not in err[0] and "Traceback" not in captured.err
+
+
+def test_missing_and_unreadable_files_are_listed_and_the_rest_reported(tmp_path: Path, capsys):
+    from jailsyncd.cli import main
+
+    live, middle, oldest = _rotated_set(tmp_path)
+    missing = tmp_path / "jailsyncd.log.7.gz"
+    garbage = tmp_path / "jailsyncd.log.2.gz"
+    garbage.write_bytes(b"not gzip at all\n")
+    assert main(["report", str(live), str(missing), str(middle), str(garbage), str(oldest)]) == 66
+    captured = capsys.readouterr()
+    assert "web1" in captured.out and "registered 1" in captured.out
+    assert f"unreadable: {missing}" in captured.out and f"unreadable: {garbage}" in captured.out
+    err = captured.err.splitlines()
+    assert len(err) == 1 and str(missing) in err[0] and str(garbage) in err[0] and str(middle) not in err[0]
+
+
+def test_unreadable_file_permission(tmp_path: Path, capsys):
+    """A file the user may not read (as root, a directory stands in: open() fails the same way)."""
+    import os
+
+    from jailsyncd.cli import main
+
+    live, middle, oldest = _rotated_set(tmp_path)
+    if os.geteuid() == 0:
+        blocked = tmp_path / "jailsyncd.log.3"
+        blocked.mkdir()
+    else:
+        blocked = tmp_path / "jailsyncd.log.3"
+        blocked.write_text(LOG[0] + "\n")
+        blocked.chmod(0)
+    assert main(["report", "--json", str(live), str(blocked), str(middle), str(oldest)]) == 66
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["totals"]["events_used"] == len(LOG)
+    assert str(blocked) in captured.err
+
+
+def test_all_files_readable_exits_0_with_an_empty_unreadable_list(tmp_path: Path, capsys):
+    from jailsyncd.cli import main
+
+    assert main(["report", "--json", *map(str, _rotated_set(tmp_path))]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["totals"]["unreadable"] == [] and captured.err == ""
