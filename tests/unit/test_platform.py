@@ -1,0 +1,85 @@
+"""The platform module: FreeBSD answers come from recorded sysctl values (what
+``sysctl -n`` prints on a stock FreeBSD 14), never from the machine running the tests."""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+import pytest
+
+from jailsyncd.platform import EchoLimit, Platform, _system_name, current
+
+#: ``sysctl -n`` on a stock FreeBSD 14.x (defaults from sys/netinet/ip_icmp.c,
+#: sys/netinet/raw_ip.c and SB_MAX in sys/sys/sockbuf.h).
+FREEBSD_DEFAULTS = {
+    "net.inet.icmp.icmplim": "200",
+    "net.inet.icmp.icmplim_jitter": "16",
+    "net.inet.raw.recvspace": "9216",
+    "kern.ipc.maxsockbuf": "2097152",
+}
+
+
+def freebsd(**overrides: str) -> Platform:
+    values = {**FREEBSD_DEFAULTS, **overrides}
+    return Platform("freebsd", sysctl=values.get)
+
+
+@pytest.mark.parametrize(("platform", "system"), [("freebsd14", "freebsd"), ("linux", "linux"), ("darwin", "darwin")])
+def test_system_names(platform: str, system: str) -> None:
+    assert _system_name(platform) == system
+
+
+def test_current_is_this_system() -> None:
+    assert current().system == _system_name(sys.platform)
+
+
+@pytest.mark.parametrize(
+    ("values", "limit", "rate"),
+    [
+        ({}, EchoLimit(200, 16, "net.inet.icmp.icmplim"), 165),  # (200 - 16) * 0.9
+        ({"net.inet.icmp.icmplim": "0"}, None, 0),  # 0 disables the limit
+        ({"net.inet.icmp.icmplim": "1000", "net.inet.icmp.icmplim_jitter": "0"}, EchoLimit(1000, 0, "net.inet.icmp.icmplim"), 900),
+        ({"net.inet.icmp.icmplim": "5"}, EchoLimit(5, 16, "net.inet.icmp.icmplim"), 1),
+    ],
+)
+def test_freebsd_echo_limit_and_default_rate(values, limit, rate) -> None:
+    platform = freebsd(**{k: v for k, v in values.items()})
+    assert platform.echo_limit() == limit
+    assert platform.default_rate_limit() == rate
+
+
+def test_unreadable_icmplim_means_no_known_limit() -> None:
+    assert Platform("freebsd", sysctl=lambda name: None).default_rate_limit() == 0
+
+
+def test_linux_has_no_default_echo_limit() -> None:
+    asked = []
+    linux = Platform("linux", sysctl=lambda name: asked.append(name) or "1000")
+    assert linux.echo_limit() is None and linux.default_rate_limit() == 0
+    assert asked == []
+
+
+def test_ping_sockets_and_hints() -> None:
+    assert not freebsd().ping_sockets and Platform("linux").ping_sockets
+    hint = freebsd().icmp_unavailable_hint(privileged=False)
+    assert "root" in hint and "health.enabled = false" in hint and "ping_group_range" not in hint
+    assert "ping_group_range" in Platform("linux").icmp_unavailable_hint(privileged=False)
+
+
+def test_receive_buffer_options() -> None:
+    assert freebsd().receive_buffer_options(privileged=True) == (socket.SO_RCVBUF,)
+    assert Platform("linux").receive_buffer_options(privileged=True)[0] != socket.SO_RCVBUF
+    assert Platform("linux").receive_buffer_options(privileged=False) == (socket.SO_RCVBUF,)
+
+
+@pytest.mark.parametrize(
+    ("granted", "fit"),
+    [
+        (9216, 92),  # net.inet.raw.recvspace: ~90 replies
+        (1024 * 1024, 4096),  # mbuf accounting caps at maxsockbuf / 512
+        (1, 1),
+    ],
+)
+def test_freebsd_replies_fit(granted: int, fit: int) -> None:
+    assert freebsd().replies_fit(granted) == fit
