@@ -5,6 +5,11 @@ optionally with a prefix length (``/24``), an interface or CARP prefix (``em0#``
 ``vhid_3#``, also ``|`` as separator) and with ``DHCP``, ``DHCPv6``, ``REALDHCP``
 or ``0`` standing for "no static address". A prefix must never reach Consul: an
 address registered as ``10.0.0.1/16`` makes Consul DNS answer ``CNAME 10.0.0.1/16.``.
+
+Well-formed addresses that can never be a jail's are *rejected* with a reason (see
+``reject_reason``): Consul refuses some of them (an IPv4-mapped IPv6 address fails the
+whole registration with a 500), and the others would be published and pinged although
+nothing can reach a jail there. The other addresses of the same column are kept.
 """
 
 from __future__ import annotations
@@ -23,13 +28,16 @@ class ParsedAddresses:
 
     ``ipv4``/``ipv6`` keep the column's order, canonical text, no prefix, no
     duplicates. ``dynamic`` holds the DHCP-like markers seen (upper-cased);
-    ``invalid`` the tokens that are none of the known forms (cut to 64 chars).
+    ``invalid`` the tokens that are none of the known forms (cut to 64 chars);
+    ``rejected`` the well-formed addresses that can never be a jail's, as
+    ``(token, reason)`` pairs (token cut to 64 chars).
     """
 
     ipv4: tuple[str, ...] = ()
     ipv6: tuple[str, ...] = ()
     dynamic: tuple[str, ...] = ()
     invalid: tuple[str, ...] = ()
+    rejected: tuple[tuple[str, str], ...] = ()
 
     @property
     def all(self) -> tuple[str, ...]:
@@ -47,6 +55,7 @@ def parse_ip4_addr(value: str | None) -> ParsedAddresses:
     ipv6: list[str] = []
     dynamic: list[str] = []
     invalid: list[str] = []
+    rejected: list[tuple[str, str]] = []
     for raw in value.split(","):
         token = raw.strip()
         if token in ("", "0"):
@@ -54,17 +63,61 @@ def parse_ip4_addr(value: str | None) -> ParsedAddresses:
         if token.upper() in _DYNAMIC:
             dynamic.append(token.upper())
             continue
-        addr = _parse_token(token)
-        if addr is None:
+        parsed = _parse_token(token)
+        if parsed is None:
             invalid.append(token[:64])
+            continue
+        addr, prefix = parsed
+        reason = reject_reason(addr, prefix)
+        if reason is not None:
+            rejected.append((token[:64], reason))
         elif addr.version == 4:
             _append_once(ipv4, str(addr))
         else:
             _append_once(ipv6, str(addr))
-    return ParsedAddresses(tuple(ipv4), tuple(ipv6), tuple(dynamic), tuple(invalid))
+    return ParsedAddresses(tuple(ipv4), tuple(ipv6), tuple(dynamic), tuple(invalid), tuple(rejected))
 
 
-def _parse_token(token: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def reject_reason(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, prefix: int | None = None) -> str | None:
+    """Why ``addr`` (with the column's prefix length, if any) can never be a jail's
+    address, or None when it can.
+
+    The decisions (docs/architecture.md, "Addresses"):
+
+    - unspecified (``0.0.0.0``, ``::``): means "any address", no host has it;
+    - IPv4-mapped IPv6 (``::ffff:10.0.0.61``): a socket-API spelling of an IPv4
+      address, never configured on an interface; Consul's agent refuses it;
+    - multicast, and the IPv4 limited broadcast ``255.255.255.255``, or the directed
+      broadcast of the column's own prefix (``10.0.0.255/24``): a group, not a host;
+    - IPv6 link-local (``fe80::/10``), with or without a zone: without one it is
+      ambiguous on every host with more than one interface, and a zone (``%em0``, or
+      CBSD's ``em0#`` prefix) names an interface of this host only, which means
+      nothing to the other hosts that read Consul. IPv4 link-local (169.254/16)
+      needs no zone and is reachable from the whole link, so it is kept;
+    - any other zoned IPv6 address: the zone is this host's business only.
+    """
+    if addr.is_unspecified:
+        return "unspecified address: it means any address, no host has it"
+    if addr.version == 6:
+        mapped = addr.ipv4_mapped
+        if mapped is not None:
+            return f"IPv4-mapped IPv6 address: never on an interface, and Consul refuses it (write {mapped})"
+        if addr.is_link_local:
+            return "IPv6 link-local address: only reachable with this host's interface (zone), which other hosts lack"
+        if addr.scope_id:
+            return "zoned IPv6 address: the zone names an interface of this host only"
+    if addr.is_multicast:
+        return "multicast address: a group, not one host"
+    if addr.version == 4:
+        if addr == ipaddress.IPv4Address("255.255.255.255"):
+            return "broadcast address: every host of the link, not one"
+        if prefix is not None and prefix <= 30 and addr == ipaddress.IPv4Network(f"{addr}/{prefix}", strict=False).broadcast_address:
+            return f"broadcast address of its /{prefix}: every host of the subnet, not one"
+    return None
+
+
+def _parse_token(token: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int | None] | None:
+    """The address and prefix length of one item, or None when it is not one."""
     if len(token) > _MAX_TOKEN:
         return None
     # The address is what follows the last interface/CARP separator.
@@ -75,14 +128,12 @@ def _parse_token(token: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | 
         addr = ipaddress.ip_address(host)
     except ValueError:
         return None
-    if slash:
-        limit = 32 if addr.version == 4 else 128
-        if not (prefix.isascii() and prefix.isdigit() and len(prefix) <= 3 and int(prefix) <= limit):
-            return None
-    # A zoned IPv6 (fe80::1%em0) means nothing outside this host's interface.
-    if addr.is_unspecified or getattr(addr, "scope_id", None):
+    if not slash:
+        return addr, None
+    limit = 32 if addr.version == 4 else 128
+    if not (prefix.isascii() and prefix.isdigit() and len(prefix) <= 3 and int(prefix) <= limit):
         return None
-    return addr
+    return addr, int(prefix)
 
 
 def _append_once(items: list[str], item: str) -> None:

@@ -34,6 +34,9 @@ from jailsyncd.naming import dns_label, service_ids, unique_labels
 from jailsyncd.settings import CatalogSettings, HealthSettings
 from jailsyncd.tagspec import MAX_META_VALUE, Rule, directives_for
 
+#: The ``jail`` of the skip that reports rows without a jname (a placeholder with a
+#: space and parentheses, which CBSD's jail tools refuse in a jname).
+NAMELESS = "(no jname)"
 #: Consul accepts at most 64 meta pairs per service.
 MAX_META_PAIRS = 64
 
@@ -79,6 +82,8 @@ def build_desired(
         parsed = parse_ip4_addr(env.ip4_addr)
         if parsed.invalid:
             notes.append(Note(env.jname, "invalid_address", f"ip4_addr items ignored: {', '.join(parsed.invalid[:5])}"))
+        for token, reason in parsed.rejected[:5]:
+            notes.append(Note(env.jname, "address_rejected", f"ip4_addr item {token} ignored: {reason}"))
         address = _primary_address(parsed, prefer_ipv6)
         if address is None:
             skipped.append(Skip(env.jname, "unaddressable", _why_unaddressable(parsed)))
@@ -135,6 +140,8 @@ def build_desired(
                 node_meta=node_meta,
             )
         )
+    if state.nameless:
+        skipped.append(Skip(NAMELESS, "invalid_row", f"{state.nameless} row(s) of table jails have a NULL or empty jname: not registered"))
     if health is not None and catalog is None:
         services.append(self_service(owner, host, health.heartbeat_ttl))
     protected = frozenset(unreadable)
@@ -177,6 +184,9 @@ def _why_unaddressable(parsed: ParsedAddresses) -> str:
         return "ip4_addr is REALDHCP: the address is known only inside the environment"
     if parsed.dynamic:
         return f"ip4_addr is {'/'.join(parsed.dynamic)} and CBSD has not written back an address"
+    if parsed.rejected:
+        token, reason = parsed.rejected[0]
+        return f"ip4_addr has no usable address ({token}: {reason})"
     if parsed.invalid:
         return f"ip4_addr has no valid address (first item: {parsed.invalid[0]!r})"
     return "ip4_addr is unset"

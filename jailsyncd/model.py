@@ -74,6 +74,9 @@ class CbsdState:
     nodename: str | None
     environments: tuple[Environment, ...]
     unreadable: tuple[tuple[str, str], ...] = ()
+    #: Rows of ``jails`` whose ``jname`` (the primary key) is NULL or empty: not an
+    #: environment anything can manage, so never registered; reported as a skip.
+    nameless: int = 0
 
 
 #: The ID of jailsyncd's own service, which carries the heartbeat. A jname never

@@ -98,10 +98,12 @@ class CbsdSource:
         unreadable: list[tuple[str, str]] = []
         running_vms: set[str] = set()
         self.vm_reads = 0
+        nameless = 0
         for row in raw_rows:
             env = _environment(row)
             if not env.jname:
-                continue  # a row without its primary key is not an environment
+                nameless += 1  # a row without its primary key is not an environment
+                continue
             if env.emulator == "bhyve" and env.running:
                 path = f"{self._vm_dir}/{env.jname}/local.sqlite"
                 running_vms.add(path)
@@ -112,7 +114,7 @@ class CbsdSource:
             environments.append(env)
         for gone in self._vm_cache.keys() - running_vms:
             del self._vm_cache[gone]  # stopped or destroyed: read afresh when it runs again
-        return CbsdState(nodename, tuple(environments), tuple(unreadable))
+        return CbsdState(nodename, tuple(environments), tuple(unreadable), nameless)
 
     # -- node DB ---------------------------------------------------------------
 
@@ -267,7 +269,8 @@ def _columns(conn: Connection, name: str) -> set[str]:
 
 def _environment(row: dict) -> Environment:
     return Environment(
-        jname=str(row["jname"]).strip(),
+        # NULL is no jname at all (str() would make it the jail "None").
+        jname="" if row["jname"] is None else str(row["jname"]).strip(),
         emulator=unset_to_none(row.get("emulator")) or "jail",
         status=_as_int(row["status"]),
         jid=_as_int(row["jid"]),

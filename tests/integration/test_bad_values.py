@@ -8,6 +8,7 @@ would rewrite Consul forever.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import urllib.parse
 from pathlib import Path
@@ -95,8 +96,10 @@ def test_garbage_and_10000_character_ip4_addr(consul: ConsulServer, tmp_path: Pa
     for jail in ("garbage", "huge"):
         [skip] = of(events, "jail_skipped", jail)
         assert skip["reason"] == "unaddressable"
-        [note] = of(events, "jail_note", jail)
-        assert note["kind"] == "invalid_address"
+        assert of(events, "jail_note", jail)[0]["kind"] == "invalid_address"
+    # The well-formed addresses no jail can have are noted with their reasons.
+    rejected = [n["detail"] for n in of(events, "jail_note", "garbage") if n["kind"] == "address_rejected"]
+    assert len(rejected) == 2 and "fe80::1%em0" in rejected[0] and "0.0.0.0" in rejected[1]
     # Log lines stay short whatever the column holds (at most 5 items of 64 characters).
     assert all(len(line) < 2000 for line in stderr.splitlines()), max(len(line) for line in stderr.splitlines())
     # One valid address after 9,990 characters of junk: registered with it, junk noted.
@@ -289,3 +292,38 @@ def test_a_rejected_payload_fails_only_that_jail(consul: ConsulServer, tmp_path:
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("jailsyncd: PUT http://") and "rejected" in last
     assert consul.services() == before
+
+
+def test_addresses_no_jail_can_have_are_skipped_and_nameless_rows_ignored(consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    """Issue 10, items 1 and 15. An IPv4-mapped IPv6 address makes Consul answer 500 to
+    the whole registration; multicast and broadcast addresses were registered (and
+    pinged); a row whose jname is NULL was registered as the jail ``None``. Each
+    unusable address is dropped with a reason and the jail keeps its other addresses;
+    a jail left with none is skipped; a nameless row is reported, never registered."""
+    workdir.add("mapped", jid=1, status=1, ip4_addr="127.0.16.1,::ffff:127.0.16.2")
+    workdir.add("onlymapped", jid=2, status=1, ip4_addr="::ffff:127.0.16.3")
+    workdir.add("mcast", jid=3, status=1, ip4_addr="224.0.0.1,ff02::1")
+    workdir.add("bcast", jid=4, status=1, ip4_addr="127.0.16.255/24,255.255.255.255")
+    workdir.add("linklocal", jid=5, status=1, ip4_addr="em0#fe80::5/64,127.0.16.5")
+    workdir.add("placeholder", jid=6, status=1, ip4_addr="127.0.16.6")
+    with sqlite3.connect(workdir.node_db) as conn:  # a NULL jname, as a hand edit or broken tool leaves it
+        conn.execute("UPDATE jails SET jname = NULL WHERE jname = 'placeholder'")
+    conn.close()
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul)
+    rc, events, stderr = once(config)
+    assert rc == 0, stderr
+    services = consul.services()
+    assert set(services) == {"jailsyncd-mapped", "jailsyncd-linklocal"}
+    assert services["jailsyncd-mapped"]["Address"] == "127.0.16.1"
+    assert {v["Address"] for v in services["jailsyncd-mapped"]["TaggedAddresses"].values()} == {"127.0.16.1"}
+    assert services["jailsyncd-linklocal"]["Address"] == "127.0.16.5"
+    assert {v["Address"] for v in services["jailsyncd-linklocal"]["TaggedAddresses"].values()} == {"127.0.16.5"}
+    for jail, reason in (("onlymapped", "IPv4-mapped"), ("mcast", "multicast"), ("bcast", "broadcast")):
+        [skip] = of(events, "jail_skipped", jail)
+        assert skip["reason"] == "unaddressable" and reason in skip["detail"], skip
+    [note] = of(events, "jail_note", "mapped")
+    assert note["kind"] == "address_rejected" and "::ffff:127.0.16.2" in note["detail"] and "write 127.0.16.2" in note["detail"]
+    [nameless] = [e for e in events if e["event"] == "jail_skipped" and e["reason"] == "invalid_row"]
+    assert "NULL or empty jname" in nameless["detail"]
+    assert not any(e.get("jail") == "None" for e in events)
+    assert_stable(config)

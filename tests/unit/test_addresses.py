@@ -100,15 +100,58 @@ P = ParsedAddresses
         pytest.param("10.0.0.5 /24", P(invalid=("10.0.0.5 /24",)), id="inner-space"),
         pytest.param("(null)", P(invalid=("(null)",)), id="null-text"),
         pytest.param("a,b,10.0.0.9", P(ipv4=("10.0.0.9",), invalid=("a", "b")), id="garbage-mix"),
-        # the unspecified addresses are never a usable address
-        pytest.param("0.0.0.0", P(invalid=("0.0.0.0",)), id="v4-unspecified"),
-        pytest.param("0.0.0.0/0", P(invalid=("0.0.0.0/0",)), id="v4-unspecified-prefix"),
-        pytest.param("::", P(invalid=("::",)), id="v6-unspecified"),
-        pytest.param("::/0", P(invalid=("::/0",)), id="v6-unspecified-prefix"),
     ],
 )
 def test_parse_ip4_addr_forms(value, expected):
     assert parse_ip4_addr(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "kept", "reason_has"),
+    [
+        # the row: Consul answers 500 to the mapped address, failing the jail
+        pytest.param("10.0.0.60,::ffff:10.0.0.61", ("10.0.0.60",), "IPv4-mapped", id="v4-mapped"),
+        pytest.param("::ffff:10.0.0.61/128", (), "write 10.0.0.61", id="v4-mapped-names-the-v4"),
+        pytest.param("0.0.0.0", (), "unspecified", id="v4-unspecified"),
+        pytest.param("0.0.0.0/0", (), "unspecified", id="v4-unspecified-prefix"),
+        pytest.param("::", (), "unspecified", id="v6-unspecified"),
+        pytest.param("::/0", (), "unspecified", id="v6-unspecified-prefix"),
+        pytest.param("224.0.0.1,10.0.0.5", ("10.0.0.5",), "multicast", id="v4-multicast"),
+        pytest.param("239.255.255.250/32", (), "multicast", id="v4-multicast-prefix"),
+        pytest.param("ff02::1,fd00::5", ("fd00::5",), "multicast", id="v6-multicast"),
+        pytest.param("255.255.255.255", (), "broadcast", id="v4-limited-broadcast"),
+        pytest.param("10.0.0.255/24,10.0.0.5/24", ("10.0.0.5",), "broadcast address of its /24", id="v4-directed-broadcast"),
+        pytest.param("em0#192.168.1.127/25", (), "/25", id="v4-directed-broadcast-iface"),
+        pytest.param("fe80::1", (), "link-local", id="v6-link-local"),
+        pytest.param("fe80::1%em0", (), "link-local", id="v6-link-local-zoned"),
+        pytest.param("em0#fe80::1/64,2001:db8::1/64", ("2001:db8::1",), "link-local", id="v6-link-local-cbsd-iface"),
+        pytest.param("fd00::1%em0", (), "zone", id="v6-ula-zoned"),
+    ],
+)
+def test_addresses_that_can_never_be_a_jails_are_rejected_with_a_reason(value, kept, reason_has):
+    result = parse_ip4_addr(value)
+    assert result.all == kept
+    assert result.invalid == ()
+    assert len(result.rejected) == 1
+    token, reason = result.rejected[0]
+    assert token in value and reason_has in reason
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "10.0.0.255/16",  # an ordinary host of a /16
+        "10.0.0.255",  # no prefix: nothing says it is a broadcast address
+        "10.0.0.3/31",  # RFC 3021 point-to-point: both addresses are hosts
+        "10.0.0.0/24",  # the network address can be configured on FreeBSD
+        "169.254.10.5/16",  # IPv4 link-local needs no zone: reachable from the link
+        "127.0.24.1",  # loopback aliases are what the tests and lo1 setups use
+        "fd00::5/64",
+    ],
+)
+def test_ordinary_host_addresses_are_kept(value):
+    result = parse_ip4_addr(value)
+    assert len(result.all) == 1 and result.rejected == () and result.invalid == ()
 
 
 @pytest.mark.parametrize(
@@ -207,4 +250,4 @@ def test_every_token_is_accounted_for(tokens):
         except ValueError:
             assert token[:64] in result.invalid
             continue
-        assert canon in result.all or token[:64] in result.invalid
+        assert canon in result.all or token[:64] in result.invalid or token[:64] in dict(result.rejected)

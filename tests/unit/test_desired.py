@@ -114,6 +114,31 @@ def test_unaddressable(ip4_addr, detail_has):
     assert all(detail_has in s.detail for s in desired.skipped)
 
 
+def test_rejected_addresses_are_noted_and_the_others_kept():
+    desired = build(env(ip4_addr="::ffff:10.0.0.61,224.0.0.1,10.0.0.60/24,10.0.0.255/24"))
+    svc = one(desired)
+    assert svc.address == "10.0.0.60"
+    assert {addr for _, addr in svc.tagged_addresses} == {"10.0.0.60"}
+    notes = notes_of(desired, "address_rejected")
+    assert [n.detail.split()[2] for n in notes] == ["::ffff:10.0.0.61", "224.0.0.1", "10.0.0.255/24"]
+    assert "IPv4-mapped" in notes[0].detail and "multicast" in notes[1].detail and "broadcast" in notes[2].detail
+
+
+def test_a_jail_with_only_rejected_addresses_is_unaddressable_with_the_reason():
+    desired = build(env(ip4_addr="::ffff:10.0.0.61"))
+    assert desired.services == ()
+    [skip] = desired.skipped
+    assert skip.reason == "unaddressable" and "::ffff:10.0.0.61" in skip.detail and "IPv4-mapped" in skip.detail
+
+
+def test_rows_without_a_jname_are_one_skip():
+    state = CbsdState("node1", (env(),), (), nameless=2)
+    desired = build_desired(state, owner=OWNER)
+    assert [s.jail for s in desired.services] == ["web1"]
+    [skip] = desired.skipped
+    assert skip.reason == "invalid_row" and skip.detail.startswith("2 row(s)")
+
+
 def test_invalid_items_are_noted_but_a_valid_address_still_registers():
     desired = build(env(ip4_addr="garbage,10.0.0.5/24"))
     assert one(desired).address == "10.0.0.5"
