@@ -15,14 +15,22 @@ high-level ``Consul`` object is not used because it reads ``CONSUL_HTTP_ADDR`` a
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+import heapq
+import itertools
 import json
 import os
+import socket
+import threading
+import time
 from typing import Any, Callable, Iterator
 
 import consul.base as consul_base
 import consul.std as consul_std
 import requests
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from jailsyncd.errors import ConfigError, ConsulError, ConsulRefused, ConsulRejected, JailsyncdError
 from jailsyncd.health import Target
@@ -34,7 +42,102 @@ from jailsyncd.settings import ConsulSettings
 MAX_OUTPUT = 1024
 
 
-class _ServerNameAdapter(requests.adapters.HTTPAdapter):
+# -- the request deadline -----------------------------------------------------------------
+#
+# requests' ``timeout`` is a socket timeout: it restarts with every byte received, so an
+# answer that trickles in (a hung proxy, a saturated agent) can hold a request, and the
+# daemon's only worker, for any length of time. ``consul.timeout`` is a deadline for the
+# whole request instead: a watchdog thread shuts the connection's socket down when it
+# passes, which ends any blocked connect, TLS handshake, send or recv at once (shutdown(2)
+# wakes a thread blocked on the socket, on Linux and FreeBSD alike; close(2) would not).
+
+#: The connections used by the request running in this thread (set by ``_Consul._call``).
+_IN_FLIGHT: contextvars.ContextVar[list | None] = contextvars.ContextVar("jailsyncd_in_flight", default=None)
+
+
+class _Watchdog:
+    """One daemon thread for every deadline of the process: a heap of (when, callback)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._cancelled: set[int] = set()
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, when: float, callback: Callable[[], None]) -> int:
+        with self._cond:
+            token = next(self._ids)
+            heapq.heappush(self._heap, (when, token, callback))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="consul-deadline", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+            return token
+
+    def disarm(self, token: int) -> None:
+        with self._cond:
+            self._cancelled.add(token)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._heap and self._heap[0][1] in self._cancelled:
+                    self._cancelled.discard(heapq.heappop(self._heap)[1])
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                when, token, callback = self._heap[0]
+                now = time.monotonic()
+                if when > now:
+                    self._cond.wait(when - now)
+                    continue
+                heapq.heappop(self._heap)
+            callback()
+
+
+_WATCHDOG = _Watchdog()
+
+
+def _cut(connections: list, fired: threading.Event) -> None:
+    """The deadline passed: shut down the sockets of the request's connections."""
+    fired.set()
+    for conn in connections:
+        sock = getattr(conn, "sock", None)
+        if sock is None:
+            continue  # still connecting: the connect timeout (consul.timeout) bounds that
+        with contextlib.suppress(OSError):
+            # socket.socket's own shutdown: ssl.SSLSocket.shutdown would also drop its
+            # SSL object under the feet of the thread reading from it.
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _TracksConnections:
+    """A urllib3 pool that tells the running request which connection it got (a new one,
+    or a kept-alive one), so that the request's deadline can cut it."""
+
+    def _make_request(self, conn: Any, *args: Any, **kwargs: Any) -> Any:
+        in_flight = _IN_FLIGHT.get()
+        if in_flight is not None:
+            in_flight.append(conn)
+        return super()._make_request(conn, *args, **kwargs)  # type: ignore[misc]
+
+
+class _HTTPPool(_TracksConnections, HTTPConnectionPool):
+    pass
+
+
+class _HTTPSPool(_TracksConnections, HTTPSConnectionPool):
+    pass
+
+
+class _DeadlineAdapter(requests.adapters.HTTPAdapter):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+class _ServerNameAdapter(_DeadlineAdapter):
     """Checks the server certificate against ``tls_server_name`` instead of the host
     in the address (``CONSUL_TLS_SERVER_NAME``), e.g. ``server.dc1.consul``."""
 
@@ -61,8 +164,8 @@ class _Consul:
         verify: bool | str = str(settings.ca_file) if settings.ca_file else settings.verify
         cert = (str(settings.cert_file), str(settings.key_file)) if settings.cert_file else None
         self._http = consul_std.HTTPClient(host, port, settings.scheme, verify, cert, timeout=settings.timeout)
-        if settings.tls_server_name:
-            self._http.session.mount("https://", _ServerNameAdapter(settings.tls_server_name))
+        self._http.session.mount("http://", _DeadlineAdapter())
+        self._http.session.mount("https://", _ServerNameAdapter(settings.tls_server_name) if settings.tls_server_name else _DeadlineAdapter())
         self._timeout = settings.timeout
         self._headers: dict[str, str] = {}
         try:
@@ -120,6 +223,24 @@ class _Consul:
 
     # -- plumbing -------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _deadline(self) -> Iterator[None]:
+        """Bound the request made inside to ``consul.timeout`` in all: when the deadline
+        cuts it, whatever the transport then raised becomes a ``Timeout``."""
+        connections: list = []
+        fired = threading.Event()
+        token = _WATCHDOG.arm(time.monotonic() + self._timeout, functools.partial(_cut, connections, fired))
+        bound = _IN_FLIGHT.set(connections)
+        try:
+            yield
+        except (requests.exceptions.RequestException, OSError, ValueError):
+            if fired.is_set():
+                raise requests.exceptions.Timeout() from None
+            raise
+        finally:
+            _WATCHDOG.disarm(token)
+            _IN_FLIGHT.reset(bound)
+
     def _call(
         self, method: str, path: str, callback: Callable, *, body: Any = None, params: dict[str, str] | None = None, write: bool = False
     ) -> Any:
@@ -128,12 +249,13 @@ class _Consul:
         params = {**(params or {}), **({"dc": self._dc} if self._dc and self._dc_scoped else {})}
         self.requests += 1
         try:
-            if method == "GET":
-                result = self._http.get(callback, path, params=params or None, headers=self._headers)
-            else:
-                data = json.dumps(body) if body is not None else ""
-                send = self._http.post if method == "POST" else self._http.put
-                result = send(callback, path, params=params or None, data=data, headers=self._headers)
+            with self._deadline():
+                if method == "GET":
+                    result = self._http.get(callback, path, params=params or None, headers=self._headers)
+                else:
+                    data = json.dumps(body) if body is not None else ""
+                    send = self._http.post if method == "POST" else self._http.put
+                    result = send(callback, path, params=params or None, data=data, headers=self._headers)
         except (consul_base.ACLPermissionDenied, consul_base.ACLDisabled) as exc:
             raise ConsulRefused(f"{what}: permission denied ({_first_line(exc)}); check the token and its ACL policy") from None
         except consul_base.NotFound:

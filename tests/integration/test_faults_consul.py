@@ -190,8 +190,9 @@ def test_sigkill_during_run_the_daemon_waits_and_converges(agent: Agent, tmp_pat
 
 class Listener:
     """A TCP server on 127.0.0.1 that accepts connections and then says nothing
-    (``hang``), or answers every request with ``{}`` but trickles the first answer
-    one byte every ``delay`` seconds (``trickle``). Bounded: it stops at teardown."""
+    (``hang``), or answers every request with ``{}`` but trickles the first answer's
+    body (``trickle``) or its whole answer, status line and headers included
+    (``trickle-head``), one byte every ``delay`` seconds. Bounded: it stops at teardown."""
 
     def __init__(self, mode: str, delay: float = 0.5) -> None:
         self.mode = mode
@@ -209,7 +210,7 @@ class Listener:
             except OSError:
                 return
             self.conns.append(conn)
-            if self.mode == "trickle":
+            if self.mode.startswith("trickle"):
                 threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
 
     def _trickle(self, conn: socket.socket) -> None:
@@ -217,8 +218,11 @@ class Listener:
         first = len(self.conns) == 1
         try:
             while not self.stopped.is_set() and conn.recv(65536):
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
-                for byte in body:
+                head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+                slow = head + body if self.mode == "trickle-head" else body
+                if slow is body:
+                    conn.sendall(head)
+                for byte in slow:
                     if first and self.stopped.wait(self.delay):
                         return
                     conn.sendall(bytes([byte]))
@@ -256,21 +260,24 @@ def test_a_listener_that_never_answers_fails_within_seconds(tmp_path: Path, work
     assert elapsed < 8
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: consul.timeout is not a deadline for a request: an answer that trickles in one byte at a time "
-    "keeps resetting the socket read timeout, so one request can take far longer than the timeout",
-)
-def test_a_trickling_answer_is_cut_at_the_timeout(tmp_path: Path, workdir: Workdir) -> None:
-    listener = Listener("trickle", delay=0.3)  # the first answer takes 3.6 s to arrive in full
+@pytest.mark.parametrize("mode", ["trickle", "trickle-head"])
+def test_a_trickling_answer_is_cut_at_the_timeout(tmp_path: Path, workdir: Workdir, mode: str) -> None:
+    """``consul.timeout`` bounds a whole request, not each read of its socket: an answer
+    that arrives one byte every 0.3 s (12 bytes of body, or its ~90 bytes of status
+    line, headers and body) fails after about 1 s like a silent one."""
+    listener = Listener(mode, delay=0.3)  # the first answer takes 3.6 s (27 s) to arrive in full
     try:
         config = timeout_config(tmp_path, workdir, listener.port)
+        started = time.monotonic()
         proc = run_cli("once", config=config, timeout=60)
+        elapsed = time.monotonic() - started
     finally:
         listener.close()
     events = log_events(proc.stderr)
     durations = [e["duration_ms"] for e in events if e["event"] in ("cycle_failed", "cycle_finished")]
-    assert proc.returncode == ExitCode.CONSUL_UNAVAILABLE and durations and durations[0] < 2500, (proc.returncode, durations)
+    assert proc.returncode == ExitCode.CONSUL_UNAVAILABLE and durations and durations[0] < 2500, (proc.returncode, durations, proc.stderr)
+    assert error_line(proc.stderr) == f"jailsyncd: GET http://127.0.0.1:{listener.port}/v1/agent/services: no answer within 1s"
+    assert elapsed < 8
 
 
 class NotConsul(http.server.ThreadingHTTPServer):
