@@ -8,14 +8,24 @@ registry of their own, so tests and reloads never collide with global state.
 alive, 503 once it is not. Whether Consul or CBSD are reachable shows in the metrics
 (``jailsyncd_errors_total``, ``jailsyncd_last_success_timestamp_seconds``), not here:
 a supervisor must not restart jailsyncd because Consul is down.
+
+The listener serves up to ``MAX_CONNECTIONS`` connections at once, each in a thread
+of its own and each cut after ``CONNECTION_DEADLINE`` seconds whatever it does, so
+a client that connects and says nothing (or trickles its request) never stalls
+``/healthz`` for the supervisor. With every slot taken, a new client gets a 503 at
+once. Any path but ``/metrics`` and ``/healthz`` is a 404.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import socket
+import socketserver
 import threading
 import time
 from typing import Callable
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
@@ -24,9 +34,84 @@ from jailsyncd.reconcile import CycleResult
 from jailsyncd.settings import split_listen
 
 
+#: Connections served at once; one more gets a 503.
+MAX_CONNECTIONS = 16
+#: Seconds a connection may last in all (reading the request, answering it).
+CONNECTION_DEADLINE = 5.0
+
+_BUSY = b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nConnection: close\r\n\r\nbusy\n"
+
+
 class _QuietHandler(WSGIRequestHandler):
+    #: A socket timeout for each read and write; the connection's deadline bounds the sum.
+    timeout = CONNECTION_DEADLINE
+
     def log_message(self, *args) -> None:  # scrapes are not worth a log line each
         pass
+
+    def get_stderr(self):  # wsgiref would print tracebacks there, into the JSON log
+        return io.StringIO()
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    """A WSGI server with a thread per connection, at most ``MAX_CONNECTIONS`` of them,
+    each shut down once it is older than ``CONNECTION_DEADLINE``."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, address: tuple[str, int], family: int) -> None:
+        self.address_family = family
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._open: dict[socket.socket, float] = {}
+        self._open_lock = threading.Lock()
+        super().__init__(address, _QuietHandler)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        with self._open_lock:
+            self._open[request] = time.monotonic() + CONNECTION_DEADLINE
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._done(request)
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._done(request)
+
+    def _done(self, request) -> None:
+        with self._open_lock:
+            self._open.pop(request, None)
+        self._slots.release()
+
+    def _refuse(self, request) -> None:
+        """Every slot is taken: read what the client sent so far (briefly, so that closing
+        does not reset the connection under our answer), answer 503, close."""
+        with contextlib.suppress(OSError):
+            request.settimeout(0.2)
+            request.recv(65536)
+        with contextlib.suppress(OSError):
+            request.sendall(_BUSY)
+        self.shutdown_request(request)
+
+    def service_actions(self) -> None:
+        """Called by ``serve_forever`` between polls (every 0.5 s): cut overdue connections.
+        shutdown(2) wakes the handler thread blocked on the socket; close(2) would not."""
+        now = time.monotonic()
+        with self._open_lock:
+            overdue = [sock for sock, deadline in self._open.items() if deadline <= now]
+        for sock in overdue:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request, client_address) -> None:
+        pass  # a client that went away or ran out of time: nothing to report
 
 
 class Metrics:
@@ -90,16 +175,22 @@ class Metrics:
         metrics_app = make_wsgi_app(self.registry)
 
         def app(environ, start_response):
-            if environ.get("PATH_INFO") == "/healthz":
+            path = environ.get("PATH_INFO")
+            if path == "/healthz":
                 alive = self._alive()
                 start_response("200 OK" if alive else "503 Service Unavailable", [("Content-Type", "text/plain")])
                 return [b"ok\n" if alive else b"reconcile worker is not running\n"]
-            return metrics_app(environ, start_response)
+            if path == "/metrics":
+                return metrics_app(environ, start_response)
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found: try /metrics or /healthz\n"]
 
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
-            self._server = make_server(host, port, app, handler_class=_QuietHandler)
+            self._server = _Server((host, port), family)
         except OSError as exc:
             raise ConfigError(f"metrics.listen: cannot listen on {listen}: {exc.strerror}") from None
+        self._server.set_app(app)
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
         self._thread.start()
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -181,3 +183,59 @@ def test_report_counts_what_a_real_daemon_logged(consul: ConsulServer, tmp_path:
     assert web1["actions"] == {"registered": 1, "updated": 1, "deregistered": 1, "failed": 0, "refused": 0}
     assert report["jails"]["vnet1"]["drift"]["unaddressable"]["count"] == 1
     assert report["totals"]["lines_skipped"] >= 4
+
+
+def _get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_idle_connections_never_block_healthz_or_metrics(consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
+    """One client that connects and says nothing (or half a request) must not stall
+    ``/healthz`` for the supervisor: requests are served concurrently, every connection
+    has a deadline, and when all slots are taken an extra client gets a quick 503
+    instead of a hang. Unknown paths answer 404."""
+    from jailsyncd.metrics import CONNECTION_DEADLINE, MAX_CONNECTIONS
+
+    port = free_port()
+    workdir.add("web1", jid=3, status=1, ip4_addr="127.0.30.1")
+    extra = QUIET + f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+    daemon = start_daemon(write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul, extra=extra))
+    base = f"http://127.0.0.1:{port}"
+    idle = socket.create_connection(("127.0.0.1", port), timeout=10)
+    half = socket.create_connection(("127.0.0.1", port), timeout=10)
+    half.sendall(b"GET /metr")
+    try:
+        started = time.monotonic()
+        assert _get(base + "/healthz") == (200, b"ok\n")
+        status, body = _get(base + "/metrics")
+        assert status == 200 and b"jailsyncd_cycles_total" in body
+        assert time.monotonic() - started < 2
+        assert _get(base + "/nope")[0] == 404
+        assert _get(base + "/")[0] == 404
+        assert _get(base + "/metrics/x")[0] == 404
+        # The server ends connections that outlive their deadline.
+        idle.settimeout(CONNECTION_DEADLINE + 5)
+        half.settimeout(CONNECTION_DEADLINE + 5)
+        started = time.monotonic()
+        assert idle.recv(100) == b""
+        half.recv(100)
+        assert time.monotonic() - started < CONNECTION_DEADLINE + 2
+    finally:
+        idle.close()
+        half.close()
+    # Every slot taken by an idle client: the next one gets 503 at once, not a hang.
+    hogs = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(MAX_CONNECTIONS)]
+    try:
+        wait_for(lambda: _get(base + "/healthz")[0] == 503, timeout=5, what="503 when every slot is taken")
+    finally:
+        for hog in hogs:
+            hog.close()
+    wait_for(lambda: _get(base + "/healthz") == (200, b"ok\n"), timeout=5, what="slots free again")
+    assert daemon.proc.poll() is None
+    assert daemon.stop() == 0
+    lines = daemon.log_path.read_text().splitlines()
+    assert lines and all(json.loads(line).get("event") for line in lines), "cut connections leave no traceback in the log"
