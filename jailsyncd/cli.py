@@ -232,14 +232,17 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         return load_settings(args.config or DEFAULT_CONFIG, required=args.config is not None)
 
     health = _health(settings)
+    metrics = Metrics() if settings.metrics.listen else None
     daemon = Daemon(
         settings,
         lambda s, should_stop: _reconciler(s, should_stop, quiet_noop=True, health=health),
         load,
         log_overrides=(args.log_format, args.log_level),
-        metrics=Metrics() if settings.metrics.listen else None,
+        metrics=metrics,
         health=health,
     )
+    if metrics is not None:
+        metrics.watch(lambda: daemon.settings, health)
     return daemon.run(args.pidfile)
 
 

@@ -43,6 +43,10 @@ class HealthLoop:
         self.clock = clock
         self.log = get_logger()
         self.rounds = 0
+        #: Unix time the last round ended and how long it took (``jailsyncd status``,
+        #: metrics); None before the first round.
+        self.last_round_at: float | None = None
+        self.last_round_duration: float | None = None
         self._lock = threading.Lock()
         self._targets: tuple[Target, ...] = ()
         self._states: dict[str, CheckState] = {}
@@ -113,6 +117,7 @@ class HealthLoop:
             )
             self._states = states
         self.rounds += 1
+        self.last_round_at, self.last_round_duration = time.time(), self.clock() - started
         for change in changes:
             check = change.check_id.rsplit(":", 1)[-1]
             self.log.info("health_changed", jail=change.jail, check=check, check_id=change.check_id, **{"from": change.old, "to": change.new}, output=change.output)
@@ -126,6 +131,11 @@ class HealthLoop:
             with self._lock:
                 self._written.update({target.check_id: Written(state.status, now) for target, state in writes})
         return RoundStats(len(targets), len(writes), len(changes), self.clock() - started)
+
+    def count(self, status: str) -> int:
+        """How many checks jailsyncd currently holds at ``status`` (passing, critical)."""
+        with self._lock:
+            return sum(1 for t in self._targets if (state := self._states.get(t.check_id)) is not None and state.status == status)
 
     def heartbeat(self) -> None:
         store = self.store_factory()

@@ -29,9 +29,11 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
-from jailsyncd.errors import ConfigError
+from jailsyncd import __version__
+from jailsyncd.errors import ConfigError, ConsulError, ConsulRefused
 from jailsyncd.reconcile import CycleResult
 from jailsyncd.settings import split_listen
+from jailsyncd.summary import drift_streaks, summarise
 
 
 #: Connections served at once; one more gets a 503.
@@ -128,11 +130,13 @@ class Metrics:
         self.errors = Counter("jailsyncd_errors", "Failed cycles and actions, by error class.", ["kind"], registry=r)
         self.last_success = Gauge("jailsyncd_last_success_timestamp_seconds", "Unix time of the last cycle without error.", registry=r)
         self.managed = Gauge("jailsyncd_managed_services", "Services this host owns in Consul after the last cycle.", registry=r)
+        self._state_gauges(r)
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
         self._alive: Callable[[], bool] = lambda: False
 
     def record(self, result: CycleResult) -> None:
+        self._record_state(result)
         self.duration.observe(result.duration)
         if result.error is not None:
             self.cycles.labels("failed").inc()
@@ -160,6 +164,80 @@ class Metrics:
         if not result.failures:
             self.last_success.set(time.time())
         self.managed.set(result.managed)
+
+    # -- the state after the last cycle: gauges for ``jailsyncd status`` and alerts ------
+
+    def _state_gauges(self, r: CollectorRegistry) -> None:
+        G = Gauge
+        G("jailsyncd_build_info", "Always 1; the version label is jailsyncd's version.", ["version"], registry=r).labels(__version__).set(1)
+        G("jailsyncd_start_time_seconds", "Unix time the daemon started.", registry=r).set(time.time())
+        self.last_cycle = G("jailsyncd_last_cycle_timestamp_seconds", "Unix time the last cycle ended, whatever its result.", registry=r)
+        self.last_duration = G("jailsyncd_last_cycle_duration_seconds", "Wall time of the last cycle.", registry=r)
+        self.last_actions = G("jailsyncd_last_cycle_actions", "Changes the last cycle applied to Consul, by action.", ["action"], registry=r)
+        self.last_errors = G(
+            "jailsyncd_last_cycle_errors", "Errors of the last cycle, by error class (the cycle's own error or failed actions).", ["kind"], registry=r
+        )
+        self.consul_up = G(
+            "jailsyncd_consul_up", "1 when the last cycle that talked to Consul reached it, 0 when Consul was unreachable or failing; NaN before.", registry=r
+        )
+        self.consul_up.set(float("nan"))
+        self.services = G("jailsyncd_services", "Services this host keeps registered in Consul (desired state of the last cycle), by CBSD kind.", ["kind"], registry=r)
+        self.skipped = G("jailsyncd_skipped", "Environments not registered by the last cycle, by CBSD kind and reason (conflict, unaddressable...).", ["kind", "reason"], registry=r)
+        self.refused = G("jailsyncd_deregistrations_refused", "Deregistrations the last cycle held back (sync.max_deregistrations rail).", registry=r)
+        self.pending = G("jailsyncd_drift_pending", "Drift items (missing, changed, orphan) the last cycle found.", registry=r)
+        self.repeated = G(
+            "jailsyncd_drift_repeated_cycles", "Consecutive cycles in which the same drift (one service, one kind) was found; 0 when there is none.", registry=r
+        )
+        self._streaks: dict = {}
+        self.sync_interval = G("jailsyncd_sync_interval_seconds", "sync.interval in force.", registry=r)
+
+    def watch(self, settings: Callable, health=None) -> None:
+        """Values read at scrape time: ``settings()`` returns the settings in force
+        (they change on reload), ``health`` is the daemon's ``HealthLoop`` or None.
+        The health gauges exist only with health on, so that alerts on them never
+        see a health-off host as one whose rounds stopped."""
+        self.sync_interval.set_function(lambda: settings().sync.interval)
+        if health is None:
+            return
+        G, r = Gauge, self.registry
+        checks = G("jailsyncd_health_checks", "Ping checks by the status jailsyncd holds for them.", ["status"], registry=r)
+        for status in ("passing", "critical"):
+            checks.labels(status).set_function(lambda status=status: health.count(status))
+        G("jailsyncd_health_interval_seconds", "health.interval in force.", registry=r).set_function(lambda: settings().health.interval)
+        G("jailsyncd_health_last_round_timestamp_seconds", "Unix time the last health round ended; 0 before.", registry=r).set_function(
+            lambda: health.last_round_at or 0.0
+        )
+        G("jailsyncd_health_last_round_duration_seconds", "Wall time of the last health round; 0 before.", registry=r).set_function(
+            lambda: health.last_round_duration or 0.0
+        )
+
+    def _record_state(self, result: CycleResult) -> None:
+        self.last_cycle.set(time.time())
+        self.last_duration.set(result.duration)
+        self.last_errors.clear()
+        errors = [result.error] if result.error is not None else list(result.failures)
+        for exc in errors:
+            self.last_errors.labels(type(exc).__name__).inc()
+        if result.error is not None and isinstance(result.error, ConsulError):
+            # Refused means Consul answered; anything else of the class: it did not.
+            self.consul_up.set(1 if isinstance(result.error, ConsulRefused) else 0)
+        elif result.error is None:
+            self.consul_up.set(1)
+        for action, count in result.applied.items():
+            self.last_actions.labels(action).set(count if result.error is None else 0)
+        if result.error is not None or result.plan is None:
+            return
+        summary = summarise(result.plan, result.desired.services if result.desired else (), result.state)
+        self.services.clear()
+        for kind, count in summary.services:
+            self.services.labels(kind).set(count)
+        self.skipped.clear()
+        for (kind, reason), count in summary.skipped:
+            self.skipped.labels(kind, reason).set(count)
+        self.refused.set(summary.refused)
+        self.pending.set(len(summary.drift))
+        self._streaks = drift_streaks(self._streaks, summary.drift)
+        self.repeated.set(max(self._streaks.values(), default=0))
 
     def record_crash(self) -> None:
         self.cycles.labels("crashed").inc()

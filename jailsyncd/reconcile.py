@@ -74,6 +74,8 @@ class CycleResult:
     managed: int = 0
     desired: Desired | None = None
     observed: Observed | None = None
+    #: The CBSD state the cycle planned from (for per-kind numbers in metrics).
+    state: CbsdState | None = None
 
     @property
     def ok(self) -> bool:
@@ -124,6 +126,7 @@ class Reconciler:
                 result.plan = purge_plan(observed)
             else:
                 result.desired, observed, result.plan = self._plan(store, force)
+                result.state = self._memo[0] if self._memo is not None else None
                 self._report(log, result.plan)
             result.observed = observed
             result.managed = len(observed.owned)
