@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from jailsyncd import __version__, report
+from jailsyncd import platform as platform_module
 from jailsyncd.adapters.cbsd import CbsdSource
 from jailsyncd.adapters.consul import ConsulAgent, ConsulCatalog, connect
 from jailsyncd.adapters.probe import Prober
@@ -113,7 +114,7 @@ def _health(settings: Settings) -> HealthLoop | None:
     """The health loop when health is on; fails now if ICMP cannot work here."""
     if not settings.health.enabled:
         return None
-    prober = Prober()
+    prober = Prober(platform=platform_module.current())
     prober.check()
     return HealthLoop(settings.health, prober, _store_factory(settings))
 

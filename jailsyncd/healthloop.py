@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from jailsyncd.adapters.probe import Probe, Prober
+from jailsyncd.adapters.probe import Probe, Prober, RoundReport
 from jailsyncd.errors import JailsyncdError
 from jailsyncd.health import CRITICAL, PASSING, CheckState, ProbeResult, Target, Written, advance, decide, targets_of
 from jailsyncd.logs import get_logger
@@ -33,6 +33,11 @@ class RoundStats:
     writes: int
     changes: int
     duration: float
+    #: Problems of the prober itself this round (logged as ``health_probe_failed``);
+    #: the probes concerned got no result and their checks kept their status.
+    probe_errors: int = 0
+    #: Seconds spent waiting for the pace (``health.rate_limit``).
+    paced: float = 0.0
 
 
 class HealthLoop:
@@ -47,6 +52,8 @@ class HealthLoop:
         #: metrics); None before the first round.
         self.last_round_at: float | None = None
         self.last_round_duration: float | None = None
+        #: Problems of the prober itself since start (each one logged).
+        self.probe_errors = 0
         self._lock = threading.Lock()
         self._targets: tuple[Target, ...] = ()
         self._states: dict[str, CheckState] = {}
@@ -55,8 +62,21 @@ class HealthLoop:
     # -- used by reconcile ---------------------------------------------------------
 
     def probe(self, targets: tuple[Target, ...]) -> dict[str, ProbeResult]:
+        return self._probe(targets).results
+
+    def _probe(self, targets: tuple[Target, ...]) -> RoundReport:
+        """Probe the targets; a failure of the prober itself is logged and counted,
+        never raised: health problems never stop registration."""
         probes = [Probe(t.check_id, t.probe, t.address, t.port) for t in targets]
-        return self.prober.run(probes, count=self.settings.count, timeout=self.settings.timeout)
+        try:
+            report = self.prober.run_round(probes, count=self.settings.count, timeout=self.settings.timeout)
+        except Exception as exc:  # noqa: BLE001 - a prober bug must not end a cycle
+            report = RoundReport(problems=[f"{type(exc).__name__}: {exc}"])
+        for problem in report.problems:
+            self.log.warning("health_probe_failed", error=problem)
+        with self._lock:
+            self.probe_errors += len(report.problems)
+        return report
 
     def initial_statuses(self, services: tuple[Service, ...]) -> dict[str, str]:
         """Probe the checks of services about to be registered, so that they start
@@ -66,6 +86,9 @@ class HealthLoop:
         statuses = {SELF_CHECK_ID: PASSING}
         with self._lock:
             for t in targets:
+                if t.check_id not in results:  # not probed (the prober failed): registered critical
+                    statuses[t.check_id] = (self._states.get(t.check_id) or CheckState(CRITICAL)).status
+                    continue
                 state = advance(
                     self._states.get(t.check_id) or CheckState(CRITICAL),
                     results[t.check_id],
@@ -104,7 +127,8 @@ class HealthLoop:
         started = self.clock()
         with self._lock:
             targets = self._targets
-        results = self.probe(targets) if targets else {}
+        report = self._probe(targets) if targets else RoundReport()
+        results = report.results
         with self._lock:
             states, writes, changes = decide(
                 targets,
@@ -130,7 +154,7 @@ class HealthLoop:
             now = self.clock()
             with self._lock:
                 self._written.update({target.check_id: Written(state.status, now) for target, state in writes})
-        return RoundStats(len(targets), len(writes), len(changes), self.clock() - started)
+        return RoundStats(len(targets), len(writes), len(changes), self.clock() - started, len(report.problems), report.paced)
 
     def count(self, status: str) -> int:
         """How many checks jailsyncd currently holds at ``status`` (passing, critical)."""
@@ -153,8 +177,16 @@ class HealthLoop:
         except JailsyncdError as exc:
             self.log.warning("health_round_failed", error=str(exc))
             return
-        log = self.log.info if stats.writes else self.log.debug
-        log("health_round", probed=stats.probed, writes=stats.writes, changes=stats.changes, duration_ms=round(stats.duration * 1000, 1))
+        log = self.log.info if stats.writes or stats.probe_errors else self.log.debug
+        log(
+            "health_round",
+            probed=stats.probed,
+            writes=stats.writes,
+            changes=stats.changes,
+            duration_ms=round(stats.duration * 1000, 1),
+            probe_errors=stats.probe_errors,
+            paced_ms=round(stats.paced * 1000, 1),
+        )
 
     def safe_heartbeat(self) -> None:
         try:

@@ -16,6 +16,8 @@ sys/netinet/ip_icmp.c, sys/netinet/raw_ip.c.
 
 from __future__ import annotations
 
+import math
+import os
 import socket as _socket
 import subprocess
 import sys
@@ -52,6 +54,9 @@ def _run(argv: list[str]) -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
+_DISPLAY = {"freebsd": "FreeBSD", "linux": "Linux"}
+
+
 def _system_name(platform: str) -> str:
     for name in ("freebsd", "linux"):
         if platform.startswith(name):
@@ -82,6 +87,8 @@ class Platform:
     run: Callable[[list[str]], str | None] = _run
     #: Opens a socket: ``socket(family, type, proto)``.
     socket: Callable[..., _socket.socket] = _socket.socket
+    #: The effective user ID (0: root, raw sockets allowed).
+    euid: Callable[[], int] = os.geteuid
 
     @property
     def freebsd(self) -> bool:
@@ -101,7 +108,7 @@ class Platform:
         """What the operator can do when no ICMP socket can be opened."""
         if not privileged and not self.ping_sockets:
             return (
-                f"{self.system} has no unprivileged ICMP sockets: start jailsyncd as root "
+                f"{_DISPLAY.get(self.system, self.system)} has no unprivileged ICMP sockets: start jailsyncd as root "
                 "(it can drop privileges after opening its sockets), or set health.enabled = false"
             )
         if not privileged:
@@ -165,6 +172,16 @@ class Platform:
         if limit is None:
             return 0
         return max(1, (limit.limit - limit.jitter) * 9 // 10)
+
+
+    def raise_limit_hint(self, needed: float) -> str:
+        """What to change so that ``needed`` echo requests per second are allowed."""
+        limit = self.echo_limit()
+        if limit is None:
+            return f"raise health.rate_limit to {math.ceil(needed)} or more"
+        # default_rate_limit() of the new value must reach ``needed``
+        value = math.ceil(needed * 10 / 9) + limit.jitter + 1
+        return f"sysctl {limit.sysctl}={value} (and in /etc/sysctl.conf), or set health.rate_limit"
 
 
 def _int(text: str | None) -> int | None:

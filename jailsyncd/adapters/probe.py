@@ -3,43 +3,124 @@
 Called by ``healthloop`` once per health round, and by ``reconcile`` for jails
 about to be registered. The only module that imports icmplib.
 
-ICMP: one socket per address family sends every echo request of the round at once
-and collects replies until the timeout (or until every address answered), so a round
+ICMP: one socket per address family sends every echo request of the round and
+collects replies until the timeout (or until every address answered), so a round
 costs one timeout however many jails there are, and a dead jail never delays the
-others. As root it is a raw socket (FreeBSD and Linux); otherwise an unprivileged
-datagram ICMP socket (Linux needs the group in ``net.ipv4.ping_group_range``).
+others. With a rate limit (``rate``, requests per second; FreeBSD's kernel drops
+echo replies above ``net.inet.icmp.icmplim``) requests are spaced evenly and replies
+are read while waiting, so the round takes ``requests / rate`` longer. As root it is
+a raw socket (FreeBSD and Linux); otherwise an unprivileged datagram ICMP socket
+(Linux only, with the group in ``net.ipv4.ping_group_range``; FreeBSD has none).
+Platform differences come from ``platform``; its socket seam lets tests answer like
+FreeBSD's kernel.
+
+Failures of the prober itself (a socket that cannot be opened mid-run, a socket
+option or a read that fails) are never a jail's failure: the affected probes get no
+result (their checks keep their status) and the round reports a ``problem``.
 TCP and HTTP probes run concurrently in a small thread pool, each bounded by the
 same timeout.
 """
 
 from __future__ import annotations
 
+import errno
 import http.client
 import os
 import select
 import socket
-import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 from icmplib import ICMPRequest, ICMPv4Socket, ICMPv6Socket
-from icmplib.exceptions import ICMPLibError, SocketPermissionError, TimeoutExceeded
+from icmplib.exceptions import ICMPLibError, TimeoutExceeded
 
 from jailsyncd.errors import ExitCode, JailsyncdError
 from jailsyncd.health import ProbeResult
+from jailsyncd.platform import Platform, current
 
 _ECHO_REPLY = {4: 0, 6: 129}
 #: ICMP errors that say the destination cannot be reached (v4: unreachable, time
 #: exceeded; v6: unreachable, time exceeded).
 _ERRORS = {4: {3: "destination unreachable", 11: "time exceeded"}, 6: {1: "destination unreachable", 3: "time exceeded"}}
+#: The receive buffer asked for first (halved until the kernel accepts).
 _RCVBUF = 8 * 1024 * 1024
+#: Send errors that say the destination cannot be reached: the jail's failure. Any
+#: other error (ENOBUFS, ENOMEM, EBADF...) is the prober's own problem.
+_UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.EADDRNOTAVAIL, errno.ENETDOWN, errno.EACCES, errno.EPERM}
 
 
 class ProbeUnavailable(JailsyncdError):
     """ICMP sockets cannot be opened (not root, and not allowed unprivileged)."""
 
     exit_code = ExitCode.PROBE_UNAVAILABLE
+
+
+@dataclass
+class RoundReport:
+    """One ``Prober.run``: results by probe key (a probe the prober could not run has
+    none), the prober's own problems, and the time spent waiting for the pace."""
+
+    results: dict[str, ProbeResult] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    paced: float = 0.0
+
+
+def _errno_of(exc: BaseException) -> int | None:
+    """The OSError errno behind an exception (icmplib keeps only the text, the original
+    is its context)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return exc.errno
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _why(exc: BaseException) -> str:
+    """The system's words for an error (icmplib's own texts hide the errno)."""
+    code = _errno_of(exc)
+    if code is None:
+        return str(exc)
+    return f"{os.strerror(code)}, {errno.errorcode.get(code, code)}"
+
+
+def _socket_classes(platform: Platform) -> dict[int, type]:
+    """icmplib's socket classes, opening their socket through ``platform.socket`` (the
+    seam where a test answers like FreeBSD's socket())."""
+
+    class V4(ICMPv4Socket):
+        __slots__ = ()
+
+        def _create_socket(self, type):
+            return platform.socket(socket.AF_INET, type, socket.IPPROTO_ICMP)
+
+    class V6(ICMPv6Socket):
+        __slots__ = ()
+
+        def _create_socket(self, type):
+            return platform.socket(socket.AF_INET6, type, socket.IPPROTO_ICMPV6)
+
+    return {4: V4, 6: V6}
+
+
+class _Pace:
+    """Evenly spaced send slots shared by every thread using one prober (a round and a
+    cycle's probe of new jails may run at once): at most ``rate`` per second."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._lock = threading.Lock()
+        self._next = 0.0
+        self._clock = clock
+
+    def slot(self, rate: float) -> float:
+        """Reserve the next slot; returns when it is (monotonic seconds)."""
+        with self._lock:
+            now = self._clock()
+            at = max(now, self._next)
+            self._next = at + 1.0 / rate
+            return at
 
 
 @dataclass(frozen=True)
@@ -55,69 +136,116 @@ class Probe:
 class Prober:
     """Runs one round of probes. Holds no sockets between rounds."""
 
-    def __init__(self, *, privileged: bool | None = None, max_threads: int = 32) -> None:
-        self.privileged = os.geteuid() == 0 if privileged is None else privileged
+    def __init__(self, *, privileged: bool | None = None, max_threads: int = 32, platform: Platform | None = None, rate: float = 0) -> None:
+        self.platform = platform or current()
+        self.privileged = self.platform.euid() == 0 if privileged is None else privileged
         self.max_threads = max_threads
+        #: Echo requests per second, all addresses together; 0: no limit.
+        self.rate = rate
         self._ident = os.getpid() & 0xFFFF
+        self._classes = _socket_classes(self.platform)
+        self._pace = _Pace()
 
     def check(self) -> None:
-        """Raise ``ProbeUnavailable`` now if ICMP cannot work (for a start-up check)."""
+        """Raise ``ProbeUnavailable`` now if ICMP cannot work (for a start-up check).
+        Every error of the ICMP library ends here: on FreeBSD a non-root socket() is
+        refused with EPROTONOSUPPORT (no ping sockets), not EPERM."""
         try:
-            ICMPv4Socket(privileged=self.privileged).close()
-        except SocketPermissionError:
+            self._classes[4](privileged=self.privileged).close()
+        except (ICMPLibError, OSError) as exc:
             raise ProbeUnavailable(
-                "health: cannot open an ICMP socket; run as root, add the group to "
-                "net.ipv4.ping_group_range (Linux), or set health.enabled = false"
-            ) from None
+                f"health: cannot open an ICMP socket ({_why(exc)}); {self.platform.icmp_unavailable_hint(self.privileged)}"
+            ) from exc
 
     def run(self, probes: list[Probe], *, count: int, timeout: float) -> dict[str, ProbeResult]:
-        """Results by ``Probe.key``; every probe gets one."""
+        """Results by ``Probe.key``; a probe the prober itself could not run has none."""
+        return self.run_round(probes, count=count, timeout=timeout).results
+
+    def run_round(self, probes: list[Probe], *, count: int, timeout: float) -> RoundReport:
         pings = [p for p in probes if p.kind == "ping"]
         others = [p for p in probes if p.kind != "ping"]
-        results: dict[str, ProbeResult] = {}
+        report = RoundReport()
         with ThreadPoolExecutor(max_workers=max(1, min(self.max_threads, len(others)))) as pool:
             futures = {p.key: pool.submit(_probe_tcp_or_http, p, timeout) for p in others}
-            by_address = self.ping({p.address for p in pings}, count=count, timeout=timeout)
+            by_address = self._ping({p.address for p in pings}, count, timeout, report)
             for p in pings:
-                results[p.key] = by_address[p.address]
+                if p.address in by_address:
+                    report.results[p.key] = by_address[p.address]
             for key, future in futures.items():
-                results[key] = future.result()
-        return results
+                try:
+                    report.results[key] = future.result()
+                except Exception as exc:  # noqa: BLE001 - a bug in one probe is not the jail's failure
+                    report.problems.append(f"{key}: {type(exc).__name__}: {exc}")
+        return report
 
     def ping(self, addresses: set[str], *, count: int, timeout: float) -> dict[str, ProbeResult]:
+        return self._ping(addresses, count, timeout, RoundReport())
+
+    def _ping(self, addresses: set[str], count: int, timeout: float, report: RoundReport) -> dict[str, ProbeResult]:
         results: dict[str, ProbeResult] = {}
         v4 = sorted(a for a in addresses if ":" not in a)
         v6 = sorted(a for a in addresses if ":" in a)
-        for family, batch, cls in ((4, v4, ICMPv4Socket), (6, v6, ICMPv6Socket)):
-            if batch:
-                results.update(self._ping_family(family, cls, batch, count, timeout))
+        for family, batch in ((4, v4), (6, v6)):
+            if not batch:
+                continue
+            try:
+                results.update(self._ping_family(family, batch, count, timeout, report))
+            except Exception as exc:  # noqa: BLE001 - any failure of ours is a problem, never a crash
+                report.problems.append(f"ICMPv{family}: {len(batch)} addresses not probed: {type(exc).__name__}: {_why(exc)}")
         return results
 
-    def _ping_family(self, family: int, cls, addresses: list[str], count: int, timeout: float) -> dict[str, ProbeResult]:
+    def _ping_family(self, family: int, addresses: list[str], count: int, timeout: float, report: RoundReport) -> dict[str, ProbeResult]:
         try:
-            sock = cls(privileged=self.privileged)
-        except SocketPermissionError:
-            raise ProbeUnavailable("health: cannot open an ICMP socket (not root and not in ping_group_range)") from None
-        except ICMPLibError as exc:
-            return {a: ProbeResult(False, f"{a}: cannot open ICMPv{family} socket ({exc})") for a in addresses}
+            sock = self._classes[family](privileged=self.privileged)
+        except (ICMPLibError, OSError) as exc:
+            report.problems.append(
+                f"ICMPv{family}: {len(addresses)} addresses not probed: cannot open a socket ({_why(exc)}); "
+                f"{self.platform.icmp_unavailable_hint(self.privileged)}"
+            )
+            return {}
         try:
-            return self._exchange(family, sock, addresses, count, timeout)
+            return self._exchange(family, sock, addresses, count, timeout, report)
         finally:
             sock.close()
 
-    def _exchange(self, family: int, sock, addresses: list[str], count: int, timeout: float) -> dict[str, ProbeResult]:
+    def _grow_buffer(self, raw) -> int:
+        """Enlarge the receive buffer as far as the kernel allows, return its size.
+
+        Replies from hundreds of jails arrive while we are still sending. FreeBSD
+        refuses a size above sb_max_adj with ENOBUFS (and RLIMIT_SBSIZE the same way):
+        ask for half as much until it accepts. Linux clamps SO_RCVBUF silently;
+        SO_RCVBUFFORCE (root) does not."""
+        for option in self.platform.receive_buffer_options(self.privileged):
+            size = _RCVBUF
+            while size >= 4096:
+                try:
+                    raw.setsockopt(socket.SOL_SOCKET, option, size)
+                except OSError as exc:
+                    if exc.errno != errno.ENOBUFS:
+                        break  # not this option (EPERM without root, ENOPROTOOPT): the next one
+                    size //= 2
+                    continue
+                return raw.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        return raw.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)  # the kernel's default
+
+    def _exchange(self, family: int, sock, addresses: list[str], count: int, timeout: float, report: RoundReport) -> dict[str, ProbeResult]:
         raw = sock.sock
-        try:  # replies from hundreds of jails arrive while we are still sending
-            # Python has no SO_RCVBUFFORCE constant; 33 is Linux's (it lifts rmem_max as root).
-            raw.setsockopt(socket.SOL_SOCKET, 33 if sys.platform.startswith("linux") else socket.SO_RCVBUF, _RCVBUF)
-        except OSError:
-            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+        try:
+            granted = self._grow_buffer(raw)
+        except OSError as exc:
+            report.problems.append(f"ICMPv{family}: cannot size the receive buffer ({_why(exc)}); draining after every request")
+            granted = 0
+        # Read what has arrived before the buffer can be half full: how often depends on
+        # what the kernel granted (9,216 bytes by default on FreeBSD: ~90 replies).
+        drain_every = max(1, self.platform.replies_fit(granted) // 2) if granted else 1
         sent_at: dict[int, float] = {}
         owner: dict[int, str] = {}
         rtts: dict[str, list[float]] = {a: [] for a in addresses}
         errors: dict[str, str] = {}
+        unprobed: set[str] = set()
         ident = self._ident
         pending: set[int] = set()
+        receive_failures: list[str] = []
 
         def take(reply) -> None:
             if reply.id != ident or reply.sequence not in pending:
@@ -130,43 +258,55 @@ class Prober:
                 pending.discard(reply.sequence)
                 errors.setdefault(address, f"{_ERRORS[family][reply.type]} (code {reply.code}) from {reply.source}")
 
-        def drain() -> None:
-            """Read what has arrived while still sending, so that a full receive buffer
-            never drops replies (the buffer size is capped by the kernel)."""
-            while select.select([raw], [], [], 0)[0]:
-                try:
-                    take(sock.receive(None, timeout=0.01))
-                except ICMPLibError:
+        def receive(until: float, *, until_answered: bool = False) -> None:
+            """Take the replies that arrive until ``until`` (monotonic; a past time:
+            only those already queued), or until none is pending if ``until_answered``."""
+            while not receive_failures and not (until_answered and not pending):
+                remaining = until - time.monotonic()
+                if not select.select([raw], [], [], max(0.0, remaining))[0]:
                     return
+                try:
+                    take(sock.receive(None, timeout=0.05))
+                except TimeoutExceeded:
+                    continue
+                except ICMPLibError as exc:
+                    receive_failures.append(_why(exc))
 
-        for index, address in enumerate(addresses):
-            for n in range(count):
-                seq = (index * count + n) & 0xFFFF
+        since_drain = 0
+        seq = 0
+        for address in addresses:
+            for _ in range(count):
+                if self.rate > 0:
+                    at = self._pace.slot(self.rate)
+                    waited = at - time.monotonic()
+                    if waited > 0:
+                        report.paced += waited
+                        receive(at)  # replies are read while waiting for the slot
+                        since_drain = 0
                 request = ICMPRequest(destination=address, id=ident, sequence=seq)
                 try:
                     sock.send(request)
                 except ICMPLibError as exc:
-                    errors[address] = f"send failed: {exc}"
+                    if _errno_of(exc) in _UNREACHABLE or _errno_of(exc) is None:
+                        errors[address] = f"send failed: {exc}"
+                    else:  # ENOBUFS and the like: ours, not the jail's
+                        unprobed.add(address)
+                        report.problems.append(f"{address}: send failed: {_why(exc)}")
                     break
                 ident = request.id  # unprivileged Linux sockets get an ID from the kernel
                 sent_at[seq] = time.monotonic()
                 owner[seq] = address
                 pending.add(seq)
-            if index % 32 == 31:
-                drain()
-        deadline = time.monotonic() + timeout
-        while pending:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                reply = sock.receive(None, timeout=remaining)
-            except TimeoutExceeded:
-                break
-            except ICMPLibError:
-                continue
-            take(reply)
-        return {a: _ping_result(a, count, rtts[a], errors.get(a), timeout) for a in addresses}
+                seq = (seq + 1) & 0xFFFF
+                since_drain += 1
+                if since_drain >= drain_every:
+                    receive(0)
+                    since_drain = 0
+        receive(time.monotonic() + timeout, until_answered=True)
+        if receive_failures:
+            report.problems.append(f"ICMPv{family}: reading replies failed ({receive_failures[0]}); unanswered addresses not judged")
+            unprobed |= {owner[s] for s in pending}
+        return {a: _ping_result(a, count, rtts[a], errors.get(a), timeout) for a in addresses if a not in unprobed or rtts[a]}
 
 
 def _ping_result(address: str, count: int, rtts: list[float], error: str | None, timeout: float) -> ProbeResult:

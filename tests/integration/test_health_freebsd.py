@@ -1,0 +1,189 @@
+"""Health on FreeBSD's kernel, reproduced at the socket boundary (tests/freebsd_kernel.py
+cites the freebsd-src files), with real ICMP inside a network namespace the test
+creates and a real Consul agent inside it."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import socket
+from pathlib import Path
+
+import pytest
+from freebsd_kernel import SB_MAX_ADJ, FreeBSDKernel
+from harness import ConsulServer, log_events, write_config
+
+from jailsyncd import cli
+from jailsyncd import platform as platform_module
+from jailsyncd.adapters.cbsd import CbsdSource
+from jailsyncd.adapters.consul import connect
+from jailsyncd.adapters.probe import Probe, Prober
+from jailsyncd.devnet import NetNS, available
+from jailsyncd.healthloop import HealthLoop
+from jailsyncd.logs import configure
+from jailsyncd.platform import Platform
+from jailsyncd.reconcile import Reconciler
+from jailsyncd.sample import Workdir
+from jailsyncd.settings import load_settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(available() is not None, reason=str(available()))]
+
+UP, DOWN = "10.77.1.1", "10.77.1.2"
+HEALTH = 'interval = "2s"\ntimeout = "500ms"\ncount = 2\nfailures_before_critical = 1'
+
+
+@pytest.fixture
+def netns():
+    with NetNS() as ns:
+        yield ns
+
+
+@pytest.fixture
+def ns_consul(consul_bin: str, netns: NetNS):
+    server = ConsulServer(consul_bin, netns=netns).start()
+    yield server
+    server.stop()
+
+
+def checks(consul: ConsulServer) -> dict[str, tuple[str, str]]:
+    return {c["CheckID"]: (c["Status"], c["Output"]) for c in consul.get("/v1/agent/checks").values()}
+
+
+def test_once_on_freebsd_sized_receive_buffer(netns: NetNS, ns_consul: ConsulServer, tmp_path: Path, workdir: Workdir, monkeypatch, capsys) -> None:
+    """FreeBSD refuses SO_RCVBUF above sb_max_adj with ENOBUFS (sbreserve_locked in
+    sys/kern/uipc_sockbuf.c); asking for the same size again made ``once`` exit 1 with
+    nothing registered. The prober halves until the kernel accepts and the jails are
+    registered passing."""
+    kernel = FreeBSDKernel(root=True)
+    monkeypatch.setattr(platform_module, "current", kernel.platform)
+    netns.add_address(UP)
+    workdir.add("web1", jid=3, status=1, ip4_addr=UP)
+    workdir.add("gone", jid=4, status=1, ip4_addr=DOWN)
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=ns_consul, health=HEALTH)
+
+    code = netns.call(cli.main, ["--config", str(config), "once"])
+    assert code == 0, capsys.readouterr().err
+    # The start-up check's socket, then one per probe (before registration, the round).
+    probing = [s.asked for s in kernel.opened[1:]]
+    assert len(probing) == 2 and all(asked == [8 << 20, 4 << 20, 2 << 20, 1 << 20] for asked in probing), "halved until accepted"
+    assert probing[0][-1] <= SB_MAX_ADJ < probing[0][-2]
+    status = checks(ns_consul)
+    assert status["jailsyncd-web1:ping"][0] == "passing" and "2/2 replies" in status["jailsyncd-web1:ping"][1]
+    assert status["jailsyncd-gone:ping"][0] == "critical"
+    assert not [e for e in log_events(capsys.readouterr().err) if e["event"] == "health_probe_failed"]
+
+
+def test_nonroot_freebsd_has_no_ping_socket_exit_71(consul: ConsulServer, tmp_path: Path, workdir: Workdir, monkeypatch, capsys) -> None:
+    """FreeBSD has no unprivileged ICMP datagram sockets: socket(AF_INET, SOCK_DGRAM,
+    IPPROTO_ICMP) answers EPROTONOSUPPORT (socreate in sys/kern/uipc_socket.c; no such
+    entry in sys/netinet/in_proto.c; raw sockets need root, rip_attach in
+    sys/netinet/raw_ip.c). A non-root ``once`` ended in "internal error", exit 1."""
+    kernel = FreeBSDKernel(root=False)
+    monkeypatch.setattr(platform_module, "current", kernel.platform)
+    workdir.add("web1", jid=3, status=1, ip4_addr="127.0.0.1")
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul, health=HEALTH)
+
+    assert cli.main(["--config", str(config), "once"]) == 71
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("jailsyncd: health: cannot open an ICMP socket")
+    assert os.strerror(errno.EPROTONOSUPPORT) in err[0]
+    assert "FreeBSD has no unprivileged ICMP sockets" in err[0] and "as root" in err[0] and "health.enabled = false" in err[0]
+    assert "ping_group_range" not in err[0] and "internal error" not in err[0]
+    assert consul.get("/v1/agent/services") == {}, "nothing is registered"
+    assert cli.main(["--config", str(config), "check-config"]) == 71
+
+
+class BrokenKernel:
+    """A socket() that fails at one call, for "any probe failure"."""
+
+    def __init__(self, where: str, code: int) -> None:
+        self.where, self.code = where, code
+
+    def __call__(self, family: int, type: int, proto: int) -> socket.socket:
+        if self.where == "socket":
+            raise OSError(self.code, os.strerror(self.code))
+        kernel = self
+
+        class Sock(socket.socket):
+            def setsockopt(self, level, option, value, *rest):
+                if kernel.where == "setsockopt" and level == socket.SOL_SOCKET:
+                    raise OSError(kernel.code, os.strerror(kernel.code))
+                return super().setsockopt(level, option, value, *rest)
+
+            def getsockopt(self, level, option, *rest):
+                if kernel.where == "setsockopt":
+                    raise OSError(kernel.code, os.strerror(kernel.code))
+                return super().getsockopt(level, option, *rest)
+
+            def sendto(self, *args):
+                if kernel.where == "sendto":
+                    raise OSError(kernel.code, os.strerror(kernel.code))
+                return super().sendto(*args)
+
+            def recvfrom(self, *args):
+                if kernel.where == "recvfrom":
+                    raise OSError(kernel.code, os.strerror(kernel.code))
+                return super().recvfrom(*args)
+
+        return Sock(family, type, proto)
+
+
+@pytest.mark.parametrize(
+    ("where", "code"),
+    [("socket", errno.EMFILE), ("setsockopt", errno.EINVAL), ("sendto", errno.ENOBUFS), ("recvfrom", errno.EIO)],
+)
+def test_a_failing_prober_never_stops_registration(where: str, code: int, netns: NetNS, ns_consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    """Whatever fails inside the prober (the socket, a socket option, a send, a read)
+    is a logged, counted health problem: the cycle registers every jail, a round never
+    raises (``run`` would log cycle_crashed), and no check turns critical because of it."""
+    logged = io.StringIO()
+    configure("json", "info", stream=logged)
+    netns.add_address(UP)
+    workdir.add("web1", jid=3, status=1, ip4_addr=UP)
+    settings = load_settings(write_config(tmp_path / "c.toml", workdir=workdir.root, consul=ns_consul, health=HEALTH), env={})
+    good = Prober()
+    broken = Prober(platform=Platform("linux", socket=BrokenKernel(where, code)))
+    health = HealthLoop(settings.health, broken, lambda: connect(settings.consul))
+    reconciler = Reconciler(settings, CbsdSource(settings.cbsd.workdir), lambda: connect(settings.consul), health=health)
+
+    def body() -> None:
+        result = reconciler.cycle()
+        assert result.ok and result.applied["register"] == 2  # the jail and the heartbeat service
+        if where == "setsockopt":
+            # Only the buffer could not be sized: the probe still ran and counted.
+            assert checks(ns_consul)["jailsyncd-web1:ping"][0] == "passing"
+            assert health.probe_errors >= 1
+            return
+        assert health.probe_errors >= 1
+        failures = [e for e in log_events(logged.getvalue()) if e["event"] == "health_probe_failed"]
+        assert failures and os.strerror(code) in failures[0]["error"]
+        assert checks(ns_consul)["jailsyncd-web1:ping"][0] == "critical"  # registered, never probed
+        errors_before = health.probe_errors
+        stats = health.round()  # never raises
+        assert stats.probe_errors >= 1 and health.probe_errors > errors_before
+        assert stats.writes == 0, "an unprobed check keeps its status"
+        # Once the prober works again, the same loop state goes passing.
+        health.prober = good
+        assert health.round().writes == 1
+        assert checks(ns_consul)["jailsyncd-web1:ping"][0] == "passing"
+
+    netns.call(body)
+
+
+def test_draining_follows_the_granted_buffer(netns: NetNS) -> None:
+    """A kernel that grants only a small receive buffer (FreeBSD's default for raw
+    sockets is net.inet.raw.recvspace, 9,216 bytes: ~90 replies; here a refusal above
+    4 KiB like sbreserve_locked's, on Linux's real socket): every reply of 400 up
+    addresses is still read, because the prober drains as often as the granted size
+    needs."""
+    addresses = [f"10.78.{i // 250}.{i % 250 + 1}" for i in range(400)]
+    for address in addresses:
+        netns.add_address(address)
+    kernel = FreeBSDKernel(root=True, limit=4096)
+    prober = Prober(platform=Platform("linux", socket=kernel))
+    report = netns.call(prober.run_round, [Probe(a, "ping", a) for a in addresses], count=1, timeout=1.0)
+    assert report.problems == []
+    assert kernel.opened[-1].asked[-1] == 4096
+    failed = sorted(k for k, r in report.results.items() if not r.ok)
+    assert failed == [], f"{len(failed)} of 400 lost: {failed[:5]}"
