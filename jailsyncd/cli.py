@@ -24,7 +24,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from jailsyncd import __version__, report
+from jailsyncd import __version__, aclcheck, report
 from jailsyncd import platform as platform_module
 from jailsyncd.adapters.cbsd import CbsdSource
 from jailsyncd.adapters.consul import ConsulAgent, ConsulCatalog, connect
@@ -206,23 +206,35 @@ def cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
         return ExitCode.OK
     store = _store_factory(settings)()
     try:
-        findings = store.preflight(_needs(settings))
+        found, acl_on = store.preflight()
+        if acl_on:
+            found += _permissions(settings, store)
     finally:
         store.close()
-    for ok, text in findings:
+    for ok, text in found:
         print(f"{'ok' if ok else 'FAIL' if ok is False else 'note'}: {text}")
-    missing = [text for ok, text in findings if ok is False]
+    missing = [text for ok, text in found if ok is False]
     if missing:
         raise ConsulRefused(f"check-config --online: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     return ExitCode.OK
 
 
-def _needs(settings: Settings) -> list[tuple[str, str, str]]:
-    """The ACL permissions the mode needs, asked for example names: service names and
-    node names are not known in advance, so policies use prefixes (docs/acl/)."""
-    if settings.consul.mode == "catalog":
-        return [("node", "example-jail.my.domain", "write"), ("service", "example-jail", "write"), ("node", "", "read")]
-    return [("service", "example-jail", "write"), ("service", "jailsyncd", "write"), ("node", "", "read")]
+def _permissions(settings: Settings, store: ConsulAgent | ConsulCatalog) -> list[tuple[bool | None, str]]:
+    """The ACL findings for what this host's mode needs now (``aclcheck``): the names
+    come from a dry-run cycle (CBSD and Consul read, nothing written); when it
+    fails, example names stand in and a note says why."""
+    notes: list[tuple[bool | None, str]] = []
+    desired = owned = None
+    result = _reconciler(settings).cycle(apply=False)
+    if result.error is None and result.desired is not None and result.observed is not None:
+        desired, owned = result.desired.services, result.observed.owned
+    else:
+        notes.append((None, f"this host's names are unknown ({result.error}); checked example names instead"))
+    asked = aclcheck.needs(settings.consul.mode, desired, owned or ())
+    answers = store.authorize([(n.resource, n.segment, n.access) for n in asked])
+    if answers is None:
+        return [*notes, (None, "cannot ask Consul which permissions the token has (/v1/internal/acl/authorize); skipped")]
+    return [*notes, *aclcheck.findings(asked, answers)]
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:

@@ -5,7 +5,8 @@
 #
 # Put the token's SecretID into consul.token_file (mode 0600, owned by the user
 # jailsyncd runs as). Checked against Consul 1.8.7 with default_policy = "deny" by
-# tests/integration/test_acl_policy.py, which loads exactly this file.
+# tests/integration/test_acl_policy.py and test_acl_shipped_policies.py, which load
+# exactly this file and run check-config --online, once, run and purge with it.
 #
 # What jailsyncd calls on the local agent, and the rule each one needs:
 #

@@ -191,31 +191,41 @@ class _Consul:
         """Write the status and output of checks (health rounds)."""
         raise NotImplementedError
 
-    def preflight(self, needs: list[tuple[str, str, str]]) -> list[tuple[bool | None, str]]:
-        """``check-config --online``: reachability, leader, the token, and each
-        ``(resource, segment, access)`` the mode needs. ``None`` means "could not tell"."""
+    def preflight(self) -> tuple[list[tuple[bool | None, str]], bool]:
+        """``check-config --online``: reachability, leader and the token. Returns the
+        findings (``None``: a note) and whether Consul enforces ACLs for this token, in
+        which case ``authorize`` tells which permissions it has."""
         findings: list[tuple[bool | None, str]] = []
         leader = self.leader()  # raises ConsulError when unreachable
         findings.append((bool(leader), f"reached {self.endpoint}; leader {leader or 'NONE: the cluster has no leader'}"))
         status, body = self._raw("GET", "/v1/acl/token/self")
         if status == 401 or (status != 200 and "disabled" in body.lower()):
             findings.append((None, "ACLs are disabled on this Consul: no token needed"))
-            return findings
+            return findings, False
         if status != 200:
             findings.append((False, f"token refused by /v1/acl/token/self ({status} {body[:80].strip()}): check consul.token_file"))
-            return findings
+            return findings, False
         info = json.loads(body)
         policies = ", ".join(p.get("Name", "?") for p in info.get("Policies") or []) or "none"
         findings.append((True, f"token accepted: {info.get('Description') or 'no description'} (policies: {policies})"))
-        request = [{"Resource": r, "Segment": seg, "Access": a} for r, seg, a in needs]
-        status, body = self._raw("POST", "/v1/internal/acl/authorize", request)
-        if status != 200:
-            findings.append((None, f"cannot ask Consul which permissions the token has ({status}); skipped"))
-            return findings
-        for (resource, segment, access), answer in zip(needs, json.loads(body)):
-            allowed = bool(answer.get("Allow"))
-            findings.append((allowed, f"{resource}:{access} on {segment!r}: {'allowed' if allowed else 'MISSING'}"))
-        return findings
+        return findings, True
+
+    #: Consul answers 400 to more authorizations than this in one request (1.8.7).
+    AUTHORIZE_BATCH = 64
+
+    def authorize(self, needs: list[tuple[str, str, str]]) -> list[bool] | None:
+        """Whether the token has each ``(resource, segment, access)``, asked through
+        ``/v1/internal/acl/authorize`` in batches Consul accepts; None when Consul
+        cannot tell (an older Consul without that endpoint)."""
+        answers: list[bool] = []
+        for start in range(0, len(needs), self.AUTHORIZE_BATCH):
+            batch = needs[start:start + self.AUTHORIZE_BATCH]
+            request = [{"Resource": r, "Segment": seg, "Access": a} for r, seg, a in batch]
+            status, body = self._raw("POST", "/v1/internal/acl/authorize", request)
+            if status != 200:
+                return None
+            answers += [bool(answer.get("Allow")) for answer in json.loads(body)]
+        return answers
 
     def _raw(self, method: str, path: str, body: Any = None) -> tuple[int, str]:
         """Status and body, for answers where an error status is information."""
