@@ -158,6 +158,9 @@ class Daemon:
         except JailsyncdError as exc:
             self.log.error("config_reload_failed", error=str(exc), kept=str(self.settings.source))
             return
+        except Exception as exc:  # noqa: BLE001 - a loader bug must not kill run on SIGHUP
+            self.log.error("config_reload_failed", error=f"{type(exc).__name__}: {exc}", kept=str(self.settings.source))
+            return
         restart_only = [key for key, old_value, new_value in (
             ("consul", self.settings.consul, new.consul),
             ("health.enabled", self.settings.health.enabled, new.health.enabled),

@@ -11,9 +11,11 @@ The Consul token is never stored in plain text: only the token file's path, or a
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import socket
+import string
 import tomllib
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -207,6 +209,27 @@ _SECTIONS = {
 }
 #: Durations that may be zero (every other duration must be above zero).
 _MAY_BE_ZERO = {"sync.jitter"}
+#: Lower bounds of durations below which jailsyncd would spin (a cycle, a stat, a
+#: probe round or a retry every few milliseconds) or give up before any answer could
+#: arrive. Documented in docs/configuration.md.
+MIN_DURATION = {
+    "sync.interval": 1.0,
+    "sync.backoff_max": 1.0,  # the first retry waits 1 s anyway
+    "sync.watch_interval": 0.1,
+    "health.interval": 1.0,
+    "health.timeout": 0.1,
+    "consul.timeout": 0.1,
+    "cbsd.busy_timeout": 0.1,
+}
+#: The fields a ``catalog.node_name`` template may use; at least one per-jail one.
+_NODE_FIELDS = ("fqdn", "jname", "host")
+_PER_JAIL_FIELDS = {"fqdn", "jname"}
+#: Values Go's strconv.ParseBool accepts, as the Consul CLI reads its boolean variables.
+_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
+_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+#: A host name in an address: DNS letters, digits, '-', '.', and '_' (some resolvers'
+#: names have it); an IP literal is checked by ``ipaddress`` instead.
+_HOSTNAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})")
 #: Keys that only the environment may set (never a file: a token does not belong there).
 _ENV_ONLY = {("consul", "token")}
 _MODES = ("agent", "catalog")
@@ -238,13 +261,21 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None, *, re
             raise ConfigError(f"{path}: config file not readable (permission denied)") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 (TOML files must be): bad byte at offset {exc.start}") from None
         except OSError as exc:
-            raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+            raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
     return _build(data, env, where, path)
 
 
 def _build(data: dict[str, Any], env: Mapping[str, str], where: str, path: Path | None) -> Settings:
+    #: ``section.key`` -> the CONSUL_* variable its value came from: an error in such a
+    #: value blames the variable, not the file (which does not set the key).
+    origins: dict[str, str] = {}
+
     def fail(key: str, message: str) -> ConfigError:
+        if key in origins:
+            return ConfigError(f"{origins[key]} (environment variable for {key}, which {where} leaves unset): {message}")
         return ConfigError(f"{where}: {key}: {message}")
 
     known = set(_SECTIONS) | {"rule"}
@@ -257,7 +288,7 @@ def _build(data: dict[str, Any], env: Mapping[str, str], where: str, path: Path 
         if not isinstance(raw, dict):
             raise fail(name, "must be a table")
         sections[name] = _decode_section(name, cls, raw, fail)
-    consul = _fill_from_env(sections["consul"], set(data.get("consul", {})), env)
+    consul = _fill_from_env(sections["consul"], set(data.get("consul", {})), env, origins, fail)
     cbsd = sections["cbsd"]
     host = sections["host"]
     if not sections["catalog"].host_tag:
@@ -295,11 +326,15 @@ def _decode_section(name: str, cls: type, raw: dict[str, Any], fail) -> Any:
 def _coerce(dotted: str, fld: Any, value: Any, fail) -> Any:
     kind = str(fld.type)
     if "Path" in kind:
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str) or not value or "\0" in value:
             raise fail(dotted, f"expected a path string, got {value!r}")
         return Path(value)
     if kind == "float":  # every float setting is a duration
-        return parse_duration(value, lambda msg: fail(dotted, msg), zero_ok=dotted in _MAY_BE_ZERO)
+        seconds = parse_duration(value, lambda msg: fail(dotted, msg), zero_ok=dotted in _MAY_BE_ZERO)
+        minimum = MIN_DURATION.get(dotted, 0.0)
+        if seconds < minimum:
+            raise fail(dotted, f"must be at least {minimum:g}s (a shorter one makes jailsyncd spin), got {value!r}")
+        return seconds
     if kind == "bool":
         if not isinstance(value, bool):
             raise fail(dotted, f"expected true or false, got {value!r}")
@@ -310,6 +345,8 @@ def _coerce(dotted: str, fld: Any, value: Any, fail) -> Any:
         return value
     if not isinstance(value, str):
         raise fail(dotted, f"expected a string, got {value!r}")
+    if "\0" in value:
+        raise fail(dotted, "must not contain a NUL character")
     return value
 
 
@@ -328,35 +365,85 @@ def parse_duration(value: Any, fail, *, zero_ok: bool = False) -> float:
     return seconds
 
 
-def _fill_from_env(consul: ConsulSettings, in_file: set[str], env: Mapping[str, str]) -> ConsulSettings:
-    """CONSUL_* variables fill only the keys the file does not set."""
+def _fill_from_env(consul: ConsulSettings, in_file: set[str], env: Mapping[str, str], origins: dict[str, str], fail) -> ConsulSettings:
+    """CONSUL_* variables fill only the keys the file does not set, read as the Consul
+    CLI reads them (its booleans with Go's ParseBool, ``CONSUL_HTTP_SSL`` turning the
+    address's scheme into https, the token trimmed like a token file). ``origins``
+    gets, for each key filled, the variable it came from."""
     updates: dict[str, Any] = {}
 
-    def unset(key: str) -> bool:
-        return key not in in_file
+    def take(key: str, var: str) -> str | None:
+        """The variable's value when it is set, non-empty and the file leaves ``key`` unset."""
+        if key in in_file or not env.get(var):
+            return None
+        origins[f"consul.{key}"] = var
+        return env[var]
 
-    def path_from(var: str) -> Path | None:
-        return Path(env[var]) if env.get(var) else None
+    def boolean(var: str) -> bool | None:
+        value = env.get(var, "")
+        if value == "":
+            return None
+        if value in _TRUE or value in _FALSE:
+            return value in _TRUE
+        raise ConfigError(f"{var} (environment variable): expected true or false (or 1/0, t/f), got {value!r}")
 
-    if unset("address") and env.get("CONSUL_HTTP_ADDR"):
-        updates["address"] = env["CONSUL_HTTP_ADDR"]
-    if unset("token_file"):
-        if env.get("CONSUL_HTTP_TOKEN_FILE"):
-            updates["token_file"] = Path(env["CONSUL_HTTP_TOKEN_FILE"])
+    address = take("address", "CONSUL_HTTP_ADDR")
+    if address is not None:
+        updates["address"] = address
+    ssl = boolean("CONSUL_HTTP_SSL")
+    if ssl and "address" not in in_file:
+        # As the Consul CLI: https for an address without a scheme, and never back to
+        # http once TLS is asked for. The file's consul.address, when set, wins.
+        current = updates.get("address", consul.address)
+        if not current.startswith(("https://", "unix://")):
+            updates["address"] = "https://" + current.removeprefix("http://")
+            origins["consul.address"] = f"{origins['consul.address']} with CONSUL_HTTP_SSL" if "consul.address" in origins else "CONSUL_HTTP_SSL"
+    if "token_file" not in in_file:
+        token_file = take("token_file", "CONSUL_HTTP_TOKEN_FILE")
+        if token_file is not None:
+            updates["token_file"] = Path(token_file)
         elif env.get("CONSUL_HTTP_TOKEN"):
-            updates["token"] = Secret(env["CONSUL_HTTP_TOKEN"])
+            origins["consul.token"] = "CONSUL_HTTP_TOKEN"
+            try:
+                token = clean_token(env["CONSUL_HTTP_TOKEN"])
+            except ValueError as exc:
+                raise fail("consul.token", str(exc)) from None
+            if token:  # only blanks: no token, as the Consul CLI sends none
+                updates["token"] = Secret(token)
     for key, var in (("ca_file", "CONSUL_CACERT"), ("cert_file", "CONSUL_CLIENT_CERT"), ("key_file", "CONSUL_CLIENT_KEY")):
-        if unset(key) and path_from(var):
-            updates[key] = path_from(var)
-    if unset("tls_server_name") and env.get("CONSUL_TLS_SERVER_NAME"):
-        updates["tls_server_name"] = env["CONSUL_TLS_SERVER_NAME"]
-    if unset("verify") and env.get("CONSUL_HTTP_SSL_VERIFY", "").lower() in ("false", "0"):
-        updates["verify"] = False
-    if unset("datacenter") and env.get("CONSUL_DATACENTER"):
-        updates["datacenter"] = env["CONSUL_DATACENTER"]
+        value = take(key, var)
+        if value is not None:
+            updates[key] = Path(value)
+    server_name = take("tls_server_name", "CONSUL_TLS_SERVER_NAME")
+    if server_name is not None:
+        updates["tls_server_name"] = server_name
+    verify = boolean("CONSUL_HTTP_SSL_VERIFY")
+    if verify is not None and "verify" not in in_file:
+        origins["consul.verify"] = "CONSUL_HTTP_SSL_VERIFY"
+        updates["verify"] = verify
+    datacenter = take("datacenter", "CONSUL_DATACENTER")
+    if datacenter is not None:
+        updates["datacenter"] = datacenter
     if updates:
         consul = ConsulSettings(**{**consul.__dict__, **updates})
     return consul
+
+
+def clean_token(raw: str) -> str:
+    """A token as read from a file or variable: a UTF-8 byte order mark and surrounding
+    white space (a trailing newline) removed, as the Consul CLI trims token files.
+    Raises ``ValueError`` (never showing the token) when what is left cannot be sent
+    in an HTTP header: only visible ASCII can (Consul's tokens are UUIDs)."""
+    token = raw.lstrip("\ufeff").strip()
+    for index, char in enumerate(token):
+        if not "!" <= char <= "~":
+            raise ValueError(f"the token has a character that cannot be sent to Consul (position {index + 1}: {unicode_name(char)})")
+    return token
+
+
+def unicode_name(char: str) -> str:
+    """``U+0009`` style, so a message shows what is wrong without showing the secret."""
+    return f"U+{ord(char):04X}"
 
 
 def _decode_rules(raw: Any, fail) -> tuple[Rule, ...]:
@@ -410,10 +497,9 @@ def _validate(s: Settings, fail) -> None:
         raise fail("consul.address", str(exc)) from None
     if s.catalog.layout not in _LAYOUTS:
         raise fail("catalog.layout", f"expected one of {', '.join(_LAYOUTS)}, got {s.catalog.layout!r}")
-    try:
-        s.catalog.node_name.format(fqdn="f", jname="j", host="h")
-    except (KeyError, IndexError, ValueError) as exc:
-        raise fail("catalog.node_name", f"only {{fqdn}}, {{jname}} and {{host}} may appear ({exc})") from None
+    problem = node_name_problem(s.catalog.node_name)
+    if problem is not None:
+        raise fail("catalog.node_name", problem)
     if s.log.format not in _LOG_FORMATS:
         raise fail("log.format", f"expected one of {', '.join(_LOG_FORMATS)}, got {s.log.format!r}")
     if s.log.level not in _LOG_LEVELS:
@@ -439,6 +525,8 @@ def _validate(s: Settings, fail) -> None:
         raise fail("host.name", "must be a non-empty string of at most 512 characters")
     if (s.consul.cert_file is None) != (s.consul.key_file is None):
         raise fail("consul.cert_file", "cert_file and key_file must be set together")
+    if s.consul.tls_server_name is not None and not _valid_host(s.consul.tls_server_name):
+        raise fail("consul.tls_server_name", f"expected a DNS name like server.dc1.consul, got {s.consul.tls_server_name!r}")
     if s.consul.token_file is not None:
         try:
             s.consul.read_token()
@@ -446,7 +534,50 @@ def _validate(s: Settings, fail) -> None:
             raise fail("consul.token_file", str(exc)) from None
 
 
+def node_name_problem(template: str) -> str | None:
+    """Why a ``catalog.node_name`` template cannot name one node per jail, or None.
+
+    Only plain ``{fqdn}``, ``{jname}`` and ``{host}`` fields (no attribute, index,
+    conversion or format spec: ``{fqdn.x}`` used to crash at start), and at least one
+    per-jail field: with ``"static"`` or ``{host}`` alone every jail would want the
+    same node, and all but one would be conflicts."""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        return f"not a valid template ({exc}; write {{{{ and }}}} for literal braces)"
+    used = set()
+    for _literal, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if name not in _NODE_FIELDS or spec or conversion:
+            shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            return f"{shown} is not allowed: only {{fqdn}}, {{jname}} and {{host}} may appear, as they are"
+        used.add(name)
+    if not used & _PER_JAIL_FIELDS:
+        return f"{template!r} gives every jail the same node name: use {{fqdn}} or {{jname}} (e.g. \"{{jname}}.{{host}}\")"
+    return None
+
+
+def _valid_host(host: str) -> bool:
+    """An IP literal or a plausible DNS host name (no spaces, no punctuation)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return bool(_HOSTNAME.fullmatch(host)) and ".." not in host
+
+
 def _split_address(address: str) -> tuple[str, int]:
+    if address.startswith("unix://"):
+        raise ValueError(
+            f"unix sockets are not supported (got {address!r}): give Consul's HTTP API a TCP address "
+            "(addresses.http in the agent's config, 127.0.0.1 is enough) and use host:port"
+        )
+    scheme, sep, _ = address.partition("://")
+    if sep and scheme not in ("http", "https"):
+        raise ValueError(f"unsupported scheme {scheme}:// in {address!r}: use host:port, http:// or https://")
+    if address != address.strip() or any(c.isspace() for c in address):
+        raise ValueError(f"white space in {address!r}")
     rest = address.removeprefix("http://").removeprefix("https://").rstrip("/")
     if not rest or "/" in rest:
         raise ValueError(f"expected host:port or http(s)://host:port, got {address!r}")
@@ -468,9 +599,11 @@ def _split_address(address: str) -> tuple[str, int]:
         host, port = rest, ""
     if not host:
         raise ValueError(f"missing host in {address!r}")
+    if not _valid_host(host):
+        raise ValueError(f"{host!r} is neither an IP address nor a host name, in {address!r}")
     if not port:
         return host, default_port
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         raise ValueError(f"bad port in {address!r}")
     return host, int(port)
 
@@ -494,21 +627,42 @@ def token_file_problem(path: Path | None) -> str | None:
 
 
 def split_listen(listen: str) -> tuple[str, int]:
-    """``host:port`` (or ``[v6]:port``) for a listening socket; the port is required."""
-    host, port = _split_address(listen)
-    if not listen.rstrip("/").rsplit(":", 1)[-1].isdigit():
-        raise ValueError(f"expected host:port, e.g. 127.0.0.1:9311, got {listen!r}")
-    return host, port
+    """``host:port`` or ``[v6]:port`` for a listening socket: no scheme, no path, the
+    port required (``9311`` alone used to mean host "9311" on port 8500)."""
+    example = "e.g. 127.0.0.1:9311 or [::1]:9311"
+    if "://" in listen or "/" in listen:
+        raise ValueError(f"expected host:port without a scheme or path ({example}), got {listen!r}")
+    if listen.startswith("["):
+        host, bracket, tail = listen[1:].partition("]")
+        port = tail.removeprefix(":") if bracket and tail.startswith(":") else ""
+        if not host or ":" not in host:
+            raise ValueError(f"brackets are for IPv6 addresses ({example}), got {listen!r}")
+    else:
+        host, colon, port = listen.rpartition(":")
+        if not colon:
+            raise ValueError(f"missing port ({example}), got {listen!r}")
+        if ":" in host:
+            raise ValueError(f"IPv6 addresses need brackets ({example}), got {listen!r}")
+    if not port:
+        raise ValueError(f"missing port ({example}), got {listen!r}")
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        raise ValueError(f"bad port {port!r}: expected 1-65535 ({example})")
+    if not host or not _valid_host(host):
+        raise ValueError(f"expected an IP address or host name before the port ({example}), got {listen!r}")
+    return host, int(port)
 
 
 def _read_token_file(path: Path) -> str:
     try:
-        token = path.read_text().strip()
+        token = clean_token(path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # not UTF-8, or a character no header can carry
+        detail = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
+        raise ValueError(f"token file {path}: {detail}") from None
     except FileNotFoundError:
         raise ValueError(f"token file {path} does not exist") from None
     except PermissionError:
         raise ValueError(f"token file {path} is not readable (permission denied)") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise ValueError(f"token file {path} cannot be read: {exc.__class__.__name__}") from None
     if not token:
         raise ValueError(f"token file {path} is empty")
@@ -519,7 +673,7 @@ def _default_host_name(workdir: Path) -> str:
     """CBSD's own node name (``$workdir/nodename``), else this machine's host name."""
     try:
         name = (workdir / "nodename").read_text().strip()
-    except (OSError, UnicodeDecodeError):
+    except (OSError, ValueError):
         name = ""
     return name or socket.gethostname()
 

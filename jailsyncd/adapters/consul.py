@@ -155,10 +155,12 @@ class _Consul:
     """The HTTP plumbing both modes share. Counts the requests and writes it makes."""
 
     def __init__(self, settings: ConsulSettings) -> None:
-        for key in ("ca_file", "cert_file", "key_file"):
+        for key, var in (("ca_file", "CONSUL_CACERT"), ("cert_file", "CONSUL_CLIENT_CERT"), ("key_file", "CONSUL_CLIENT_KEY")):
             path = getattr(settings, key)
             if path is not None and not os.access(path, os.R_OK):
-                raise ConfigError(f"consul.{key}: {path} does not exist or is not readable")
+                # Checked here, each cycle, not at load: certificates written at boot
+                # by another service may appear after jailsyncd starts.
+                raise ConfigError(f"consul.{key} (or {var}): {path} does not exist or is not readable")
         host, port = settings.host_port
         self.endpoint = f"{settings.scheme}://{host}:{port}"
         verify: bool | str = str(settings.ca_file) if settings.ca_file else settings.verify

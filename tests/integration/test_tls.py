@@ -241,3 +241,31 @@ def test_missing_tls_file_is_named(tls_consul: TlsConsul, pki: Path, tmp_path: P
     assert proc.returncode in (ExitCode.CONFIG, ExitCode.CONSUL_UNAVAILABLE), proc.stderr
     line = error_line(proc.stderr)
     assert str(tmp_path / "nowhere.pem") in line
+
+
+def test_consul_cli_tls_variables(tls_consul: TlsConsul, pki: Path, tmp_path: Path, jail: Workdir) -> None:
+    """Issue 10, item 14: ``CONSUL_HTTP_SSL=true`` with a scheme-less
+    ``CONSUL_HTTP_ADDR`` means https, as for the Consul CLI (it used to be ignored:
+    plain HTTP to the HTTPS port); ``CONSUL_HTTP_SSL_VERIFY`` takes Go's booleans
+    (``F`` used to leave verification on); a bad one is named, exit 78."""
+    tls_consul.wipe()
+    env = {
+        "CONSUL_HTTP_ADDR": f"127.0.0.1:{tls_consul.https_port}",
+        "CONSUL_HTTP_SSL": "true",
+        "CONSUL_CACERT": str(pki / "ca.pem"),
+        "CONSUL_CLIENT_CERT": str(pki / "client.pem"),
+        "CONSUL_CLIENT_KEY": str(pki / "client.key"),
+    }
+    config = tls_config(tmp_path / "c.toml", jail, None)
+    proc = run_cli("once", config=config, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert tls_consul.services()["jailsyncd-web1"]["Address"] == "127.0.60.1"
+    # No CA (the system's CAs do not know ours), verification off the way the CLI spells it.
+    jail.set("web1", ip4_addr="127.0.60.3")
+    unverified = {k: v for k, v in env.items() if k != "CONSUL_CACERT"} | {"CONSUL_HTTP_SSL_VERIFY": "F"}
+    proc = run_cli("once", config=config, env=unverified)
+    assert proc.returncode == 0, proc.stderr
+    assert tls_consul.services()["jailsyncd-web1"]["Address"] == "127.0.60.3"
+    proc = run_cli("once", config=config, env=unverified | {"CONSUL_HTTP_SSL_VERIFY": "no"})
+    assert proc.returncode == ExitCode.CONFIG
+    assert error_line(proc.stderr).startswith("jailsyncd: CONSUL_HTTP_SSL_VERIFY (environment variable): expected true or false")

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from jailsyncd import settings as settings_mod
 from jailsyncd.errors import ConfigError, ExitCode
@@ -264,7 +266,7 @@ def test_explicit_values_are_kept(cfg, tmp_path):
         ("'167h'", 167 * 3600.0),
     ],
 )
-@pytest.mark.parametrize(("section", "key"), [("sync", "interval"), ("consul", "timeout"), ("cbsd", "busy_timeout")])
+@pytest.mark.parametrize(("section", "key"), [("sync", "jitter"), ("consul", "timeout"), ("cbsd", "busy_timeout")])
 def test_durations(cfg, tmp_path, section, key, toml_value, seconds):
     extra = f"workdir = '{tmp_path}'\n" if section == "cbsd" else ""
     s = cfg(f"[{section}]\n{extra}{key} = {toml_value}\n")
@@ -384,12 +386,16 @@ def test_empty_env_values_are_unset(cfg, var):
 
 
 def test_only_one_of_client_cert_and_key_from_env_is_an_error(cfg):
-    assert ": consul.cert_file: " in error_of(cfg, "", {"CONSUL_CLIENT_CERT": "/c.pem"})
+    assert "CONSUL_CLIENT_CERT (environment variable for consul.cert_file" in error_of(cfg, "", {"CONSUL_CLIENT_CERT": "/c.pem"})
     assert ": consul.cert_file: " in error_of(cfg, "", {"CONSUL_CLIENT_KEY": "/k.pem"})
 
 
-def test_bad_address_from_env_names_consul_address(cfg):
-    assert ": consul.address: " in error_of(cfg, "", {"CONSUL_HTTP_ADDR": "::1"})
+def test_bad_address_from_env_blames_the_variable_not_the_file(cfg):
+    """Issue 10, item 14: the file does not set consul.address, so an error naming
+    the file's key sent the operator to the wrong place."""
+    message = error_of(cfg, "", {"CONSUL_HTTP_ADDR": "::1"})
+    assert message.startswith("CONSUL_HTTP_ADDR (environment variable for consul.address, which ")
+    assert "leaves unset): IPv6 addresses need brackets" in message
 
 
 def test_file_address_equal_to_default_still_wins_over_env(cfg):
@@ -415,7 +421,7 @@ def test_bad_token_file_names_consul_token_file(cfg, tmp_path, content, source):
         message = error_of(cfg, f"[consul]\ntoken_file = '{path}'\n")
     else:
         message = error_of(cfg, "", {"CONSUL_HTTP_TOKEN_FILE": str(path)})
-    assert ": consul.token_file: " in message
+    assert (": consul.token_file: " if source == "file" else "CONSUL_HTTP_TOKEN_FILE (environment variable for consul.token_file") in message
     assert str(path) in message
 
 
@@ -582,3 +588,303 @@ def test_settings_are_frozen(cfg, attr_path, value):
     assert isinstance(s.rules, tuple)
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.rules[0].port = 1  # type: ignore[misc]
+
+
+# --- issue 10, item 8: every config problem is a ConfigError ---------------------------
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes("[host]\nname = 'k\xf6ln'\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, env={})
+    assert str(exc.value) == f"{path}: not UTF-8 (TOML files must be): bad byte at offset 16"
+
+
+@pytest.mark.parametrize(
+    ("template", "shown"),
+    [
+        ("{fqdn.x}", "{fqdn.x}"),
+        ("{fqdn[0]}", "{fqdn[0]}"),
+        ("{fqdn[x]}", "{fqdn[x]}"),
+        ("{jname!r}", "{jname!r}"),
+        ("{jname:>10}", "{jname:>10}"),
+        ("{jname:d}", "{jname:d}"),
+        ("{0}", "{0}"),
+        ("{}", "{}"),
+        ("{nodename}", "{nodename}"),
+    ],
+)
+def test_node_name_template_fields_are_plain_names_only(cfg, template, shown):
+    message = error_of(cfg, f"[catalog]\nnode_name = '{template}'\n")
+    assert f": catalog.node_name: {shown} is not allowed" in message
+
+
+@pytest.mark.parametrize("template", ["{jname", "jname}", "{{jname}"])
+def test_node_name_template_with_unbalanced_braces(cfg, template):
+    assert ": catalog.node_name: not a valid template" in error_of(cfg, f"[catalog]\nnode_name = '{template}'\n")
+
+
+# A TOML writer for the fuzz test below (tomllib only reads); JSON strings are TOML strings.
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "nan" if value != value else ("inf" if value == float("inf") else "-inf" if value == float("-inf") else repr(value))
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+
+
+def _fuzz_keys() -> dict[str, list[str]]:
+    keys = {f.name: [k.name for k in dataclasses.fields(f.default_factory)] for f in dataclasses.fields(Settings) if f.name not in ("rules", "source")}
+    keys["rule"] = ["match", "name", "port", "tags", "meta", "enabled", "checks"]
+    return keys
+
+
+_FUZZ_KEYS = _fuzz_keys()
+_nasty_text = st.sampled_from(
+    ["", " ", "0", "1ms", "10ms", "30s", "{fqdn.x}", "{jname}", "{fqdn[0]}", "{", "static", "::1", "[::1]:9311", "9311",
+     "127.0.0.1:", "127.0.0.1 :8500", "unix:///tmp/c.sock", "https://", "http://h:99999", "a\x00b", "\ufeff", "é", "/nonexistent/x",
+     "agent", "catalog", "article", "json", "debug", "tcp", "http:/x", "*", "{jname.a}", "{host[a]}", "{fqdn!s}"]
+) | st.text(alphabet="abc{}[]:./!0123456789 \x00%#", max_size=12) | st.tuples(
+    # format fields: every str.format feature a template could use by mistake
+    st.sampled_from(["fqdn", "jname", "host", "", "0", "x"]), st.sampled_from(["", ".x", "[0]", "[x]", "!r", "!z", ":d", ":>3", ":%"])
+).map(lambda t: "{" + t[0] + t[1] + "}")
+_scalar = st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats() | _nasty_text
+_value = st.recursive(_scalar, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_nasty_text, inner, max_size=3), max_leaves=6)
+
+
+@st.composite
+def _config_text(draw) -> str:
+    lines = []
+    for section in draw(st.lists(st.sampled_from([*_FUZZ_KEYS, "bogus"]), unique=True, max_size=4)):
+        header = "[[rule]]" if section == "rule" else f"[{section}]"
+        lines.append(header)
+        keys = _FUZZ_KEYS.get(section, ["x"]) + ["unknown"]
+        for key in draw(st.lists(st.sampled_from(keys), unique=True, max_size=4)):
+            # Mostly awkward strings: that is where the typed checks end and parsing begins.
+            lines.append(f"{key} = {_toml_value(draw(st.one_of(_nasty_text, _nasty_text, _value)))}")
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=400, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(text=_config_text(), env=st.dictionaries(
+    st.sampled_from(["CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_SSL", "CONSUL_HTTP_SSL_VERIFY", "CONSUL_CACERT", "CONSUL_TLS_SERVER_NAME", "CONSUL_DATACENTER"]),
+    _nasty_text.filter(lambda v: "\x00" not in v), max_size=3))
+@example(text="[catalog]\nnode_name = '{fqdn.x}'\n", env={})
+def test_fuzz_loading_raises_config_error_or_nothing(tmp_path_factory, text, env):
+    """Issue 10, item 8: whatever the file and the CONSUL_* variables hold, loading
+    either succeeds or raises ConfigError (exit 78 at start, config_reload_failed on
+    SIGHUP); never another exception (exit 1, or a dead daemon)."""
+    d = tmp_path_factory.mktemp("fuzz", numbered=True)
+    (d / "nodename").write_text("node1")
+    path = d / "jailsyncd.toml"
+    path.write_text(text.replace("[cbsd]", f"[cbsd]\nworkdir = {json.dumps(str(d))}", 1))
+    try:
+        load_settings(path, env=env)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+
+
+@settings(max_examples=200, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(
+    st.lists(
+        st.sampled_from(["a", ".", "{", "}", "{{", "}}"])
+        | st.tuples(
+            st.sampled_from(["fqdn", "jname", "host", "", "0", "x"]),
+            st.lists(st.sampled_from([".x", "[0]", "[x]", "!r", "!z", ":d", ":>3", ":%", ".", "[", "]", "!", ":"]), max_size=3).map("".join),
+        ).map(lambda t: "{" + t[0] + t[1] + "}"),
+        max_size=4,
+    ).map("".join)
+)
+def test_fuzz_node_name_templates(cfg, template):
+    """str.format has attribute, index, conversion and spec syntax, each with its own
+    exception (AttributeError for ``{fqdn.x}`` crashed start and SIGHUP)."""
+    try:
+        cfg(f"[catalog]\nnode_name = {json.dumps(template)}\n")
+    except ConfigError:
+        pass
+
+
+@settings(max_examples=150, deadline=None, database=None, derandomize=True)
+@given(st.binary(max_size=200))
+def test_fuzz_any_bytes_as_a_config_file(tmp_path_factory, data):
+    d = tmp_path_factory.mktemp("bytes", numbered=True)
+    path = d / "jailsyncd.toml"
+    path.write_bytes(data + b"\n[cbsd]\nworkdir = " + json.dumps(str(d)).encode() + b"\n")
+    try:
+        load_settings(path, env={})
+    except ConfigError:
+        pass
+
+
+# --- issue 10, item 13: values that used to pass and fail later ------------------------
+
+
+@pytest.mark.parametrize(
+    ("listen", "why"),
+    [
+        ("9311", "missing port"),
+        ("localhost", "missing port"),
+        ("127.0.0.1:", "missing port"),
+        (":9311", "expected an IP address or host name"),
+        ("::1:9311", "IPv6 addresses need brackets"),
+        ("[::1]", "missing port"),
+        ("[::1]9311", "missing port"),
+        ("[127.0.0.1]:9311", "brackets are for IPv6"),
+        ("http://127.0.0.1:9311", "without a scheme"),
+        ("127.0.0.1:9311/metrics", "without a scheme or path"),
+        ("127.0.0.1:0", "bad port"),
+        ("127.0.0.1:65536", "bad port"),
+        ("127.0.0.1:９３１１", "bad port"),
+        ("127.0.0.1 :9311", "expected an IP address or host name"),
+    ],
+)
+def test_metrics_listen_needs_host_and_port(cfg, listen, why):
+    message = error_of(cfg, f"[metrics]\nlisten = '{listen}'\n")
+    assert ": metrics.listen: " in message and why in message
+
+
+@pytest.mark.parametrize(("listen", "expected"), [("[::1]:9311", ("::1", 9311)), ("127.0.0.1:9311", ("127.0.0.1", 9311)), ("localhost:1", ("localhost", 1))])
+def test_metrics_listen_ipv4_ipv6_and_names(cfg, listen, expected):
+    assert settings_mod.split_listen(cfg(f"[metrics]\nlisten = '{listen}'\n").metrics.listen) == expected
+
+
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("127.0.0.1 :8500", "white space"),
+        (" 127.0.0.1:8500", "white space"),
+        ("consul .service:8500", "white space"),
+        ("127.0.0.1:8500\t", "white space"),
+        ("host!name:8500", "neither an IP address nor a host name"),
+        ("unix:///var/run/consul.sock", "unix sockets are not supported"),
+        ("ftp://127.0.0.1:8500", "unsupported scheme ftp://"),
+        ("127.0.0.1:８５００", "bad port"),
+    ],
+)
+def test_consul_address_must_be_usable(cfg, address, why):
+    message = error_of(cfg, f"[consul]\naddress = '{address}'\n")
+    assert ": consul.address: " in message and why in message
+
+
+@pytest.mark.parametrize("template", ["static", "{host}", "jails.{host}", ""])
+def test_node_name_template_needs_a_per_jail_field(cfg, template):
+    message = error_of(cfg, f"[catalog]\nnode_name = '{template}'\n")
+    assert ": catalog.node_name: " in message and "every jail the same node name" in message
+
+
+@pytest.mark.parametrize("template", ["{fqdn}", "{jname}.{host}", "jail-{jname}", "{fqdn}.{{x}}"])
+def test_node_name_templates_with_a_per_jail_field_load(cfg, template):
+    assert cfg(f"[catalog]\nnode_name = '{template}'\n").catalog.node_name == template
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "minimum"),
+    [
+        ("sync", "interval", "1ms", "1s"),
+        ("sync", "interval", "999ms", "1s"),
+        ("sync", "backoff_max", "10ms", "1s"),
+        ("sync", "watch_interval", "1ms", "0.1s"),
+        ("health", "interval", "10ms", "1s"),
+        ("health", "timeout", "1ms", "0.1s"),
+        ("consul", "timeout", "1ms", "0.1s"),
+        ("cbsd", "busy_timeout", "1ms", "0.1s"),
+    ],
+)
+def test_durations_that_make_a_hot_loop_are_refused(cfg, tmp_path, section, key, value, minimum):
+    extra = f"workdir = '{tmp_path}'\n" if section == "cbsd" else ""
+    message = error_of(cfg, f"[{section}]\n{extra}{key} = '{value}'\n")
+    assert f": {section}.{key}: must be at least {minimum}" in message
+
+
+def test_duration_minimums_are_accepted(cfg):
+    s = cfg("[sync]\ninterval = '1s'\nbackoff_max = '1s'\nwatch_interval = '100ms'\n[health]\ninterval = '1s'\ntimeout = '100ms'\n")
+    assert (s.sync.interval, s.sync.backoff_max, s.sync.watch_interval, s.health.interval, s.health.timeout) == (1, 1, 0.1, 1, 0.1)
+
+
+# --- issue 10, item 14: CONSUL_* variables as the Consul CLI reads them -----------------
+
+
+@pytest.mark.parametrize("raw", [TOKEN + "\n", f"  {TOKEN}\r\n", f"\ufeff{TOKEN}\n", f"\t{TOKEN} "])
+def test_token_from_env_is_trimmed_like_a_token_file(cfg, raw):
+    assert cfg("", {"CONSUL_HTTP_TOKEN": raw}).consul.read_token().reveal() == TOKEN
+
+
+def test_blank_token_variable_means_no_token(cfg):
+    assert cfg("", {"CONSUL_HTTP_TOKEN": " \n"}).consul.token is None
+
+
+@pytest.mark.parametrize(("raw", "where"), [(f"{TOKEN[:5]} {TOKEN[5:]}", "position 6: U+0020"), (f"{TOKEN}\x07", "U+0007"), ("tökén", "position 2: U+00F6")])
+def test_token_variable_that_no_header_can_carry_is_named_never_shown(cfg, raw, where):
+    message = error_of(cfg, "", {"CONSUL_HTTP_TOKEN": raw})
+    assert message.startswith("CONSUL_HTTP_TOKEN (environment variable for consul.token")
+    assert where in message and raw.strip() not in message and TOKEN[:8] not in message
+
+
+@pytest.mark.parametrize("content", [f"\ufeff{TOKEN}\n".encode(), f"\ufeff{TOKEN}\r\n".encode(), TOKEN.encode() + b"\n\n"])
+def test_token_file_with_bom_or_crlf(cfg, tmp_path, content):
+    path = tmp_path / "tok"
+    path.write_bytes(content)
+    assert cfg(f"[consul]\ntoken_file = '{path}'\n").consul.read_token().reveal() == TOKEN
+
+
+def test_token_file_that_is_not_utf8_is_named_never_shown(cfg, tmp_path):
+    path = tmp_path / "tok"
+    path.write_bytes(b"\xff\xfe" + TOKEN.encode("utf-16-le"))
+    message = error_of(cfg, f"[consul]\ntoken_file = '{path}'\n")
+    assert f"token file {path}: not UTF-8 text" in message and TOKEN not in message
+
+
+@pytest.mark.parametrize(
+    ("env", "address"),
+    [
+        ({"CONSUL_HTTP_SSL": "true"}, "https://127.0.0.1:8500"),
+        ({"CONSUL_HTTP_SSL": "1", "CONSUL_HTTP_ADDR": "10.0.0.1:8501"}, "https://10.0.0.1:8501"),
+        ({"CONSUL_HTTP_SSL": "T", "CONSUL_HTTP_ADDR": "http://10.0.0.1:8501"}, "https://10.0.0.1:8501"),  # never back to http
+        ({"CONSUL_HTTP_SSL": "false", "CONSUL_HTTP_ADDR": "10.0.0.1:8500"}, "10.0.0.1:8500"),
+        ({"CONSUL_HTTP_SSL": "0", "CONSUL_HTTP_ADDR": "https://10.0.0.1"}, "https://10.0.0.1"),
+    ],
+)
+def test_consul_http_ssl(cfg, env, address):
+    s = cfg("", env)
+    assert s.consul.address == address
+    assert s.consul.scheme == ("https" if address.startswith("https") else "http")
+
+
+def test_consul_http_ssl_does_not_override_the_files_address(cfg):
+    assert cfg("[consul]\naddress = '10.0.0.1:8500'\n", {"CONSUL_HTTP_SSL": "true"}).consul.address == "10.0.0.1:8500"
+
+
+@pytest.mark.parametrize(("value", "verify"), [("false", False), ("FALSE", False), ("F", False), ("0", False), ("true", True), ("1", True), ("True", True)])
+def test_consul_http_ssl_verify_reads_go_booleans(cfg, value, verify):
+    assert cfg("", {"CONSUL_HTTP_SSL_VERIFY": value}).consul.verify is verify
+
+
+@pytest.mark.parametrize("var", ["CONSUL_HTTP_SSL", "CONSUL_HTTP_SSL_VERIFY"])
+@pytest.mark.parametrize("value", ["no", "off", "yes", "2", " true"])
+def test_bad_boolean_variable_is_named(cfg, var, value):
+    with pytest.raises(ConfigError) as exc:
+        cfg("", {var: value})
+    assert str(exc.value).startswith(f"{var} (environment variable): expected true or false")
+
+
+def test_unix_socket_address_from_env_is_refused_naming_the_variable(cfg):
+    message = error_of(cfg, "", {"CONSUL_HTTP_ADDR": "unix:///var/run/consul/http.sock"})
+    assert message.startswith("CONSUL_HTTP_ADDR (environment variable for consul.address") and "unix sockets are not supported" in message
+
+
+def test_tls_variables_are_honoured(cfg):
+    env = {"CONSUL_CACERT": "/e/ca.pem", "CONSUL_CLIENT_CERT": "/e/c.pem", "CONSUL_CLIENT_KEY": "/e/k.pem", "CONSUL_TLS_SERVER_NAME": "server.dc1.consul"}
+    c = cfg("", env).consul
+    assert (c.ca_file, c.cert_file, c.key_file, c.tls_server_name) == (Path("/e/ca.pem"), Path("/e/c.pem"), Path("/e/k.pem"), "server.dc1.consul")
+
+
+def test_bad_tls_server_name_from_env_is_named(cfg):
+    message = error_of(cfg, "", {"CONSUL_TLS_SERVER_NAME": "server dc1"})
+    assert message.startswith("CONSUL_TLS_SERVER_NAME (environment variable for consul.tls_server_name")
