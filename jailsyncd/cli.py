@@ -34,7 +34,7 @@ from jailsyncd.healthloop import HealthLoop
 from jailsyncd.errors import ConsulRefused, ExitCode, JailsyncdError, SafetyRefusal
 from jailsyncd.logs import configure, get_logger, register_secret, route_library_logs
 from jailsyncd.model import Plan
-from jailsyncd.reconcile import CycleResult, Reconciler
+from jailsyncd.reconcile import CycleResult, Reconciler, StartupWindow
 from jailsyncd.settings import DEFAULT_CONFIG, Settings, load_settings, token_file_problem
 
 DEFAULT_PIDFILE = Path("/var/run/jailsyncd.pid")
@@ -49,8 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="show what a cycle would change (dry run)")
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     p.add_argument("--force", action="store_true", help="plan past the max_deregistrations rail")
+    p.add_argument("--startup-grace", action="store_true", help="plan as run does right after it started (sync.startup_grace)")
     p = sub.add_parser("once", help="run one reconcile cycle and exit")
     p.add_argument("--force", action="store_true", help="apply deregistrations beyond sync.max_deregistrations")
+    p.add_argument("--startup-grace", action="store_true", help="hold back deregistrations as run does right after it started (sync.startup_grace)")
     p = sub.add_parser("check-config", help="validate the settings and print them (secrets redacted)")
     p.add_argument("--online", action="store_true", help="also check Consul: reachable, leader, token, the mode's permissions")
     p = sub.add_parser("purge", help="deregister every service this host owns")
@@ -119,9 +121,22 @@ def _health(settings: Settings) -> HealthLoop | None:
     return HealthLoop(settings.health, prober, _store_factory(settings))
 
 
-def _reconciler(settings: Settings, should_stop=lambda: False, *, quiet_noop: bool = False, health: HealthLoop | None = None) -> Reconciler:
+def _reconciler(
+    settings: Settings,
+    should_stop=lambda: False,
+    *,
+    quiet_noop: bool = False,
+    health: HealthLoop | None = None,
+    startup: StartupWindow | None = None,
+) -> Reconciler:
     source = CbsdSource(settings.cbsd.workdir, settings.cbsd.busy_timeout)
-    return Reconciler(settings, source, _store_factory(settings), should_stop=should_stop, quiet_noop=quiet_noop, health=health)
+    return Reconciler(settings, source, _store_factory(settings), should_stop=should_stop, quiet_noop=quiet_noop, health=health, startup=startup)
+
+
+def _startup(args: argparse.Namespace) -> StartupWindow | None:
+    """``plan``/``once`` have no start time and hold nothing back, unless asked to act
+    as a ``run`` that starts now (``--startup-grace``)."""
+    return StartupWindow() if getattr(args, "startup_grace", False) else None
 
 
 def _finish(result: CycleResult) -> int:
@@ -139,7 +154,7 @@ def _finish(result: CycleResult) -> int:
 
 
 def cmd_plan(settings: Settings, args: argparse.Namespace) -> int:
-    result = _reconciler(settings).cycle(apply=False, force=args.force)
+    result = _reconciler(settings, startup=_startup(args)).cycle(apply=False, force=args.force)
     if result.error is not None:
         raise result.error
     assert result.plan is not None
@@ -178,7 +193,7 @@ def _health_rows(settings: Settings, result: CycleResult) -> list[dict[str, str]
 
 def cmd_once(settings: Settings, args: argparse.Namespace) -> int:
     health = _health(settings)
-    result = _reconciler(settings, health=health).cycle(force=args.force)
+    result = _reconciler(settings, health=health, startup=_startup(args)).cycle(force=args.force)
     if health is not None and result.error is None:
         # One health round (and the heartbeat), so that Consul's statuses are true now.
         health.round()
@@ -246,13 +261,15 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
     health = _health(settings)
     metrics = Metrics() if settings.metrics.listen else None
+    startup = StartupWindow()  # one for the whole process: a reload keeps it
     daemon = Daemon(
         settings,
-        lambda s, should_stop: _reconciler(s, should_stop, quiet_noop=True, health=health),
+        lambda s, should_stop: _reconciler(s, should_stop, quiet_noop=True, health=health, startup=startup),
         load,
         log_overrides=(args.log_format, args.log_level),
         metrics=metrics,
         health=health,
+        startup=startup,
     )
     if metrics is not None:
         metrics.watch(lambda: daemon.settings, health)
@@ -298,6 +315,7 @@ def plan_as_json(plan: Plan) -> dict[str, Any]:
         "register": [service(s) for s in plan.register],
         "update": [{**service(u.new), "fields": list(u.fields)} for u in plan.update],
         "deregister": [service(s) for s in plan.deregister],
+        "held": [{**service(s), "until": plan.held_until, "reason": "startup_grace"} for s in plan.held],
         "skipped": [{"jail": k.jail, "reason": k.reason, "detail": k.detail} for k in plan.skipped],
         "notes": [{"jail": n.jail, "kind": n.kind, "detail": n.detail} for n in plan.notes],
     }
@@ -313,6 +331,8 @@ def plan_as_text(plan: Plan) -> str:
         lines.append(f"~ {u.new.jail:<20} update     {changes}")
     for s in plan.deregister:
         lines.append(f"- {s.jail:<20} deregister {s.service_id}")
+    for s in plan.held:
+        lines.append(f"= {s.jail:<20} held       {s.service_id}: astart=1 and not started yet; sync.startup_grace until {plan.held_until}")
     for k in plan.skipped:
         lines.append(f"! {k.jail:<20} skipped    {k.reason}: {k.detail}")
     if not (plan.register or plan.update or plan.deregister):

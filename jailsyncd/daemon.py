@@ -8,7 +8,8 @@ everything else only *asks* for a cycle:
   ``sync.watch_interval``: a stat of the node DB and its ``-wal`` (CBSD writes only
   on events, so a changed size or mtime means "re-read now");
 - ``SIGUSR1`` and ``jailsyncd kick`` ask at once;
-- the first cycle is asked for at start-up.
+- the first cycle is asked for at start-up, and one more when ``sync.startup_grace``
+  ends (for the deregistrations it held back).
 
 Requests are a flag, not a queue: any number of them while a cycle runs become
 exactly one more cycle right after it (never dropped, never piled up). After a
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from jailsyncd.errors import JailsyncdError
@@ -64,6 +66,7 @@ class Daemon:
         log_overrides: tuple[str | None, str | None] = (None, None),
         metrics=None,
         health=None,
+        startup=None,
     ) -> None:
         self.settings = settings
         self._make_reconciler = reconciler_factory
@@ -72,6 +75,9 @@ class Daemon:
         self.metrics = metrics
         #: The ``HealthLoop`` (health on) whose rounds and heartbeat are scheduled here.
         self.health = health
+        #: The ``reconcile.StartupWindow`` its reconcilers share: one more cycle is
+        #: asked for when ``sync.startup_grace`` ends, for the deregistrations it held.
+        self.startup = startup
         self.log = get_logger()
         self._stop = threading.Event()
         self._wanted = threading.Event()  # a cycle was asked for
@@ -201,6 +207,10 @@ class Daemon:
             self.request, IntervalTrigger(seconds=sync.interval, jitter=sync.jitter or None), args=("interval",), id="interval", **common
         )
         self.scheduler.add_job(self._watch, IntervalTrigger(seconds=sync.watch_interval), id="watch", **common)
+        if self.startup is not None:
+            ends = self.startup.ends_at(sync.startup_grace)
+            if ends > datetime.now(timezone.utc):
+                self.scheduler.add_job(self.request, DateTrigger(run_date=ends), args=("startup_grace_ended",), id="grace", **common)
         if self.health is not None:
             health = self.settings.health
             soon = datetime.now(timezone.utc) + timedelta(seconds=1)  # after the first cycle, usually

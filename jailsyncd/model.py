@@ -41,6 +41,9 @@ class Environment:
     ip4_addr: str | None
     host_hostname: str | None
     tags: str | None
+    #: CBSD starts it at boot (``astart=1``; for bhyve VMs from the node DB's ``bhyve``
+    #: table, which ``bset`` keeps in step with the per-VM ``settings``).
+    astart: bool = False
 
     @property
     def kind(self) -> str:
@@ -61,6 +64,12 @@ class Environment:
         if self.kind == "jail":
             return self.status == 1
         return True
+
+    @property
+    def awaiting_autostart(self) -> bool:
+        """Whether CBSD will start it at boot and it is not running yet: ``astart=1``
+        and off (status 0; slaves and maintenance never start here)."""
+        return self.astart and self.status not in (2, 3) and not self.running
 
 
 @dataclass(frozen=True)
@@ -182,6 +191,23 @@ class Desired:
 
 
 @dataclass(frozen=True)
+class Startup:
+    """Where ``run`` is in its start-up grace (``sync.startup_grace``), as ``plan``
+    needs it. Built outside the core (``reconcile.StartupWindow``): the clock stays there.
+
+    ``autostart_stopped``: jnames CBSD will start at boot that are not running now.
+    ``seen_running``: jnames CBSD has shown running at any read since ``run`` started.
+    ``until``: when the grace ends (UTC, ISO 8601), for logs and ``plan`` only.
+    """
+
+    elapsed: float
+    grace: float
+    autostart_stopped: frozenset[str] = frozenset()
+    seen_running: frozenset[str] = frozenset()
+    until: str = ""
+
+
+@dataclass(frozen=True)
 class Observed:
     """What Consul holds that matters to this host, from the Consul adapter.
 
@@ -225,7 +251,8 @@ class Plan:
     """What to change in Consul so that it matches ``Desired``.
 
     ``refused`` holds deregistrations held back by the ``max_deregistrations`` rail;
-    they are *not* in ``deregister``.
+    ``held`` those held back by the start-up grace until ``held_until``; neither is
+    in ``deregister``.
     """
 
     register: tuple[Service, ...] = ()
@@ -234,6 +261,8 @@ class Plan:
     skipped: tuple[Skip, ...] = ()
     refused: tuple[Service, ...] = ()
     notes: tuple[Note, ...] = field(default=())
+    held: tuple[Service, ...] = ()
+    held_until: str = ""
 
     @property
     def writes(self) -> int:

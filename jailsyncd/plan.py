@@ -7,7 +7,7 @@ cycle would refuse.
 
 from __future__ import annotations
 
-from jailsyncd.model import COMPARED_FIELDS, Desired, Observed, Plan, Service, Skip, Update
+from jailsyncd.model import COMPARED_FIELDS, CbsdState, Desired, Observed, Plan, Service, Skip, Startup, Update
 
 
 def changed_fields(old: Service, new: Service) -> tuple[str, ...]:
@@ -21,6 +21,7 @@ def plan(
     *,
     max_deregistrations: int,
     force: bool = False,
+    startup: Startup | None = None,
 ) -> Plan:
     """What to register, update and deregister so that Consul matches ``desired``.
 
@@ -29,6 +30,9 @@ def plan(
       agent's node, another host's jail), is skipped as ``conflict``, never
       overwritten.
     - Owned services of ``desired.protected`` jails (state unknown) are left as they are.
+    - During the start-up grace (``startup``, see ``hold_for_autostart``) the
+      deregistrations of jails CBSD has yet to start at boot are held back (moved to
+      ``Plan.held``), before the next rail counts what is left.
     - More than ``max_deregistrations`` deregistrations are all refused (moved to
       ``Plan.refused``) unless ``force``: a sudden mass removal more often means a
       broken read than a host that really lost its jails.
@@ -57,6 +61,7 @@ def plan(
     deregister = [
         old for sid, old in sorted(owned.items()) if sid not in wanted and old.jail not in desired.protected
     ]
+    deregister, held = hold_for_autostart(deregister, startup)
     refused: list[Service] = []
     if len(deregister) > max_deregistrations and not force:
         refused, deregister = deregister, []
@@ -71,7 +76,37 @@ def plan(
         skipped=tuple(skipped),
         refused=tuple(refused),
         notes=desired.notes,
+        held=tuple(held),
+        held_until=startup.until if held and startup is not None else "",
     )
+
+
+# -- the start-up grace rail (sync.startup_grace) -------------------------------------
+
+
+def autostart_stopped(state: CbsdState) -> frozenset[str]:
+    """The jnames CBSD starts at boot (``astart=1``) that are not running now."""
+    return frozenset(env.jname for env in state.environments if env.awaiting_autostart)
+
+
+def hold_for_autostart(deregister: list[Service], startup: Startup | None) -> tuple[list[Service], list[Service]]:
+    """Split deregistrations into (to do now, held back by the start-up grace).
+
+    At boot ``cbsdd`` only queues the ``astart=1`` environments (``jails-astart``),
+    which then start one after another while their rows still say "off": a service
+    Consul kept across the reboot would be deregistered and registered again moments
+    later. So while ``startup.elapsed < startup.grace``, the services of jails that
+    CBSD will start (``autostart_stopped``) are kept, unless CBSD has shown the jail
+    running since ``run`` started (``seen_running``): then it was started and stopped
+    again, and the normal rules apply. Without ``startup`` (``once``, ``plan``) or
+    after the grace nothing is held. Registrations are never delayed.
+    """
+    if startup is None or startup.elapsed >= startup.grace:
+        return deregister, []
+    waiting = startup.autostart_stopped - startup.seen_running
+    now = [s for s in deregister if s.jail not in waiting]
+    held = [s for s in deregister if s.jail in waiting]
+    return now, held
 
 
 def purge_plan(observed: Observed) -> Plan:

@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 from jailsyncd.desired import build_desired, mark_token
 from jailsyncd.errors import JailsyncdError
 from jailsyncd.logs import get_logger
-from jailsyncd.model import Action, CbsdState, Desired, Observed, Plan, Service
+from jailsyncd.model import Action, CbsdState, Desired, Observed, Plan, Service, Startup
+from jailsyncd.plan import autostart_stopped, purge_plan
 from jailsyncd.plan import plan as make_plan
-from jailsyncd.plan import purge_plan
 from jailsyncd.settings import Settings
 
 if TYPE_CHECKING:  # the health loop is handed in; reconcile never builds one
@@ -55,6 +56,34 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class StartupWindow:
+    """The start-up grace of one ``run`` (``sync.startup_grace``): when it started and
+    which jails CBSD has shown running since. Made once per process (``cli``) and
+    handed to every ``Reconciler`` of it, so a reload neither restarts the grace nor
+    forgets what was seen. The clocks live here, outside the pure ``plan``."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.started = clock()
+        self.started_wall = wall()
+        self.seen_running: set[str] = set()
+
+    def observe(self, state: CbsdState, grace: float) -> Startup:
+        """Record what runs in this (complete) read; the grace as ``plan`` needs it."""
+        self.seen_running.update(env.jname for env in state.environments if env.running)
+        return Startup(
+            elapsed=self.clock() - self.started,
+            grace=grace,
+            autostart_stopped=autostart_stopped(state),
+            seen_running=frozenset(self.seen_running),
+            until=self.ends_at(grace).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        )
+
+    def ends_at(self, grace: float) -> datetime:
+        """When a grace of ``grace`` seconds ends (UTC)."""
+        return datetime.fromtimestamp(self.started_wall + grace, timezone.utc)
 
 
 @dataclass
@@ -94,6 +123,7 @@ class Reconciler:
         should_stop: Callable[[], bool] = lambda: False,
         quiet_noop: bool = False,
         health: HealthLoop | None = None,
+        startup: StartupWindow | None = None,
     ) -> None:
         self.settings = settings
         self.source = source
@@ -106,6 +136,9 @@ class Reconciler:
         #: With health on: probes new services before they are registered, and is
         #: told after each cycle which checks exist and what Consul holds for them.
         self.health = health
+        #: ``run`` only (or ``--startup-grace``): holds back deregistrations of jails
+        #: CBSD has yet to start at boot (``plan.hold_for_autostart``).
+        self.startup = startup
         self.cycles = 0
         #: The last CBSD state and the desired state built from it: ``build_desired``
         #: is pure, so an unchanged state (the common case) reuses its result.
@@ -159,16 +192,23 @@ class Reconciler:
             self._memo = (state, desired)
         observed = store.read(self.settings.host.name)
         desired = mark_token(desired, observed.token_accessor)
-        plan = make_plan(desired, observed, max_deregistrations=self.settings.sync.max_deregistrations, force=force)
+        startup = self.startup.observe(state, self.settings.sync.startup_grace) if self.startup is not None else None
+        plan = make_plan(desired, observed, max_deregistrations=self.settings.sync.max_deregistrations, force=force, startup=startup)
         return desired, observed, plan
 
     def _report(self, log: Any, plan: Plan) -> None:
+        current_held: set[tuple[str, str, str]] = set()
         for svc in plan.register:
             log.info("drift_detected", kind="missing", jail=svc.jail, service_id=svc.service_id, service=svc.name, address=svc.address)
         for upd in plan.update:
             log.info("drift_detected", kind="changed", jail=upd.new.jail, service_id=upd.new.service_id, fields=_changes(upd.old, upd.new, upd.fields))
         for svc in plan.deregister + plan.refused:
             log.info("drift_detected", kind="orphan", jail=svc.jail, service_id=svc.service_id)
+        for svc in plan.held:
+            key = ("held", svc.jail, plan.held_until)
+            current_held.add(key)
+            if key not in self._reported:
+                log.info("deregistration_held", jail=svc.jail, service_id=svc.service_id, until=plan.held_until, reason="startup_grace")
         if plan.refused:
             log.error(
                 "deregistrations_refused",
@@ -188,7 +228,7 @@ class Reconciler:
             current.add(key)
             if key not in self._reported:
                 log.warning("jail_note", jail=note.jail, kind=note.kind, detail=note.detail)
-        self._reported = current
+        self._reported = current | current_held
 
     def _apply(self, log: Any, store: Store, result: CycleResult) -> None:
         plan = result.plan
@@ -251,6 +291,7 @@ class Reconciler:
             updated=result.applied["update"],
             deregistered=result.applied["deregister"],
             refused=len(plan.refused),
+            held=len(plan.held),
             skipped=len(plan.skipped),
             failed=len(result.failures),
             writes=result.writes,

@@ -94,7 +94,10 @@ class Workdir:
         with _connect(self.node_db) as conn:
             conn.execute(f"INSERT INTO jails ({names}) VALUES ({marks})", tuple(row.values()))
         if values.get("emulator") == "bhyve":
-            self.set_vm(jname, ip4_addr=values.get("ip4_addr", "DHCP"), tags=values.get("tags", "0"))
+            # `bcreate` registers a VM in the node DB's `bhyve` table as well.
+            with _connect(self.node_db) as conn:
+                conn.execute("INSERT INTO bhyve (jname, astart) VALUES (?, ?)", (jname, values.get("astart", 0)))
+            self.set_vm(jname, ip4_addr=values.get("ip4_addr", "DHCP"), tags=values.get("tags", "0"), astart=values.get("astart", 0))
 
     def set(self, jname: str, **values: Any) -> None:
         """``cbsd jset``: update columns of one row."""
@@ -137,13 +140,18 @@ class Workdir:
             # ``created`` has one-second resolution: several bsets in one second tie,
             # and CBSD readers (and jailsyncd) then take the last inserted row.
             conn.execute(f"INSERT INTO settings ({names}) VALUES ({marks})", tuple(values.values()))
+        if "astart" in values:
+            # `bset astart=...` also writes it to the node DB's `bhyve` table ("back
+            # compatible"), but not to `jails.astart`.
+            with _connect(self.node_db) as conn:
+                conn.execute("UPDATE bhyve SET astart = ? WHERE jname = ?", (values["astart"], jname))
 
 
 #: One environment of every kind the CBSD data-model notes list (jname, columns).
 SAMPLE_ENVIRONMENTS: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("web1", dict(jid=3, status=1, ip4_addr="127.0.10.10/24", tags="web,prod")),
+    ("web1", dict(jid=3, status=1, ip4_addr="127.0.10.10/24", tags="web,prod", astart=1)),
     ("db1", dict(jid=5, status=1, ip4_addr="127.0.10.11/24,2001:db8:10::11/64", host_hostname="db1.example.org", tags="postgres,consul.port=5432")),
-    ("mail", dict(jid=0, status=0, ip4_addr="em0#127.0.10.25/24,em0#2001:db8:25::25/64", host_hostname="mail.example.org")),
+    ("mail", dict(jid=0, status=0, ip4_addr="em0#127.0.10.25/24,em0#2001:db8:25::25/64", host_hostname="mail.example.org", astart=1)),
     ("smtp", dict(jid=9, status=1, ip4_addr="em0#127.0.10.26/24,vhid_3#127.0.10.100/24")),
     ("vnet1", dict(jid=7, status=1, ip4_addr="REALDHCP", vnet=1)),
     ("dhcp1", dict(jid=8, status=1, ip4_addr="DHCP")),
@@ -154,7 +162,7 @@ SAMPLE_ENVIRONMENTS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("www2", dict(jid=13, status=1, ip4_addr="127.0.10.22", tags="consul.name=www,consul.port=80,prod")),
     ("Build_Box", dict(jid=14, status=1, ip4_addr="127.0.10.30")),
     ("private", dict(jid=15, status=1, ip4_addr="127.0.10.31", tags="consul=off")),
-    ("freebsd1", dict(jid=48213, status=0, emulator="bhyve", ip4_addr="127.0.10.50", tags="vm")),
+    ("freebsd1", dict(jid=48213, status=0, emulator="bhyve", ip4_addr="127.0.10.50", tags="vm", astart=1)),
     ("win10", dict(jid=0, status=0, emulator="bhyve", ip4_addr="DHCP")),
 )
 

@@ -121,6 +121,10 @@ class SyncSettings:
     #: Deregister everything this host owns when ``run`` stops (SIGTERM/SIGINT).
     #: Off by default: registrations stay, and health shows the daemon is gone.
     deregister_on_stop: bool = False
+    #: After ``run`` starts, services of jails with ``astart=1`` that CBSD has not
+    #: started yet are not deregistered for this long (CBSD starts them one by one
+    #: after boot); 0 turns it off. Registrations are never delayed.
+    startup_grace: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -208,7 +212,7 @@ _SECTIONS = {
     "metrics": MetricsSettings,
 }
 #: Durations that may be zero (every other duration must be above zero).
-_MAY_BE_ZERO = {"sync.jitter"}
+_MAY_BE_ZERO = {"sync.jitter", "sync.startup_grace"}
 #: Lower bounds of durations below which jailsyncd would spin (a cycle, a stat, a
 #: probe round or a retry every few milliseconds) or give up before any answer could
 #: arrive. Documented in docs/configuration.md.

@@ -44,7 +44,7 @@ from jailsyncd.model import CbsdState, Environment
 
 #: Columns of ``jails`` that must exist; ``_OPTIONAL`` ones may be missing on older CBSD.
 _REQUIRED = ("jname", "jid", "status", "ip4_addr")
-_OPTIONAL = ("emulator", "host_hostname", "tags")
+_OPTIONAL = ("emulator", "host_hostname", "tags", "astart")
 #: Per-VM ``settings`` columns that override the node DB row for bhyve VMs.
 _VM_COLUMNS = ("ip4_addr", "tags")
 _UNSET = {"", "0", "(null)"}
@@ -130,6 +130,16 @@ class CbsdSource:
         result = conn.execute(select(*jails.c))
         keys = list(result.keys())
         rows = [dict(zip(keys, r)) for r in result]
+        # A VM's astart lives in its own DB; `cbsd bset` also writes it to the node DB's
+        # `bhyve` table (jails.astart is left as created), so read it there: no per-VM
+        # DB is opened for a stopped VM.
+        bhyve = _columns(conn, "bhyve")
+        if {"jname", "astart"} <= bhyve:
+            vms = table("bhyve", column("jname"), column("astart"))
+            astart = {str(j).strip(): a for j, a in conn.execute(select(vms.c.jname, vms.c.astart))}
+            for row in rows:
+                if unset_to_none(row.get("emulator")) == "bhyve" and str(row["jname"]).strip() in astart:
+                    row["astart"] = astart[str(row["jname"]).strip()]
         return self._nodename(conn), rows
 
     def _nodename(self, conn: Connection) -> str | None:
@@ -159,6 +169,7 @@ class CbsdSource:
             ip4_addr=unset_to_none(settings["ip4_addr"]) if "ip4_addr" in settings else env.ip4_addr,
             host_hostname=env.host_hostname,
             tags=unset_to_none(settings["tags"]) if "tags" in settings else env.tags,
+            astart=env.astart,
         )
 
     def _vm_settings(self, path: str) -> dict:
@@ -277,6 +288,7 @@ def _environment(row: dict) -> Environment:
         ip4_addr=unset_to_none(row["ip4_addr"]),
         host_hostname=unset_to_none(row.get("host_hostname")),
         tags=unset_to_none(row.get("tags")),
+        astart=_as_int(row.get("astart")) == 1,
     )
 
 
