@@ -157,6 +157,22 @@ class Target:
     service_id: str = ""
 
 
+def with_checks_from_consul(service: Service, ttl: float) -> Service:
+    """A service as Consul holds it, with the definitions of its probed checks rebuilt
+    from what Consul returns (ID, kind and the notes ``jailsyncd probe=...``).
+
+    For services whose deregistration the start-up grace holds back: their jails are
+    not in the desired state, but their checks must still follow the probes, or a jail
+    that is slow to start (or never starts) would keep whatever status Consul restored
+    at boot, passing included, for the whole grace."""
+    specs = []
+    for check_id, kind, notes in sorted(service.checks):
+        probe = next((word.removeprefix("probe=") for word in notes.split() if word.startswith("probe=")), "")
+        if kind in ("ttl", "node", "service") and probe and probe != "heartbeat":
+            specs.append(CheckSpec(check_id, f"{probe} {service.address}", kind, notes=notes, ttl=ttl, probe=probe))
+    return replace(service, check_specs=tuple(specs))
+
+
 def targets_of(services: tuple[Service, ...]) -> tuple[Target, ...]:
     return tuple(
         Target(s.jail, c.check_id, c.probe, s.address, s.port, c.ttl, c, s.node, s.service_id)

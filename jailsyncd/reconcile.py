@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 from jailsyncd.desired import build_desired, mark_token
 from jailsyncd.errors import JailsyncdError
+from jailsyncd.health import with_checks_from_consul
 from jailsyncd.logs import get_logger
 from jailsyncd.model import Action, CbsdState, Desired, Observed, Plan, Service, Startup
 from jailsyncd.plan import autostart_stopped, purge_plan
@@ -267,7 +268,8 @@ class Reconciler:
             return
         if self.health is not None and result.desired is not None and result.observed is not None:
             consul_status = {check_id: status for check_id, status, _ in result.observed.check_status}
-            self.health.sync(result.desired.services, consul_status, registered)
+            held = tuple(with_checks_from_consul(s, self.settings.health.ttl) for s in plan.held)  # still probed
+            self.health.sync(result.desired.services + held, consul_status, registered)
 
     def _summarise(self, log: Any, result: CycleResult, apply: bool) -> None:
         if result.error is not None:

@@ -226,3 +226,33 @@ def test_catalog_mode_node_checks(netns: NetNS, ns_consul: ConsulServer, tmp_pat
     assert node_checks() == {}, "with external-probe, consul-esm pings and jailsyncd writes no node check"
     meta = {n["Node"]: n["Meta"]["external-probe"] for n in ns_consul.get("/v1/catalog/nodes") if n["Meta"] and "jailsyncd-owner" in n["Meta"]}
     assert meta == {"web1.my.domain": "true", "web2.my.domain": "true"}
+
+
+def test_held_jails_are_still_probed(netns: NetNS, ns_consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
+    """During the start-up grace a jail CBSD has not started yet keeps its service,
+    but not a passing status: its checks keep following the probes (issue 11, item 9)."""
+    netns.add_address(UP)
+    netns.add_address(FLAPPY)
+    workdir.add("early", jid=3, status=1, ip4_addr=UP, astart=1)
+    workdir.add("late", jid=4, status=1, ip4_addr=FLAPPY, astart=1)
+    extra = '[sync]\ninterval = "1h"\nstartup_grace = "1m"\n'
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=ns_consul, health=HEALTH, extra=extra)
+    before = start_daemon(config, netns.prefix())
+    wait_for(lambda: statuses(ns_consul).get("jailsyncd-late:ping") == "passing", timeout=10, what="late passing")
+    assert before.stop() == 0
+    # The host reboots: every row says stopped, the jails' addresses are gone.
+    workdir.stop("early")
+    workdir.stop("late")
+    netns.del_address(UP)
+    netns.del_address(FLAPPY)
+    daemon = start_daemon(config, netns.prefix())
+    assert {e["jail"] for e in daemon.events("deregistration_held")} == {"early", "late"}
+    workdir.start("early", jid=10)  # jails-astart gets to it
+    netns.add_address(UP)
+    wait_for(lambda: statuses(ns_consul).get("jailsyncd-late:ping") == "critical", timeout=8, what="late critical while held")
+    assert "jailsyncd-late" in ns_consul.services()
+    assert statuses(ns_consul)["jailsyncd-early:ping"] == "passing"
+    assert dns_a(ns_consul, "late.service.consul") == []
+    netns.add_address(FLAPPY)
+    workdir.start("late", jid=11)
+    wait_for(lambda: statuses(ns_consul).get("jailsyncd-late:ping") == "passing", timeout=8, what="late passing once started")

@@ -103,3 +103,27 @@ def test_registrations_and_other_deregistrations_go_ahead() -> None:
     assert [s.jail for s in result.register] == ["new"]
     assert [s.jail for s in result.deregister] == ["destroyed"]
     assert [s.jail for s in result.held] == ["kept"]
+
+
+# -- held services keep being probed ------------------------------------------------------
+
+
+def test_held_service_checks_are_rebuilt_from_what_consul_returns() -> None:
+    """Consul returns each check's ID, type and notes; the probed ones become check
+    definitions again (the alias check and the heartbeat are not probed)."""
+    from jailsyncd.health import jail_checks, targets_of, with_checks_from_consul
+
+    for catalog in (False, True):
+        specs = jail_checks("jailsyncd-web1", "127.0.0.1", ("tcp", "http:/health"), 3600.0, catalog=catalog)
+        as_registered = Service(
+            "jailsyncd-web1", "web1", "127.0.0.1", 80, frozenset(), (("cbsd-jname", "web1"),), (),
+            checks=frozenset(c.observable for c in specs), check_specs=specs,
+        )
+        as_observed = Service(
+            "jailsyncd-web1", "web1", "127.0.0.1", 80, frozenset(), (("cbsd-jname", "web1"),), (),
+            checks=frozenset(c.observable for c in specs),
+        )
+        assert targets_of((as_observed,)) == ()
+        rebuilt = with_checks_from_consul(as_observed, 3600.0)
+        assert set(targets_of((rebuilt,))) == set(targets_of((as_registered,)))
+        assert len(targets_of((rebuilt,))) == 3  # ping, tcp, http
