@@ -83,16 +83,32 @@ def test_rc_script_disables_shellcheck_only_for_rc_subr_idioms_with_a_reason() -
             assert m.group(2).strip().startswith("#"), f"no reason given: {line}"
 
 
+#: The rcorder(8) headers of the scripts jailsyncd orders itself after, as shipped
+#: (cbsd: rc.d/cbsdd; freebsd-ports: sysutils/consul/files/consul.in).
+RECORDED_RC_HEADERS = {
+    "cbsdd": {"PROVIDE": ["cbsdd"], "REQUIRE": ["LOGIN", "FILESYSTEMS", "sshd"], "KEYWORD": ["shutdown"]},
+    "consul": {"PROVIDE": ["consul"], "REQUIRE": ["LOGIN"], "KEYWORD": ["shutdown"]},
+}
+
+
 def test_rc_script_rcorder_header() -> None:
+    """jailsyncd starts after CBSD's and Consul's rc.d scripts and, since rc.shutdown
+    runs ``rcorder -k shutdown`` in reverse (libexec/rc/rc.shutdown), stops before
+    them. A REQUIRE nobody PROVIDEs only makes rcorder warn and set its exit status
+    (sbin/rcorder/rcorder.c, satisfy_req()); /etc/rc discards both (``2>/dev/null``)."""
     text = rc_text()
     header = dict(re.findall(r"^# (PROVIDE|REQUIRE|KEYWORD): (.*)$", text, re.M))
     assert header["PROVIDE"].split() == ["jailsyncd"]
     required = header["REQUIRE"].split()
-    assert {"LOGIN", "NETWORKING", "cbsdd"} <= set(required)
+    assert {"LOGIN", "NETWORKING", "cbsdd", "consul"} <= set(required)
     assert "shutdown" in header["KEYWORD"].split()
-    # the comment paragraph right after the header says that cbsdd may be missing
+    for script, recorded in RECORDED_RC_HEADERS.items():
+        assert set(recorded["PROVIDE"]) & set(required), f"{script}'s PROVIDE is not required"
+        assert "shutdown" in recorded["KEYWORD"], f"{script} is not stopped at shutdown"
+        assert "jailsyncd" not in recorded["REQUIRE"]  # no cycle
+    # the comment paragraph right after the header says that both may be missing
     paragraph = text.split("# KEYWORD:", 1)[1].split("\n#\n", 2)[1]
-    assert "cbsdd" in paragraph and "optional" in paragraph and "rcorder" in paragraph
+    assert all(word in paragraph for word in ("cbsdd", "consul", "optional", "rcorder", "queues", "shutdown"))
 
 
 def test_rc_script_defines_and_documents_every_knob() -> None:
