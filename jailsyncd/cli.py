@@ -8,7 +8,8 @@ stderr (``jailsyncd: ...``) and its ``exit_code``; no traceback is shown unless
 - ``once``: one cycle, applied;
 - ``check-config``: load and validate the settings, print them (no secrets);
 - ``purge --yes``: deregister everything this host owns;
-- ``run``: the service (``daemon.Daemon``); ``kick``: SIGUSR1 to a running one;
+- ``run``: the service (``daemon.Daemon``); ``kick``: SIGUSR1 to a running one, after
+  checking that the pidfile's PID is a ``jailsyncd run`` (``pidfile``);
 - ``report``: drift reports from jailsyncd's JSON logs (``report``);
 - ``version``.
 """
@@ -34,6 +35,7 @@ from jailsyncd.healthloop import HealthLoop
 from jailsyncd.errors import ConsulRefused, ExitCode, JailsyncdError, SafetyRefusal
 from jailsyncd.logs import configure, get_logger, register_secret, route_library_logs
 from jailsyncd.model import Plan
+from jailsyncd.pidfile import running_jailsyncd
 from jailsyncd.reconcile import CycleResult, Reconciler, StartupWindow
 from jailsyncd.settings import DEFAULT_CONFIG, Settings, load_settings, token_file_problem
 
@@ -58,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("purge", help="deregister every service this host owns")
     p.add_argument("--yes", action="store_true", help="really do it")
     p = sub.add_parser("run", help="run as a service: reconcile every sync.interval and on CBSD changes")
-    p.add_argument("--pidfile", type=Path, help="write the process ID here (removed on exit)")
+    p.add_argument("--pidfile", type=Path, help="lock this file and write the process ID into it once started (removed on exit)")
     p = sub.add_parser("kick", help="ask the running daemon for a cycle now (SIGUSR1)")
     p.add_argument("--pidfile", type=Path, default=DEFAULT_PIDFILE, help=f"the daemon's pidfile (default {DEFAULT_PIDFILE})")
     report.add_parser(sub)
@@ -277,15 +279,14 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_kick(args: argparse.Namespace) -> int:
+    """SIGUSR1 to the ``jailsyncd run`` the pidfile names, and only to one."""
     try:
-        pid = int(args.pidfile.read_text().strip())
+        pid = running_jailsyncd(args.pidfile, platform_module.current())
+    except JailsyncdError as exc:
+        print(f"jailsyncd: {exc}", file=sys.stderr)
+        return exc.exit_code
+    try:
         os.kill(pid, signal.SIGUSR1)
-    except FileNotFoundError:
-        print(f"jailsyncd: {args.pidfile}: no pidfile; is jailsyncd run active?", file=sys.stderr)
-        return ExitCode.NOT_RUNNING
-    except ValueError:
-        print(f"jailsyncd: {args.pidfile}: does not hold a process ID", file=sys.stderr)
-        return ExitCode.NOT_RUNNING
     except ProcessLookupError:
         print(f"jailsyncd: {args.pidfile}: process {pid} is not running", file=sys.stderr)
         return ExitCode.NOT_RUNNING

@@ -36,6 +36,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from jailsyncd.errors import JailsyncdError
 from jailsyncd.logs import configure, get_logger
+from jailsyncd.pidfile import Pidfile
 from jailsyncd.reconcile import CycleResult, Reconciler
 from jailsyncd.settings import Settings, token_file_problem
 
@@ -235,18 +236,36 @@ class Daemon:
         signal.signal(signal.SIGUSR1, lambda *_: self.kick("signal"))
 
     def run(self, pidfile: Path | None = None) -> int:
-        """Serve until SIGTERM/SIGINT; returns the exit status (0)."""
-        self._install_signals()
-        if pidfile is not None:
-            pidfile.write_text(f"{os.getpid()}\n")
-        if self.metrics:
-            self.metrics.start(self.settings.metrics.listen, lambda: self.worker is not None and self.worker.is_alive())
-        self.log.info("daemon_started", pid=os.getpid(), settings=self.settings.redacted())
-        self.scheduler = BackgroundScheduler(timezone="UTC")
-        self._schedule()
-        self.scheduler.start()
+        """Serve until SIGTERM/SIGINT; returns the exit status (0).
+
+        The pidfile is locked first (a second ``run`` on it fails here, naming the
+        first) and written only once start-up succeeded: a start that fails (a busy
+        metrics port) removes it again, so no ``kick`` trusts a PID that never ran."""
+        lock = Pidfile(pidfile) if pidfile is not None else None
+        if lock is not None:
+            lock.lock()
+        try:
+            self._install_signals()
+            if self.metrics:
+                self.metrics.start(self.settings.metrics.listen, lambda: self.worker is not None and self.worker.is_alive())
+            self.scheduler = BackgroundScheduler(timezone="UTC")
+            self._schedule()
+            self.scheduler.start()
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
         self.worker = threading.Thread(target=self._worker, name="reconcile", daemon=True)
         self.worker.start()
+        if lock is not None:
+            lock.write()
+        self.log.info(
+            "daemon_started",
+            pid=os.getpid(),
+            pidfile=str(pidfile) if pidfile else None,
+            pidfile_by_supervisor=bool(lock and lock.supervised),
+            settings=self.settings.redacted(),
+        )
         self.request("startup")
         try:
             while not self._stop.is_set():
@@ -262,8 +281,8 @@ class Daemon:
                 self._deregister_all()
             if self.metrics:
                 self.metrics.stop()
-            if pidfile is not None:
-                pidfile.unlink(missing_ok=True)
+            if lock is not None:
+                lock.release()
             self.log.info("daemon_stopped", cycles=self._reconciler.cycles, abandoned=self.worker.is_alive())
         return 0
 

@@ -17,6 +17,7 @@ class ExitCode:
     FAILURE = 1  # unexpected internal error
     USAGE = 2  # bad command line (argparse's own convention)
     NOT_RUNNING = 3  # ``kick``: no running daemon to signal (as LSB's "status")
+    ALREADY_RUNNING = 73  # ``run --pidfile``: another jailsyncd holds it, or it cannot be created (EX_CANTCREAT)
     SAFETY_REFUSED = 65  # the plan was refused by a safety rail (EX_DATAERR)
     SOURCE_UNAVAILABLE = 66  # CBSD state could not be read (EX_NOINPUT)
     CONSUL_UNAVAILABLE = 69  # Consul unreachable, timed out or failing (EX_UNAVAILABLE)
@@ -83,3 +84,15 @@ class SafetyRefusal(JailsyncdError):
     """A safety rail refused (part of) the plan; ``--force`` overrides it."""
 
     exit_code = ExitCode.SAFETY_REFUSED
+
+
+class PidfileError(JailsyncdError):
+    """``run --pidfile``: another process holds the pidfile's lock, or it cannot be created."""
+
+    exit_code = ExitCode.ALREADY_RUNNING
+
+
+class NotRunning(JailsyncdError):
+    """``kick``: the pidfile names no running jailsyncd (missing, unreadable, stale)."""
+
+    exit_code = ExitCode.NOT_RUNNING

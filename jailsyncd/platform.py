@@ -2,8 +2,9 @@
 
 The one module that knows about operating-system differences; everything else asks a
 ``Platform``. Called by ``adapters/probe`` (ICMP sockets, receive buffers), ``cli``
-(the ICMP rate limit, messages that fit the system) and by anything else that must
-read a sysctl or run a system command.
+(the ICMP rate limit, messages that fit the system), ``pidfile`` (which program a
+process ID belongs to) and by anything else that must read a sysctl or run a system
+command.
 
 A ``Platform`` is a frozen value whose outside calls are seams: ``sysctl`` (read one
 value), ``run`` (run a command, capture its output) and ``socket`` (open a socket).
@@ -93,6 +94,29 @@ class Platform:
     @property
     def freebsd(self) -> bool:
         return self.system == "freebsd"
+
+    # -- processes ----------------------------------------------------------------
+
+    def process_args(self, pid: int) -> list[str] | None:
+        """The command line of process ``pid`` as a list of words; None when no such
+        process exists (or this user cannot see it).
+
+        Linux: /proc/PID/cmdline, NUL-separated. FreeBSD mounts no procfs by default,
+        so ps(1) answers: ``-ww`` because without a terminal ps cuts its lines at 79
+        columns (bin/ps/ps.c: ``termwidth = 79`` when no TIOCGWINSZ answers; ``-w``
+        twice makes it UNLIMITED), ``command=`` for the command and its arguments with
+        no header. ps joins the arguments with blanks, so they are split on blanks:
+        enough to recognise a program, not to rebuild an argument holding a space."""
+        if self.system == "linux":
+            try:
+                raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                return None
+            return [word.decode(errors="replace") for word in raw.split(b"\0") if word]
+        out = self.run(["ps", "-ww", "-o", "command=", "-p", str(pid)])
+        if out is None or not out.strip():
+            return None
+        return out.split()
 
     # -- ICMP sockets -------------------------------------------------------------
 
