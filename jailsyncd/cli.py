@@ -118,9 +118,21 @@ def _health(settings: Settings) -> HealthLoop | None:
     """The health loop when health is on; fails now if ICMP cannot work here."""
     if not settings.health.enabled:
         return None
-    prober = Prober(platform=platform_module.current())
+    platform = platform_module.current()
+    prober = Prober(platform=platform)
     prober.check()
-    return HealthLoop(settings.health, prober, _store_factory(settings))
+    default_rate = platform.default_rate_limit()  # FreeBSD: read net.inet.icmp.icmplim now
+    loop = HealthLoop(settings.health, prober, _store_factory(settings), default_rate=default_rate, advice=platform.raise_limit_hint)
+    limit = platform.echo_limit()
+    get_logger().info(
+        "health_rate_limit",
+        rate_limit=loop.rate,
+        source="health.rate_limit" if settings.health.rate_limit is not None else "platform",
+        kernel_limit=f"{limit.sysctl}={limit.limit}" if limit else None,
+        # the most addresses a round fits in health.interval at this rate (None: no limit)
+        fits_addresses=int((settings.health.interval - settings.health.timeout) * loop.rate / settings.health.count) if loop.rate else None,
+    )
+    return loop
 
 
 def _reconciler(

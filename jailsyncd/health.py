@@ -232,3 +232,34 @@ def decide(
         elif now - last.at >= target.ttl / 2:
             writes.append((target, replace(state)))
     return new_states, writes, changes
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How long a round of ping probes takes at a rate limit, and whether it fits."""
+
+    #: Distinct addresses pinged per round, and echo requests (addresses x count).
+    addresses: int
+    requests: int
+    #: Echo requests per second in force; 0: no limit.
+    rate: float
+    #: Seconds a round takes: sending at the rate, then the timeout.
+    seconds: float
+    #: Whether that fits in ``health.interval``.
+    fits: bool
+    #: The rate at which it would fit (requests per second).
+    needed: float
+
+
+def pace_of(addresses: int, *, count: int, rate: float, timeout: float, interval: float) -> Pace:
+    """A round sends every request ``1/rate`` apart and waits ``timeout`` after the last
+    one, so a round of ``addresses x count`` requests takes ``requests / rate + timeout``.
+    A round that does not fit in the interval is slower, never wrong: each request still
+    gets its full timeout, so no jail fails because of our own pace."""
+    requests = addresses * count
+    seconds = (requests / rate if rate > 0 else 0.0) + timeout
+    return Pace(addresses, requests, rate, seconds, seconds <= interval, requests / (interval - timeout))
+
+
+def ping_addresses(targets: tuple[Target, ...]) -> int:
+    return len({t.address for t in targets if t.probe == "ping"})

@@ -14,6 +14,7 @@ writes ours again. So health is level-triggered too, and costs O(changes) in wri
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Callable
 
 from jailsyncd.adapters.probe import Probe, Prober, RoundReport
 from jailsyncd.errors import JailsyncdError
-from jailsyncd.health import CRITICAL, PASSING, CheckState, ProbeResult, Target, Written, advance, decide, targets_of
+from jailsyncd.health import CRITICAL, PASSING, CheckState, Pace, ProbeResult, Target, Written, advance, decide, pace_of, ping_addresses, targets_of
 from jailsyncd.logs import get_logger
 from jailsyncd.model import SELF_CHECK_ID, Service
 from jailsyncd.settings import HealthSettings
@@ -38,12 +39,30 @@ class RoundStats:
     probe_errors: int = 0
     #: Seconds spent waiting for the pace (``health.rate_limit``).
     paced: float = 0.0
+    #: The round's pace: a round that cannot fit in ``health.interval`` at the rate
+    #: limit says so here (and in the ``health_round`` event and the metrics).
+    pace: Pace | None = None
 
 
 class HealthLoop:
-    def __init__(self, settings: HealthSettings, prober: Prober, store_factory: Callable, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        settings: HealthSettings,
+        prober: Prober,
+        store_factory: Callable,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        default_rate: int = 0,
+        advice: Callable[[float, bool], str] | None = None,
+    ) -> None:
         self.settings = settings
         self.prober = prober
+        #: The rate limit when ``health.rate_limit`` is unset (the platform's, read at start).
+        self.default_rate = default_rate
+        #: What to change so that a rate (requests per second) is allowed; the flag says
+        #: whether the rate in force comes from ``health.rate_limit``.
+        self._advice = advice or (lambda needed, explicit: f"set health.rate_limit = {math.ceil(needed)} or more")
+        self._pace_reported: tuple[int, float, bool] | None = None
         self.store_factory = store_factory
         self.clock = clock
         self.log = get_logger()
@@ -54,12 +73,28 @@ class HealthLoop:
         self.last_round_duration: float | None = None
         #: Problems of the prober itself since start (each one logged).
         self.probe_errors = 0
+        #: The last round's pace (metrics); None before the first round.
+        self.last_pace: Pace | None = None
         self._lock = threading.Lock()
         self._targets: tuple[Target, ...] = ()
         self._states: dict[str, CheckState] = {}
         self._written: dict[str, Written] = {}
 
     # -- used by reconcile ---------------------------------------------------------
+
+    @property
+    def rate(self) -> float:
+        """Echo requests per second in force (0: no limit)."""
+        return self.settings.rate_limit if self.settings.rate_limit is not None else self.default_rate
+
+    def pace(self, targets: tuple[Target, ...] | None = None) -> Pace:
+        s = self.settings
+        with self._lock:
+            targets = self._targets if targets is None else targets
+        return pace_of(ping_addresses(targets), count=s.count, rate=self.rate, timeout=s.timeout, interval=s.interval)
+
+    def advice(self, pace: Pace) -> str:
+        return self._advice(pace.needed, self.settings.rate_limit is not None)
 
     def probe(self, targets: tuple[Target, ...]) -> dict[str, ProbeResult]:
         return self._probe(targets).results
@@ -69,7 +104,7 @@ class HealthLoop:
         never raised: health problems never stop registration."""
         probes = [Probe(t.check_id, t.probe, t.address, t.port) for t in targets]
         try:
-            report = self.prober.run_round(probes, count=self.settings.count, timeout=self.settings.timeout)
+            report = self.prober.run_round(probes, count=self.settings.count, timeout=self.settings.timeout, rate=self.rate)
         except Exception as exc:  # noqa: BLE001 - a prober bug must not end a cycle
             report = RoundReport(problems=[f"{type(exc).__name__}: {exc}"])
         for problem in report.problems:
@@ -119,7 +154,30 @@ class HealthLoop:
                 if check_id in known:
                     written[check_id] = Written(status, now - self.settings.ttl)
             self._written = written
-            return any(t.check_id not in self._states for t in targets)
+            unprobed = any(t.check_id not in self._states for t in targets)
+        self._report_pace(self.pace(targets))
+        return unprobed
+
+    def _report_pace(self, pace: Pace) -> None:
+        """Warn once per change when a round cannot fit in ``health.interval`` at the
+        rate limit, and once when it fits again."""
+        key = (pace.addresses, pace.rate, pace.fits)
+        previous, self._pace_reported = self._pace_reported, key
+        if key == previous or (pace.fits and (previous is None or previous[2])):
+            return
+        if pace.fits:
+            self.log.info("health_round_fits", addresses=pace.addresses, rate_limit=pace.rate, round_s=round(pace.seconds, 1), interval_s=self.settings.interval)
+            return
+        self.log.warning(
+            "health_round_too_long",
+            addresses=pace.addresses,
+            requests=pace.requests,
+            rate_limit=pace.rate,
+            round_s=round(pace.seconds, 1),
+            interval_s=self.settings.interval,
+            needed_rate=math.ceil(pace.needed),
+            fix=f"{self.advice(pace)}; or raise health.interval, or lower health.count",
+        )
 
     # -- used by the daemon -----------------------------------------------------------
 
@@ -154,7 +212,9 @@ class HealthLoop:
             now = self.clock()
             with self._lock:
                 self._written.update({target.check_id: Written(state.status, now) for target, state in writes})
-        return RoundStats(len(targets), len(writes), len(changes), self.clock() - started, len(report.problems), report.paced)
+        pace = self.pace(targets)
+        self.last_pace = pace
+        return RoundStats(len(targets), len(writes), len(changes), self.clock() - started, len(report.problems), report.paced, pace)
 
     def count(self, status: str) -> int:
         """How many checks jailsyncd currently holds at ``status`` (passing, critical)."""
@@ -177,7 +237,12 @@ class HealthLoop:
         except JailsyncdError as exc:
             self.log.warning("health_round_failed", error=str(exc))
             return
-        log = self.log.info if stats.writes or stats.probe_errors else self.log.debug
+        over = stats.pace is not None and not stats.pace.fits
+        log = self.log.info if stats.writes or stats.probe_errors or over else self.log.debug
+        extra = {}
+        if over:
+            assert stats.pace is not None
+            extra = {"round_s": round(stats.pace.seconds, 1), "needed_rate": math.ceil(stats.pace.needed), "fix": self.advice(stats.pace)}
         log(
             "health_round",
             probed=stats.probed,
@@ -186,6 +251,9 @@ class HealthLoop:
             duration_ms=round(stats.duration * 1000, 1),
             probe_errors=stats.probe_errors,
             paced_ms=round(stats.paced * 1000, 1),
+            rate_limit=self.rate,
+            over_interval=over,
+            **extra,
         )
 
     def safe_heartbeat(self) -> None:

@@ -210,6 +210,15 @@ class Metrics:
         G("jailsyncd_health_last_round_duration_seconds", "Wall time of the last health round; 0 before.", registry=r).set_function(
             lambda: health.last_round_duration or 0.0
         )
+        G("jailsyncd_health_rate_limit", "Echo requests per second in force (health.rate_limit or the platform's); 0: no limit.", registry=r).set_function(
+            lambda: health.rate
+        )
+        G(
+            "jailsyncd_health_round_over_interval", "1 when the last health round could not fit in health.interval at the rate limit.", registry=r
+        ).set_function(lambda: 1.0 if health.last_pace is not None and not health.last_pace.fits else 0.0)
+        G("jailsyncd_health_probe_errors", "Failures of the prober itself since start; the probes concerned kept their status.", registry=r).set_function(
+            lambda: health.probe_errors
+        )
 
     def _record_state(self, result: CycleResult) -> None:
         self.last_cycle.set(time.time())

@@ -198,14 +198,19 @@ class Platform:
         return max(1, (limit.limit - limit.jitter) * 9 // 10)
 
 
-    def raise_limit_hint(self, needed: float) -> str:
-        """What to change so that ``needed`` echo requests per second are allowed."""
+    def raise_limit_hint(self, needed: float, explicit: bool) -> str:
+        """What to change so that ``needed`` echo requests per second are allowed;
+        ``explicit``: the rate in force comes from ``health.rate_limit``."""
+        rate = math.ceil(needed)
         limit = self.echo_limit()
-        if limit is None:
-            return f"raise health.rate_limit to {math.ceil(needed)} or more"
-        # default_rate_limit() of the new value must reach ``needed``
+        if limit is None:  # only health.rate_limit paces (0 = unlimited would always fit)
+            return f"raise health.rate_limit to {rate}"
+        # the smallest icmplim whose default_rate_limit() reaches ``needed``
         value = math.ceil(needed * 10 / 9) + limit.jitter + 1
-        return f"sysctl {limit.sysctl}={value} (and in /etc/sysctl.conf), or set health.rate_limit"
+        if explicit and self.default_rate_limit() >= rate:
+            return f"raise health.rate_limit to {rate} (below {limit.sysctl}={limit.limit})"
+        fix = f"sysctl {limit.sysctl}={value} (and in /etc/sysctl.conf)"
+        return f"{fix}, and raise health.rate_limit to {rate} or remove it" if explicit else fix
 
 
 def _int(text: str | None) -> int | None:

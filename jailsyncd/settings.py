@@ -163,6 +163,11 @@ class HealthSettings:
     #: refresh per check at half this TTL; the daemon's death is signalled by the
     #: heartbeat instead, so this can be long.
     ttl: float = 3600.0
+    #: Echo requests per second, all jails together; 0: no limit. Unset: from the
+    #: platform: on FreeBSD below ``net.inet.icmp.icmplim`` (read at start; the host's
+    #: kernel drops echo replies above it, and it answers for every non-VNET jail),
+    #: elsewhere no limit.
+    rate_limit: int | None = None
     #: TTL of the ``jailsyncd`` self-service heartbeat, refreshed every third of it.
     #: Every jail service has an alias check on it: if the daemon dies, all of them
     #: turn critical within this time, at the cost of one write per refresh.
@@ -343,7 +348,7 @@ def _coerce(dotted: str, fld: Any, value: Any, fail) -> Any:
         if not isinstance(value, bool):
             raise fail(dotted, f"expected true or false, got {value!r}")
         return value
-    if kind == "int":
+    if kind in ("int", "int | None"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise fail(dotted, f"expected an integer, got {value!r}")
         return value
@@ -521,6 +526,8 @@ def _validate(s: Settings, fail) -> None:
             raise fail(f"health.{key}", f"must be between 1 and 100, got {getattr(h, key)}")
     if h.ttl < 60 or h.ttl <= 2 * h.interval:
         raise fail("health.ttl", "must be at least 1m and more than twice health.interval")
+    if h.rate_limit is not None and not 0 <= h.rate_limit <= 1_000_000:
+        raise fail("health.rate_limit", f"must be between 0 (no limit) and 1000000 echo requests per second, got {h.rate_limit}")
     if h.heartbeat_ttl < 3:
         raise fail("health.heartbeat_ttl", "must be at least 3s")
     if s.sync.max_deregistrations < 0:

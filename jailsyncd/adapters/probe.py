@@ -157,17 +157,19 @@ class Prober:
                 f"health: cannot open an ICMP socket ({_why(exc)}); {self.platform.icmp_unavailable_hint(self.privileged)}"
             ) from exc
 
-    def run(self, probes: list[Probe], *, count: int, timeout: float) -> dict[str, ProbeResult]:
+    def run(self, probes: list[Probe], *, count: int, timeout: float, rate: float | None = None) -> dict[str, ProbeResult]:
         """Results by ``Probe.key``; a probe the prober itself could not run has none."""
-        return self.run_round(probes, count=count, timeout=timeout).results
+        return self.run_round(probes, count=count, timeout=timeout, rate=rate).results
 
-    def run_round(self, probes: list[Probe], *, count: int, timeout: float) -> RoundReport:
+    def run_round(self, probes: list[Probe], *, count: int, timeout: float, rate: float | None = None) -> RoundReport:
+        """``rate``: echo requests per second for this round (default: ``self.rate``)."""
+        rate = self.rate if rate is None else rate
         pings = [p for p in probes if p.kind == "ping"]
         others = [p for p in probes if p.kind != "ping"]
         report = RoundReport()
         with ThreadPoolExecutor(max_workers=max(1, min(self.max_threads, len(others)))) as pool:
             futures = {p.key: pool.submit(_probe_tcp_or_http, p, timeout) for p in others}
-            by_address = self._ping({p.address for p in pings}, count, timeout, report)
+            by_address = self._ping({p.address for p in pings}, count, timeout, report, rate)
             for p in pings:
                 if p.address in by_address:
                     report.results[p.key] = by_address[p.address]
@@ -178,10 +180,10 @@ class Prober:
                     report.problems.append(f"{key}: {type(exc).__name__}: {exc}")
         return report
 
-    def ping(self, addresses: set[str], *, count: int, timeout: float) -> dict[str, ProbeResult]:
-        return self._ping(addresses, count, timeout, RoundReport())
+    def ping(self, addresses: set[str], *, count: int, timeout: float, rate: float | None = None) -> dict[str, ProbeResult]:
+        return self._ping(addresses, count, timeout, RoundReport(), self.rate if rate is None else rate)
 
-    def _ping(self, addresses: set[str], count: int, timeout: float, report: RoundReport) -> dict[str, ProbeResult]:
+    def _ping(self, addresses: set[str], count: int, timeout: float, report: RoundReport, rate: float) -> dict[str, ProbeResult]:
         results: dict[str, ProbeResult] = {}
         v4 = sorted(a for a in addresses if ":" not in a)
         v6 = sorted(a for a in addresses if ":" in a)
@@ -189,12 +191,12 @@ class Prober:
             if not batch:
                 continue
             try:
-                results.update(self._ping_family(family, batch, count, timeout, report))
+                results.update(self._ping_family(family, batch, count, timeout, report, rate))
             except Exception as exc:  # noqa: BLE001 - any failure of ours is a problem, never a crash
                 report.problems.append(f"ICMPv{family}: {len(batch)} addresses not probed: {type(exc).__name__}: {_why(exc)}")
         return results
 
-    def _ping_family(self, family: int, addresses: list[str], count: int, timeout: float, report: RoundReport) -> dict[str, ProbeResult]:
+    def _ping_family(self, family: int, addresses: list[str], count: int, timeout: float, report: RoundReport, rate: float) -> dict[str, ProbeResult]:
         try:
             sock = self._classes[family](privileged=self.privileged)
         except (ICMPLibError, OSError) as exc:
@@ -204,7 +206,7 @@ class Prober:
             )
             return {}
         try:
-            return self._exchange(family, sock, addresses, count, timeout, report)
+            return self._exchange(family, sock, addresses, count, timeout, report, rate)
         finally:
             sock.close()
 
@@ -228,7 +230,7 @@ class Prober:
                 return raw.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         return raw.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)  # the kernel's default
 
-    def _exchange(self, family: int, sock, addresses: list[str], count: int, timeout: float, report: RoundReport) -> dict[str, ProbeResult]:
+    def _exchange(self, family: int, sock, addresses: list[str], count: int, timeout: float, report: RoundReport, rate: float) -> dict[str, ProbeResult]:
         raw = sock.sock
         try:
             granted = self._grow_buffer(raw)
@@ -276,8 +278,8 @@ class Prober:
         seq = 0
         for address in addresses:
             for _ in range(count):
-                if self.rate > 0:
-                    at = self._pace.slot(self.rate)
+                if rate > 0:
+                    at = self._pace.slot(rate)
                     waited = at - time.monotonic()
                     if waited > 0:
                         report.paced += waited

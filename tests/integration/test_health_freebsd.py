@@ -187,3 +187,34 @@ def test_draining_follows_the_granted_buffer(netns: NetNS) -> None:
     assert kernel.opened[-1].asked[-1] == 4096
     failed = sorted(k for k, r in report.results.items() if not r.ok)
     assert failed == [], f"{len(failed)} of 400 lost: {failed[:5]}"
+
+
+@pytest.mark.parametrize(
+    ("icmplim", "setting", "rate", "kernel_limit"),
+    [
+        ("200", "", 165, "net.inet.icmp.icmplim=200"),  # (200 - icmplim_jitter 16) x 0.9
+        ("1000", "", 885, "net.inet.icmp.icmplim=1000"),
+        ("0", "", 0, None),  # icmplim = 0: the kernel sets no limit
+        ("200", "rate_limit = 50", 50, "net.inet.icmp.icmplim=200"),  # the setting wins
+    ],
+)
+def test_freebsd_rate_limit_default_read_from_icmplim_at_start(icmplim, setting, rate, kernel_limit, consul: ConsulServer, tmp_path: Path, workdir: Workdir, monkeypatch) -> None:
+    """``sysctl -n net.inet.icmp.icmplim`` (recorded answers; default 200 and jitter 16 in
+    sys/netinet/ip_icmp.c) gives the default ``health.rate_limit``, read once at start and
+    said in the ``health_rate_limit`` event."""
+    kernel = FreeBSDKernel(root=True)
+    asked: list[str] = []
+    values = {"net.inet.icmp.icmplim": icmplim, "net.inet.icmp.icmplim_jitter": "16"}
+    monkeypatch.setattr(platform_module, "current", lambda: Platform("freebsd", sysctl=lambda n: asked.append(n) or values.get(n), socket=kernel))
+    logged = io.StringIO()
+    configure("json", "info", stream=logged)
+    settings = load_settings(write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul, health=f"{HEALTH}\n{setting}"), env={})
+    loop = cli._health(settings)
+    assert loop is not None and loop.rate == rate
+    started = [e for e in log_events(logged.getvalue()) if e["event"] == "health_rate_limit"]
+    assert len(started) == 1 and started[0]["rate_limit"] == rate and started[0]["kernel_limit"] == kernel_limit
+    assert started[0]["fits_addresses"] == (int(1.5 * rate / 2) if rate else None)
+    assert "net.inet.icmp.icmplim" in asked
+    reads = len(asked)
+    loop.pace(())
+    assert len(asked) == reads, "read at start only"

@@ -109,6 +109,8 @@ def test_health_gauges(live_health) -> None:
     assert m['jailsyncd_health_checks{status="critical"}'] == 0
     assert m["jailsyncd_health_interval_seconds"] == 2
     assert 0 < m["jailsyncd_health_last_round_duration_seconds"] < 2
+    # Linux sets no echo limit and the setting is unset: no pacing, rounds fit, no prober failure.
+    assert (m["jailsyncd_health_rate_limit"], m["jailsyncd_health_round_over_interval"], m["jailsyncd_health_probe_errors"]) == (0, 0, 0)
 
 
 def test_rules_use_only_metrics_a_live_daemon_exposes(live_health) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from jailsyncd.health import CRITICAL, PASSING, CheckState, ProbeResult, Target, Written, advance, decide, jail_checks
+from jailsyncd.health import CRITICAL, PASSING, CheckState, ProbeResult, Target, Written, advance, decide, jail_checks, pace_of, ping_addresses
 
 OK, BAD = ProbeResult(True, "ok"), ProbeResult(False, "bad")
 
@@ -63,3 +63,28 @@ def test_write_decisions(written, result, now, writes) -> None:
     states = {"c": CheckState(PASSING, successes=1)}
     _, out, _ = decide((t,), states, {"c": written} if written else {}, {"c": result} if result else {}, now, success_before_passing=1, failures_before_critical=1)
     assert len(out) == writes
+
+
+@pytest.mark.parametrize(
+    ("addresses", "count", "rate", "seconds", "fits", "needed"),
+    [
+        (1000, 2, 165, 2000 / 165 + 1, False, 2000 / 9),  # FreeBSD defaults, 1,000 jails
+        (500, 2, 165, 1000 / 165 + 1, True, 1000 / 9),
+        (1000, 2, 0, 1.0, True, 2000 / 9),  # no limit: one timeout
+        (0, 2, 165, 1.0, True, 0.0),
+    ],
+)
+def test_pace_of_a_round(addresses, count, rate, seconds, fits, needed) -> None:
+    pace = pace_of(addresses, count=count, rate=rate, timeout=1.0, interval=10.0)
+    assert (pace.requests, pace.fits) == (addresses * count, fits)
+    assert pace.seconds == pytest.approx(seconds) and pace.needed == pytest.approx(needed)
+
+
+def test_ping_addresses_counts_each_address_once() -> None:
+    targets = (
+        Target("a", "a:ping", "ping", "10.0.0.1", 0, 60.0),
+        Target("a", "a:tcp", "tcp", "10.0.0.1", 80, 60.0),
+        Target("b", "b:ping", "ping", "10.0.0.1", 0, 60.0),  # a shared address is pinged once
+        Target("c", "c:ping", "ping", "10.0.0.3", 0, 60.0),
+    )
+    assert ping_addresses(targets) == 2

@@ -20,7 +20,7 @@ FREEBSD_DEFAULTS = {
 }
 
 
-def freebsd(**overrides: str) -> Platform:
+def freebsd(**overrides: str) -> Platform:  # keys: dotted sysctl names (via **{...})
     values = {**FREEBSD_DEFAULTS, **overrides}
     return Platform("freebsd", sysctl=values.get)
 
@@ -83,3 +83,21 @@ def test_receive_buffer_options() -> None:
 )
 def test_freebsd_replies_fit(granted: int, fit: int) -> None:
     assert freebsd().replies_fit(granted) == fit
+
+
+@pytest.mark.parametrize(
+    ("values", "needed", "explicit", "hint"),
+    [
+        ({}, 400, False, "sysctl net.inet.icmp.icmplim=462 (and in /etc/sysctl.conf)"),
+        ({}, 400, True, "sysctl net.inet.icmp.icmplim=462 (and in /etc/sysctl.conf), and raise health.rate_limit to 400 or remove it"),
+        ({}, 100, True, "raise health.rate_limit to 100 (below net.inet.icmp.icmplim=200)"),
+        ({"net.inet.icmp.icmplim": "0"}, 100, True, "raise health.rate_limit to 100"),
+    ],
+)
+def test_raise_limit_hint(values, needed, explicit, hint) -> None:
+    platform = freebsd(**values)
+    assert platform.raise_limit_hint(needed, explicit) == hint
+    if "sysctl" in hint:  # the value named is enough: jailsyncd's default rate then reaches ``needed``
+        value = hint.split("=")[1].split()[0]
+        assert freebsd(**{**values, "net.inet.icmp.icmplim": value}).default_rate_limit() >= needed
+    assert Platform("linux").raise_limit_hint(50.2, True) == "raise health.rate_limit to 51"

@@ -888,3 +888,14 @@ def test_tls_variables_are_honoured(cfg):
 def test_bad_tls_server_name_from_env_is_named(cfg):
     message = error_of(cfg, "", {"CONSUL_TLS_SERVER_NAME": "server dc1"})
     assert message.startswith("CONSUL_TLS_SERVER_NAME (environment variable for consul.tls_server_name")
+
+
+@pytest.mark.parametrize(("text", "value"), [("", None), ("rate_limit = 0", 0), ("rate_limit = 150", 150)])
+def test_health_rate_limit(cfg, text: str, value) -> None:
+    assert cfg(f"[health]\n{text}\n").health.rate_limit == value
+
+
+@pytest.mark.parametrize("bad", ["-1", "2000000", '"150"', "1.5", "true"])
+def test_health_rate_limit_rejected(cfg, bad: str) -> None:
+    with pytest.raises(ConfigError, match=r"health\.rate_limit"):
+        cfg(f"[health]\nrate_limit = {bad}\n")

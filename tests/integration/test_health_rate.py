@@ -1,0 +1,117 @@
+"""``health.rate_limit`` against a real kernel's echo-reply limit.
+
+FreeBSD's host answers the pings of every non-VNET jail (their addresses are its own
+aliases) and drops echo replies beyond ``net.inet.icmp.icmplim`` per second
+(``badport_bandlim(BANDLIM_ICMP_ECHO)`` in ``icmp_input``, sys/netinet/ip_icmp.c).
+Linux has the same mechanism, off for echo replies by default: with the echo-reply
+bit in ``net.ipv4.icmp_ratemask``, ``icmp_reply()`` takes a credit from the global
+bucket (``net.ipv4.icmp_msgs_per_sec``, ``net.ipv4.icmp_msgs_burst``; per network
+namespace) and drops the reply when there is none. So the jails here live in a peer
+namespace with that limit, reached over a veth pair from the namespace where
+jailsyncd and Consul run; every address is inside namespaces the test creates.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+from pathlib import Path
+
+import pytest
+from harness import ConsulServer, log_events, write_config
+
+from jailsyncd.adapters.cbsd import CbsdSource
+from jailsyncd.adapters.consul import connect
+from jailsyncd.adapters.probe import Prober
+from jailsyncd.devnet import NetNS, available
+from jailsyncd.healthloop import HealthLoop
+from jailsyncd.logs import configure
+from jailsyncd.platform import Platform
+from jailsyncd.reconcile import Reconciler
+from jailsyncd.sample import Workdir
+from jailsyncd.settings import load_settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(available() is not None, reason=str(available()))]
+
+JAILS = [f"10.79.1.{i}" for i in range(1, 121)]
+KERNEL_LIMIT = 100  # echo replies per second the jails' kernel sends
+ECHO_REPLY_BIT = 1 << 0  # ICMP type 0
+
+
+@pytest.fixture
+def two_namespaces():
+    """(host, jails): jailsyncd's namespace and the jails' one, joined by a veth pair;
+    the jails' kernel limits its echo replies to KERNEL_LIMIT per second."""
+    with NetNS("jsh") as host, NetNS("jsj") as jails:
+        host.ip("link", "add", "veth-h", "type", "veth", "peer", "name", "veth-j", "netns", jails.name)
+        host.ip("addr", "add", "10.79.0.1/30", "dev", "veth-h")
+        host.ip("link", "set", "veth-h", "up")
+        jails.ip("addr", "add", "10.79.0.2/30", "dev", "veth-j")
+        jails.ip("link", "set", "veth-j", "up")
+        host.ip("route", "add", "10.79.1.0/24", "via", "10.79.0.2")
+        for address in JAILS:
+            jails.add_address(address)
+        mask = int(sysctl(jails, "net.ipv4.icmp_ratemask")) | ECHO_REPLY_BIT
+        for name, value in (
+            ("net.ipv4.icmp_ratemask", mask),
+            ("net.ipv4.icmp_msgs_per_sec", KERNEL_LIMIT),
+            ("net.ipv4.icmp_msgs_burst", 10),
+            ("net.ipv4.icmp_ratelimit", 0),  # no per-peer limit: only the global one, like icmplim
+        ):
+            subprocess.run([*jails.prefix(), "sysctl", "-qw", f"{name}={value}"], check=True)
+        assert int(sysctl(jails, "net.ipv4.icmp_msgs_per_sec")) == KERNEL_LIMIT
+        assert int(sysctl(host, "net.ipv4.icmp_ratemask")) & ECHO_REPLY_BIT == 0, "the limit is the jails' namespace's only"
+        yield host, jails
+
+
+def sysctl(ns: NetNS, name: str) -> str:
+    return subprocess.run([*ns.prefix(), "sysctl", "-n", name], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_pacing_below_the_kernel_limit_keeps_every_jail_passing(two_namespaces, consul_bin: str, tmp_path: Path, workdir: Workdir) -> None:
+    host, _ = two_namespaces
+    consul = ConsulServer(consul_bin, netns=host).start()
+    try:
+        for n, address in enumerate(JAILS):
+            workdir.add(f"j{n:03d}", jid=n + 1, status=1, ip4_addr=address)
+
+        def run(rate_limit: int, interval: str) -> tuple[Reconciler, HealthLoop, io.StringIO]:
+            health = f'interval = "{interval}"\ntimeout = "500ms"\ncount = 1\nfailures_before_critical = 1\nrate_limit = {rate_limit}'
+            settings = load_settings(write_config(tmp_path / f"c{rate_limit}.toml", workdir=workdir.root, consul=consul, health=health), env={})
+            logged = io.StringIO()
+            configure("json", "info", stream=logged)
+            loop = HealthLoop(settings.health, Prober(platform=Platform("linux")), lambda: connect(settings.consul), advice=Platform("linux").raise_limit_hint)
+            return Reconciler(settings, CbsdSource(settings.cbsd.workdir), lambda: connect(settings.consul), health=loop), loop, logged
+
+        def statuses() -> dict[str, str]:
+            return {c["CheckID"]: c["Status"] for c in consul.get("/v1/agent/checks").values() if c["CheckID"].endswith(":ping")}
+
+        def body() -> None:
+            # No pacing: 120 requests at once, the jails' kernel answers ~burst + rate x time.
+            reconciler, loop, _ = run(0, "10s")
+            assert reconciler.cycle().ok
+            loop.round()
+            lost = [c for c, s in statuses().items() if s != "passing"]
+            assert len(statuses()) == len(JAILS)
+            assert len(lost) >= len(JAILS) // 2, f"only {len(lost)} lost without pacing: is the kernel limit in force?"
+
+            # Paced at half the kernel's limit: every jail answers. The round (120 / 50 s
+            # plus the timeout) does not fit in a 2 s interval: said at the next cycle
+            # and in every round, with what to raise, and no jail suffers for it.
+            reconciler, loop, logged = run(KERNEL_LIMIT // 2, "2s")
+            assert reconciler.cycle().ok
+            stats = loop.round()
+            assert [c for c, s in statuses().items() if s != "passing"] == []
+            assert stats.pace is not None and not stats.pace.fits and stats.paced > 1.5
+            events = log_events(logged.getvalue())
+            warned = [e for e in events if e["event"] == "health_round_too_long"]
+            assert len(warned) == 1 and warned[0]["addresses"] == len(JAILS) and warned[0]["needed_rate"] == 80
+            assert warned[0]["fix"].startswith("raise health.rate_limit to 80")
+            loop.safe_round()
+            rounds = [e for e in log_events(logged.getvalue()) if e["event"] == "health_round"]
+            assert rounds[-1]["over_interval"] is True and rounds[-1]["rate_limit"] == KERNEL_LIMIT // 2
+            assert [c for c, s in statuses().items() if s != "passing"] == []
+
+        host.call(body)
+    finally:
+        consul.stop()
