@@ -279,12 +279,24 @@ class Daemon:
             self.worker.join(timeout=STOP_GRACE)
             if self.settings.sync.deregister_on_stop:
                 self._deregister_all()
+            elif self.health is not None and self.settings.consul.mode == "catalog" and self.settings.catalog.critical_on_stop:
+                self._mark_critical()
             if self.metrics:
                 self.metrics.stop()
             if lock is not None:
                 lock.release()
             self.log.info("daemon_stopped", cycles=self._reconciler.cycles, abandoned=self.worker.is_alive())
         return 0
+
+    def _mark_critical(self) -> None:
+        """Catalog checks are inert: left alone, a host that shuts down would leave its
+        jails passing for as long as it is down (docs/architecture.md, "Stopping")."""
+        try:
+            count = self.health.mark_stopped(f"jailsyncd on {self.settings.host.name} stopped; status unknown until it runs again")
+        except JailsyncdError as exc:
+            self.log.error("checks_critical_on_stop", checks=0, error=str(exc))
+            return
+        self.log.info("checks_critical_on_stop", checks=count)
 
     def _deregister_all(self) -> None:
         started = time.monotonic()

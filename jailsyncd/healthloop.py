@@ -79,6 +79,10 @@ class HealthLoop:
         self._targets: tuple[Target, ...] = ()
         self._states: dict[str, CheckState] = {}
         self._written: dict[str, Written] = {}
+        #: Held while statuses are written; once ``_stopped``, rounds write nothing, so a
+        #: round still running when the daemon stops cannot undo ``mark_stopped``.
+        self._write_lock = threading.Lock()
+        self._stopped = False
 
     # -- used by reconcile ---------------------------------------------------------
 
@@ -204,11 +208,14 @@ class HealthLoop:
             check = change.check_id.rsplit(":", 1)[-1]
             self.log.info("health_changed", jail=change.jail, check=check, check_id=change.check_id, **{"from": change.old, "to": change.new}, output=change.output)
         if writes:
-            store = self.store_factory()
-            try:
-                store.write_checks([(target, state.status, state.output) for target, state in writes])
-            finally:
-                store.close()
+            with self._write_lock:
+                if self._stopped:
+                    return RoundStats(len(targets), 0, len(changes), self.clock() - started)
+                store = self.store_factory()
+                try:
+                    store.write_checks([(target, state.status, state.output) for target, state in writes])
+                finally:
+                    store.close()
             now = self.clock()
             with self._lock:
                 self._written.update({target.check_id: Written(state.status, now) for target, state in writes})
@@ -229,6 +236,23 @@ class HealthLoop:
             store.update_check(SELF_CHECK_ID, PASSING, "jailsyncd is running")
         finally:
             store.close()
+
+    def mark_stopped(self, output: str) -> int:
+        """Catalog mode, when ``run`` stops: write ``critical`` to every check this loop
+        keeps (catalog checks have no TTL, so nothing else would ever change them), and
+        write nothing after that. Returns how many checks were written."""
+        with self._write_lock:
+            self._stopped = True
+            with self._lock:
+                targets = self._targets
+            if not targets:
+                return 0
+            store = self.store_factory()
+            try:
+                store.write_checks([(target, CRITICAL, output) for target in targets])
+            finally:
+                store.close()
+            return len(targets)
 
     def safe_round(self) -> None:
         """``round`` for the scheduler: errors are logged, never raised."""

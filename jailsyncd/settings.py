@@ -143,6 +143,11 @@ class CatalogSettings:
     #: The CBSD host's own tag in the ``article`` layout; default: this machine's
     #: host name (on FreeBSD usually its FQDN, as set in rc.conf).
     host_tag: str = ""
+    #: With ``[health]`` on, write ``critical`` to every check of this host's jails when
+    #: ``run`` stops: catalog checks have no TTL, so a host that shuts down would
+    #: otherwise leave its jails passing. A restart then shows them critical for a
+    #: few seconds, until the first probe round.
+    critical_on_stop: bool = True
 
 
 @dataclass(frozen=True)

@@ -228,6 +228,47 @@ def test_catalog_mode_node_checks(netns: NetNS, ns_consul: ConsulServer, tmp_pat
     assert meta == {"web1.my.domain": "true", "web2.my.domain": "true"}
 
 
+def test_catalog_mode_stop_marks_checks_critical(netns: NetNS, ns_consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
+    """Catalog checks have no TTL: a host that shuts down would leave its jails passing
+    (and in DNS) for as long as it is down. ``run`` therefore writes critical to them
+    when it stops (``catalog.critical_on_stop``); a restart brings them back."""
+    netns.add_address(UP)
+    workdir.add("web1", jid=3, status=1, ip4_addr=UP)
+    workdir.add("web2", jid=4, status=1, ip4_addr=FLAPPY)
+    netns.add_address(FLAPPY)
+    extra = '[sync]\ninterval = "1h"\n'
+
+    def config(name: str, more: str = "") -> Path:
+        return write_config(tmp_path / name, workdir=workdir.root, consul=ns_consul, health=HEALTH, consul_extra='mode = "catalog"', extra=extra + more)
+
+    def checks() -> dict[str, tuple[str, str]]:
+        return {c["CheckID"]: (c["Status"], c["Output"]) for c in ns_consul.get("/v1/health/state/any") if c["CheckID"].startswith("jailsyncd-")}
+
+    ours = {"jailsyncd-web1:ping", "jailsyncd-web2:ping"}
+    daemon = start_daemon(config("c.toml"), netns.prefix())
+    wait_for(lambda: {k for k, (st, _) in checks().items() if st == "passing"} == ours, timeout=10, what="all passing")
+    assert daemon.stop() == 0
+    after = checks()
+    assert {k: st for k, (st, _) in after.items()} == dict.fromkeys(ours, "critical")
+    assert all("jailsyncd on node1 stopped" in out for _, out in after.values())
+    assert dns_a(ns_consul, "web1.service.consul") == []
+    assert daemon.events("checks_critical_on_stop")[0]["checks"] == 2
+
+    restarted = start_daemon(config("c.toml"), netns.prefix())
+    back = time.monotonic()
+    wait_for(lambda: all(st == "passing" for st, _ in checks().values()), timeout=10, what="passing after the restart")
+    assert time.monotonic() - back < 5
+    assert dns_a(ns_consul, "web1.service.consul") == [UP]
+
+    # Turned off: the statuses stay as last written.
+    assert restarted.stop() == 0
+    kept = start_daemon(config("k.toml", "\n[catalog]\ncritical_on_stop = false\n"), netns.prefix())
+    wait_for(lambda: all(st == "passing" for st, _ in checks().values()), timeout=10, what="passing again")
+    assert kept.stop() == 0
+    assert {st for st, _ in checks().values()} == {"passing"}
+    assert not kept.events("checks_critical_on_stop")
+
+
 def test_held_jails_are_still_probed(netns: NetNS, ns_consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
     """During the start-up grace a jail CBSD has not started yet keeps its service,
     but not a passing status: its checks keep following the probes (issue 11, item 9)."""
