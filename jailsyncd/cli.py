@@ -11,6 +11,7 @@ stderr (``jailsyncd: ...``) and its ``exit_code``; no traceback is shown unless
 - ``run``: the service (``daemon.Daemon``); ``kick``: SIGUSR1 to a running one, after
   checking that the pidfile's PID is a ``jailsyncd run`` (``pidfile``);
 - ``report``: drift reports from jailsyncd's JSON logs (``report``);
+- ``status``: what the running daemon is doing, from its pidfile and metrics (``status``);
 - ``version``.
 """
 
@@ -62,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run as a service: reconcile every sync.interval and on CBSD changes")
     p.add_argument("--pidfile", type=Path, help="lock this file and write the process ID into it once started (removed on exit)")
     p = sub.add_parser("kick", help="ask the running daemon for a cycle now (SIGUSR1)")
+    p.add_argument("--pidfile", type=Path, default=DEFAULT_PIDFILE, help=f"the daemon's pidfile (default {DEFAULT_PIDFILE})")
+    p = sub.add_parser("status", help="show what the running daemon is doing (reads its pidfile and metrics; exit 3: not running)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--pidfile", type=Path, default=DEFAULT_PIDFILE, help=f"the daemon's pidfile (default {DEFAULT_PIDFILE})")
     report.add_parser(sub)
     sub.add_parser("version", help="print the version")
@@ -308,7 +312,17 @@ def cmd_kick(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-_COMMANDS = {"plan": cmd_plan, "once": cmd_once, "purge": cmd_purge, "check-config": cmd_check_config, "run": cmd_run}
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    import time
+
+    from jailsyncd import status
+
+    state = status.gather(settings.metrics.listen, args.pidfile, platform_module.current(), now=time.time())
+    print(json.dumps(state, indent=2) if args.json else status.as_text(state))
+    return ExitCode.OK if state["running"] else ExitCode.NOT_RUNNING
+
+
+_COMMANDS = {"plan": cmd_plan, "once": cmd_once, "purge": cmd_purge, "check-config": cmd_check_config, "run": cmd_run, "status": cmd_status}
 
 
 def plan_as_json(plan: Plan) -> dict[str, Any]:

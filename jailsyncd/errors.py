@@ -96,3 +96,10 @@ class NotRunning(JailsyncdError):
     """``kick``: the pidfile names no running jailsyncd (missing, unreadable, stale)."""
 
     exit_code = ExitCode.NOT_RUNNING
+
+
+class DaemonUnreachable(JailsyncdError):
+    """``status``: the running daemon's metrics endpoint did not answer (or answered
+    something that is not Prometheus metrics)."""
+
+    exit_code = ExitCode.NOT_RUNNING

@@ -28,9 +28,10 @@ from typing import Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.parser import text_string_to_metric_families
 
 from jailsyncd import __version__
-from jailsyncd.errors import ConfigError, ConsulError, ConsulRefused
+from jailsyncd.errors import ConfigError, ConsulError, ConsulRefused, DaemonUnreachable
 from jailsyncd.reconcile import CycleResult
 from jailsyncd.settings import split_listen
 from jailsyncd.summary import drift_streaks, summarise
@@ -285,3 +286,31 @@ class Metrics:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+
+def scrape_url(listen: str) -> str:
+    """The ``/metrics`` URL of a daemon listening on ``listen``: an unspecified
+    address (0.0.0.0, ::) is reached on loopback."""
+    host, port = split_listen(listen)
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
+
+
+def read_endpoint(url: str, timeout: float = 3.0) -> list[tuple[str, dict[str, str], float]]:
+    """GET a running daemon's metrics (``jailsyncd status``): ``(sample name, labels,
+    value)`` for every sample. Raises ``DaemonUnreachable`` naming the URL."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:  # noqa: S310 - a URL built from metrics.listen
+            text = answer.read(4 * 1024 * 1024).decode("utf-8", errors="replace")
+    except urllib.error.HTTPError as exc:
+        raise DaemonUnreachable(f"{url}: answered HTTP {exc.code}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise DaemonUnreachable(f"{url}: {getattr(reason, 'strerror', None) or reason}") from None
+    try:
+        return [(s.name, dict(s.labels), s.value) for family in text_string_to_metric_families(text) for s in family.samples]
+    except (ValueError, TypeError, IndexError) as exc:
+        raise DaemonUnreachable(f"{url}: not Prometheus metrics ({exc})") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -14,7 +15,7 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
-from jailsyncd.devconsul import ConsulServer
+from jailsyncd.devconsul import ConsulServer, free_port, wait_for
 from jailsyncd.sample import create_sample
 
 
@@ -27,6 +28,30 @@ def jailsyncd(*args: str, config: Path) -> int:
     cmd = [sys.executable, "-m", "jailsyncd", "--config", str(config), "--log-format", "console", *args]
     print("$ jailsyncd --config", config.name, *args, flush=True)
     return subprocess.run(cmd, env=env, stderr=subprocess.STDOUT).returncode
+
+
+def show_status(base: Path, config: Path) -> None:
+    """Start ``jailsyncd run`` with metrics on loopback, wait for its first cycle,
+    show ``jailsyncd status``, stop it."""
+    service = base / "service.toml"
+    service.write_text(config.read_text() + f'\n[metrics]\nlisten = "127.0.0.1:{free_port()}"\n')
+    pidfile = base / "jailsyncd.pid"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_")}
+    status_cmd = [sys.executable, "-m", "jailsyncd", "--config", str(service), "status", "--pidfile", str(pidfile)]
+    print(f"$ jailsyncd --config {service.name} run --pidfile {pidfile.name} &   (its log: {base / 'service.log'})", flush=True)
+    with open(base / "service.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "jailsyncd", "--config", str(service), "run", "--pidfile", str(pidfile)], env=env, stdout=log, stderr=log)
+    try:
+        def first_cycle_done() -> bool:
+            out = subprocess.run([*status_cmd, "--json"], env=env, capture_output=True, text=True)
+            return out.returncode == 0 and (json.loads(out.stdout).get("last_cycle") or None) is not None
+
+        wait_for(first_cycle_done, timeout=20, what="the service's first cycle")
+        print(f"$ jailsyncd --config {service.name} status --pidfile {pidfile.name}", flush=True)
+        subprocess.run(status_cmd, env=env)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
 
 
 def main() -> int:
@@ -85,6 +110,9 @@ def main() -> int:
 
         step("A second cycle: nothing to write")
         jailsyncd("once", config=config)
+
+        step("The service: jailsyncd run in the background, then jailsyncd status")
+        show_status(base, config)
 
         step("Catalog mode, the hook scripts' layout: one external node per jail, service 'jail'")
         jailsyncd("purge", "--yes", config=config)
