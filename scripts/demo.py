@@ -44,7 +44,11 @@ def show_status(base: Path, config: Path) -> None:
     try:
         def first_cycle_done() -> bool:
             out = subprocess.run([*status_cmd, "--json"], env=env, capture_output=True, text=True)
-            return out.returncode == 0 and (json.loads(out.stdout).get("last_cycle") or None) is not None
+            if out.returncode != 0:
+                return False
+            state = json.loads(out.stdout)
+            health = state.get("health")
+            return state.get("last_cycle") is not None and (health is None or health["last_round_at"] is not None)
 
         wait_for(first_cycle_done, timeout=20, what="the service's first cycle")
         print(f"$ jailsyncd --config {service.name} status --pidfile {pidfile.name}", flush=True)
