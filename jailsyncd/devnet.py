@@ -91,6 +91,39 @@ class NetNS:
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
 
 
+def join(host: NetNS, peer: NetNS, *, routed: str, net: str = "10.79.0") -> None:
+    """A veth pair between two namespaces (``{net}.1/30`` in ``host``, ``{net}.2/30`` in
+    ``peer``), and a route in ``host`` sending ``routed`` (a prefix whose addresses
+    ``peer`` holds) through it. Packets stay inside the two namespaces."""
+    host.ip("link", "add", "veth-h", "type", "veth", "peer", "name", "veth-p", "netns", peer.name)
+    host.ip("addr", "add", f"{net}.1/30", "dev", "veth-h")
+    host.ip("link", "set", "veth-h", "up")
+    peer.ip("addr", "add", f"{net}.2/30", "dev", "veth-p")
+    peer.ip("link", "set", "veth-p", "up")
+    host.ip("route", "add", routed, "via", f"{net}.2")
+
+
+def limit_echo_replies(ns: NetNS, per_second: int, burst: int) -> None:
+    """Make the kernel of ``ns`` drop the echo replies it sends beyond ``per_second``
+    (after a burst of ``burst``), as FreeBSD does beyond ``net.inet.icmp.icmplim``:
+    Linux does it for the ICMP types in ``net.ipv4.icmp_ratemask`` (echo reply is type 0,
+    not in it by default) from one bucket per namespace (``icmp_msgs_per_sec``,
+    ``icmp_msgs_burst``); the per-destination limit (``icmp_ratelimit``) is turned off so
+    that only that global one applies, like icmplim."""
+    mask = int(sysctl(ns, "net.ipv4.icmp_ratemask")) | 1
+    for name, value in (
+        ("net.ipv4.icmp_ratemask", mask),
+        ("net.ipv4.icmp_msgs_per_sec", per_second),
+        ("net.ipv4.icmp_msgs_burst", burst),
+        ("net.ipv4.icmp_ratelimit", 0),
+    ):
+        subprocess.run([*ns.prefix(), "sysctl", "-qw", f"{name}={value}"], check=True, capture_output=True)
+
+
+def sysctl(ns: NetNS, name: str) -> str:
+    return subprocess.run([*ns.prefix(), "sysctl", "-n", name], check=True, capture_output=True, text=True).stdout.strip()
+
+
 def in_thread_of(netns: NetNS | None) -> Callable[[Callable[[], Any]], Any]:
     """A runner that calls a function inside ``netns`` (or directly when None)."""
     if netns is None:

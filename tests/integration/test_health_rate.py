@@ -14,7 +14,6 @@ jailsyncd and Consul run; every address is inside namespaces the test creates.
 from __future__ import annotations
 
 import io
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from harness import ConsulServer, log_events, write_config
 from jailsyncd.adapters.cbsd import CbsdSource
 from jailsyncd.adapters.consul import connect
 from jailsyncd.adapters.probe import Prober
-from jailsyncd.devnet import NetNS, available
+from jailsyncd.devnet import NetNS, available, join, limit_echo_replies, sysctl
 from jailsyncd.healthloop import HealthLoop
 from jailsyncd.logs import configure
 from jailsyncd.platform import Platform
@@ -43,29 +42,14 @@ def two_namespaces():
     """(host, jails): jailsyncd's namespace and the jails' one, joined by a veth pair;
     the jails' kernel limits its echo replies to KERNEL_LIMIT per second."""
     with NetNS("jsh") as host, NetNS("jsj") as jails:
-        host.ip("link", "add", "veth-h", "type", "veth", "peer", "name", "veth-j", "netns", jails.name)
-        host.ip("addr", "add", "10.79.0.1/30", "dev", "veth-h")
-        host.ip("link", "set", "veth-h", "up")
-        jails.ip("addr", "add", "10.79.0.2/30", "dev", "veth-j")
-        jails.ip("link", "set", "veth-j", "up")
-        host.ip("route", "add", "10.79.1.0/24", "via", "10.79.0.2")
+        join(host, jails, routed="10.79.1.0/24")
         for address in JAILS:
             jails.add_address(address)
-        mask = int(sysctl(jails, "net.ipv4.icmp_ratemask")) | ECHO_REPLY_BIT
-        for name, value in (
-            ("net.ipv4.icmp_ratemask", mask),
-            ("net.ipv4.icmp_msgs_per_sec", KERNEL_LIMIT),
-            ("net.ipv4.icmp_msgs_burst", 10),
-            ("net.ipv4.icmp_ratelimit", 0),  # no per-peer limit: only the global one, like icmplim
-        ):
-            subprocess.run([*jails.prefix(), "sysctl", "-qw", f"{name}={value}"], check=True)
+        limit_echo_replies(jails, KERNEL_LIMIT, burst=10)
         assert int(sysctl(jails, "net.ipv4.icmp_msgs_per_sec")) == KERNEL_LIMIT
+        assert int(sysctl(jails, "net.ipv4.icmp_ratemask")) & ECHO_REPLY_BIT
         assert int(sysctl(host, "net.ipv4.icmp_ratemask")) & ECHO_REPLY_BIT == 0, "the limit is the jails' namespace's only"
         yield host, jails
-
-
-def sysctl(ns: NetNS, name: str) -> str:
-    return subprocess.run([*ns.prefix(), "sysctl", "-n", name], check=True, capture_output=True, text=True).stdout.strip()
 
 
 def test_pacing_below_the_kernel_limit_keeps_every_jail_passing(two_namespaces, consul_bin: str, tmp_path: Path, workdir: Workdir) -> None:
