@@ -14,7 +14,9 @@ everything else only *asks* for a cycle:
 Requests are a flag, not a queue: any number of them while a cycle runs become
 exactly one more cycle right after it (never dropped, never piled up). After a
 failed cycle the worker waits 1, 2, 4, ... seconds (capped at ``sync.backoff_max``)
-before retrying; a kick cuts the wait short; one success resets it.
+before retrying; a kick, a reload or a DB change seen by the watcher cuts the wait
+short; one success resets it and logs ``cycle_recovered`` (how many failed cycles,
+for how long).
 ``SIGHUP`` reloads the settings (a bad file is logged and the old settings stay);
 ``SIGTERM``/``SIGINT`` stop: the current cycle is abandoned between two requests
 (each request is atomic), registrations stay unless ``sync.deregister_on_stop``.
@@ -90,6 +92,9 @@ class Daemon:
         self._reconciler = reconciler_factory(settings, self._stop.is_set)
         self._stamps = self._db_stamps()
         self.failures = 0
+        #: When the current run of failed cycles began, and what the last one failed on.
+        self._failing_since = 0.0
+        self._last_error_kind = ""
         self.scheduler: BackgroundScheduler | None = None
         self.worker: threading.Thread | None = None
 
@@ -119,7 +124,10 @@ class Daemon:
         stamps = self._db_stamps()
         if stamps != self._stamps:
             self._stamps = stamps
-            self.request("change")
+            # Like a kick, a change ends a backoff wait: a DB that comes back after an
+            # outage (or is fixed) is read now, not up to sync.backoff_max later. A
+            # change is at most one retry per watch_interval, never a hot loop.
+            self.kick("change")
 
     # -- the worker -------------------------------------------------------------
 
@@ -135,8 +143,19 @@ class Daemon:
                 reasons, self._reasons = sorted(self._reasons), set()
             result = self._cycle(reasons)
             if result is not None and result.error is None:
+                if self.failures:
+                    self.log.info(
+                        "cycle_recovered",
+                        cycle=result.cycle,
+                        failed_cycles=self.failures,
+                        failing_for_s=round(time.monotonic() - self._failing_since, 1),
+                        last_error_kind=self._last_error_kind,
+                    )
                 self.failures = 0
                 continue
+            if not self.failures:
+                self._failing_since = time.monotonic()
+            self._last_error_kind = type(result.error).__name__ if result is not None else "crash"
             self.failures += 1
             delay = backoff_delay(self.failures, self.settings.sync.backoff_max)
             self.log.warning("backoff", failures=self.failures, delay_s=delay)

@@ -126,8 +126,45 @@ def test_consul_outage_backoff_and_convergence(consul_bin: str, tmp_path: Path, 
         server.start()  # a fresh dev agent on the same HTTP port, empty
         wait_for(lambda: set(server.services()) == {"jailsyncd-web1", "jailsyncd-web2"}, timeout=15, what="convergence after the outage")
         assert daemon.events("cycle_failed")[0]["error_kind"] == "ConsulError"
+        # Recovery is visible at info level: how many cycles failed, for how long.
+        [recovered] = wait_for(lambda: daemon.events("cycle_recovered"), timeout=5, what="cycle_recovered")
+        failed = daemon.events("cycle_failed")
+        assert recovered["level"] == "info"
+        assert recovered["failed_cycles"] == len(failed) >= 3
+        assert recovered["last_error_kind"] == "ConsulError"
+        assert 3.0 <= recovered["failing_for_s"] < 60
+        assert recovered["cycle"] == failed[-1]["cycle"] + 1
     finally:
         server.stop()
+
+
+def test_a_db_change_ends_a_backoff_wait(consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
+    """CBSD's DB goes away (a workdir unmounted, a restore in progress): cycles fail and
+    the waits between them grow. The DB coming back is a change the watcher sees, and
+    like a kick it ends the wait: the next cycle runs within about a watch interval,
+    not up to ``sync.backoff_max`` later."""
+    workdir.add("web1", jid=3, status=1, ip4_addr="127.0.30.1")
+    extra = '[sync]\ninterval = "1h"\njitter = "0s"\nbackoff_max = "60s"\n'
+    daemon = start_daemon(write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul, extra=extra))
+    real = workdir.node_db.resolve()
+    away = real.with_name(real.name + ".away")
+    real.rename(away)
+    # Drive the backoff up quickly: each SIGUSR1 cuts the current wait, and the cycle
+    # it starts fails again, doubling the next wait.
+    deadline = time.monotonic() + 30
+    while not daemon.events("backoff") or daemon.events("backoff")[-1]["delay_s"] < 16:
+        assert time.monotonic() < deadline, "the backoff did not grow"
+        seen = len(daemon.events("backoff"))
+        daemon.proc.send_signal(signal.SIGUSR1)
+        wait_for(lambda: len(daemon.events("backoff")) > seen, timeout=10, what="one more failed cycle")
+    assert daemon.events("cycle_failed")[-1]["error_kind"] == "SourceMissing"
+    finished = len(daemon.events("cycle_finished"))
+    away.rename(real)
+    restored = time.monotonic()
+    wait_for(lambda: len(daemon.events("cycle_finished")) > finished, timeout=10, what="a cycle after the DB came back")
+    assert time.monotonic() - restored < 4, "the DB change did not end the backoff wait"
+    assert "change" in daemon.events("cycle_started")[-1]["reasons"]
+    assert "jailsyncd-web1" in consul.services()
 
 
 def test_metrics_match_what_happened(consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
