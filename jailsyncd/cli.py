@@ -227,7 +227,7 @@ def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
             raise result.error
         assert result.plan is not None
         print(plan_as_text(result.plan))
-        print(f"purge would deregister {len(result.plan.deregister)} services owned by {settings.host.name}; add --yes to do it", file=sys.stderr)
+        print(f"purge would deregister {len(result.plan.deregister)} services owned by {result.owner}; add --yes to do it", file=sys.stderr)
         return ExitCode.USAGE
     return _finish(_reconciler(settings).cycle(purge=True))
 

@@ -41,6 +41,10 @@ if TYPE_CHECKING:  # the health loop is handed in; reconcile never builds one
 class Source(Protocol):
     def read(self) -> CbsdState: ...
 
+    def nodename(self) -> str:
+        """CBSD's node name, read now; raises ``SourceError`` when it cannot be read."""
+        ...
+
 
 class Store(Protocol):
     """Consul as a reconcile cycle sees it (``adapters.consul``: agent or catalog)."""
@@ -106,6 +110,8 @@ class CycleResult:
     observed: Observed | None = None
     #: The CBSD state the cycle planned from (for per-kind numbers in metrics).
     state: CbsdState | None = None
+    #: The owner identity this cycle used: ``host.name``, else CBSD's node name.
+    owner: str = ""
 
     @property
     def ok(self) -> bool:
@@ -156,10 +162,11 @@ class Reconciler:
         try:
             store = self.store_factory()
             if purge:
-                observed = store.read(self.settings.host.name)
+                result.owner = self.settings.host.name or self.source.nodename()
+                observed = store.read(result.owner)
                 result.plan = purge_plan(observed)
             else:
-                result.desired, observed, result.plan = self._plan(store, force)
+                result.desired, observed, result.plan = self._plan(store, force, result)
                 result.state = self._memo[0] if self._memo is not None else None
                 self._report(log, result.plan)
             result.observed = observed
@@ -177,21 +184,23 @@ class Reconciler:
         self._summarise(log, result, apply)
         return result
 
-    def _plan(self, store: Store, force: bool) -> tuple[Desired, Observed, Plan]:
-        state = self.source.read()
+    def _plan(self, store: Store, force: bool, result: CycleResult) -> tuple[Desired, Observed, Plan]:
+        state = self.source.read()  # raises (retryable) while CBSD's node name cannot be read
+        # The owner is never guessed: host.name, else the node name read with this state.
+        owner = result.owner = self.settings.host.name or state.nodename or ""
         if self._memo is not None and self._memo[0] == state:
             desired = self._memo[1]
         else:
             desired = build_desired(
                 state,
-                owner=self.settings.host.name,
+                owner=owner,
                 rules=self.settings.rules,
                 prefer_ipv6=self.settings.sync.prefer_ipv6,
                 health=self.settings.health if self.settings.health.enabled else None,
                 catalog=self.settings.catalog if self.settings.consul.mode == "catalog" else None,
             )
             self._memo = (state, desired)
-        observed = store.read(self.settings.host.name)
+        observed = store.read(owner)
         desired = mark_token(desired, observed.token_accessor)
         startup = self.startup.observe(state, self.settings.sync.startup_grace) if self.startup is not None else None
         plan = make_plan(desired, observed, max_deregistrations=self.settings.sync.max_deregistrations, force=force, startup=startup)

@@ -52,8 +52,10 @@ class Secret:
 
 @dataclass(frozen=True)
 class HostSettings:
-    #: Owner identity written to ``jailsyncd-owner``; default: the CBSD nodename
-    #: (``$workdir/nodename``), else the host name. Must be unique per CBSD host.
+    #: Owner identity written to ``jailsyncd-owner``. Empty: CBSD's node name
+    #: (``$workdir/nodename``), read by ``adapters.cbsd`` on every cycle; while it
+    #: cannot be read nothing is written (never a guess such as the host name).
+    #: Must be unique per CBSD host.
     name: str = ""
 
 
@@ -307,8 +309,6 @@ def _build(data: dict[str, Any], env: Mapping[str, str], where: str, path: Path 
     host = sections["host"]
     if not sections["catalog"].host_tag:
         sections["catalog"] = CatalogSettings(**{**sections["catalog"].__dict__, "host_tag": socket.gethostname()})
-    if not host.name:
-        host = HostSettings(name=_default_host_name(cbsd.workdir))
     settings = Settings(
         host=host,
         cbsd=cbsd,
@@ -537,8 +537,8 @@ def _validate(s: Settings, fail) -> None:
         raise fail("health.heartbeat_ttl", "must be at least 3s")
     if s.sync.max_deregistrations < 0:
         raise fail("sync.max_deregistrations", "must be 0 or more")
-    if not s.host.name or len(s.host.name) > 512:
-        raise fail("host.name", "must be a non-empty string of at most 512 characters")
+    if s.host.name != s.host.name.strip() or len(s.host.name) > 512:
+        raise fail("host.name", "must be at most 512 characters, without leading or trailing white space (empty: CBSD's node name)")
     if (s.consul.cert_file is None) != (s.consul.key_file is None):
         raise fail("consul.cert_file", "cert_file and key_file must be set together")
     if s.consul.tls_server_name is not None and not _valid_host(s.consul.tls_server_name):
@@ -683,15 +683,6 @@ def _read_token_file(path: Path) -> str:
     if not token:
         raise ValueError(f"token file {path} is empty")
     return token
-
-
-def _default_host_name(workdir: Path) -> str:
-    """CBSD's own node name (``$workdir/nodename``), else this machine's host name."""
-    try:
-        name = (workdir / "nodename").read_text().strip()
-    except (OSError, ValueError):
-        name = ""
-    return name or socket.gethostname()
 
 
 def _did_you_mean(key: str, choices: set[str]) -> str:

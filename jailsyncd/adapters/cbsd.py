@@ -90,10 +90,31 @@ class CbsdSource:
         #: Per-VM DBs actually opened by the last ``read()`` (the others came from cache).
         self.vm_reads = 0
 
+    def nodename(self) -> str:
+        """CBSD's node name, from ``$workdir/nodename`` (written by ``cbsd initenv``),
+        read now. The one place jailsyncd learns it: it is the ``cbsd-host`` meta and,
+        when ``host.name`` is unset, the owner identity. A missing, unreadable or empty
+        file raises a ``SourceError`` (retryable: at boot the workdir may not be
+        mounted yet); nothing is ever guessed in its place."""
+        path = self.workdir / "nodename"
+        try:
+            name = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise SourceMissing(f"{path}: CBSD's node name file not found (is cbsd.workdir mounted and CBSD initialised?)") from None
+        except PermissionError:
+            raise SourceUnreadable(f"{path}: permission denied reading CBSD's node name") from None
+        except (OSError, ValueError) as exc:
+            what = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else getattr(exc, "strerror", None) or type(exc).__name__
+            raise SourceUnreadable(f"{path}: cannot read CBSD's node name ({what})") from None
+        if not name:
+            raise SourceCorrupt(f"{path}: CBSD's node name file is empty")
+        return name
+
     def read(self) -> CbsdState:
-        """A complete, consistent read of the node DB (and per-VM DBs of running VMs)."""
-        rows = self._read_db(self.node_db, self._read_node)
-        nodename, raw_rows = rows
+        """A complete, consistent read of CBSD's node name, the node DB and the per-VM
+        DBs of running VMs."""
+        raw_rows = self._read_db(self.node_db, self._read_node)  # first: a missing workdir names the DB
+        nodename = self.nodename()
         environments: list[Environment] = []
         unreadable: list[tuple[str, str]] = []
         running_vms: set[str] = set()
@@ -118,7 +139,7 @@ class CbsdSource:
 
     # -- node DB ---------------------------------------------------------------
 
-    def _read_node(self, conn: Connection, path: Path) -> tuple[str | None, list[dict]]:
+    def _read_node(self, conn: Connection, path: Path) -> list[dict]:
         present = _columns(conn, "jails")
         if not present:
             raise SourceCorrupt(f"{path}: no table 'jails' (is this a CBSD node DB?)")
@@ -140,20 +161,7 @@ class CbsdSource:
             for row in rows:
                 if unset_to_none(row.get("emulator")) == "bhyve" and str(row["jname"]).strip() in astart:
                     row["astart"] = astart[str(row["jname"]).strip()]
-        return self._nodename(conn), rows
-
-    def _nodename(self, conn: Connection) -> str | None:
-        try:
-            name = (self.workdir / "nodename").read_text().strip()
-        except (OSError, UnicodeDecodeError):
-            name = ""
-        if name:
-            return name
-        if "nodename" in _columns(conn, "local"):
-            local = table("local", column("nodename"))
-            row = conn.execute(select(local.c.nodename).limit(1)).first()
-            return unset_to_none(row[0]) if row else None
-        return None
+        return rows
 
     # -- per-VM DB ----------------------------------------------------------------
 

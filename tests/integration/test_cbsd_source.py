@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from jailsyncd.adapters.cbsd import CbsdSource
-from jailsyncd.errors import SourceCorrupt, SourceLocked, SourceMissing
+from jailsyncd.errors import SourceCorrupt, SourceLocked, SourceMissing, SourceUnreadable
 from jailsyncd.sample import SAMPLE_ENVIRONMENTS, Workdir
 
 
@@ -148,3 +148,36 @@ def test_unreadable_db_as_another_user() -> None:
         assert "SourceUnreadable" in proc.stderr and "permission denied" in proc.stderr
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    ("spoil", "error", "text"),
+    [
+        (lambda p: p.unlink(), SourceMissing, "node name file not found"),
+        (lambda p: p.write_text(" \n"), SourceCorrupt, "node name file is empty"),
+        (lambda p: p.write_bytes(b"n\xf6de1\n"), SourceUnreadable, "not UTF-8"),
+        (lambda p: (p.unlink(), p.mkdir()), SourceUnreadable, "cannot read CBSD's node name"),
+    ],
+    ids=["missing", "blank", "latin1", "directory"],
+)
+def test_node_name_is_read_from_its_file_or_the_read_fails(workdir: Workdir, spoil, error, text) -> None:
+    """Issue 10, item 5: the node name is part of CBSD's state (the cbsd-host meta, and
+    the owner when host.name is unset). It used to fall back silently (to the DB's
+    ``local`` table, or in the settings to this machine's host name); now a read
+    without it fails, retryably, naming the file, and nothing is written."""
+    path = workdir.root / "nodename"
+    source = CbsdSource(workdir.root)
+    assert source.nodename() == "node1" and source.read().nodename == "node1"
+    spoil(path)
+    for call in (source.nodename, source.read):
+        with pytest.raises(error) as exc:
+            call()
+        assert str(exc.value).startswith(f"{path}: ") and text in str(exc.value)
+        assert exc.value.retryable
+
+
+def test_node_name_file_is_read_on_every_read(workdir: Workdir) -> None:
+    source = CbsdSource(workdir.root)
+    assert source.read().nodename == "node1"
+    (workdir.root / "nodename").write_text("renamed\n")
+    assert source.read().nodename == "renamed"

@@ -8,8 +8,7 @@ from what ``settings._decode_rules`` accepts.
 
 Default column grammar: a backticked literal (``"30s"``, ``10``, ``false``,
 ``/usr/jails``), ``none`` (the code's default is None), ``empty`` (the empty string),
-or ``computed...`` for the settings filled in at load time (``host.name``,
-``catalog.host_tag``).
+or ``computed...`` for the settings filled in at load time (``catalog.host_tag``).
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ ENV_ONLY = {"consul.token"}
 #: Not settings keys: the rules list and the file the settings came from.
 NOT_KEYS = {"rules", "source"}
 #: Settings whose default is worked out at load time (the code's default is "").
-COMPUTED = {"host.name", "catalog.host_tag"}
+COMPUTED = {"catalog.host_tag"}
 
 
 def section_fields() -> dict[str, Field]:

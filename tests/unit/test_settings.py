@@ -67,7 +67,7 @@ def error_of(load, text, env=None) -> str:
 
 def test_defaults_from_a_nearly_empty_file(cfg, tmp_path):
     s = cfg("")
-    assert s.host == HostSettings(name="node1")
+    assert s.host == HostSettings(name="")  # CBSD's node name, read per cycle by adapters.cbsd
     assert s.cbsd == CbsdSettings(workdir=tmp_path, busy_timeout=5.0)
     assert s.consul == ConsulSettings()
     assert s.consul.address == "127.0.0.1:8500"
@@ -82,17 +82,15 @@ def test_defaults_from_a_nearly_empty_file(cfg, tmp_path):
     assert s.consul.read_token() is None
 
 
-def test_no_file_at_all(monkeypatch):
-    monkeypatch.setattr(settings_mod, "_default_host_name", lambda workdir: f"host-of-{workdir}")
+def test_no_file_at_all():
     s = load_settings(None, env={})
     assert s.source is None
     assert s.cbsd.workdir == Path("/usr/jails")  # CBSD's default workdir
-    assert s.host.name == "host-of-/usr/jails"
+    assert s.host.name == ""
     assert s.consul == ConsulSettings() and s.sync == SyncSettings() and s.log == LogSettings()
 
 
-def test_missing_optional_file_means_defaults(tmp_path, monkeypatch):
-    monkeypatch.setattr(settings_mod, "_default_host_name", lambda workdir: "h")
+def test_missing_optional_file_means_defaults(tmp_path):
     s = load_settings(tmp_path / "absent.toml", env={}, required=False)
     assert s.source is None and s.consul == ConsulSettings()
 
@@ -464,7 +462,7 @@ def test_redacted_is_plain_data(cfg, tmp_path):
     assert red["consul"]["token"] == "***"
     assert red["consul"]["address"] == "127.0.0.1:8500"
     assert red["cbsd"]["workdir"] == str(tmp_path)
-    assert red["host"]["name"] == "node1"
+    assert red["host"]["name"] == ""
     assert red["rules"][0]["match"] == "www*" and red["rules"][0]["port"] == 80
     assert set(red) >= {"host", "cbsd", "consul", "sync", "log", "rules", "source"}
     assert red["source"] == str(tmp_path / "jailsyncd.toml")
@@ -543,19 +541,23 @@ def test_malformed_addresses_are_rejected(cfg, address):
 # --- host.name -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("content", "name"), [("node7", "node7"), ("  node7\n", "node7"), ("cbsd-host.lan\n\n", "cbsd-host.lan")])
-def test_host_name_defaults_to_cbsd_nodename(cfg, content, name):
-    assert cfg("", nodename=content).host.name == name
+@pytest.mark.parametrize("content", ["node7", None, "", "  \n"], ids=["file", "no-file", "empty", "blank"])
+def test_unset_host_name_is_never_guessed_at_load(cfg, monkeypatch, content):
+    """Issue 10, item 5: loading used to fill host.name from the nodename file, or
+    from this machine's host name when the file could not be read (a workdir not
+    mounted yet at boot): the daemon then owned entries under the wrong name for
+    good. Now it stays empty; adapters.cbsd reads the node name on every cycle."""
+    monkeypatch.setattr(settings_mod.socket, "gethostname", lambda: "guessed-host")
+    assert cfg("", nodename=content).host.name == ""
 
 
-def test_explicit_host_name_wins(cfg):
+def test_explicit_host_name_is_kept(cfg):
     assert cfg("[host]\nname = 'mine'\n", nodename="node7").host.name == "mine"
 
 
-@pytest.mark.parametrize("content", [None, "", "  \n"], ids=["no-file", "empty", "blank"])
-def test_host_name_falls_back_to_hostname(cfg, monkeypatch, content):
-    monkeypatch.setattr(settings_mod.socket, "gethostname", lambda: "fallback-host")
-    assert cfg("", nodename=content).host.name == "fallback-host"
+@pytest.mark.parametrize("name", [" x", "x\n", "h" * 513])
+def test_bad_host_name(cfg, name):
+    assert ": host.name: " in error_of(cfg, f"[host]\nname = {json.dumps(name)}\n")
 
 
 # --- immutability ----------------------------------------------------------------------
