@@ -311,7 +311,7 @@ class Daemon:
         """Catalog checks are inert: left alone, a host that shuts down would leave its
         jails passing for as long as it is down (docs/architecture.md, "Stopping")."""
         try:
-            count = self.health.mark_stopped(f"jailsyncd on {self.settings.host.name} stopped; status unknown until it runs again")
+            count = self.health.mark_stopped(f"jailsyncd on {self.settings.host.name or self._reconciler.owner} stopped; status unknown until it runs again")
         except JailsyncdError as exc:
             self.log.error("checks_critical_on_stop", checks=0, error=str(exc))
             return

@@ -146,6 +146,8 @@ class Reconciler:
         #: ``run`` only (or ``--startup-grace``): holds back deregistrations of jails
         #: CBSD has yet to start at boot (``plan.hold_for_autostart``).
         self.startup = startup
+        #: The owner identity of the last cycle that could tell (``CycleResult.owner``).
+        self.owner = settings.host.name
         self.cycles = 0
         #: The last CBSD state and the desired state built from it: ``build_desired``
         #: is pure, so an unchanged state (the common case) reuses its result.
@@ -162,7 +164,7 @@ class Reconciler:
         try:
             store = self.store_factory()
             if purge:
-                result.owner = self.settings.host.name or self.source.nodename()
+                result.owner = self.owner = self.settings.host.name or self.source.nodename()
                 observed = store.read(result.owner)
                 result.plan = purge_plan(observed)
             else:
@@ -187,7 +189,7 @@ class Reconciler:
     def _plan(self, store: Store, force: bool, result: CycleResult) -> tuple[Desired, Observed, Plan]:
         state = self.source.read()  # raises (retryable) while CBSD's node name cannot be read
         # The owner is never guessed: host.name, else the node name read with this state.
-        owner = result.owner = self.settings.host.name or state.nodename or ""
+        owner = result.owner = self.owner = self.settings.host.name or state.nodename or ""
         if self._memo is not None and self._memo[0] == state:
             desired = self._memo[1]
         else:
