@@ -218,3 +218,19 @@ def test_freebsd_rate_limit_default_read_from_icmplim_at_start(icmplim, setting,
     reads = len(asked)
     loop.pace(())
     assert len(asked) == reads, "read at start only"
+
+
+def test_once_registers_when_every_send_fails(netns: NetNS, ns_consul: ConsulServer, tmp_path: Path, workdir: Workdir, monkeypatch, capsys) -> None:
+    """``once`` with a prober whose every send fails with ENOBUFS (a kernel out of
+    buffers): the jail is registered all the same, exit 0, and the failure is logged
+    as health_probe_failed, not as an internal error."""
+    monkeypatch.setattr(platform_module, "current", lambda: Platform("linux", socket=BrokenKernel("sendto", errno.ENOBUFS)))
+    netns.add_address(UP)
+    workdir.add("web1", jid=3, status=1, ip4_addr=UP)
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=ns_consul, health=HEALTH)
+    assert netns.call(cli.main, ["--config", str(config), "once"]) == 0
+    events = log_events(capsys.readouterr().err)
+    assert [e["jail"] for e in events if e["event"] == "service_registered"] == ["web1", "jailsyncd.heartbeat"]
+    failed = [e for e in events if e["event"] == "health_probe_failed"]
+    assert len(failed) == 2 and all(os.strerror(errno.ENOBUFS) in e["error"] for e in failed)  # before registration, and the round
+    assert checks(ns_consul)["jailsyncd-web1:ping"][0] == "critical"
