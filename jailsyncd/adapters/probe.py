@@ -49,7 +49,23 @@ _ERRORS = {4: {3: "destination unreachable", 11: "time exceeded"}, 6: {1: "desti
 _RCVBUF = 8 * 1024 * 1024
 #: Send errors that say the destination cannot be reached: the jail's failure. Any
 #: other error (ENOBUFS, ENOMEM, EBADF...) is the prober's own problem.
-_UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.EADDRNOTAVAIL, errno.ENETDOWN, errno.EACCES, errno.EPERM}
+_UNREACHABLE = {
+    errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.ENETDOWN,  # no route, host down
+    errno.EADDRNOTAVAIL, errno.EINVAL, errno.EAFNOSUPPORT,  # an address no packet can go to
+    errno.EACCES, errno.EPERM,  # a firewall rule, a broadcast address
+}
+
+
+def _jails_fault(exc: BaseException) -> bool:
+    """Whether a failed send says something about the destination (its failure) rather
+    than about the prober (ENOBUFS, ENOMEM, EBADF...: ours, never a jail's)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, socket.gaierror):  # the address does not even parse
+            return True
+        seen = seen.__cause__ or seen.__context__
+    code = _errno_of(exc)
+    return code is None or code in _UNREACHABLE
 
 
 class ProbeUnavailable(JailsyncdError):
@@ -289,7 +305,7 @@ class Prober:
                 try:
                     sock.send(request)
                 except ICMPLibError as exc:
-                    if _errno_of(exc) in _UNREACHABLE or _errno_of(exc) is None:
+                    if _jails_fault(exc):
                         errors[address] = f"send failed: {exc}"
                     else:  # ENOBUFS and the like: ours, not the jail's
                         unprobed.add(address)

@@ -57,3 +57,35 @@ def test_freebsd_nonroot_asks_for_a_datagram_socket() -> None:
     with pytest.raises(ProbeUnavailable):
         Prober(platform=Platform("freebsd", socket=open_socket, euid=lambda: 1001)).check()
     assert asked == [(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)]
+
+
+def _as_icmplib_raises(error: OSError) -> Exception:
+    """An exception chained as icmplib raises it from a failed sendto (text only, the
+    OSError as its context)."""
+    from icmplib.exceptions import ICMPSocketError
+
+    try:
+        try:
+            raise error
+        except OSError as err:
+            raise ICMPSocketError(str(err))
+    except ICMPSocketError as exc:
+        return exc
+
+
+@pytest.mark.parametrize(
+    ("error", "jails"),
+    [
+        (OSError(errno.ENETUNREACH, "no route"), True),
+        (OSError(errno.EHOSTUNREACH, "host unreachable"), True),
+        (OSError(errno.EPERM, "firewall"), True),
+        (socket.gaierror(socket.EAI_NONAME, "bad address"), True),
+        (OSError(errno.ENOBUFS, "no buffer space"), False),
+        (OSError(errno.ENOMEM, "out of memory"), False),
+        (OSError(errno.EBADF, "bad fd"), False),
+    ],
+)
+def test_whose_fault_is_a_failed_send(error: OSError, jails: bool) -> None:
+    from jailsyncd.adapters.probe import _jails_fault
+
+    assert _jails_fault(_as_icmplib_raises(error)) is jails
