@@ -67,7 +67,11 @@ Lines excluded by ``--since``/``--jail`` are counted as ``filtered_out``;
 ``--jail`` does not filter the cycle totals, which belong to no jail. Timestamps
 without a zone are taken as UTC, as jailsyncd writes them.
 
-Pure part: ``parse_line``, ``parse_since`` and ``aggregate`` (lines in, frozen
+``--html FILE`` writes the same selection as a self-contained web page with drift
+timelines instead of the text output (``reporthtml``, fed the same lines as they are
+read).
+
+Pure part: ``parse_line, ``parse_since`` and ``aggregate`` (lines in, frozen
 ``Report`` out), ``report_as_json``, ``report_as_text``. I/O part: ``read_lines``,
 ``run``.
 """
@@ -656,6 +660,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--since", metavar="WHEN", help="only events since an ISO date/time (UTC unless a zone is given) or an age: 30m, 2h, 7d")
     p.add_argument("--jail", action="append", dest="jails", metavar="NAME", help="only this jail (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object {jails, totals}")
+    p.add_argument("--html", type=Path, metavar="FILE", help="also write a self-contained web page with drift timelines to FILE (replaces the text output)")
 
 
 def run(args: argparse.Namespace, stdin: IO[str] | None = None, stdout: IO[str] | None = None) -> int:
@@ -676,18 +681,40 @@ def run(args: argparse.Namespace, stdin: IO[str] | None = None, stdout: IO[str] 
         except ValueError as exc:
             raise ReportUsageError(f"report: {exc}") from None
     unreadable: list[tuple[str, str]] = []
-    report = aggregate(
-        read_lines(getattr(args, "logfiles", None) or [], stdin, unreadable),
-        since=since,
-        jails=getattr(args, "jails", None),
-    )
+    lines: Iterable[str] = read_lines(getattr(args, "logfiles", None) or [], stdin, unreadable)
+    html_path = getattr(args, "html", None)
+    collector = None
+    if html_path is not None:
+        from jailsyncd import reporthtml  # imports this module: loaded on demand
+
+        collector = reporthtml.Collector(since, getattr(args, "jails", None))
+        lines = collector.watch(lines)
+    report = aggregate(lines, since=since, jails=getattr(args, "jails", None))
     report = replace(report, unreadable=tuple(unreadable))
+    if collector is not None:
+        _write_html(Path(html_path), collector, stdout)
     if getattr(args, "json", False):
         stdout.write(json.dumps(report_as_json(report), indent=2) + "\n")
-    else:
+    elif collector is None:
         stdout.write(report_as_text(report) + "\n")
     if unreadable:
         stdout.flush()
         names = "; ".join(_safe(f"{name}: {reason}") for name, reason in unreadable)
         raise ReportError(f"report incomplete, {len(unreadable)} log file(s) could not be read completely: {names}")
     return ExitCode.OK
+
+
+def _write_html(path: Path, collector: Any, stdout: IO[str]) -> None:
+    """``--html``: the page for the collected events, written whole or not at all."""
+    from jailsyncd import reporthtml
+
+    timeline = collector.timeline()
+    page = reporthtml.render(timeline, generated=datetime.now(timezone.utc))
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ReportError(f"{path}: cannot write the HTML report: {exc.strerror or exc}") from None
+    stdout.write(f"wrote {path}: {len(timeline.events)} drift events for {len(timeline.jails)} jails\n")
