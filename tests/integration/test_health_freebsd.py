@@ -91,7 +91,10 @@ def test_nonroot_freebsd_has_no_ping_socket_exit_71(consul: ConsulServer, tmp_pa
     assert "FreeBSD has no unprivileged ICMP sockets" in err[0] and "as root" in err[0] and "health.enabled = false" in err[0]
     assert "ping_group_range" not in err[0] and "internal error" not in err[0]
     assert consul.get("/v1/agent/services") == {}, "nothing is registered"
-    assert cli.main(["--config", str(config), "check-config"]) == 71
+    for command in (["check-config"], ["plan"], ["run", "--pidfile", str(tmp_path / "j.pid")]):
+        assert cli.main(["--config", str(config), *command]) == 71, command
+    assert not (tmp_path / "j.pid").exists()
+    assert consul.get("/v1/agent/services") == {}
 
 
 class BrokenKernel:
