@@ -205,8 +205,14 @@ class CbsdSource:
 
     def _read_db(self, path: Path, reader):
         """Run ``reader(conn, path)`` inside one read-only transaction on ``path``."""
-        if not path.exists():
-            raise SourceMissing(f"{path}: CBSD database not found (check cbsd.workdir)")
+        try:
+            path.stat()
+        except FileNotFoundError:
+            raise SourceMissing(f"{path}: CBSD database not found (check cbsd.workdir)") from None
+        except PermissionError:  # a folder on the way: not "missing", and not a crash
+            raise SourceUnreadable(f"{path}: permission denied (run as root or in group cbsd)") from None
+        except OSError as exc:
+            raise SourceUnreadable(f"{path}: cannot be reached ({exc.strerror})") from None
         if not os.access(path, os.R_OK):
             raise SourceUnreadable(f"{path}: permission denied (run as root or in group cbsd)")
         if self._engine is None:
@@ -307,7 +313,8 @@ def _wrap(path: Path, exc: BaseException) -> SourceError:
         return SourceLocked(f"{path}: database is locked by a writer for longer than the busy timeout")
     if "unable to open" in lowered or "readonly" in lowered or "read-only" in lowered:
         return SourceUnreadable(
-            f"{path}: cannot open read-only ({text}); the folder or the -shm file must be writable (root or group cbsd)"
+            f"{path}: cannot open read-only ({text}); its folder must be writable, so that SQLite can create the "
+            "-wal and -shm files CBSD's writers remove after each write (root, or group cbsd with CBSD's 0770 folders)"
         )
     if "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
         return SourceCorrupt(f"{path}: database is corrupt or truncated ({text})")
