@@ -363,7 +363,7 @@ def plan_as_text(plan: Plan) -> str:
     for k in plan.skipped:
         lines.append(f"! {k.jail:<20} skipped    {k.reason}: {k.detail}")
     if not (plan.register or plan.update or plan.deregister):
-        lines.append("no changes: Consul matches CBSD")
+        lines.append(f"no changes now: {len(plan.held)} deregistrations held (=)" if plan.held else "no changes: Consul matches CBSD")
     return "\n".join(lines)
 
 

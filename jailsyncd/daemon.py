@@ -19,7 +19,9 @@ short; one success resets it and logs ``cycle_recovered`` (how many failed cycle
 for how long).
 ``SIGHUP`` reloads the settings (a bad file is logged and the old settings stay);
 ``SIGTERM``/``SIGINT`` stop: the current cycle is abandoned between two requests
-(each request is atomic), registrations stay unless ``sync.deregister_on_stop``.
+(each request is atomic), registrations stay unless ``sync.deregister_on_stop``; in
+catalog mode with health on every check is set critical first
+(``catalog.critical_on_stop``: catalog checks have no TTL).
 """
 
 from __future__ import annotations

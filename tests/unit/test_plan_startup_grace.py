@@ -127,3 +127,15 @@ def test_held_service_checks_are_rebuilt_from_what_consul_returns() -> None:
         rebuilt = with_checks_from_consul(as_observed, 3600.0)
         assert set(targets_of((rebuilt,))) == set(targets_of((as_registered,)))
         assert len(targets_of((rebuilt,))) == 3  # ping, tcp, http
+
+
+def test_plan_text_and_json_show_held_deregistrations() -> None:
+    from jailsyncd.cli import plan_as_json, plan_as_text
+    from jailsyncd.model import Plan
+
+    held = Plan(held=(svc("a"),), held_until="2026-11-29T16:05:00Z")
+    text = plan_as_text(held).splitlines()
+    assert text[0].split()[:3] == ["=", "a", "held"] and "2026-11-29T16:05:00Z" in text[0]
+    assert text[-1] == "no changes now: 1 deregistrations held (=)"
+    assert [(h["jail"], h["until"]) for h in plan_as_json(held)["held"]] == [("a", "2026-11-29T16:05:00Z")]
+    assert plan_as_text(Plan()) == "no changes: Consul matches CBSD"
