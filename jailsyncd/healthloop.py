@@ -42,6 +42,9 @@ class RoundStats:
     #: The round's pace: a round that cannot fit in ``health.interval`` at the rate
     #: limit says so here (and in the ``health_round`` event and the metrics).
     pace: Pace | None = None
+    #: Probes that got a result, by outcome (``jailsyncd_health_probes_total``).
+    probes_ok: int = 0
+    probes_failed: int = 0
 
 
 class HealthLoop:
@@ -75,6 +78,9 @@ class HealthLoop:
         self.probe_errors = 0
         #: The last round's pace (metrics); None before the first round.
         self.last_pace: Pace | None = None
+        #: Told about every scheduled round (``safe_round``): its stats, or None when it
+        #: failed, and its duration. Set by ``metrics``.
+        self.on_round: Callable[[RoundStats | None, float], None] | None = None
         self._lock = threading.Lock()
         self._targets: tuple[Target, ...] = ()
         self._states: dict[str, CheckState] = {}
@@ -221,7 +227,11 @@ class HealthLoop:
                 self._written.update({target.check_id: Written(state.status, now) for target, state in writes})
         pace = self.pace(targets)
         self.last_pace = pace
-        return RoundStats(len(targets), len(writes), len(changes), self.clock() - started, len(report.problems), report.paced, pace)
+        ok = sum(1 for result in results.values() if result.ok)
+        return RoundStats(
+            len(targets), len(writes), len(changes), self.clock() - started, len(report.problems), report.paced, pace,
+            probes_ok=ok, probes_failed=len(results) - ok,
+        )
 
     def count(self, status: str) -> int:
         """How many checks jailsyncd currently holds at ``status`` (passing, critical)."""
@@ -256,11 +266,16 @@ class HealthLoop:
 
     def safe_round(self) -> None:
         """``round`` for the scheduler: errors are logged, never raised."""
+        started = self.clock()
         try:
             stats = self.round()
         except JailsyncdError as exc:
             self.log.warning("health_round_failed", error=str(exc))
+            if self.on_round is not None:
+                self.on_round(None, self.clock() - started)
             return
+        if self.on_round is not None:
+            self.on_round(stats, stats.duration)
         over = stats.pace is not None and not stats.pace.fits
         log = self.log.info if stats.writes or stats.probe_errors or over else self.log.debug
         extra = {}

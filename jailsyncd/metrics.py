@@ -1,7 +1,9 @@
 """Prometheus metrics and ``/healthz`` for ``jailsyncd run`` (optional: ``[metrics] listen``).
 
 Called by ``daemon``: ``record(result)`` after every cycle, ``start``/``stop`` around
-the daemon's life. The only module that imports prometheus_client. Metrics live in a
+the daemon's life; by ``cli`` (``watch``), which also makes the health loop report
+every round here (``record_health_round``). Drift is counted when it appears
+(``summary.new_drift``), not in every cycle that still finds it. The only module that imports prometheus_client. Metrics live in a
 registry of their own, so tests and reloads never collide with global state.
 
 ``/healthz`` is about the process itself: 200 while the reconcile worker thread is
@@ -34,7 +36,7 @@ from jailsyncd import __version__
 from jailsyncd.errors import ConfigError, ConsulError, ConsulRefused, DaemonUnreachable
 from jailsyncd.reconcile import CycleResult
 from jailsyncd.settings import split_listen
-from jailsyncd.summary import drift_streaks, summarise
+from jailsyncd.summary import drift_found, drift_streaks, new_drift, summarise
 
 
 #: Connections served at once; one more gets a 503.
@@ -127,7 +129,14 @@ class Metrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
         self.actions = Counter("jailsyncd_actions", "Changes applied to Consul, by action.", ["action"], registry=r)
-        self.drift = Counter("jailsyncd_drift", "Drift found, by kind (missing, changed, orphan, refused, conflict, unaddressable).", ["kind"], registry=r)
+        self.drift = Counter(
+            "jailsyncd_drift",
+            "Drift that appeared (counted once, when a cycle first finds it), by kind: missing, changed, orphan, refused, or a skip reason (conflict, unaddressable...).",
+            ["kind"],
+            registry=r,
+        )
+        #: The drift the last planned cycle found (``summary.drift_found``).
+        self._drift_seen: frozenset = frozenset()
         self.errors = Counter("jailsyncd_errors", "Failed cycles and actions, by error class.", ["kind"], registry=r)
         self.last_success = Gauge("jailsyncd_last_success_timestamp_seconds", "Unix time of the last cycle without error.", registry=r)
         self.managed = Gauge("jailsyncd_managed_services", "Services this host owns in Consul after the last cycle.", registry=r)
@@ -139,6 +148,11 @@ class Metrics:
     def record(self, result: CycleResult) -> None:
         self._record_state(result)
         self.duration.observe(result.duration)
+        if result.plan is not None:
+            found = drift_found(result.plan)
+            for kind, count in new_drift(self._drift_seen, found).items():
+                self.drift.labels(kind).inc(count)
+            self._drift_seen = found
         if result.error is not None:
             self.cycles.labels("failed").inc()
             self.errors.labels(type(result.error).__name__).inc()
@@ -149,19 +163,8 @@ class Metrics:
         for action, count in result.applied.items():
             if count:
                 self.actions.labels(action).inc(count)
-        plan = result.plan
-        if plan is None:
+        if result.plan is None:
             return
-        for kind, count in (
-            ("missing", len(plan.register)),
-            ("changed", len(plan.update)),
-            ("orphan", len(plan.deregister)),
-            ("refused", len(plan.refused)),
-            ("conflict", sum(1 for s in plan.skipped if s.reason == "conflict")),
-            ("unaddressable", sum(1 for s in plan.skipped if s.reason == "unaddressable")),
-        ):
-            if count:
-                self.drift.labels(kind).inc(count)
         if not result.failures:
             self.last_success.set(time.time())
         self.managed.set(result.managed)
@@ -220,6 +223,29 @@ class Metrics:
         G("jailsyncd_health_probe_errors", "Failures of the prober itself since start; the probes concerned kept their status.", registry=r).set_function(
             lambda: health.probe_errors
         )
+        # Counted as rounds end (``HealthLoop.on_round``), like the cycle metrics.
+        self.health_rounds = Counter("jailsyncd_health_rounds", "Health rounds run, by result (ok; failed: Consul could not be written).", ["result"], registry=r)
+        self.health_duration = Histogram(
+            "jailsyncd_health_round_duration_seconds", "Wall time of health rounds (probing and writing), failed ones included.", registry=r,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.health_probes = Counter("jailsyncd_health_probes", "Probes of health rounds that got a result, by result (ok, failed).", ["result"], registry=r)
+        self.health_writes = Counter("jailsyncd_health_writes", "Check statuses health rounds wrote to Consul.", registry=r)
+        for result in ("ok", "failed"):
+            self.health_rounds.labels(result)
+            self.health_probes.labels(result)
+        health.on_round = self.record_health_round
+
+    def record_health_round(self, stats, duration: float) -> None:
+        """After each scheduled health round: its ``RoundStats``, or None when it failed."""
+        self.health_duration.observe(duration)
+        if stats is None:
+            self.health_rounds.labels("failed").inc()
+            return
+        self.health_rounds.labels("ok").inc()
+        self.health_probes.labels("ok").inc(stats.probes_ok)
+        self.health_probes.labels("failed").inc(stats.probes_failed)
+        self.health_writes.inc(stats.writes)
 
     def _record_state(self, result: CycleResult) -> None:
         self.last_cycle.set(time.time())

@@ -8,6 +8,9 @@ gauges that ``jailsyncd status`` shows and that the alert rules in
   keeps in Consul and the environments skipped, by reason; refused deregistrations;
   the drift the cycle found and acted on (one key per service and kind of drift;
   refused deregistrations are not in it: they have their own number and alert);
+- ``drift_found``/``new_drift``: every drift a plan found, one key per subject and
+  kind, and which of them the previous cycle did not find: ``jailsyncd_drift_total``
+  counts drift when it appears (a transition), not in every cycle that still sees it;
 - ``drift_streaks``: for each drift key, in how many consecutive cycles it was
   found. A drift that is repaired is gone from the next cycle's plan; one that is
   found again and again (a write Consul accepts but does not keep, a rejected
@@ -22,6 +25,10 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from jailsyncd.model import SELF_SERVICE_ID, CbsdState, Plan
+
+#: Skip reasons that are not drift: a jail opted out on purpose; refused
+#: deregistrations are counted from the plan's own list (kind ``refused``).
+NOT_DRIFT = frozenset({"opted_out", "refused"})
 
 #: Kind label for services and skips whose environment is not in the CBSD state
 #: (e.g. an orphan whose row was deleted).
@@ -48,16 +55,33 @@ def summarise(plan: Plan, desired_services: Iterable, state: CbsdState | None) -
         kinds.get(s.jail, UNKNOWN_KIND) for s in desired_services if s.service_id != SELF_SERVICE_ID and s.jail not in held_back
     )
     skipped = Counter((kinds.get(k.jail, UNKNOWN_KIND), k.reason) for k in plan.skipped)
-    drift: set[tuple[str, str, str]] = set()
-    drift.update(("missing", s.service_id, "") for s in plan.register)
-    drift.update(("changed", u.new.service_id, ",".join(sorted(u.fields))) for u in plan.update)
-    drift.update(("orphan", s.service_id, "") for s in plan.deregister)
+    drift = {key for key in drift_found(plan) if key[0] in ("missing", "changed", "orphan")}
     return CycleSummary(
         services=tuple(sorted(services.items())),
         skipped=tuple(sorted(skipped.items())),
         refused=len(plan.refused),
         drift=frozenset(drift),
     )
+
+
+def drift_found(plan: Plan) -> frozenset[tuple[str, str, str]]:
+    """Every drift of a plan as ``(kind, subject, detail)``: ``missing``, ``changed``
+    (detail: the fields), ``orphan`` and ``refused`` per service ID, and per jail every
+    skip reason but those in ``NOT_DRIFT`` (``conflict``, ``unaddressable``,
+    ``source_error``...)."""
+    keys: set[tuple[str, str, str]] = set()
+    keys.update(("missing", s.service_id, "") for s in plan.register)
+    keys.update(("changed", u.new.service_id, ",".join(sorted(u.fields))) for u in plan.update)
+    keys.update(("orphan", s.service_id, "") for s in plan.deregister)
+    keys.update(("refused", s.service_id, "") for s in plan.refused)
+    keys.update((k.reason, k.jail, "") for k in plan.skipped if k.reason not in NOT_DRIFT)
+    return frozenset(keys)
+
+
+def new_drift(previous: frozenset[tuple[str, str, str]], found: frozenset[tuple[str, str, str]]) -> dict[str, int]:
+    """How many drift items appeared, by kind: found now, not found by the previous
+    cycle. Drift that is repaired and comes back later appears again."""
+    return dict(Counter(kind for kind, _, _ in found - previous))
 
 
 def drift_streaks(previous: Mapping[tuple[str, str, str], int], found: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str, str], int]:

@@ -196,6 +196,49 @@ def test_metrics_match_what_happened(consul: ConsulServer, tmp_path: Path, workd
     assert health.status == 200 and health.read() == b"ok\n"
 
 
+def _scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("jailsyncd_")}
+
+
+def test_drift_counts_transitions_not_states(consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
+    """``jailsyncd_drift_total`` counts drift when it appears, not in every cycle that
+    still sees it: a DHCP jail, a conflict, a refused deregistration... stay put
+    through steady cycles at 1 each. Drift that goes away and comes back counts again."""
+    port = free_port()
+    workdir.add("web1", jid=3, status=1, ip4_addr="127.0.30.1")
+    workdir.add("dhcp", jid=4, status=1, ip4_addr="DHCP")
+    workdir.add("smtp", jid=5, status=1, ip4_addr="127.0.30.3")
+    squatter = {"ID": "jailsyncd-smtp", "Name": "smtp", "Address": "192.0.2.2", "Meta": {"jailsyncd-owner": "othernode"}}
+    consul.put("/v1/agent/service/register", squatter)
+    extra = QUIET.replace('jitter = "0s"', 'jitter = "0s"\nwatch_interval = "1h"') + f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+    daemon = start_daemon(write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul, extra=extra))
+
+    def cycles(n: int) -> None:
+        for _ in range(n):
+            done = daemon.finished_cycles()
+            daemon.proc.send_signal(signal.SIGUSR1)
+            wait_for(lambda: daemon.finished_cycles() > done, timeout=10, what="a kicked cycle")
+
+    cycles(4)  # steady: nothing changes
+    m = _scrape(port)
+    assert m['jailsyncd_cycles_total{result="ok"}'] == 5
+    assert m['jailsyncd_drift_total{kind="missing"}'] == 1  # web1, once
+    assert m['jailsyncd_drift_total{kind="unaddressable"}'] == 1
+    assert m['jailsyncd_drift_total{kind="conflict"}'] == 1
+    # Drift that goes away and comes back is a new transition.
+    consul.put("/v1/agent/service/deregister/jailsyncd-web1")  # removed by hand
+    workdir.set("dhcp", ip4_addr="127.0.30.2")  # addressable now: registered
+    cycles(2)
+    workdir.set("dhcp", ip4_addr="DHCP")  # and back: unaddressable again, deregistered
+    cycles(3)
+    m = _scrape(port)
+    assert m['jailsyncd_drift_total{kind="missing"}'] == 3  # web1 twice, dhcp once
+    assert m['jailsyncd_drift_total{kind="unaddressable"}'] == 2
+    assert m['jailsyncd_drift_total{kind="orphan"}'] == 1  # dhcp's service
+    assert m['jailsyncd_drift_total{kind="conflict"}'] == 1
+
+
 def test_report_counts_what_a_real_daemon_logged(consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
     workdir.add("web1", jid=3, status=1, ip4_addr="127.0.30.1")
     workdir.add("vnet1", jid=4, status=1, ip4_addr="REALDHCP")

@@ -297,3 +297,38 @@ def test_held_jails_are_still_probed(netns: NetNS, ns_consul: ConsulServer, tmp_
     netns.add_address(FLAPPY)
     workdir.start("late", jid=11)
     wait_for(lambda: statuses(ns_consul).get("jailsyncd-late:ping") == "passing", timeout=8, what="late passing once started")
+
+
+def test_health_round_metrics(netns: NetNS, ns_consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
+    """Rounds (ok and failed), their duration, the probes by result and the status
+    writes are counted, scraped from a real ``run``."""
+    import urllib.request
+
+    from harness import free_port
+
+    netns.add_address(UP)
+    workdir.add("web1", jid=3, status=1, ip4_addr=UP)
+    workdir.add("web2", jid=4, status=1, ip4_addr=FLAPPY)  # no such address: never answers
+    port = free_port()
+    extra = f'[sync]\ninterval = "1h"\n\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=ns_consul, health=HEALTH, extra=extra)
+    start_daemon(config, netns.prefix())
+
+    def scrape() -> dict[str, float]:
+        text = netns.call(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("jailsyncd_health_")}
+
+    m = wait_for(lambda: (m := scrape()).get('jailsyncd_health_rounds_total{result="ok"}', 0) >= 3 and m, timeout=10, what="three rounds")
+    rounds = m['jailsyncd_health_rounds_total{result="ok"}']
+    assert m['jailsyncd_health_rounds_total{result="failed"}'] == 0
+    # One probe of each jail per round (a round may have ended between the two reads).
+    assert rounds <= m['jailsyncd_health_probes_total{result="ok"}'] <= rounds + 1
+    assert rounds <= m['jailsyncd_health_probes_total{result="failed"}'] <= rounds + 1
+    assert m["jailsyncd_health_writes_total"] >= 1  # the first round writes the probes' output once
+    assert m["jailsyncd_health_round_duration_seconds_count"] >= rounds
+    # A round that must write while Consul is gone fails, and is counted so.
+    ns_consul.stop()
+    netns.add_address(FLAPPY)  # web2 answers now: its status changes and must be written
+    m = wait_for(lambda: (m := scrape()).get('jailsyncd_health_rounds_total{result="failed"}', 0) >= 1 and m, timeout=10, what="a failed round")
+    ended = sum(m[f'jailsyncd_health_rounds_total{{result="{r}"}}'] for r in ("ok", "failed"))
+    assert ended <= m["jailsyncd_health_round_duration_seconds_count"] <= ended + 1  # a scrape between the two updates
