@@ -30,6 +30,7 @@ import select
 import socket
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
@@ -161,6 +162,10 @@ class Prober:
         self._ident = os.getpid() & 0xFFFF
         self._classes = _socket_classes(self.platform)
         self._pace = _Pace()
+        #: What the kernel granted each socket already sized: a socket kept across
+        #: rounds is sized once (as root: later, without privileges, asking again
+        #: could only shrink it).
+        self._granted: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def check(self) -> None:
         """Raise ``ProbeUnavailable`` now if ICMP cannot work (for a start-up check).
@@ -249,7 +254,9 @@ class Prober:
     def _exchange(self, family: int, sock, addresses: list[str], count: int, timeout: float, report: RoundReport, rate: float) -> dict[str, ProbeResult]:
         raw = sock.sock
         try:
-            granted = self._grow_buffer(raw)
+            granted = self._granted.get(raw)
+            if granted is None:
+                granted = self._granted[raw] = self._grow_buffer(raw)
         except OSError as exc:
             report.problems.append(f"ICMPv{family}: cannot size the receive buffer ({_why(exc)}); draining after every request")
             granted = 0

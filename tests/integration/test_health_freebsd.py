@@ -237,3 +237,25 @@ def test_once_registers_when_every_send_fails(netns: NetNS, ns_consul: ConsulSer
     failed = [e for e in events if e["event"] == "health_probe_failed"]
     assert len(failed) == 2 and all(os.strerror(errno.ENOBUFS) in e["error"] for e in failed)  # before registration, and the round
     assert checks(ns_consul)["jailsyncd-web1:ping"][0] == "critical"
+
+
+def test_a_socket_kept_across_rounds_is_sized_once(netns: NetNS) -> None:
+    """A socket reused by several rounds (opened as root, kept after privileges are
+    dropped) is sized by its first round only: asking again without root could only
+    shrink it (Linux: SO_RCVBUFFORCE needs CAP_NET_ADMIN; FreeBSD: RLIMIT_SBSIZE
+    applies to the new owner)."""
+    from jailsyncd.adapters.probe import RoundReport
+
+    netns.add_address(UP)
+    kernel = FreeBSDKernel(root=True)
+    prober = Prober(platform=kernel.platform())
+
+    def two_rounds() -> list[bool]:
+        sock = prober._classes[4](privileged=True)
+        try:
+            return [prober._exchange(4, sock, [UP], 1, 0.5, RoundReport(), 0)[UP].ok for _ in range(2)]
+        finally:
+            sock.close()
+
+    assert netns.call(two_rounds) == [True, True]
+    assert kernel.opened[0].asked == [8 << 20, 4 << 20, 2 << 20, 1 << 20]
