@@ -166,6 +166,8 @@ class Prober:
         #: rounds is sized once (as root: later, without privileges, asking again
         #: could only shrink it).
         self._granted: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._seq_lock = threading.Lock()
+        self._next_seq = 0
 
     def check(self) -> None:
         """Raise ``ProbeUnavailable`` now if ICMP cannot work (for a start-up check).
@@ -298,7 +300,11 @@ class Prober:
                     receive_failures.append(_why(exc))
 
         since_drain = 0
-        seq = 0
+        # Sequence numbers go on from round to round (and between concurrent rounds),
+        # so that a reply that comes after its round's timeout is never taken for a
+        # later round's (a raw socket sees every echo reply to the host).
+        with self._seq_lock:
+            seq, self._next_seq = self._next_seq, (self._next_seq + len(addresses) * count) & 0xFFFF
         for address in addresses:
             for _ in range(count):
                 if rate > 0:

@@ -11,6 +11,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import structlog
 from freebsd_kernel import SB_MAX_ADJ, FreeBSDKernel
 from harness import ConsulServer, log_events, write_config
 
@@ -31,6 +32,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.skipif(available() is not Non
 
 UP, DOWN = "10.77.1.1", "10.77.1.2"
 HEALTH = 'interval = "2s"\ntimeout = "500ms"\ncount = 2\nfailures_before_critical = 1'
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """These tests configure structlog (``cli.main`` does, to the captured stderr);
+    leave it as it was for the tests that run next."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
 
 
 @pytest.fixture
@@ -259,3 +270,22 @@ def test_a_socket_kept_across_rounds_is_sized_once(netns: NetNS) -> None:
 
     assert netns.call(two_rounds) == [True, True]
     assert kernel.opened[0].asked == [8 << 20, 4 << 20, 2 << 20, 1 << 20]
+
+
+def test_a_late_reply_is_never_taken_for_the_next_round(netns: NetNS) -> None:
+    """Rounds number their requests on from the last one: an echo reply that arrives
+    after its round gave up (a raw socket sees every echo reply to the host, so the
+    next round's socket may get it) never counts for the same address in the next
+    round."""
+    sent: list[int] = []
+
+    class Recording(socket.socket):
+        def sendto(self, packet, *args):
+            sent.append(int.from_bytes(packet[6:8], "big"))  # the ICMP echo sequence number
+            return super().sendto(packet, *args)
+
+    netns.add_address(UP)
+    prober = Prober(platform=Platform("linux", socket=Recording))
+    rounds = [netns.call(prober.run_round, [Probe(UP, "ping", UP)], count=2, timeout=0.5) for _ in range(2)]
+    assert all(r.results[UP].ok for r in rounds)
+    assert len(sent) == len(set(sent)) == 4
