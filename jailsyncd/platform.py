@@ -137,7 +137,10 @@ class Platform:
             )
         if not privileged:
             return "run jailsyncd as root, add its group to net.ipv4.ping_group_range, or set health.enabled = false"
-        return "raw ICMP sockets are refused even to root here (a jail without allow.raw_sockets?); set health.enabled = false"
+        return (
+            "as root this means raw sockets are not allowed here (in a jail: allow.raw_sockets) "
+            "or a resource limit was hit; or set health.enabled = false"
+        )
 
     # -- receive buffers ------------------------------------------------------------
 
