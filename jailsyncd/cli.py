@@ -18,6 +18,7 @@ stderr (``jailsyncd: ...``) and its ``exit_code``; no traceback is shown unless
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -26,19 +27,19 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from jailsyncd import __version__, aclcheck, report
+from jailsyncd import __version__, aclcheck, privileges, report
 from jailsyncd import platform as platform_module
 from jailsyncd.adapters.cbsd import CbsdSource
 from jailsyncd.adapters.consul import ConsulAgent, ConsulCatalog, connect
 from jailsyncd.adapters.probe import Prober
 from jailsyncd.health import targets_of
 from jailsyncd.healthloop import HealthLoop
-from jailsyncd.errors import ConsulRefused, ExitCode, JailsyncdError, SafetyRefusal
+from jailsyncd.errors import ConsulRefused, ExitCode, JailsyncdError, PrivilegeError, SafetyRefusal, SourceError, SourceUnreadable
 from jailsyncd.logs import configure, get_logger, register_secret, route_library_logs
 from jailsyncd.model import Plan
 from jailsyncd.pidfile import running_jailsyncd
 from jailsyncd.reconcile import CycleResult, Reconciler, StartupWindow
-from jailsyncd.settings import DEFAULT_CONFIG, Settings, load_settings, token_file_problem
+from jailsyncd.settings import DEFAULT_CONFIG, DaemonSettings, Settings, load_settings, token_file_problem
 
 DEFAULT_PIDFILE = Path("/var/run/jailsyncd.pid")
 
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, default=None, help=f"settings file (default {DEFAULT_CONFIG})")
     parser.add_argument("--log-format", choices=("json", "console"), help="override log.format")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override log.level")
+    parser.add_argument("--user", help="override daemon.user: the user run switches to after start (as root)")
+    parser.add_argument("--group", help="override daemon.group")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("plan", help="show what a cycle would change (dry run)")
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
@@ -58,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--startup-grace", action="store_true", help="hold back deregistrations as run does right after it started (sync.startup_grace)")
     p = sub.add_parser("check-config", help="validate the settings and print them (secrets redacted)")
     p.add_argument("--online", action="store_true", help="also check Consul: reachable, leader, token, the mode's permissions")
+    p.add_argument(
+        "--service", action="store_true",
+        help="also check, as daemon.user, what run needs at start: files readable, metrics.listen free (rc.d configtest)",
+    )
     p = sub.add_parser("purge", help="deregister every service this host owns")
     p.add_argument("--yes", action="store_true", help="really do it")
     p = sub.add_parser("run", help="run as a service: reconcile every sync.interval and on CBSD changes")
@@ -86,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"jailsyncd: {exc}", file=sys.stderr)
             return exc.exit_code
     try:
-        settings = load_settings(args.config or DEFAULT_CONFIG, required=args.config is not None)
+        settings = _load(args)
         configure(args.log_format or settings.log.format, args.log_level or settings.log.level)
         route_library_logs()
         if settings.consul.token is not None:
@@ -105,6 +112,42 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"jailsyncd: internal error: {type(exc).__name__}: {exc} (set JAILSYNCD_DEBUG=1 for a traceback)", file=sys.stderr)
         return ExitCode.FAILURE
+
+
+def _load(args: argparse.Namespace) -> Settings:
+    """The settings file, with ``--user``/``--group`` over ``daemon.user``/``daemon.group``."""
+    settings = load_settings(args.config or DEFAULT_CONFIG, required=args.config is not None)
+    if args.user is None and args.group is None:
+        return settings
+    daemon = DaemonSettings(
+        user=settings.daemon.user if args.user is None else args.user,
+        group=settings.daemon.group if args.group is None else args.group,
+    )
+    return dataclasses.replace(settings, daemon=daemon)
+
+
+def _identity(settings: Settings, args: argparse.Namespace) -> privileges.Identity | None:
+    where = "--user/--group" if args.user is not None or args.group is not None else str(settings.source or "defaults")
+    return privileges.resolve(settings.daemon.user, settings.daemon.group, where)
+
+
+def _service_check(settings: Settings, *, bind_metrics: bool) -> None:
+    """What ``run`` needs once it runs as ``daemon.user`` (call as that user): every file
+    it reads (CBSD's node DB opened read-only the way each cycle does, which needs its
+    ``-shm``), and, for ``check-config --service``, the metrics address free to bind."""
+    privileges.check_readable(privileges.needed_files(settings))
+    try:
+        CbsdSource(settings.cbsd.workdir, settings.cbsd.busy_timeout).read()
+    except SourceUnreadable as exc:
+        raise PrivilegeError(f"{exc} (as {privileges.describe_self()})") from None
+    except SourceError:
+        pass  # missing, locked or corrupt: run retries those like any cycle would
+    if bind_metrics and settings.metrics.listen:
+        from jailsyncd.metrics import Metrics  # imported by the caller already: see cmd_check_config
+
+        metrics = Metrics()
+        metrics.start(settings.metrics.listen, lambda: True)
+        metrics.stop()
 
 
 def _store_factory(settings: Settings):
@@ -234,6 +277,11 @@ def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
     _health(settings)  # with health on, fails (exit 71) where no ICMP socket can be opened
+    identity = _identity(settings, args)
+    if args.service:
+        import jailsyncd.metrics  # noqa: F401 - before the switch: the interpreter's files may be root's alone
+
+        privileges.as_user(identity, lambda: _service_check(settings, bind_metrics=True))
     print(json.dumps(settings.redacted(), indent=2))
     if not args.online:
         return ExitCode.OK
@@ -275,11 +323,21 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from jailsyncd.metrics import Metrics
 
     def load() -> Settings:
-        return load_settings(args.config or DEFAULT_CONFIG, required=args.config is not None)
+        return _load(args)
 
+    identity = _identity(settings, args)
     health = _health(settings)
     metrics = Metrics() if settings.metrics.listen else None
     startup = StartupWindow()  # one for the whole process: a reload keeps it
+    if health is not None:
+        health.prober.keep_open()  # raw sockets can only be opened as root
+
+    def drop_privileges() -> None:
+        privileges.drop(identity)
+        if identity is not None:
+            _service_check(settings, bind_metrics=False)
+            get_logger().info("privileges_dropped", user=identity.user, uid=identity.uid, gid=identity.gid, groups=list(identity.groups))
+
     daemon = Daemon(
         settings,
         lambda s, should_stop: _reconciler(s, should_stop, quiet_noop=True, health=health, startup=startup),
@@ -288,6 +346,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         metrics=metrics,
         health=health,
         startup=startup,
+        drop_privileges=drop_privileges,
     )
     if metrics is not None:
         metrics.watch(lambda: daemon.settings, health)

@@ -72,6 +72,7 @@ class Daemon:
         metrics=None,
         health=None,
         startup=None,
+        drop_privileges: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self._make_reconciler = reconciler_factory
@@ -83,6 +84,9 @@ class Daemon:
         #: The ``reconcile.StartupWindow`` its reconcilers share: one more cycle is
         #: asked for when ``sync.startup_grace`` ends, for the deregistrations it held.
         self.startup = startup
+        #: Called once by ``run`` after the pidfile is locked and before anything
+        #: serves or runs a cycle: the switch to ``daemon.user`` (``privileges``).
+        self._drop_privileges = drop_privileges
         self.log = get_logger()
         self._stop = threading.Event()
         self._wanted = threading.Event()  # a cycle was asked for
@@ -193,6 +197,7 @@ class Daemon:
             ("consul", self.settings.consul, new.consul),
             ("health.enabled", self.settings.health.enabled, new.health.enabled),
             ("metrics", self.settings.metrics, new.metrics),
+            ("daemon", self.settings.daemon, new.daemon),
         ) if old_value != new_value]
         if restart_only:
             # The health loop's Consul client, its heartbeat and the metrics listener
@@ -266,6 +271,8 @@ class Daemon:
         if lock is not None:
             lock.lock()
         try:
+            if self._drop_privileges is not None:
+                self._drop_privileges()  # the pidfile stays open: written through its fd
             self._install_signals()
             if self.metrics:
                 self.metrics.start(self.settings.metrics.listen, lambda: self.worker is not None and self.worker.is_alive())

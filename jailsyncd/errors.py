@@ -23,6 +23,7 @@ class ExitCode:
     CONSUL_UNAVAILABLE = 69  # Consul unreachable, timed out or failing (EX_UNAVAILABLE)
     PROBE_UNAVAILABLE = 71  # health probes impossible: no ICMP socket (EX_OSERR)
     CONSUL_REFUSED = 77  # Consul said no: ACL denied, bad token (EX_NOPERM)
+    NO_PERMISSION = 77  # daemon.user cannot read a file it needs, or the switch failed (EX_NOPERM)
     CONFIG = 78  # bad configuration (EX_CONFIG)
 
 
@@ -78,6 +79,13 @@ class ConsulRefused(ConsulError):
 
 class ConsulRejected(ConsulRefused):
     """Consul rejected one request's payload (400). Only that one action failed."""
+
+
+class PrivilegeError(JailsyncdError):
+    """``run`` could not switch to ``daemon.user`` for good, or that user cannot read a
+    file it needs. Fix the user, the groups or the file modes; retrying won't help."""
+
+    exit_code = ExitCode.NO_PERMISSION
 
 
 class SafetyRefusal(JailsyncdError):

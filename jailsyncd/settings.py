@@ -188,6 +188,15 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class DaemonSettings:
+    #: User (name or uid) that ``run``, started as root, switches to for good once it
+    #: has opened its ICMP sockets and pidfile; empty: stay as started.
+    user: str = ""
+    #: Primary group (name or gid) for ``user``; empty: the user's own group.
+    group: str = ""
+
+
+@dataclass(frozen=True)
 class LogSettings:
     #: ``json`` (one object per line, for machines and ``report``) or ``console``.
     format: str = "json"
@@ -204,6 +213,7 @@ class Settings:
     catalog: CatalogSettings = field(default_factory=CatalogSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
     rules: tuple[Rule, ...] = ()
     #: The file these settings came from (None: built-in defaults only).
     source: Path | None = None
@@ -222,6 +232,7 @@ _SECTIONS = {
     "catalog": CatalogSettings,
     "health": HealthSettings,
     "metrics": MetricsSettings,
+    "daemon": DaemonSettings,
 }
 #: Durations that may be zero (every other duration must be above zero).
 _MAY_BE_ZERO = {"sync.jitter", "sync.startup_grace"}
@@ -252,6 +263,8 @@ _MODES = ("agent", "catalog")
 _LAYOUTS = ("per-jail", "article")
 _LOG_FORMATS = ("json", "console")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+#: A user or group name as pw(8) accepts it, or a numeric ID.
+_ACCOUNT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\$?")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -318,6 +331,7 @@ def _build(data: dict[str, Any], env: Mapping[str, str], where: str, path: Path 
         catalog=sections["catalog"],
         health=sections["health"],
         metrics=sections["metrics"],
+        daemon=sections["daemon"],
         rules=_decode_rules(data.get("rule", []), fail),
         source=path,
     )
@@ -523,6 +537,12 @@ def _validate(s: Settings, fail) -> None:
             split_listen(s.metrics.listen)
         except ValueError as exc:
             raise fail("metrics.listen", str(exc)) from None
+    for key in ("user", "group"):
+        value = getattr(s.daemon, key)
+        if value and not _ACCOUNT.fullmatch(value):
+            raise fail(f"daemon.{key}", f"expected a {key} name or numeric ID, got {value!r}")
+    if s.daemon.group and not s.daemon.user:
+        raise fail("daemon.group", "needs daemon.user")
     h = s.health
     if h.timeout >= h.interval:
         raise fail("health.timeout", f"must be shorter than health.interval ({h.interval:g}s)")

@@ -12,7 +12,9 @@ are read while waiting, so the round takes ``requests / rate`` longer. As root i
 a raw socket (FreeBSD and Linux); otherwise an unprivileged datagram ICMP socket
 (Linux only, with the group in ``net.ipv4.ping_group_range``; FreeBSD has none).
 Platform differences come from ``platform``; its socket seam lets tests answer like
-FreeBSD's kernel.
+FreeBSD's kernel. ``run`` calls ``keep_open()`` before it switches to ``daemon.user``
+(``privileges``): the sockets are then opened once and kept, because a raw socket can
+only be created as root but keeps working afterwards.
 
 Failures of the prober itself (a socket that cannot be opened mid-run, a socket
 option or a read that fails) are never a jail's failure: the affected probes get no
@@ -23,6 +25,7 @@ same timeout.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import http.client
 import os
@@ -151,7 +154,8 @@ class Probe:
 
 
 class Prober:
-    """Runs one round of probes. Holds no sockets between rounds."""
+    """Runs one round of probes. Holds no sockets between rounds, unless ``keep_open()``
+    was called."""
 
     def __init__(self, *, privileged: bool | None = None, max_threads: int = 32, platform: Platform | None = None, rate: float = 0) -> None:
         self.platform = platform or current()
@@ -168,6 +172,24 @@ class Prober:
         self._granted: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._seq_lock = threading.Lock()
         self._next_seq = 0
+        #: Sockets kept for the process's life by family (4, 6), or the reason one
+        #: could not be opened; empty: each round opens and closes its own.
+        self._kept: dict[int, object] = {}
+
+    def keep_open(self) -> None:
+        """Open the ICMPv4 and ICMPv6 sockets now (as root) and use them in every
+        round. Raises ``ProbeUnavailable`` like ``check()`` when ICMPv4 cannot work;
+        an ICMPv6 socket that cannot be opened is reported by each round."""
+        self.check()
+        for family in (4, 6):
+            try:
+                sock = self._classes[family](privileged=self.privileged)
+            except (ICMPLibError, OSError) as exc:
+                self._kept[family] = f"cannot open a socket ({_why(exc)})"
+                continue
+            self._kept[family] = sock
+            with contextlib.suppress(OSError):  # sized now, while root may; a round retries
+                self._granted[sock.sock] = self._grow_buffer(sock.sock)
 
     def check(self) -> None:
         """Raise ``ProbeUnavailable`` now if ICMP cannot work (for a start-up check).
@@ -220,6 +242,13 @@ class Prober:
         return results
 
     def _ping_family(self, family: int, addresses: list[str], count: int, timeout: float, report: RoundReport, rate: float) -> dict[str, ProbeResult]:
+        if self._kept:
+            kept = self._kept[family]
+            if isinstance(kept, str):
+                report.problems.append(f"ICMPv{family}: {len(addresses)} addresses not probed: {kept}")
+                return {}
+            _discard_queued(kept.sock)
+            return self._exchange(family, kept, addresses, count, timeout, report, rate)
         try:
             sock = self._classes[family](privileged=self.privileged)
         except (ICMPLibError, OSError) as exc:
@@ -338,6 +367,16 @@ class Prober:
             report.problems.append(f"ICMPv{family}: reading replies failed ({receive_failures[0]}); unanswered addresses not judged")
             unprobed |= {owner[s] for s in pending}
         return {a: _ping_result(a, count, rtts[a], errors.get(a), timeout) for a in addresses if a not in unprobed or rtts[a]}
+
+
+def _discard_queued(raw) -> None:
+    """Throw away what a kept socket received since the last round (a raw socket gets a
+    copy of every ICMP packet the host receives), so that it cannot fill the buffer."""
+    while select.select([raw], [], [], 0)[0]:
+        try:
+            raw.recv(65535)
+        except OSError:
+            return
 
 
 def _ping_result(address: str, count: int, rtts: list[float], error: str | None, timeout: float) -> ProbeResult:

@@ -901,3 +901,34 @@ def test_health_rate_limit(cfg, text: str, value) -> None:
 def test_health_rate_limit_rejected(cfg, bad: str) -> None:
     with pytest.raises(ConfigError, match=r"health\.rate_limit"):
         cfg(f"[health]\nrate_limit = {bad}\n")
+
+
+# -- [daemon] ----------------------------------------------------------------------------
+
+
+def test_daemon_user_and_group_default_to_staying_as_started(cfg):
+    s = cfg("")
+    assert (s.daemon.user, s.daemon.group) == ("", "")
+
+
+def test_daemon_user_and_group_are_read(cfg):
+    s = cfg('[daemon]\nuser = "jailsyncd"\ngroup = "cbsd"\n')
+    assert (s.daemon.user, s.daemon.group) == ("jailsyncd", "cbsd")
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ('[daemon]\nuser = "a b"\n', "daemon.user"),
+        ('[daemon]\nuser = "x:y"\n', "daemon.user"),
+        ('[daemon]\nuser = "-x"\n', "daemon.user"),
+        ('[daemon]\nuser = 65534\n', "daemon.user"),
+        ('[daemon]\nuser = "u"\ngroup = "g/h"\n', "daemon.group"),
+        ('[daemon]\ngroup = "cbsd"\n', "daemon.group"),
+        ('[daemon]\nusr = "x"\n', "daemon.usr"),
+    ],
+)
+def test_bad_daemon_values_name_the_key(cfg, text, key):
+    with pytest.raises(ConfigError) as err:
+        cfg(text)
+    assert f": {key}: " in str(err.value)
