@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         route_library_logs()
         if settings.consul.token is not None:
             register_secret(settings.consul.token.reveal())
-        problem = token_file_problem(settings.consul.token_file)
+        problem = token_file_problem(settings.consul.token_file, privileges.uid_of(settings.daemon.user))
         if problem is not None:
             get_logger().warning("token_file_insecure", path=str(settings.consul.token_file), problem=problem)
         return _COMMANDS[args.command](settings, args)

@@ -60,6 +60,16 @@ def resolve(user: str, group: str, where: str) -> Identity | None:
     return Identity(pw.pw_name, pw.pw_uid, gid, groups)
 
 
+def uid_of(user: str) -> int | None:
+    """The uid of ``user`` (a name or a number), or None when unset or unknown."""
+    if not user:
+        return None
+    try:
+        return pwd.getpwuid(int(user)).pw_uid if user.isdigit() else pwd.getpwnam(user).pw_uid
+    except (KeyError, OverflowError):
+        return None
+
+
 def drop(identity: Identity | None) -> None:
     """Become ``identity`` for good: groups, gid, uid (real, effective and saved).
     Nothing to do without an identity, or when already running as it; refuses (exit 77)

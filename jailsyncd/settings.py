@@ -644,10 +644,10 @@ def _split_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def token_file_problem(path: Path | None) -> str | None:
+def token_file_problem(path: Path | None, owner_ok: int | None = None) -> str | None:
     """Why a token file is too open (readable or writable by group or others, or owned
-    by another user than root or us), or None. jailsyncd warns, it does not refuse:
-    see docs/reliability.md."""
+    by another user than root, us or ``owner_ok``: the uid ``run`` switches to), or
+    None. jailsyncd warns, it does not refuse: see docs/reliability.md."""
     if path is None:
         return None
     try:
@@ -657,7 +657,7 @@ def token_file_problem(path: Path | None) -> str | None:
     problems = []
     if st.st_mode & 0o077:
         problems.append(f"mode {st.st_mode & 0o777:04o} lets group or others at it")
-    if st.st_uid not in (0, os.geteuid()):
+    if st.st_uid not in (0, os.geteuid(), owner_ok):
         problems.append(f"owned by uid {st.st_uid}")
     return "; ".join(problems) + " (chmod 600 and chown to the user jailsyncd runs as)" if problems else None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -932,3 +933,13 @@ def test_bad_daemon_values_name_the_key(cfg, text, key):
     with pytest.raises(ConfigError) as err:
         cfg(text)
     assert f": {key}: " in str(err.value)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_a_token_file_owned_by_daemon_user_is_fine(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("t")
+    token.chmod(0o600)
+    os.chown(token, 65534, 0)
+    assert "owned by uid 65534" in settings_mod.token_file_problem(token)
+    assert settings_mod.token_file_problem(token, owner_ok=65534) is None
