@@ -23,9 +23,11 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -229,3 +231,31 @@ def test_a_file_the_user_cannot_read_stops_run_and_configtest(what: str, netns: 
         line = proc.stderr.strip().splitlines()[-1]
         assert line.startswith("jailsyncd: ") and culprit in line and user in line, line
         assert "Traceback" not in proc.stderr
+
+
+def test_configtest_catches_a_metrics_port_run_could_not_bind(netns: NetNS, ns_consul: ConsulServer, base: Path, target) -> None:
+    """``check-config --service`` binds ``metrics.listen`` as the user, the way ``run``
+    will after its switch: a port in use, or one below 1024 (only root may bind those,
+    on FreeBSD as on Linux), is exit 78 naming the key, before daemon(8) could restart
+    a ``run`` that fails on it forever."""
+    user, uid, group, gid = target
+    workdir, config = setup_host(base, gid, ns_consul)
+    group_owned(workdir.root, gid)
+
+    def configtest(listen: str) -> subprocess.CompletedProcess:
+        text = config.read_text()
+        config.write_text(re.sub(r'listen = "[^"]*"', f'listen = "{listen}"', text))
+        argv = jailsyncd_argv(netns, base, uid, gid, "--config", str(config), "--user", user, "check-config", "--service")
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=str(REPO))
+
+    assert configtest(f"127.0.0.1:{METRICS}").returncode == 0
+    busy = netns.call(lambda: socket.create_server(("127.0.0.1", METRICS)))
+    try:
+        proc = configtest(f"127.0.0.1:{METRICS}")
+    finally:
+        netns.call(busy.close)
+    assert proc.returncode == ExitCode.CONFIG, proc.stderr
+    assert f"metrics.listen: cannot listen on 127.0.0.1:{METRICS}" in proc.stderr
+    proc = configtest("127.0.0.1:80")
+    assert proc.returncode == ExitCode.CONFIG, proc.stderr
+    assert "metrics.listen: cannot listen on 127.0.0.1:80: Permission denied" in proc.stderr
