@@ -241,7 +241,12 @@ class Daemon:
         if self.health is not None:
             health = self.settings.health
             soon = datetime.now(timezone.utc) + timedelta(seconds=1)  # after the first cycle, usually
-            self.scheduler.add_job(self.health.safe_round, IntervalTrigger(seconds=health.interval), id="health", next_run_time=soon, **common)
+            # Two instances: a tick that comes while a (paced) round still runs starts one
+            # that returns at once (HealthLoop.safe_round), instead of APScheduler's
+            # "skipped: maximum number of running instances" warning on every tick.
+            self.scheduler.add_job(
+                self.health.safe_round, IntervalTrigger(seconds=health.interval), id="health", next_run_time=soon, **{**common, "max_instances": 2}
+            )
             if self.settings.consul.mode == "agent":  # catalog mode has no heartbeat service
                 self.scheduler.add_job(
                     self.health.safe_heartbeat, IntervalTrigger(seconds=health.heartbeat_ttl / 3), id="heartbeat", next_run_time=soon, **common

@@ -82,6 +82,7 @@ class HealthLoop:
         #: failed, and its duration. Set by ``metrics``.
         self.on_round: Callable[[RoundStats | None, float], None] | None = None
         self._lock = threading.Lock()
+        self._round_running = threading.Lock()
         self._targets: tuple[Target, ...] = ()
         self._states: dict[str, CheckState] = {}
         self._written: dict[str, Written] = {}
@@ -265,7 +266,18 @@ class HealthLoop:
             return len(targets)
 
     def safe_round(self) -> None:
-        """``round`` for the scheduler: errors are logged, never raised."""
+        """``round`` for the scheduler: errors are logged, never raised. A call while a
+        round still runs (a round longer than ``health.interval``, e.g. paced by
+        ``health.rate_limit``) returns at once: rounds then run back to back, and
+        ``health_round_too_long`` has said why."""
+        if not self._round_running.acquire(blocking=False):
+            return
+        try:
+            self._safe_round()
+        finally:
+            self._round_running.release()
+
+    def _safe_round(self) -> None:
         started = self.clock()
         try:
             stats = self.round()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import structlog
-from harness import ConsulServer, log_events, write_config
+from harness import ConsulServer, log_events, wait_for, write_config
 
 from jailsyncd.adapters.cbsd import CbsdSource
 from jailsyncd.adapters.consul import connect
@@ -110,3 +110,32 @@ def test_pacing_below_the_kernel_limit_keeps_every_jail_passing(two_namespaces, 
         host.call(body)
     finally:
         consul.stop()
+
+
+def test_run_reports_a_round_too_long_and_nothing_else(consul_bin: str, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
+    """``run`` whose rounds cannot fit in ``health.interval`` at its rate limit: it says
+    so once with the fix, every round says it again, jails stay passing, and the
+    scheduler's own "skipped: maximum number of running instances" warning (a round
+    still running when the next is due) never shows up: rounds just run back to back."""
+    with NetNS() as ns:
+        addresses = [f"10.79.2.{i}" for i in range(1, 4)]
+        for address in addresses:
+            ns.add_address(address)
+            workdir.add(f"w{address.rsplit('.', 1)[1]}", jid=int(address.rsplit(".", 1)[1]), status=1, ip4_addr=address)
+        consul = ConsulServer(consul_bin, netns=ns).start()
+        try:
+            # 3 jails x 2 requests at 2/s: ~3 s of sending plus the timeout, against a 1 s interval.
+            health = 'interval = "1s"\ntimeout = "300ms"\ncount = 2\nrate_limit = 2\nheartbeat_ttl = "3s"'
+            config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul, health=health, extra='[sync]\ninterval = "1h"\n')
+            daemon = start_daemon(config, ns.prefix())
+            wait_for(lambda: len([r for r in daemon.events("health_round") if r["probed"]]) >= 2, timeout=20, what="two health rounds")
+            warned = daemon.events("health_round_too_long")
+            assert len(warned) == 1 and warned[0]["needed_rate"] == 9 and warned[0]["fix"].startswith("raise health.rate_limit to 9")
+            rounds = [r for r in daemon.events("health_round") if r["probed"]]
+            assert all(r["over_interval"] and r["needed_rate"] == 9 and r["paced_ms"] > 2000 for r in rounds), rounds
+            skipped = [e for e in daemon.events("library_log") if "maximum number of running instances" in e.get("message", "")]
+            assert skipped == []
+            checks = {c["CheckID"]: c["Status"] for c in consul.get("/v1/agent/checks").values() if c["CheckID"].endswith(":ping")}
+            assert sorted(checks.values()) == ["passing"] * 3
+        finally:
+            consul.stop()
