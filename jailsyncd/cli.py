@@ -189,9 +189,13 @@ def _reconciler(
     quiet_noop: bool = False,
     health: HealthLoop | None = None,
     startup: StartupWindow | None = None,
+    standalone: bool = True,
 ) -> Reconciler:
     source = CbsdSource(settings.cbsd.workdir, settings.cbsd.busy_timeout)
-    return Reconciler(settings, source, _store_factory(settings), should_stop=should_stop, quiet_noop=quiet_noop, health=health, startup=startup)
+    return Reconciler(
+        settings, source, _store_factory(settings), should_stop=should_stop, quiet_noop=quiet_noop, health=health, startup=startup,
+        standalone=standalone,
+    )
 
 
 def _startup(args: argparse.Namespace) -> StartupWindow | None:
@@ -201,15 +205,31 @@ def _startup(args: argparse.Namespace) -> StartupWindow | None:
 
 
 def _finish(result: CycleResult) -> int:
-    """Raise the cycle's error, if any, so ``main`` prints it and exits with its code."""
+    """Raise the cycle's error, if any, so ``main`` prints it and exits with its code:
+    the cycle's own error; else failed actions (naming every jail concerned, with
+    the first failure's code); else a refusal by a safety rail; else collisions."""
     if result.error is not None:
         raise result.error
+    if result.failed:
+        jails = sorted({act.service.jail for act, _ in result.failed})
+        first = result.failed[0][1]
+        total = sum(len(x) for x in (result.plan.register, result.plan.update, result.plan.deregister)) if result.plan else len(result.failed)
+        error = type(first)(
+            f"{len(result.failed)} of {total} actions failed, for {', '.join(jails)} "
+            f"(the others were applied); first: {first}"
+        )
+        raise error
     if result.failures:
         raise result.failures[0]
-    if result.plan is not None and result.plan.refused:
+    plan = result.plan
+    if plan is not None and plan.refused:
+        raise SafetyRefusal(f"refused {len(plan.refused)} deregistrations: {plan.refused_why}")
+    if plan is not None and plan.collisions:
+        other = sorted({s.cbsd_host for s in plan.collisions})
+        this = result.desired.host if result.desired is not None else "?"
         raise SafetyRefusal(
-            f"refused {len(result.plan.refused)} deregistrations (more than sync.max_deregistrations); "
-            "check the CBSD state, then re-run with --force"
+            f"{len(plan.collisions)} entries in Consul carry this host.name but CBSD node {', '.join(other)}, "
+            f"and this is CBSD node {this}: two hosts share host.name; they were left as they are"
         )
     return ExitCode.OK
 
@@ -252,14 +272,27 @@ def _health_rows(settings: Settings, result: CycleResult) -> list[dict[str, str]
     ]
 
 
+#: The heartbeat's output when ``once`` wrote it with no daemon running.
+ONCE_HEARTBEAT = "written by jailsyncd once, no daemon running: statuses hold until their TTL (health.ttl)"
+
+
 def cmd_once(settings: Settings, args: argparse.Namespace) -> int:
     health = _health(settings)
     result = _reconciler(settings, health=health, startup=_startup(args)).cycle(force=args.force)
     if health is not None and result.error is None:
-        # One health round (and the heartbeat), so that Consul's statuses are true now.
-        health.round()
-        if settings.consul.mode == "agent":
-            health.heartbeat()
+        if result.daemon_running:
+            # The daemon owns health: its anti-flap state and its heartbeat stay as they are.
+            get_logger().info("health_left_to_daemon", reason="a jailsyncd daemon's heartbeat is passing in Consul")
+        else:
+            # One health round, so that Consul's statuses are true now. In agent mode
+            # every probed check is written (its TTL starts now) and the heartbeat,
+            # registered with health.ttl, is set passing: the jails that answered stay
+            # passing until that TTL (docs/architecture.md, "once and the daemon").
+            agent = settings.consul.mode == "agent"
+            stats = health.round(refresh_all=agent)
+            get_logger().info("health_round", probed=stats.probed, writes=stats.writes, changes=stats.changes, failed=stats.failed)
+            if agent:
+                health.heartbeat(ONCE_HEARTBEAT)
     return _finish(result)
 
 
@@ -340,7 +373,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
     daemon = Daemon(
         settings,
-        lambda s, should_stop: _reconciler(s, should_stop, quiet_noop=True, health=health, startup=startup),
+        lambda s, should_stop: _reconciler(s, should_stop, quiet_noop=True, health=health, startup=startup, standalone=False),
         load,
         log_overrides=(args.log_format, args.log_level),
         metrics=metrics,
@@ -395,13 +428,20 @@ def plan_as_json(plan: Plan) -> dict[str, Any]:
             "tags": sorted(s.tags),
             "meta": dict(s.meta),
             "tagged_addresses": dict(s.tagged_addresses),
+            "checks": sorted(check_id for check_id, _, _ in s.checks),
+            **({"node": s.node, "node_meta": dict(s.node_meta)} if s.node else {}),
         }
 
     return {
         "register": [service(s) for s in plan.register],
-        "update": [{**service(u.new), "fields": list(u.fields)} for u in plan.update],
+        "update": [
+            {**service(u.new), "fields": list(u.fields), "changes": {f: {"from": _plain(getattr(u.old, f)), "to": _plain(getattr(u.new, f))} for f in u.fields}}
+            for u in plan.update
+        ],
         "deregister": [service(s) for s in plan.deregister],
         "held": [{**service(s), "until": plan.held_until, "reason": "startup_grace"} for s in plan.held],
+        "refused": [service(s) for s in plan.refused],
+        "collisions": [service(s) for s in plan.collisions],
         "skipped": [{"jail": k.jail, "reason": k.reason, "detail": k.detail} for k in plan.skipped],
         "notes": [{"jail": n.jail, "kind": n.kind, "detail": n.detail} for n in plan.notes],
     }
@@ -421,14 +461,27 @@ def plan_as_text(plan: Plan) -> str:
         lines.append(f"= {s.jail:<20} held       {s.service_id}: astart=1 and not started yet; sync.startup_grace until {plan.held_until}")
     for k in plan.skipped:
         lines.append(f"! {k.jail:<20} skipped    {k.reason}: {k.detail}")
+    for n in plan.notes:
+        lines.append(f"# {n.jail:<20} note       {n.kind}: {n.detail}")
     if not (plan.register or plan.update or plan.deregister):
         lines.append(f"no changes now: {len(plan.held)} deregistrations held (=)" if plan.held else "no changes: Consul matches CBSD")
     return "\n".join(lines)
 
 
-def _show(value: Any) -> str:
+def _plain(value: Any) -> Any:
+    """A compared field's value in JSON types: sets as sorted lists, pairs as objects,
+    check triples (``checks``) as ``[check_id, kind, notes]`` lists."""
     if isinstance(value, frozenset):
-        return ",".join(sorted(value))
+        return sorted(list(v) if isinstance(v, tuple) else v for v in value)
     if isinstance(value, tuple):
-        return ",".join(f"{k}={v}" for k, v in value)
+        return dict(value)
+    return value
+
+
+def _show(value: Any) -> str:
+    """A compared field's value on one line: tags, meta pairs, and checks (their IDs)."""
+    if isinstance(value, frozenset):
+        return ",".join(sorted(v[0] if isinstance(v, tuple) else str(v) for v in value)) or "(none)"
+    if isinstance(value, tuple):
+        return ",".join(f"{k}={v}" for k, v in value) or "(none)"
     return str(value)

@@ -145,7 +145,7 @@ def build_desired(
     if health is not None and catalog is None:
         services.append(self_service(owner, host, health.heartbeat_ttl))
     protected = frozenset(unreadable)
-    return Desired(tuple(services), tuple(skipped), tuple(notes), protected)
+    return Desired(tuple(services), tuple(skipped), tuple(notes), protected, host=host, empty_source=not state.environments)
 
 
 def node_name(template: str, *, fqdn: str, jname: str, host: str) -> str:

@@ -78,7 +78,14 @@ class ConsulRefused(ConsulError):
 
 
 class ConsulRejected(ConsulRefused):
-    """Consul rejected one request's payload (400). Only that one action failed."""
+    """Consul rejected one write's payload (a 4xx, or a 500 naming the payload) or
+    refused it for the one name it writes. Only that one action failed."""
+
+
+class ConsulDenied(ConsulRefused):
+    """A 403 "Permission denied": the token lacks a permission, maybe only for the
+    one name written (a narrowed policy), maybe for every name. The store decides
+    which (``adapters.consul``); reads raise it as it is."""
 
 
 class PrivilegeError(JailsyncdError):

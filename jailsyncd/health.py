@@ -29,6 +29,7 @@ from jailsyncd.model import (
     SELF_SERVICE_ID,
     SELF_SERVICE_NAME,
     CheckSpec,
+    Observed,
     Service,
 )
 
@@ -109,6 +110,35 @@ def self_service(owner: str, host: str, heartbeat_ttl: float) -> Service:
         checks=frozenset({check.observable}),
         check_specs=(check,),
     )
+
+
+#: Marks the notes of a heartbeat that ``once`` registered with no daemon running.
+STANDALONE_MARK = "by=once"
+
+
+def standalone_self_service(heartbeat: Service, ttl: float) -> Service:
+    """The heartbeat service as ``once`` registers it when no daemon runs: its TTL is
+    ``health.ttl``, the TTL of the jails' own checks, so that the alias checks of the
+    jails ``once`` found answering stay passing as long as their probe results do,
+    instead of ``heartbeat_ttl`` (seconds) after ``once`` exits. The notes say so,
+    which is how the next ``once`` tells it from a running daemon's heartbeat."""
+    spec = replace(heartbeat.check_specs[0], ttl=ttl, notes=f"jailsyncd heartbeat ttl={_ttl_text(ttl)} {STANDALONE_MARK}")
+    return replace(heartbeat, checks=frozenset({spec.observable}), check_specs=(spec,))
+
+
+def daemon_heartbeat(observed: Observed) -> Service | None:
+    """The heartbeat service of a daemon alive on this host, if Consul shows one: ours,
+    its TTL check passing (the daemon refreshes it every third of its TTL), and not
+    one that ``once`` registered. A daemon killed less than ``heartbeat_ttl`` ago
+    still counts as alive until its heartbeat expires."""
+    status = {check_id: st for check_id, st, _ in observed.check_status}
+    for svc in observed.owned:
+        if not svc.is_self:
+            continue
+        notes = {check_id: note for check_id, _, note in svc.checks}
+        if status.get(SELF_CHECK_ID) == PASSING and SELF_CHECK_ID in notes and STANDALONE_MARK not in notes[SELF_CHECK_ID]:
+            return svc
+    return None
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,8 @@ class RoundStats:
     #: Probes that got a result, by outcome (``jailsyncd_health_probes_total``).
     probes_ok: int = 0
     probes_failed: int = 0
+    #: Check writes Consul refused (each alone; the others were still written).
+    failed: int = 0
 
 
 class HealthLoop:
@@ -192,17 +194,23 @@ class HealthLoop:
 
     # -- used by the daemon -----------------------------------------------------------
 
-    def round(self) -> RoundStats:
+    def round(self, *, refresh_all: bool = False) -> RoundStats:
+        """Probe every target, write what changed (and refreshes due). ``refresh_all``
+        (``once`` with no daemon) writes every probed check, so that each one's TTL
+        starts now. A check write Consul refuses fails that check alone (logged as
+        ``health_write_failed``; retried next round); Consul unreachable or the token
+        refused raises, as every other write would fail the same way."""
         started = self.clock()
         with self._lock:
             targets = self._targets
         report = self._probe(targets) if targets else RoundReport()
         results = report.results
         with self._lock:
+            written = {k: Written(v.status, float("-inf")) for k, v in self._written.items()} if refresh_all else self._written
             states, writes, changes = decide(
                 targets,
                 self._states,
-                self._written,
+                written,
                 results,
                 self.clock(),
                 success_before_passing=self.settings.success_before_passing,
@@ -214,24 +222,32 @@ class HealthLoop:
         for change in changes:
             check = change.check_id.rsplit(":", 1)[-1]
             self.log.info("health_changed", jail=change.jail, check=check, check_id=change.check_id, **{"from": change.old, "to": change.new}, output=change.output)
+        done: list[tuple[Target, str]] = []
+        failed = 0
         if writes:
             with self._write_lock:
                 if self._stopped:
                     return RoundStats(len(targets), 0, len(changes), self.clock() - started)
                 store = self.store_factory()
                 try:
-                    store.write_checks([(target, state.status, state.output) for target, state in writes])
+                    for (target, status, _), error in store.write_checks([(target, state.status, state.output) for target, state in writes]):
+                        if error is None:
+                            done.append((target, status))
+                            continue
+                        failed += 1
+                        self.log.warning("health_write_failed", jail=target.jail, check_id=target.check_id, status=status, error=str(error))
                 finally:
                     store.close()
-            now = self.clock()
-            with self._lock:
-                self._written.update({target.check_id: Written(state.status, now) for target, state in writes})
+                    # What was written stays written even when a later write raised.
+                    now = self.clock()
+                    with self._lock:
+                        self._written.update({target.check_id: Written(status, now) for target, status in done})
         pace = self.pace(targets)
         self.last_pace = pace
         ok = sum(1 for result in results.values() if result.ok)
         return RoundStats(
-            len(targets), len(writes), len(changes), self.clock() - started, len(report.problems), report.paced, pace,
-            probes_ok=ok, probes_failed=len(results) - ok,
+            len(targets), len(done), len(changes), self.clock() - started, len(report.problems), report.paced, pace,
+            probes_ok=ok, probes_failed=len(results) - ok, failed=failed,
         )
 
     def count(self, status: str) -> int:
@@ -239,12 +255,12 @@ class HealthLoop:
         with self._lock:
             return sum(1 for t in self._targets if (state := self._states.get(t.check_id)) is not None and state.status == status)
 
-    def heartbeat(self) -> None:
+    def heartbeat(self, output: str = "jailsyncd is running") -> None:
         store = self.store_factory()
         try:
             # A constant output: an unchanged check is not synced to the catalog again,
             # so the heartbeat does not move Consul's index every few seconds.
-            store.update_check(SELF_CHECK_ID, PASSING, "jailsyncd is running")
+            store.update_check(SELF_CHECK_ID, PASSING, output)
         finally:
             store.close()
 
@@ -259,11 +275,17 @@ class HealthLoop:
             if not targets:
                 return 0
             store = self.store_factory()
+            written = 0
             try:
-                store.write_checks([(target, CRITICAL, output) for target in targets])
+                # write_checks yields each write's outcome: a refused check fails alone.
+                for (target, _, _), error in store.write_checks([(target, CRITICAL, output) for target in targets]):
+                    if error is None:
+                        written += 1
+                    else:
+                        self.log.warning("health_write_failed", jail=target.jail, check_id=target.check_id, status=CRITICAL, error=str(error))
             finally:
                 store.close()
-            return len(targets)
+            return written
 
     def safe_round(self) -> None:
         """``round`` for the scheduler: errors are logged, never raised. A call while a
@@ -289,7 +311,7 @@ class HealthLoop:
         if self.on_round is not None:
             self.on_round(stats, stats.duration)
         over = stats.pace is not None and not stats.pace.fits
-        log = self.log.info if stats.writes or stats.probe_errors or over else self.log.debug
+        log = self.log.info if stats.writes or stats.failed or stats.probe_errors or over else self.log.debug
         extra = {}
         if over:
             assert stats.pace is not None
@@ -299,6 +321,7 @@ class HealthLoop:
             probed=stats.probed,
             writes=stats.writes,
             changes=stats.changes,
+            failed=stats.failed,
             duration_ms=round(stats.duration * 1000, 1),
             probe_errors=stats.probe_errors,
             paced_ms=round(stats.paced * 1000, 1),

@@ -148,6 +148,16 @@ class Service:
         """The CBSD jname this service stands for."""
         return dict(self.meta).get(META_JNAME, self.service_id.removeprefix(SERVICE_ID_PREFIX))
 
+    @property
+    def is_self(self) -> bool:
+        """jailsyncd's own heartbeat service: not a jail (never counted or reported as one)."""
+        return self.service_id == SELF_SERVICE_ID
+
+    @property
+    def cbsd_host(self) -> str:
+        """The CBSD node name recorded in the entry ('' when absent)."""
+        return dict(self.meta).get(META_HOST) or dict(self.node_meta).get(META_HOST) or ""
+
 
 #: Fields ``plan`` compares, in the order they are reported.
 COMPARED_FIELDS = ("name", "address", "port", "tags", "meta", "tagged_addresses", "checks", "node", "node_meta")
@@ -182,12 +192,16 @@ class Desired:
 
     ``protected`` lists jnames whose state is unknown this cycle (their per-VM DB could
     not be read): ``plan`` neither updates nor deregisters their services.
+    ``host`` is the CBSD node name written into ``cbsd-host`` ('' when unknown);
+    ``empty_source`` says that CBSD's ``jails`` table had no row at all.
     """
 
     services: tuple[Service, ...]
     skipped: tuple[Skip, ...] = ()
     notes: tuple[Note, ...] = ()
     protected: frozenset[str] = frozenset()
+    host: str = ""
+    empty_source: bool = False
 
 
 @dataclass(frozen=True)
@@ -250,9 +264,11 @@ class Action:
 class Plan:
     """What to change in Consul so that it matches ``Desired``.
 
-    ``refused`` holds deregistrations held back by the ``max_deregistrations`` rail;
+    ``refused`` holds deregistrations held back by a safety rail (more than
+    ``max_deregistrations``, or an empty ``jails`` table), ``refused_why`` says which;
     ``held`` those held back by the start-up grace until ``held_until``; neither is
-    in ``deregister``.
+    in ``deregister``. ``collisions`` holds entries carrying this host's owner but
+    another CBSD node name: never written, never deregistered.
     """
 
     register: tuple[Service, ...] = ()
@@ -263,6 +279,8 @@ class Plan:
     notes: tuple[Note, ...] = field(default=())
     held: tuple[Service, ...] = ()
     held_until: str = ""
+    refused_why: str = ""
+    collisions: tuple[Service, ...] = ()
 
     @property
     def writes(self) -> int:

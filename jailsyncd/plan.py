@@ -7,7 +7,7 @@ cycle would refuse.
 
 from __future__ import annotations
 
-from jailsyncd.model import COMPARED_FIELDS, CbsdState, Desired, Observed, Plan, Service, Skip, Startup, Update
+from jailsyncd.model import COMPARED_FIELDS, META_OWNER, CbsdState, Desired, Observed, Plan, Service, Skip, Startup, Update
 
 
 def changed_fields(old: Service, new: Service) -> tuple[str, ...]:
@@ -33,17 +33,39 @@ def plan(
     - During the start-up grace (``startup``, see ``hold_for_autostart``) the
       deregistrations of jails CBSD has yet to start at boot are held back (moved to
       ``Plan.held``), before the next rail counts what is left.
+    - An owned entry (our owner) whose ``cbsd-host`` names another CBSD node than
+      ``desired.host`` is a ``collision``: two hosts configured with one
+      ``host.name`` (or a renamed CBSD node). It is never updated nor deregistered,
+      and reported as a ``collision`` skip naming both nodes.
     - More than ``max_deregistrations`` deregistrations are all refused (moved to
       ``Plan.refused``) unless ``force``: a sudden mass removal more often means a
       broken read than a host that really lost its jails.
+    - So is any deregistration when CBSD's ``jails`` table has no row at all
+      (``desired.empty_source``), whatever their number: an empty table looks like a
+      replaced or broken DB. Rows with every jail stopped deregister normally.
     """
-    owned = {s.service_id: s for s in observed.owned}
+    collisions = {
+        s.service_id: s for s in observed.owned if desired.host and s.cbsd_host and s.cbsd_host != desired.host
+    }
+    owned = {s.service_id: s for s in observed.owned if s.service_id not in collisions}
     wanted = {s.service_id: s for s in desired.services}
     register: list[Service] = []
     update: list[Update] = []
     skipped: list[Skip] = list(desired.skipped)
+    for sid, other in sorted(collisions.items()):
+        owner = dict(other.meta).get(META_OWNER) or dict(other.node_meta).get(META_OWNER, "")
+        where = f"node {other.node}" if other.node else f"service ID {sid}"
+        skipped.append(
+            Skip(
+                other.jail,
+                "collision",
+                f"{where} carries host.name {owner!r} but CBSD node {other.cbsd_host!r}, and this host is CBSD node "
+                f"{desired.host!r}: two hosts share host.name (give each its own) or the CBSD node was renamed; "
+                "left as it is",
+            )
+        )
     for sid, new in sorted(wanted.items()):
-        if new.jail in desired.protected:
+        if new.jail in desired.protected or sid in collisions:
             continue
         old = owned.get(sid)
         if new.node and new.node in observed.foreign_nodes and (old is None or old.node != new.node):
@@ -63,12 +85,18 @@ def plan(
     ]
     deregister, held = hold_for_autostart(deregister, startup)
     refused: list[Service] = []
-    if len(deregister) > max_deregistrations and not force:
+    why = ""
+    if deregister and not force:
+        if desired.empty_source:
+            why = (
+                f"CBSD's jails table is empty while Consul holds {len(deregister)} entries of this host "
+                "(a replaced or broken DB?); check the CBSD state, then use --force"
+            )
+        elif len(deregister) > max_deregistrations:
+            why = f"{len(deregister)} deregistrations exceed sync.max_deregistrations={max_deregistrations}; check the CBSD state, then use --force"
+    if why:
         refused, deregister = deregister, []
-        skipped.extend(
-            Skip(s.jail, "refused", f"{len(refused)} deregistrations exceed sync.max_deregistrations={max_deregistrations}; use --force")
-            for s in refused
-        )
+        skipped.extend(Skip(s.jail, "refused", why) for s in refused)
     return Plan(
         register=tuple(register),
         update=tuple(update),
@@ -78,6 +106,8 @@ def plan(
         notes=desired.notes,
         held=tuple(held),
         held_until=startup.until if held and startup is not None else "",
+        refused_why=why,
+        collisions=tuple(collisions[k] for k in sorted(collisions)),
     )
 
 
@@ -109,6 +139,9 @@ def hold_for_autostart(deregister: list[Service], startup: Startup | None) -> tu
     return now, held
 
 
-def purge_plan(observed: Observed) -> Plan:
-    """Deregister everything this host owns (``jailsyncd purge``)."""
-    return Plan(deregister=tuple(sorted(observed.owned, key=lambda s: s.service_id)))
+def purge_plan(observed: Observed, host: str = "") -> Plan:
+    """Deregister everything this host owns (``jailsyncd purge``), except entries of
+    another CBSD node (``host`` known and ``cbsd-host`` different): collisions."""
+    mine = [s for s in observed.owned if not (host and s.cbsd_host and s.cbsd_host != host)]
+    collisions = tuple(s for s in observed.owned if s not in mine)
+    return Plan(deregister=tuple(sorted(mine, key=lambda s: s.service_id)), collisions=collisions)

@@ -10,24 +10,31 @@ order of a cycle:
 4. ``plan.plan`` with the safety rails; log drift;
 5. apply through the store: register, then update, then deregister (new instances
    appear before old ones go); with health on, new services are probed first so
-   they start with a real status. A rejection of one action (400, or a rolled-back
-   catalog operation) fails that action only; any other Consul error stops the
+   they start with a real status. A rejection of one action (its payload refused:
+   a 4xx or a 500 naming the payload, a rolled-back catalog operation, a 403 on a
+   service name the token may not write) fails that action only and the cycle goes
+   on; Consul unreachable, timing out or refusing the token as a whole stops the
    cycle, since the next request would fail the same way;
-6. tell the health loop which checks exist now; log one ``cycle_finished`` summary.
+6. tell the health loop which checks exist now (only those of services this host
+   holds in Consul: never a conflict's, never one whose registration failed); log
+   one ``cycle_finished`` summary.
 
-Skips and notes are logged when they first appear, not on every cycle.
+Skips and notes are logged when they first appear, not on every cycle; collisions
+(another CBSD node's entries under our owner) are logged as errors on every cycle.
+jailsyncd's own heartbeat service is not a jail: its writes are logged as
+``heartbeat_service_*`` and never counted in ``registered=``/``updated=``/...
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 from jailsyncd.desired import build_desired, mark_token
-from jailsyncd.errors import JailsyncdError
-from jailsyncd.health import with_checks_from_consul
+from jailsyncd.errors import JailsyncdError, SourceError
+from jailsyncd.health import daemon_heartbeat, standalone_self_service, with_checks_from_consul
 from jailsyncd.logs import get_logger
 from jailsyncd.model import Action, CbsdState, Desired, Observed, Plan, Service, Startup
 from jailsyncd.plan import autostart_stopped, purge_plan
@@ -93,12 +100,17 @@ class StartupWindow:
 
 @dataclass
 class CycleResult:
-    """What one cycle did. ``error`` is set when the cycle stopped early."""
+    """What one cycle did. ``error`` is set when the cycle stopped early.
+
+    ``applied`` counts jail services only (never the heartbeat service);
+    ``failed`` holds each action that failed alone, with its error.
+    """
 
     cycle: int
     plan: Plan | None = None
     applied: dict[str, int] = field(default_factory=lambda: {"register": 0, "update": 0, "deregister": 0})
     failures: list[JailsyncdError] = field(default_factory=list)
+    failed: list[tuple[Action, JailsyncdError]] = field(default_factory=list)
     error: JailsyncdError | None = None
     duration: float = 0.0
     requests: int = 0
@@ -112,10 +124,13 @@ class CycleResult:
     state: CbsdState | None = None
     #: The owner identity this cycle used: ``host.name``, else CBSD's node name.
     owner: str = ""
+    #: ``standalone`` cycles (``once``, ``plan``) with health on in agent mode: whether
+    #: a daemon's heartbeat is alive in Consul, so that its health is left to it.
+    daemon_running: bool = False
 
     @property
     def ok(self) -> bool:
-        return self.error is None and not self.failures and not (self.plan and self.plan.refused)
+        return self.error is None and not self.failures and not (self.plan and (self.plan.refused or self.plan.collisions))
 
 
 class Reconciler:
@@ -131,6 +146,7 @@ class Reconciler:
         quiet_noop: bool = False,
         health: HealthLoop | None = None,
         startup: StartupWindow | None = None,
+        standalone: bool = False,
     ) -> None:
         self.settings = settings
         self.source = source
@@ -148,6 +164,11 @@ class Reconciler:
         self.startup = startup
         #: The owner identity of the last cycle that could tell (``CycleResult.owner``).
         self.owner = settings.host.name
+        #: ``once``/``plan``/``purge``: no daemon behind this reconciler. In agent mode
+        #: with health on, the heartbeat service is then left as a running daemon
+        #: registered it, or (no daemon alive) registered with the long ``health.ttl``
+        #: so that the statuses ``once`` writes hold until their own TTL.
+        self.standalone = standalone
         self.cycles = 0
         #: The last CBSD state and the desired state built from it: ``build_desired``
         #: is pure, so an unchanged state (the common case) reuses its result.
@@ -164,15 +185,17 @@ class Reconciler:
         try:
             store = self.store_factory()
             if purge:
+                host = self._nodename()
                 result.owner = self.owner = self.settings.host.name or self.source.nodename()
                 observed = store.read(result.owner)
-                result.plan = purge_plan(observed)
+                result.plan = purge_plan(observed, host)
+                self._report_collisions(log, result.plan, host)
             else:
-                result.desired, observed, result.plan = self._plan(store, force, result)
+                result.desired, observed, result.plan, result.daemon_running = self._plan(store, force, result)
                 result.state = self._memo[0] if self._memo is not None else None
-                self._report(log, result.plan)
+                self._report(log, result.plan, result.desired.host)
             result.observed = observed
-            result.managed = len(observed.owned)
+            result.managed = sum(1 for s in observed.owned if not s.is_self)
             if apply:
                 self._apply(log, store, result)
                 result.managed += result.applied["register"] - result.applied["deregister"]
@@ -186,7 +209,15 @@ class Reconciler:
         self._summarise(log, result, apply)
         return result
 
-    def _plan(self, store: Store, force: bool, result: CycleResult) -> tuple[Desired, Observed, Plan]:
+    def _nodename(self) -> str:
+        """The CBSD node name for ``purge`` ('' when it cannot be read: then every
+        entry with our owner is purged, as before)."""
+        try:
+            return self.source.nodename()
+        except SourceError:
+            return ""
+
+    def _plan(self, store: Store, force: bool, result: CycleResult) -> tuple[Desired, Observed, Plan, bool]:
         state = self.source.read()  # raises (retryable) while CBSD's node name cannot be read
         # The owner is never guessed: host.name, else the node name read with this state.
         owner = result.owner = self.owner = self.settings.host.name or state.nodename or ""
@@ -204,18 +235,40 @@ class Reconciler:
             self._memo = (state, desired)
         observed = store.read(owner)
         desired = mark_token(desired, observed.token_accessor)
+        desired, daemon_running = self._standalone_heartbeat(desired, observed)
         startup = self.startup.observe(state, self.settings.sync.startup_grace) if self.startup is not None else None
         plan = make_plan(desired, observed, max_deregistrations=self.settings.sync.max_deregistrations, force=force, startup=startup)
-        return desired, observed, plan
+        return desired, observed, plan, daemon_running
 
-    def _report(self, log: Any, plan: Plan) -> None:
+    def _standalone_heartbeat(self, desired: Desired, observed: Observed) -> tuple[Desired, bool]:
+        """``once``/``plan`` in agent mode with health on (docs/architecture.md, "once
+        and the daemon"): with a daemon's heartbeat alive in Consul, keep its heartbeat
+        service exactly as it is; without one, want the heartbeat with ``health.ttl``."""
+        if not self.standalone or self.settings.consul.mode != "agent" or not self.settings.health.enabled:
+            return desired, False
+        mine = [s for s in desired.services if s.is_self]
+        if not mine:
+            return desired, False
+        running = daemon_heartbeat(observed)
+        if running is not None:
+            heartbeat = running  # exactly as the daemon registered it: no write
+        else:
+            heartbeat = standalone_self_service(mine[0], self.settings.health.ttl)
+        services = tuple(heartbeat if s.is_self else s for s in desired.services)
+        return replace(desired, services=services), running is not None
+
+    def _report(self, log: Any, plan: Plan, host: str) -> None:
         current_held: set[tuple[str, str, str]] = set()
+        # The heartbeat service is not a jail: its own writes are logged by _apply.
         for svc in plan.register:
-            log.info("drift_detected", kind="missing", jail=svc.jail, service_id=svc.service_id, service=svc.name, address=svc.address)
+            if not svc.is_self:
+                log.info("drift_detected", kind="missing", jail=svc.jail, service_id=svc.service_id, service=svc.name, address=svc.address)
         for upd in plan.update:
-            log.info("drift_detected", kind="changed", jail=upd.new.jail, service_id=upd.new.service_id, fields=_changes(upd.old, upd.new, upd.fields))
+            if not upd.new.is_self:
+                log.info("drift_detected", kind="changed", jail=upd.new.jail, service_id=upd.new.service_id, fields=_changes(upd.old, upd.new, upd.fields))
         for svc in plan.deregister + plan.refused:
-            log.info("drift_detected", kind="orphan", jail=svc.jail, service_id=svc.service_id)
+            if not svc.is_self:
+                log.info("drift_detected", kind="orphan", jail=svc.jail, service_id=svc.service_id)
         for svc in plan.held:
             key = ("held", svc.jail, plan.held_until)
             current_held.add(key)
@@ -227,12 +280,14 @@ class Reconciler:
                 count=len(plan.refused),
                 max_deregistrations=self.settings.sync.max_deregistrations,
                 jails=[s.jail for s in plan.refused],
+                reason=plan.refused_why,
             )
+        self._report_collisions(log, plan, host)
         current: set[tuple[str, str, str]] = set()
         for skip in plan.skipped:
             key = ("skip", skip.jail, skip.reason)
             current.add(key)
-            if key not in self._reported and skip.reason != "refused":
+            if key not in self._reported and skip.reason not in ("refused", "collision"):
                 level = log.warning if skip.reason in ("conflict", "source_error") else log.info
                 level("jail_skipped", jail=skip.jail, reason=skip.reason, detail=skip.detail)
         for note in plan.notes:
@@ -241,6 +296,19 @@ class Reconciler:
             if key not in self._reported:
                 log.warning("jail_note", jail=note.jail, kind=note.kind, detail=note.detail)
         self._reported = current | current_held
+
+    def _report_collisions(self, log: Any, plan: Plan, host: str) -> None:
+        """Every cycle, one error per entry of another CBSD node under our owner."""
+        for svc in plan.collisions:
+            log.error(
+                "owner_collision",
+                jail=svc.jail,
+                service_id=svc.service_id,
+                **({"node": svc.node} if svc.node else {}),
+                owner=self.owner,
+                other_cbsd_node=svc.cbsd_host,
+                this_cbsd_node=host,
+            )
 
     def _apply(self, log: Any, store: Store, result: CycleResult) -> None:
         plan = result.plan
@@ -260,19 +328,25 @@ class Reconciler:
         events = {"register": "service_registered", "update": "service_updated", "deregister": "service_deregistered"}
         fields = {u.new.service_id: list(u.fields) for u in plan.update}
         registered: dict[str, str] = {}
+        failed: set[str] = set()
         done = 0
         for act, error in store.apply(actions, self.should_stop):
             done += 1
             svc = act.service
             if error is not None:
                 result.failures.append(error)
+                result.failed.append((act, error))
+                failed.add(svc.service_id)
                 log.error("action_failed", action=act.kind, jail=svc.jail, service_id=svc.service_id, error=str(error))
                 continue
-            result.applied[act.kind] += 1
             registered.update(dict(act.statuses))
             extra = {"fields": fields[svc.service_id]} if act.kind == "update" else {"service": svc.name, "address": svc.address} if act.kind == "register" else {}
             if svc.node:
                 extra["node"] = svc.node
+            if svc.is_self:
+                log.info(f"heartbeat_service_{events[act.kind].removeprefix('service_')}", service_id=svc.service_id, **extra)
+                continue
+            result.applied[act.kind] += 1
             log.info(events[act.kind], jail=svc.jail, service_id=svc.service_id, **extra)
         if done < len(actions):
             log.warning("cycle_abandoned", remaining=len(actions) - done)
@@ -280,7 +354,7 @@ class Reconciler:
         if self.health is not None and result.desired is not None and result.observed is not None:
             consul_status = {check_id: status for check_id, status, _ in result.observed.check_status}
             held = tuple(with_checks_from_consul(s, self.settings.health.ttl) for s in plan.held)  # still probed
-            self.health.sync(result.desired.services + held, consul_status, registered)
+            self.health.sync(health_services(result.desired, result.observed, plan, failed) + held, consul_status, registered)
 
     def _summarise(self, log: Any, result: CycleResult, apply: bool) -> None:
         if result.error is not None:
@@ -296,7 +370,7 @@ class Reconciler:
             return
         plan = result.plan
         assert plan is not None
-        changed = result.writes or result.failures or plan.refused
+        changed = result.writes or result.failures or plan.refused or plan.collisions
         emit = log.debug if self.quiet_noop and not changed else log.info
         emit(
             "cycle_finished",
@@ -306,11 +380,36 @@ class Reconciler:
             refused=len(plan.refused),
             held=len(plan.held),
             skipped=len(plan.skipped),
+            collisions=len(plan.collisions),
             failed=len(result.failures),
             writes=result.writes,
             requests=result.requests,
             duration_ms=round(result.duration * 1000, 1),
         )
+
+
+def health_services(desired: Desired, observed: Observed, plan: Plan, failed: set[str]) -> tuple[Service, ...]:
+    """The services whose checks the health loop may write after a cycle: the desired
+    services that this host holds in Consul now. Never a service skipped as a
+    conflict or collision (someone else's entry under that ID or node), never one
+    whose registration failed (its checks do not exist); a service whose update
+    failed keeps only the checks Consul already has."""
+    held = {s.service_id: s for s in observed.owned if s not in plan.collisions}
+    registered = {s.service_id for s in plan.register if s.service_id not in failed}
+    elsewhere = {k.jail for k in plan.skipped if k.reason in ("conflict", "collision")}
+    out: list[Service] = []
+    for svc in desired.services:
+        old = held.get(svc.service_id)
+        if svc.jail in elsewhere and not svc.is_self:
+            continue
+        if svc.service_id in registered:
+            out.append(svc)
+        elif old is not None:
+            if svc.service_id in failed:
+                have = {check_id for check_id, _, _ in old.checks}
+                svc = replace(svc, check_specs=tuple(c for c in svc.check_specs if c.check_id in have))
+            out.append(svc)
+    return tuple(out)
 
 
 def _changes(old: Service, new: Service, fields: tuple[str, ...]) -> dict[str, Any]:

@@ -92,6 +92,7 @@ from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Sequence
 
 from jailsyncd.errors import ExitCode, JailsyncdError
+from jailsyncd.model import SELF_SERVICE_ID
 
 __all__ = [
     "ACTIONS",
@@ -356,6 +357,9 @@ def aggregate(lines: Iterable[str], since: datetime | None = None, jails: Iterab
         status, obj = parse_line(line)
         if obj is None:
             skipped[status] += 1
+            continue
+        if SELF_SERVICE_ID in (obj.get("jail"), obj.get("service_id")):
+            skipped["other_event"] += 1  # the heartbeat service is not a jail (older logs)
             continue
         event = obj["event"]
         ts = parse_timestamp(obj.get("timestamp"))

@@ -32,7 +32,7 @@ import consul.std as consul_std
 import requests
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from jailsyncd.errors import ConfigError, ConsulError, ConsulRefused, ConsulRejected, JailsyncdError
+from jailsyncd.errors import ConfigError, ConsulDenied, ConsulError, ConsulRefused, ConsulRejected, JailsyncdError
 from jailsyncd.health import Target
 from jailsyncd.model import META_OWNER, SELF_SERVICE_ID, SERVICE_ID_PREFIX, Action, CheckSpec, Observed, Service
 from jailsyncd.settings import ConsulSettings
@@ -181,6 +181,8 @@ class _Consul:
         self._dc_scoped = False
         self.requests = 0
         self.writes = 0
+        #: Service names this host holds in Consul, from the last ``read``.
+        self._owned_names: set[str] = set()
 
     def close(self) -> None:
         self._http.session.close()
@@ -269,12 +271,17 @@ class _Consul:
                     send = self._http.post if method == "POST" else self._http.put
                     result = send(callback, path, params=params or None, data=data, headers=self._headers)
         except (consul_base.ACLPermissionDenied, consul_base.ACLDisabled) as exc:
-            raise ConsulRefused(f"{what}: permission denied ({_first_line(exc)}); check the token and its ACL policy") from None
+            # "Permission denied: Missing service:write on NAME" may concern one name
+            # only; "ACL not found" (unknown or deleted token) concerns every request.
+            kind = ConsulDenied if isinstance(exc, consul_base.ACLPermissionDenied) and str(exc).startswith("Permission denied") else ConsulRefused
+            raise kind(f"{what}: permission denied ({_first_line(exc)}); check the token and its ACL policy") from None
         except consul_base.NotFound:
             raise ConsulError(f"{what}: 404 not found (is {self.endpoint} a Consul agent?)") from None
         except consul_base.BadRequest as exc:
             raise ConsulRejected(f"{what}: Consul rejected the request ({_first_line(exc)})") from None
         except consul_base.ConsulException as exc:
+            if write and _rejects_payload(str(exc)):
+                raise ConsulRejected(f"{what}: Consul rejected the request ({_first_line(exc)})") from None
             raise ConsulError(f"{what}: Consul failed ({_first_line(exc)})") from None
         except requests.exceptions.SSLError:
             raise ConsulError(f"{what}: TLS handshake failed (check consul.ca_file, cert_file and tls_server_name)") from None
@@ -302,7 +309,9 @@ class ConsulAgent(_Consul):
         services = self._call("GET", "/v1/agent/services", _body)
         checks = self._call("GET", "/v1/agent/checks", _body)
         try:
-            return _observe_agent(owner, services, checks, self._token_accessor())
+            observed = _observe_agent(owner, services, checks, self._token_accessor())
+            self._owned_names = {s.name for s in observed.owned}
+            return observed
         except (ValueError, AttributeError, KeyError, TypeError):
             raise ConsulError(f"GET {self.endpoint}/v1/agent/services: the answer is not Consul's (is {self.endpoint} a Consul agent?)") from None
 
@@ -317,6 +326,24 @@ class ConsulAgent(_Consul):
             return str(json.loads(body).get("AccessorID") or "")
         except ValueError:
             return ""
+
+    def _may_write(self, names: list[str]) -> dict[str, bool] | None:
+        """Which service names the token may write (``service:write``), in one request
+        per 64 names (Consul's limit); None when Consul cannot tell (an agent without
+        ``/v1/internal/acl/authorize``, or any error)."""
+        answers: dict[str, bool] = {}
+        unique = sorted(set(names))
+        for start in range(0, len(unique), 64):
+            chunk = unique[start : start + 64]
+            request = [{"Resource": "service", "Segment": name, "Access": "write"} for name in chunk]
+            try:
+                status, body = self._raw("POST", "/v1/internal/acl/authorize", request)
+                if status != 200:
+                    return None
+                answers.update((name, bool(a.get("Allow"))) for name, a in zip(chunk, json.loads(body)))
+            except (ConsulRefused, ValueError, AttributeError, TypeError):
+                return None
+        return answers
 
     def register(self, service: Service, statuses: dict[str, str] | None = None) -> None:
         """Create or replace one service on the agent (the agent API is an upsert).
@@ -333,26 +360,60 @@ class ConsulAgent(_Consul):
         self._call("PUT", f"/v1/agent/check/update/{check_id}", consul_base.CB.bool(), body=body, write=True)
 
     def deregister(self, service_id: str) -> None:
-        self._call("PUT", f"/v1/agent/service/deregister/{service_id}", consul_base.CB.bool(), write=True)
+        try:
+            self._call("PUT", f"/v1/agent/service/deregister/{service_id}", consul_base.CB.bool(), write=True)
+        except ConsulRejected as exc:
+            if "Unknown service" not in str(exc):
+                raise
+            # Gone since the read (removed by hand, or by a restart of a dev agent):
+            # what the deregistration wanted is true.
 
     def apply(self, actions: list[Action], should_stop: Callable[[], bool]) -> Iterator[tuple[Action, JailsyncdError | None]]:
-        """One request per action; a 400 fails only that action."""
-        for action in actions:
+        """One request per action. A rejected payload fails only that action. A 403
+        "Permission denied" fails only that action too, unless the token may write
+        none of the service names this host has or wants (then it is the token, not
+        the name: ``ConsulDenied`` is raised and the cycle stops). Which names the
+        token may write is asked once, at the first 403; actions on the other denied
+        names then fail without a request."""
+        denied: set[str] | None = None
+        for index, action in enumerate(actions):
             if should_stop():
                 return
+            name = action.service.name
+            if denied is not None and name in denied:
+                yield action, ConsulRejected(f"jail {action.service.jail}: the token may not write service {name!r} (service:write); check its ACL policy")
+                continue
             try:
                 if action.kind == "deregister":
                     self.deregister(action.service.service_id)
                 else:
                     self.register(action.service, dict(action.statuses))
             except ConsulRejected as exc:
-                yield action, exc
+                yield action, ConsulRejected(f"jail {action.service.jail}: {exc}")
+                continue
+            except ConsulDenied as exc:
+                if denied is None:
+                    wanted = [a.service.name for a in actions] + sorted(self._owned_names)
+                    allowed = self._may_write(wanted)
+                    if allowed is not None and not any(allowed.values()):
+                        raise  # the token may write nothing this host needs
+                    denied = {n for n, ok in (allowed or {}).items() if not ok}
+                yield action, ConsulRejected(f"jail {action.service.jail}: {exc}")
                 continue
             yield action, None
 
-    def write_checks(self, writes: list[tuple[Target, str, str]]) -> None:
-        for target, status, output in writes:
-            self.update_check(target.check_id, status, output)
+    def write_checks(self, writes: list[tuple[Target, str, str]]) -> Iterator[tuple[tuple[Target, str, str], JailsyncdError | None]]:
+        """Each check write with None (written) or the error that refused that check
+        alone (a check that went away, a name the token may not write). Errors that
+        would fail every write (unreachable, token refused) are raised."""
+        for write in writes:
+            target, status, output = write
+            try:
+                self.update_check(target.check_id, status, output)
+            except (ConsulRejected, ConsulDenied) as exc:
+                yield write, exc
+                continue
+            yield write, None
 
 class ConsulCatalog(_Consul):
     """Catalog mode: every jail is an external node of its own (node meta
@@ -399,12 +460,10 @@ class ConsulCatalog(_Consul):
                 return
             yield from self._txn(batch)
 
-    def write_checks(self, writes: list[tuple[Target, str, str]]) -> None:
+    def write_checks(self, writes: list[tuple[Target, str, str]]) -> Iterator[tuple[tuple[Target, str, str], JailsyncdError | None]]:
         ops = [(w, [_check_op(w[0].node, w[0].spec, w[0].service_id, w[1], w[2])]) for w in writes if w[0].spec is not None]
         for batch in _batches(ops, MAX_TXN_OPS):
-            for _, error in self._txn(batch):
-                if error is not None:
-                    raise error
+            yield from self._txn(batch)
 
     def _ops(self, action: Action) -> list[dict[str, Any]]:
         new, old = action.service, action.old
@@ -450,7 +509,18 @@ class ConsulCatalog(_Consul):
         to and try the rest again, until a transaction applies or nothing is left."""
         while batch:
             ops = [op for _, item_ops in batch for op in item_ops]
-            result = self._call("PUT", "/v1/txn", _txn_result, body=ops, write=True) or {}
+            try:
+                result = self._call("PUT", "/v1/txn", _txn_result, body=ops, write=True) or {}
+            except (ConsulRejected, ConsulDenied) as exc:
+                # The whole request was refused (a payload Consul will not parse, a
+                # name the token may not write) without saying which operation: try
+                # each item alone, so that only the culprit fails.
+                if len(batch) == 1:
+                    yield batch[0][0], ConsulRejected(f"{_subject(batch[0][0])}: {exc}")
+                    return
+                for one in batch:
+                    yield from self._txn([one])
+                return
             errors = result.get("Errors") or []
             if not errors:
                 for item, _ in batch:
@@ -475,6 +545,26 @@ class ConsulCatalog(_Consul):
 #: Consul applies at most 64 operations in one transaction.
 MAX_TXN_OPS = 64
 NOT_PROBED_OUTPUT = "not probed yet"
+
+
+#: How Consul begins the 500 answers it gives for a definition it refuses to apply
+#: (Consul 1.8.7, agent/agent.go and agent/structs: e.g. 'Service tagged address
+#: "lan_ipv6" must be a valid ipv6 address', 'Unknown check "..."', 'Check type is
+#: not valid'). Any other 500 is Consul failing, which ends the cycle.
+_PAYLOAD_500 = ("Service ", "Check ", "Invalid ", "Unknown service", "Unknown check", "Unknown node")
+
+
+def _rejects_payload(message: str) -> bool:
+    """Whether an error answer to a write refuses that write's payload, not Consul's
+    state: a 4xx other than 408/429 (python-consul2's ``ClientError``), or a 500
+    whose text names the definition (``_PAYLOAD_500``)."""
+    code, _, body = message.partition(" ")
+    if not code.isdigit():
+        return False
+    status = int(code)
+    if 400 <= status < 500:
+        return status not in (408, 429)
+    return status == 500 and body.strip().startswith(_PAYLOAD_500)
 
 
 def _body(response: Any) -> str:

@@ -234,3 +234,73 @@ def test_purge_plan_deregisters_everything_owned(count):
 def test_plan_writes_property():
     assert Plan().writes == 0
     assert Plan(register=(svc("a"),), deregister=(svc("b"), svc("c"))).writes == 3
+
+
+# --- an empty jails table (issue 10, item 4) ---------------------------------------------
+
+
+def run_host(desired=(), owned=(), *, host="node1", empty=False, limit=10, force=False):
+    d = Desired(tuple(desired), host=host, empty_source=empty)
+    return plan(d, Observed(tuple(owned)), max_deregistrations=limit, force=force)
+
+
+@pytest.mark.parametrize(
+    ("empty", "owned", "limit", "force", "deregistered"),
+    [
+        (True, 1, 10, False, False),  # whatever the count: one entry is refused too
+        (True, 3, 10, False, False),
+        (True, 3, 0, False, False),
+        (True, 3, 10, True, True),  # --force overrides
+        (True, 0, 10, False, True),  # nothing to deregister: nothing refused
+        (False, 3, 10, False, True),  # rows present, every jail stopped: normal
+        (False, 3, 2, False, False),  # ... but still under max_deregistrations
+    ],
+)
+def test_empty_jails_table_refuses_every_deregistration(empty, owned, limit, force, deregistered):
+    stale = [svc(f"j{i}", meta={"cbsd-host": "node1"}) for i in range(owned)]
+    result = run_host([], stale, empty=empty, limit=limit, force=force)
+    if deregistered:
+        assert ids(result.deregister) == ids(stale) and result.refused == () and result.refused_why == ""
+    else:
+        assert result.deregister == () and ids(result.refused) == ids(stale)
+        assert [s.reason for s in result.skipped] == ["refused"] * owned
+        assert ("jails table is empty" in result.refused_why) == empty
+        assert "--force" in result.refused_why
+
+
+# --- two hosts, one owner name (issue 10, item 6) ----------------------------------------
+
+
+def test_entries_of_another_cbsd_node_are_collisions_never_touched():
+    ours = svc("web1", meta={"cbsd-host": "node1"})
+    theirs = svc("db1", meta={"cbsd-host": "node2"})  # same owner, other CBSD node
+    same_id = svc("app1", meta={"cbsd-host": "node2"}, address="10.0.0.7")
+    wanted_app = svc("app1", meta={"cbsd-host": "node1"}, address="10.0.0.8")
+    result = run_host([ours, wanted_app], [ours, theirs, same_id])
+    assert result.deregister == () and result.register == () and result.update == ()
+    assert ids(result.collisions) == ["jailsyncd-app1", "jailsyncd-db1"]
+    skips = {s.jail: s for s in result.skipped}
+    assert set(skips) == {"app1", "db1"} and {s.reason for s in skips.values()} == {"collision"}
+    assert "'node2'" in skips["db1"].detail and "'node1'" in skips["db1"].detail
+
+
+@pytest.mark.parametrize(
+    ("host", "entry_host", "collision"),
+    [("node1", "node1", False), ("node1", "node2", True), ("node1", "", False), ("", "node2", False)],
+)
+def test_collision_needs_both_node_names(host, entry_host, collision):
+    meta = {"cbsd-host": entry_host} if entry_host else {}
+    result = run_host([], [svc("old", meta=meta)], host=host)
+    assert (ids(result.collisions) == ["jailsyncd-old"]) == collision
+    assert (ids(result.deregister) == ["jailsyncd-old"]) == (not collision)
+
+
+def test_catalog_collision_reads_node_meta_and_is_not_purged():
+    theirs = dataclasses.replace(svc("db1"), node="db1.example", node_meta=(("cbsd-host", "node2"), ("jailsyncd-owner", "node1")))
+    mine = svc("web1", meta={"cbsd-host": "node1"})
+    result = run_host([], [theirs, mine])
+    assert ids(result.collisions) == ["jailsyncd-db1"] and ids(result.deregister) == ["jailsyncd-web1"]
+    assert "node db1.example" in result.skipped[0].detail
+    purge = purge_plan(Observed((theirs, mine)), "node1")
+    assert ids(purge.deregister) == ["jailsyncd-web1"] and ids(purge.collisions) == ["jailsyncd-db1"]
+    assert ids(purge_plan(Observed((theirs, mine))).deregister) == ["jailsyncd-db1", "jailsyncd-web1"]  # node unknown
