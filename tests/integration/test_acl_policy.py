@@ -113,23 +113,72 @@ def test_without_service_write_the_cycle_is_refused(acl_consul: ConsulServer, tm
     assert acl_consul.services() == {}
 
 
-def test_a_name_the_token_may_not_write_stops_the_cycle(acl_consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
-    """A narrowed policy (one block per name, as docs/acl/agent-mode.hcl suggests) and
-    a new jail whose name is not in it: that registration is refused (403), and, as
-    design.md decides for every 403, the cycle stops there, so later actions of the
-    cycle do not happen either. Nothing is deregistered."""
+def test_a_name_the_token_may_not_write_fails_that_jail_only(acl_consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    """A narrowed policy (one block per name) and a new jail whose name is not in it:
+    Consul 1.8.7 answers 403 "Permission denied: Missing service:write on aaa". That
+    registration fails alone (issue 10, item 1); the update and the deregistration
+    after it are applied; ``once`` exits 77 naming the jail. Before the fix the 403
+    ended the cycle, on every cycle."""
     acl_consul.wipe()
     workdir.add("web1", jid=1, status=1, ip4_addr="127.0.80.1")
-    token = make_token(acl_consul, 'service_prefix "" { policy = "read" }\nservice "web1" { policy = "write" }\n')
-    config = config_with_token(acl_consul, tmp_path, workdir, token)
+    workdir.add("old1", jid=3, status=1, ip4_addr="127.0.80.3")
+    rules = 'service_prefix "" { policy = "read" }\nservice "web1" { policy = "write" }\nservice "old1" { policy = "write" }\n'
+    config = config_with_token(acl_consul, tmp_path, workdir, make_token(acl_consul, rules))
     assert run_cli("once", config=config).returncode == 0
     workdir.add("aaa", jid=2, status=1, ip4_addr="127.0.80.2")  # sorts before web1
+    workdir.add("aab", jid=4, status=1, ip4_addr="127.0.80.4")  # denied too: no request for it
     workdir.set("web1", ip4_addr="127.0.80.9")
+    workdir.stop("old1")
     proc = run_cli("once", config=config)
     assert proc.returncode == ExitCode.CONSUL_REFUSED
     line = proc.stderr.strip().splitlines()[-1]
-    assert "permission denied" in line and "aaa" in line, line
+    assert line.startswith("jailsyncd: 2 of 4 actions failed, for aaa, aab") and "Missing service:write on aaa" in line, line
+    events = log_events(proc.stderr)
+    assert sorted(e["jail"] for e in events if e["event"] == "action_failed") == ["aaa", "aab"]
+    assert (summary(proc)["updated"], summary(proc)["deregistered"], summary(proc)["failed"]) == (1, 1, 2)
+    [aab] = [e for e in events if e["event"] == "action_failed" and e["jail"] == "aab"]
+    assert "the token may not write service 'aab'" in aab["error"]  # known from the one authorize request: not sent
     services = acl_consul.services()
     assert set(services) == {"jailsyncd-web1"}
-    assert services["jailsyncd-web1"]["Address"] == "127.0.80.1"  # its update came after the refusal
-    assert not [e for e in log_events(proc.stderr) if e["event"] == "service_deregistered"]
+    assert services["jailsyncd-web1"]["Address"] == "127.0.80.9"
+
+
+def test_a_token_that_may_write_nothing_this_host_needs_stops_the_cycle(acl_consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    """Read-only on every name, with services of this host already in Consul: the
+    first 403 is the token's, not one name's: the cycle stops there (exit 77, one
+    line naming the request), with one write attempted, not one per jail."""
+    acl_consul.wipe()
+    for i in range(3):
+        workdir.add(f"j{i}", jid=i + 1, status=1, ip4_addr=f"127.0.80.{i + 1}")
+    acl_consul.put("/v1/agent/service/register", {"ID": "jailsyncd-gone", "Name": "gone", "Meta": {"jailsyncd-owner": "node1"}})
+    token = make_token(acl_consul, 'service_prefix "" { policy = "read" }\n')
+    proc = run_cli("once", config=config_with_token(acl_consul, tmp_path, workdir, token))
+    assert proc.returncode == ExitCode.CONSUL_REFUSED
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"jailsyncd: PUT http://{acl_consul.address}/v1/agent/service/register: permission denied"), line
+    [failed] = [e for e in log_events(proc.stderr) if e["event"] == "cycle_failed"]
+    assert failed["error_kind"] == "ConsulDenied"
+    assert set(acl_consul.services()) == {"jailsyncd-gone"}
+
+
+def test_catalog_mode_a_node_the_token_may_not_write_fails_that_jail_only(acl_consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    """Catalog mode, a policy narrowed to one node name: the transaction holding the
+    denied node is refused (Consul 1.8.7 answers it with a per-operation error or a
+    403 for the whole request); only that jail fails, the other node is registered."""
+    acl_consul.wipe()
+    for node in acl_consul.get("/v1/catalog/nodes"):
+        if node["Node"] != "jailsyncd-test":
+            acl_consul.put("/v1/catalog/deregister", {"Node": node["Node"]})
+    workdir.add("web1", jid=1, status=1, ip4_addr="127.0.81.1", host_hostname="web1.my.domain")
+    workdir.add("aaa", jid=2, status=1, ip4_addr="127.0.81.2", host_hostname="aaa.my.domain")
+    rules = 'node_prefix "" { policy = "read" }\nnode "web1.my.domain" { policy = "write" }\nservice_prefix "" { policy = "write" }\n'
+    token_file = tmp_path / "token"
+    token_file.write_text(make_token(acl_consul, rules) + "\n")
+    token_file.chmod(0o600)
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=acl_consul, consul_extra=f'token_file = "{token_file}"\nmode = "catalog"')
+    proc = run_cli("once", config=config)
+    assert proc.returncode == ExitCode.CONSUL_REFUSED, proc.stderr
+    assert [e["jail"] for e in log_events(proc.stderr) if e["event"] == "action_failed"] == ["aaa"]
+    assert summary(proc)["registered"] == 1
+    nodes = {n["Node"] for n in acl_consul.get("/v1/catalog/nodes")}
+    assert "web1.my.domain" in nodes and "aaa.my.domain" not in nodes
