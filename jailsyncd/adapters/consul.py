@@ -549,9 +549,10 @@ NOT_PROBED_OUTPUT = "not probed yet"
 
 #: How Consul begins the 500 answers it gives for a definition it refuses to apply
 #: (Consul 1.8.7, agent/agent.go and agent/structs: e.g. 'Service tagged address
-#: "lan_ipv6" must be a valid ipv6 address', 'Unknown check "..."', 'Check type is
-#: not valid'). Any other 500 is Consul failing, which ends the cycle.
-_PAYLOAD_500 = ("Service ", "Check ", "Invalid ", "Unknown service", "Unknown check", "Unknown node")
+#: "lan_ipv6" must be a valid ipv6 address', 'Unknown check "..."', 'CheckID "..." does
+#: not have associated TTL' for a check removed since the read, 'Check type is not
+#: valid'). Any other 500 is Consul failing, which ends the cycle.
+_PAYLOAD_500 = ("Service ", "Check ", "CheckID ", "Invalid ", "Unknown service", "Unknown check", "Unknown node")
 
 
 def _rejects_payload(message: str) -> bool:

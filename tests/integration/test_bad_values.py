@@ -273,27 +273,6 @@ def test_duplicate_ips_across_jails_are_all_registered(consul: ConsulServer, tmp
     assert_stable(config)
 
 
-def test_a_rejected_payload_fails_only_that_jail(consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
-    """The CBSD node name is not checked against Consul's limits: with a 600-character
-    node name every registration is rejected (400). Each fails alone, is logged as
-    action_failed naming the jail, nothing is deregistered, and ``once`` exits 77."""
-    workdir.add("a1", jid=1, status=1, ip4_addr="127.0.28.1")
-    workdir.add("a2", jid=2, status=1, ip4_addr="127.0.28.2")
-    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul)
-    assert once(config)[0] == 0
-    before = consul.services()
-    (workdir.root / "nodename").write_text("n" * 600 + "\n")  # cbsd-host meta: over 512 characters
-    rc, events, stderr = once(config)
-    assert rc == ExitCode.CONSUL_REFUSED
-    failed = [e for e in events if e["event"] == "action_failed"]
-    assert sorted(e["jail"] for e in failed) == ["a1", "a2"]
-    assert all("400" in e["error"] and "Meta" in e["error"] for e in failed)
-    assert finished(events)["failed"] == 2
-    last = stderr.strip().splitlines()[-1]
-    assert last.startswith("jailsyncd: PUT http://") and "rejected" in last
-    assert consul.services() == before
-
-
 def test_addresses_no_jail_can_have_are_skipped_and_nameless_rows_ignored(consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
     """Issue 10, items 1 and 15. An IPv4-mapped IPv6 address makes Consul answer 500 to
     the whole registration; multicast and broadcast addresses were registered (and

@@ -66,19 +66,6 @@ def test_a_500_naming_the_payload_fails_that_action_and_the_rest_applies(consul:
     assert set(consul.services()) == {"jailsyncd-good1"}
 
 
-def test_a_500_that_does_not_name_the_payload_still_ends_the_cycle() -> None:
-    """The classification itself (pure): Consul failing is not a payload rejection."""
-    from jailsyncd.adapters.consul import _rejects_payload
-
-    assert _rejects_payload('500 Service tagged address "lan_ipv6" must be a valid ipv6 address')
-    assert _rejects_payload('500 Unknown check "jailsyncd-a:ping"')
-    assert _rejects_payload("400 Invalid Service Meta") and _rejects_payload("413 Request body too large")
-    assert not _rejects_payload("500 No cluster leader")
-    assert not _rejects_payload("500 rpc error making call: EOF")
-    assert not _rejects_payload("429 Your IP is issuing too many concurrent connections")
-    assert not _rejects_payload("503 Service Unavailable")
-
-
 def test_rejected_payloads_fail_their_jails_and_once_names_them(consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
     """A CBSD node name over Consul's 512-character meta limit (``cbsd-host``): every
     registration is refused (400), each alone; the stale entry is still deregistered;

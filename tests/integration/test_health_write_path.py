@@ -1,0 +1,181 @@
+"""Health writes never leave Consul wrong (issue 10, items 2 and 3), with real ICMP and
+a real Consul 1.8.7 inside a network namespace the test creates (as test_health.py):
+one refused check write does not stop the round, a conflict's checks are never
+written, and ``once`` keeps the statuses it wrote true with or without a daemon."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from harness import REPO, ConsulServer, log_events, wait_for, write_config
+
+from jailsyncd.adapters.cbsd import CbsdSource
+from jailsyncd.adapters.consul import connect
+from jailsyncd.adapters.probe import Prober
+from jailsyncd.devnet import NetNS, available
+from jailsyncd.healthloop import HealthLoop
+from jailsyncd.reconcile import Reconciler
+from jailsyncd.sample import Workdir
+from jailsyncd.settings import load_settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(available() is not None, reason=str(available()))]
+
+UP, DOWN, OTHER = "10.78.0.1", "10.78.0.2", "10.78.0.3"  # DOWN is never on the namespace's lo
+HEALTH = 'interval = "1s"\ntimeout = "300ms"\ncount = 1\nfailures_before_critical = 1\nsuccess_before_passing = 1\nheartbeat_ttl = "3s"\nttl = "1m"'
+
+
+@pytest.fixture
+def netns():
+    with NetNS() as ns:
+        yield ns
+
+
+@pytest.fixture
+def ns_consul(consul_bin: str, netns: NetNS):
+    server = ConsulServer(consul_bin, netns=netns).start()
+    yield server
+    server.stop()
+
+
+def checks(consul: ConsulServer) -> dict[str, dict]:
+    return consul.get("/v1/agent/checks")
+
+
+def status(consul: ConsulServer) -> dict[str, str]:
+    return {k: c["Status"] for k, c in checks(consul).items()}
+
+
+def in_process(config: Path) -> tuple[Reconciler, HealthLoop]:
+    settings = load_settings(config, env={})
+    store = lambda: connect(settings.consul)  # noqa: E731
+    health = HealthLoop(settings.health, Prober(), store)
+    return Reconciler(settings, CbsdSource(settings.cbsd.workdir), store, health=health), health
+
+
+def once_in(netns: NetNS, config: Path) -> tuple[int, list[dict], str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_")}
+    argv = [*netns.prefix(), sys.executable, "-m", "jailsyncd", "--config", str(config), "once"]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=60)
+    return proc.returncode, log_events(proc.stderr), proc.stderr
+
+
+def stays(predicate, seconds: float, what: str) -> None:
+    """``predicate`` holds at every poll for ``seconds`` (an observation window: the
+    point is that nothing changes)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        assert predicate(), what
+        time.sleep(0.1)
+
+
+# -- item 2 ---------------------------------------------------------------------------------
+
+
+def test_one_refused_check_write_does_not_stop_the_round(netns: NetNS, ns_consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    """a1's service is removed by hand after the cycle, so its check write is refused
+    (Consul 1.8.7: 500 "CheckID ... does not have associated TTL"); b1's write in the same round still lands.
+    Before the fix the first refused write raised and ended the round for every jail."""
+    for address in (UP, OTHER):
+        netns.add_address(address)
+    workdir.add("a1", jid=1, status=1, ip4_addr=UP)
+    workdir.add("b1", jid=2, status=1, ip4_addr=OTHER)
+    reconciler, health = in_process(write_config(tmp_path / "c.toml", workdir=workdir.root, consul=ns_consul, health=HEALTH))
+
+    def body() -> None:
+        assert reconciler.cycle().ok
+        health.round()
+        assert (status(ns_consul)["jailsyncd-a1:ping"], status(ns_consul)["jailsyncd-b1:ping"]) == ("passing", "passing")
+        ns_consul.put("/v1/agent/service/deregister/jailsyncd-a1")
+        netns.del_address(UP)
+        netns.del_address(OTHER)
+        stats = health.round()
+        assert (stats.writes, stats.failed) == (1, 1)
+        assert status(ns_consul)["jailsyncd-b1:ping"] == "critical"
+        assert "jailsyncd-a1:ping" not in status(ns_consul)
+
+    netns.call(body)
+
+
+def test_a_conflicts_checks_are_never_written(netns: NetNS, ns_consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    """``jailsyncd-x`` belongs to another owner and has a TTL check with jailsyncd's
+    check ID. CBSD's jail ``x`` (down) is a conflict: no round may write that check.
+    Before the fix the round wrote 'critical' into it."""
+    foreign = {
+        "ID": "jailsyncd-x", "Name": "x", "Meta": {"jailsyncd-owner": "someone-else"},
+        "Checks": [{"CheckID": "jailsyncd-x:ping", "Name": "theirs", "TTL": "1h", "Status": "passing"}],
+    }
+    ns_consul.put("/v1/agent/service/register", foreign)
+    ns_consul.put("/v1/agent/check/update/jailsyncd-x:ping", {"Status": "passing", "Output": "written by its owner"})
+    netns.add_address(UP)
+    workdir.add("x", jid=1, status=1, ip4_addr=DOWN)
+    workdir.add("mine", jid=2, status=1, ip4_addr=UP)
+    reconciler, health = in_process(write_config(tmp_path / "c.toml", workdir=workdir.root, consul=ns_consul, health=HEALTH))
+
+    def body() -> None:
+        result = reconciler.cycle()
+        assert [(s.jail, s.reason) for s in result.plan.skipped] == [("x", "conflict")]
+        for _ in range(2):
+            health.round()
+        assert status(ns_consul)["jailsyncd-mine:ping"] == "passing"
+        theirs = checks(ns_consul)["jailsyncd-x:ping"]
+        assert (theirs["Status"], theirs["Output"]) == ("passing", "written by its owner")
+
+    netns.call(body)
+
+
+# -- item 3 ---------------------------------------------------------------------------------
+
+
+def test_once_without_a_daemon_keeps_answering_jails_passing(netns: NetNS, ns_consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    """No daemon: ``once`` registers the heartbeat with ``health.ttl`` (1 min here,
+    marked ``by=once``) and sets it passing, so the alias check of a jail that answered
+    stays passing long past ``heartbeat_ttl`` (3 s). Before the fix it turned
+    critical ~3 s after ``once`` exited."""
+    netns.add_address(UP)
+    workdir.add("web1", jid=1, status=1, ip4_addr=UP)
+    workdir.add("dead1", jid=2, status=1, ip4_addr=DOWN)
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=ns_consul, health=HEALTH)
+    rc, _, stderr = once_in(netns, config)
+    assert rc == 0, stderr
+    want = {"jailsyncd-web1:ping": "passing", "jailsyncd-web1:alive": "passing", "jailsyncd-dead1:ping": "critical"}
+    assert {k: status(ns_consul)[k] for k in want} == want
+    stays(lambda: {k: status(ns_consul)[k] for k in want} == want, 2 * 3 + 1.5, "statuses kept after once")
+    heartbeat = checks(ns_consul)["jailsyncd.heartbeat:ttl"]
+    assert "by=once" in heartbeat["Notes"] and "ttl=60s" in heartbeat["Notes"] and "no daemon" in heartbeat["Output"]
+
+
+def test_once_leaves_a_running_daemons_health_alone(netns: NetNS, ns_consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
+    """With a daemon alive (its heartbeat passing), ``once`` writes no status and
+    keeps the daemon's heartbeat definition. Once the daemon is dead and its heartbeat
+    expired, ``once`` takes over; a daemon started later puts its own heartbeat back."""
+    netns.add_address(UP)
+    workdir.add("web1", jid=1, status=1, ip4_addr=UP)
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=ns_consul, health=HEALTH, extra='[sync]\ninterval = "1h"\n')
+    daemon = start_daemon(config, netns.prefix())
+    wait_for(lambda: status(ns_consul).get("jailsyncd-web1:alive") == "passing", timeout=10, what="the daemon's statuses")
+    definition = checks(ns_consul)["jailsyncd.heartbeat:ttl"]["Notes"]
+    assert "by=once" not in definition
+    rc, evs, stderr = once_in(netns, config)
+    assert rc == 0, stderr
+    assert [e["event"] for e in evs if e["event"] in ("health_left_to_daemon", "health_round")] == ["health_left_to_daemon"]
+    assert not [e for e in evs if e["event"].startswith("heartbeat_service_")]
+    assert checks(ns_consul)["jailsyncd.heartbeat:ttl"]["Notes"] == definition
+
+    daemon.proc.send_signal(signal.SIGKILL)
+    daemon.proc.wait()
+    wait_for(lambda: status(ns_consul)["jailsyncd.heartbeat:ttl"] == "critical", timeout=6, what="the dead daemon's heartbeat expired")
+    rc, evs, stderr = once_in(netns, config)
+    assert rc == 0, stderr
+    assert [e["event"] for e in evs if e["event"].startswith("heartbeat_service_")] == ["heartbeat_service_updated"]
+    assert "by=once" in checks(ns_consul)["jailsyncd.heartbeat:ttl"]["Notes"]
+    assert status(ns_consul)["jailsyncd-web1:alive"] == "passing"
+
+    start_daemon(config, netns.prefix())
+    wait_for(lambda: checks(ns_consul)["jailsyncd.heartbeat:ttl"]["Notes"] == definition, timeout=10, what="the daemon's heartbeat back")
+    assert status(ns_consul)["jailsyncd-web1:alive"] == "passing"

@@ -1,0 +1,145 @@
+"""Pure parts of the write path (issue 10, items 1, 2, 3, 6): which Consul answers
+fail one action, which services the health loop may write after a cycle, how
+``once`` recognises a running daemon's heartbeat, per-check health rounds (with an
+in-memory store of OUR interface), and the collision metric."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from jailsyncd.adapters.consul import _rejects_payload
+from jailsyncd.errors import ConsulError, ConsulRejected
+from jailsyncd.health import PASSING, ProbeResult, daemon_heartbeat, jail_checks, self_service, standalone_self_service
+from jailsyncd.healthloop import HealthLoop
+from jailsyncd.metrics import Metrics
+from jailsyncd.model import SELF_CHECK_ID, Desired, Observed, Plan, Service, Skip
+from jailsyncd.reconcile import CycleResult, health_services
+from jailsyncd.settings import HealthSettings
+
+
+@pytest.mark.parametrize(
+    ("answer", "one_action"),
+    [
+        # What Consul 1.8.7 answered in the integration tests:
+        ('500 Service tagged address "lan_ipv6" must be a valid ipv6 address', True),
+        ('500 CheckID "jailsyncd-a:ping" does not have associated TTL', True),
+        ('500 Unknown check "jailsyncd-a:ping"', True),
+        ('500 Unknown service {"jailsyncd-a" {}}', True),
+        ("400 Invalid Service Meta: Couldn't load metadata pair", True),
+        ("413 Request body too large", True),
+        # Consul itself failing: every later write would fail the same way.
+        ("500 No cluster leader", False),
+        ("500 rpc error making call: EOF", False),
+        ("502 Bad Gateway", False),
+        ("503 Service Unavailable", False),
+        ("429 Your IP is issuing too many concurrent connections", False),
+        ("408 Request Timeout", False),
+        ("garbage", False),
+    ],
+)
+def test_which_answers_fail_one_action(answer, one_action):
+    assert _rejects_payload(answer) is one_action
+
+
+def svc(jail: str, probes: tuple[str, ...] = ()) -> Service:
+    specs = jail_checks(f"jailsyncd-{jail}", "10.0.0.1", probes, 3600)
+    return Service(
+        f"jailsyncd-{jail}", jail, "10.0.0.1", 80, frozenset(), (("cbsd-jname", jail), ("jailsyncd-owner", "n1")), (),
+        frozenset(c.observable for c in specs), specs,
+    )
+
+
+def test_health_targets_are_the_services_held_in_consul():
+    held, new, failed_new, conflict = svc("held"), svc("new"), svc("failednew"), svc("conflict")
+    changed = svc("changed", ("tcp",))
+    old_changed = svc("changed")  # Consul has ping + alive, not tcp
+    desired = Desired((held, new, failed_new, conflict, changed), skipped=(Skip("conflict", "conflict", "..."),))
+    observed = Observed((held, old_changed))
+    plan = Plan(register=(new, failed_new, conflict), skipped=desired.skipped)
+    out = {s.service_id: s for s in health_services(desired, observed, plan, {"jailsyncd-failednew", "jailsyncd-changed"})}
+    assert set(out) == {"jailsyncd-held", "jailsyncd-new", "jailsyncd-changed"}
+    assert [c.check_id for c in out["jailsyncd-changed"].check_specs] == ["jailsyncd-changed:ping", "jailsyncd-changed:alive"]
+
+
+def test_health_targets_exclude_collisions():
+    theirs = dataclasses.replace(svc("x"), meta=(("cbsd-host", "other"), ("cbsd-jname", "x")))
+    desired = Desired((svc("x"),), skipped=(Skip("x", "collision", "..."),))
+    assert health_services(desired, Observed((theirs,)), Plan(collisions=(theirs,), skipped=desired.skipped), set()) == ()
+
+
+def observed_heartbeat(notes_of: Service, status: str) -> Observed:
+    return Observed((notes_of,), check_status=((SELF_CHECK_ID, status, ""),))
+
+
+def test_a_running_daemons_heartbeat_is_recognised():
+    daemon = self_service("n1", "node1", 30)
+    standalone = standalone_self_service(daemon, 3600)
+    assert daemon_heartbeat(observed_heartbeat(daemon, PASSING)) == daemon
+    assert daemon_heartbeat(observed_heartbeat(daemon, "critical")) is None  # dead (expired)
+    assert daemon_heartbeat(observed_heartbeat(standalone, PASSING)) is None  # once's, not a daemon's
+    assert daemon_heartbeat(Observed(())) is None
+    [spec] = standalone.check_specs
+    assert spec.ttl == 3600 and "by=once" in spec.notes and standalone.checks == frozenset({spec.observable})
+    assert standalone.checks != daemon.checks  # so the daemon re-registers its own
+
+
+class Store:
+    """An in-memory store for write_checks (our interface): refuses some check IDs,
+    or fails as a whole after ``fail_after`` writes (Consul gone)."""
+
+    def __init__(self, refuse=(), fail_after=None):
+        self.refuse, self.fail_after, self.written = set(refuse), fail_after, []
+
+    def write_checks(self, writes):
+        for write in writes:
+            if self.fail_after is not None and len(self.written) >= self.fail_after:
+                raise ConsulError("cannot connect")
+            if write[0].check_id in self.refuse:
+                yield write, ConsulRejected("refused")
+                continue
+            self.written.append(write[0].check_id)
+            yield write, None
+
+    def close(self):
+        pass
+
+
+class Prober:
+    def run(self, probes, count, timeout):
+        return {p.key: ProbeResult(False, "down") for p in probes}
+
+
+def loop(store: Store) -> HealthLoop:
+    settings = HealthSettings(failures_before_critical=1)
+    health = HealthLoop(settings, Prober(), lambda: store, clock=lambda: 1000.0)
+    services = (svc("a"), svc("b"), svc("c"))
+    health.sync(services, {f"jailsyncd-{j}:ping": PASSING for j in "abc"}, {})
+    return health
+
+
+def test_a_refused_check_write_fails_that_check_only():
+    store = Store(refuse={"jailsyncd-a:ping"})
+    health = loop(store)
+    stats = health.round()
+    assert (stats.writes, stats.failed) == (2, 1) and store.written == ["jailsyncd-b:ping", "jailsyncd-c:ping"]
+    store.refuse.clear()
+    assert health.round().writes == 1 and store.written[-1] == "jailsyncd-a:ping"  # retried next round
+
+
+def test_consul_gone_mid_round_keeps_what_was_written():
+    store = Store(fail_after=1)
+    health = loop(store)
+    with pytest.raises(ConsulError):
+        health.round()
+    store.fail_after = None
+    health.round()
+    assert store.written == ["jailsyncd-a:ping", "jailsyncd-b:ping", "jailsyncd-c:ping"]  # a not written twice
+
+
+def test_collisions_are_counted_in_metrics():
+    metrics = Metrics()
+    theirs = svc("x")
+    metrics.record(CycleResult(1, plan=Plan(collisions=(theirs, svc("y")))))
+    assert metrics.registry.get_sample_value("jailsyncd_drift_total", {"kind": "collision"}) == 2
