@@ -10,6 +10,7 @@ import dataclasses
 import pytest
 
 from jailsyncd.adapters.consul import _rejects_payload
+from jailsyncd.adapters.probe import RoundReport
 from jailsyncd.errors import ConsulError, ConsulRejected
 from jailsyncd.health import PASSING, ProbeResult, daemon_heartbeat, jail_checks, self_service, standalone_self_service
 from jailsyncd.healthloop import HealthLoop
@@ -107,8 +108,15 @@ class Store:
 
 
 class Prober:
-    def run(self, probes, count, timeout):
+    """Every probe fails (an in-memory prober: our interface, no socket)."""
+
+    rate = 100.0
+
+    def run(self, probes, count, timeout, rate=None):
         return {p.key: ProbeResult(False, "down") for p in probes}
+
+    def run_round(self, probes, *, count, timeout, rate=None):
+        return RoundReport(results=self.run(probes, count, timeout))
 
 
 def loop(store: Store) -> HealthLoop:
