@@ -147,7 +147,16 @@ def test_consul_gone_mid_round_keeps_what_was_written():
 
 
 def test_collisions_are_counted_in_metrics():
+    """Counted when they appear (drift counts transitions, not states)."""
     metrics = Metrics()
-    theirs = svc("x")
-    metrics.record(CycleResult(1, plan=Plan(collisions=(theirs, svc("y")))))
+    plan = plan_of(collide=("x", "y"))
+    metrics.record(CycleResult(1, plan=plan))
+    metrics.record(CycleResult(2, plan=plan))
     assert metrics.registry.get_sample_value("jailsyncd_drift_total", {"kind": "collision"}) == 2
+
+
+def plan_of(collide: tuple[str, ...]) -> Plan:
+    from jailsyncd.plan import plan
+
+    theirs = [dataclasses.replace(svc(j), meta=(("cbsd-host", "node2"), ("cbsd-jname", j), ("jailsyncd-owner", "n1"))) for j in collide]
+    return plan(Desired((), host="node1"), Observed(tuple(theirs)), max_deregistrations=10)
