@@ -83,8 +83,10 @@ def test_no_command_prints_the_token(acl_consul: ConsulServer, setup, tmp_path: 
     t.run("once", config=config, expect=ExitCode.CONSUL_REFUSED)
     t.run("plan", config=write_config(tmp_path / "env.toml", workdir=workdir.root, consul=acl_consul), env={"CONSUL_HTTP_TOKEN": wrong}, expect=ExitCode.CONSUL_REFUSED)
     token_file.write_text(f"{token}\nsecond line {token}\n")
-    proc = t.run("once", config=config, expect=ExitCode.CONSUL_UNAVAILABLE)
-    assert "request failed (InvalidHeader)" in proc.stderr  # requests' own message would hold the value
+    # Refused at load, naming the file and the position of the first bad character (it
+    # used to reach requests, whose InvalidHeader message would hold the value).
+    proc = t.run("once", config=config, expect=ExitCode.CONFIG)
+    assert "the token has a character that cannot be sent to Consul (position 37: U+000A)" in proc.stderr
     token_file.write_text(token + "\n")
     t.run("purge", "--yes", config=config)
     assert acl_consul.services() == {}
