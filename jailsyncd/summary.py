@@ -70,10 +70,11 @@ def drift_found(plan: Plan) -> frozenset[tuple[str, str, str]]:
     skip reason but those in ``NOT_DRIFT`` (``conflict``, ``unaddressable``,
     ``source_error``...)."""
     keys: set[tuple[str, str, str]] = set()
-    keys.update(("missing", s.service_id, "") for s in plan.register)
-    keys.update(("changed", u.new.service_id, ",".join(sorted(u.fields))) for u in plan.update)
-    keys.update(("orphan", s.service_id, "") for s in plan.deregister)
-    keys.update(("refused", s.service_id, "") for s in plan.refused)
+    # jailsyncd's own heartbeat service is not a jail: its changes are not drift.
+    keys.update(("missing", s.service_id, "") for s in plan.register if not s.is_self)
+    keys.update(("changed", u.new.service_id, ",".join(sorted(u.fields))) for u in plan.update if not u.new.is_self)
+    keys.update(("orphan", s.service_id, "") for s in plan.deregister if not s.is_self)
+    keys.update(("refused", s.service_id, "") for s in plan.refused if not s.is_self)
     keys.update((k.reason, k.jail, "") for k in plan.skipped if k.reason not in NOT_DRIFT)
     return frozenset(keys)
 

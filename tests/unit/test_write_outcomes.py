@@ -160,3 +160,13 @@ def plan_of(collide: tuple[str, ...]) -> Plan:
 
     theirs = [dataclasses.replace(svc(j), meta=(("cbsd-host", "node2"), ("cbsd-jname", j), ("jailsyncd-owner", "n1"))) for j in collide]
     return plan(Desired((), host="node1"), Observed(tuple(theirs)), max_deregistrations=10)
+
+
+def test_the_heartbeat_service_is_not_drift():
+    """Issue 10, item 20: registering or updating jailsyncd's own service is not a jail's drift."""
+    from jailsyncd.summary import drift_found
+
+    heartbeat = self_service("n1", "node1", 30)
+    jail = svc("web1")
+    found = drift_found(Plan(register=(heartbeat, jail), deregister=(heartbeat,)))
+    assert found == {("missing", "jailsyncd-web1", "")}
