@@ -186,7 +186,9 @@ class Reconciler:
             store = self.store_factory()
             if purge:
                 host = self._nodename()
-                result.owner = self.owner = self.settings.host.name or self.source.nodename()
+                # Read once; only when it failed and host.name is unset is it read again,
+                # to raise its error (the owner is never guessed).
+                result.owner = self.owner = self.settings.host.name or host or self.source.nodename()
                 observed = store.read(result.owner)
                 result.plan = purge_plan(observed, host)
                 self._report_collisions(log, result.plan, host)
