@@ -163,7 +163,7 @@ def test_a_failing_prober_never_stops_registration(where: str, code: int, netns:
 
     def body() -> None:
         result = reconciler.cycle()
-        assert result.ok and result.applied["register"] == 2  # the jail and the heartbeat service
+        assert result.ok and result.applied["register"] == 1  # the jail (the heartbeat service is not a jail)
         if where == "setsockopt":
             # Only the buffer could not be sized: the probe still ran and counted.
             assert checks(ns_consul)["jailsyncd-web1:ping"][0] == "passing"
@@ -244,7 +244,8 @@ def test_once_registers_when_every_send_fails(netns: NetNS, ns_consul: ConsulSer
     config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=ns_consul, health=HEALTH)
     assert netns.call(cli.main, ["--config", str(config), "once"]) == 0
     events = log_events(capsys.readouterr().err)
-    assert [e["jail"] for e in events if e["event"] == "service_registered"] == ["web1", "jailsyncd.heartbeat"]
+    assert [e["jail"] for e in events if e["event"] == "service_registered"] == ["web1"]
+    assert [e["service_id"] for e in events if e["event"] == "heartbeat_service_registered"] == ["jailsyncd.heartbeat"]
     failed = [e for e in events if e["event"] == "health_probe_failed"]
     assert len(failed) == 2 and all(os.strerror(errno.ENOBUFS) in e["error"] for e in failed)  # before registration, and the round
     assert checks(ns_consul)["jailsyncd-web1:ping"][0] == "critical"
