@@ -31,12 +31,13 @@ from jailsyncd import __version__, aclcheck, privileges, report
 from jailsyncd import platform as platform_module
 from jailsyncd.adapters.cbsd import CbsdSource
 from jailsyncd.adapters.consul import ConsulAgent, ConsulCatalog, connect
+from jailsyncd.adapters.discovery import AddressDiscovery
 from jailsyncd.adapters.probe import Prober
 from jailsyncd.health import targets_of
 from jailsyncd.healthloop import HealthLoop
 from jailsyncd.errors import ConsulRefused, ExitCode, JailsyncdError, PrivilegeError, SafetyRefusal, SourceError, SourceUnreadable
 from jailsyncd.logs import configure, get_logger, register_secret, route_library_logs
-from jailsyncd.model import Plan
+from jailsyncd.model import META_ADDRESS_SOURCE, Plan
 from jailsyncd.pidfile import running_jailsyncd
 from jailsyncd.reconcile import CycleResult, Reconciler, StartupWindow
 from jailsyncd.settings import DEFAULT_CONFIG, DaemonSettings, Settings, load_settings, token_file_problem
@@ -191,10 +192,12 @@ def _reconciler(
     startup: StartupWindow | None = None,
     standalone: bool = True,
 ) -> Reconciler:
-    source = CbsdSource(settings.cbsd.workdir, settings.cbsd.busy_timeout)
+    discover = settings.sync.discover_addresses
+    source = CbsdSource(settings.cbsd.workdir, settings.cbsd.busy_timeout, read_macs=discover)
+    discovery = AddressDiscovery(settings.cbsd.workdir, settings.sync.dhcp_leases, platform_module.current()) if discover else None
     return Reconciler(
         settings, source, _store_factory(settings), should_stop=should_stop, quiet_noop=quiet_noop, health=health, startup=startup,
-        standalone=standalone,
+        standalone=standalone, discovery=discovery,
     )
 
 
@@ -451,7 +454,9 @@ def plan_as_text(plan: Plan) -> str:
     lines: list[str] = []
     for s in plan.register:
         port = f":{s.port}" if s.port else ""
-        lines.append(f"+ {s.jail:<20} register   {s.name} {s.address}{port} tags={','.join(sorted(s.tags))}")
+        source = dict(s.meta).get(META_ADDRESS_SOURCE)
+        found = f" address-source={source}" if source else ""
+        lines.append(f"+ {s.jail:<20} register   {s.name} {s.address}{port} tags={','.join(sorted(s.tags))}{found}")
     for u in plan.update:
         changes = "; ".join(f"{f}: {_show(getattr(u.old, f))} -> {_show(getattr(u.new, f))}" for f in u.fields)
         lines.append(f"~ {u.new.jail:<20} update     {changes}")

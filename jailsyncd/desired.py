@@ -8,9 +8,12 @@ running environment that has a usable address; everything else is reported as a
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Mapping
 
 from jailsyncd.addresses import ParsedAddresses, parse_ip4_addr
+from jailsyncd.leases import Discovered
 from jailsyncd.model import (
+    META_ADDRESS_SOURCE,
     META_EMULATOR,
     META_FQDN,
     META_HOST,
@@ -49,6 +52,7 @@ def build_desired(
     prefer_ipv6: bool = False,
     health: HealthSettings | None = None,
     catalog: CatalogSettings | None = None,
+    discovered: Mapping[str, Discovered] | None = None,
 ) -> Desired:
     """The services this host should have in Consul, given a complete CBSD read.
 
@@ -57,7 +61,13 @@ def build_desired(
     ``catalog`` (catalog mode), every service is placed on an external node of its
     own (see ``node_name``), and a node name two jails would share goes to the
     first jname in sort order; the other is skipped as ``conflict``.
+
+    ``discovered`` (address discovery, ``leases.resolve``) gives addresses to
+    environments whose ``ip4_addr`` has none: they are registered like any other,
+    with meta ``cbsd-address-source`` naming the source; when discovery found none,
+    the ``unaddressable`` skip says where it looked.
     """
+    discovered = discovered or {}
     host = state.nodename or owner
     # Collisions are settled over every environment in the DB, running or not, so a
     # jail's name does not change when another one starts or stops.
@@ -84,9 +94,17 @@ def build_desired(
             notes.append(Note(env.jname, "invalid_address", f"ip4_addr items ignored: {', '.join(parsed.invalid[:5])}"))
         for token, reason in parsed.rejected[:5]:
             notes.append(Note(env.jname, "address_rejected", f"ip4_addr item {token} ignored: {reason}"))
+        found = discovered.get(env.jname) if not parsed.all else None
+        if found is not None and found.unknown:
+            unreadable[env.jname] = found.detail  # protected: neither registered nor deregistered
+            skipped.append(Skip(env.jname, "source_error", found.detail))
+            continue
+        if found is not None and found.addresses:
+            parsed = replace(parsed, ipv4=found.ipv4, ipv6=found.ipv6)
         address = _primary_address(parsed, prefer_ipv6)
         if address is None:
-            skipped.append(Skip(env.jname, "unaddressable", _why_unaddressable(parsed)))
+            why = _why_unaddressable(parsed)
+            skipped.append(Skip(env.jname, "unaddressable", f"{why}; {found.detail}" if found is not None and found.detail else why))
             continue
         if directives.name is not None:
             name = dns_label(directives.name)
@@ -96,7 +114,8 @@ def build_desired(
             name = labels[env.jname]
             if name != dns_label(env.jname):
                 notes.append(Note(env.jname, "name_collision", f"{dns_label(env.jname)!r} is taken by another jail; registered as {name!r}"))
-        meta, meta_notes = _meta(env, owner=owner, host=host, user=directives.meta)
+        ours = {META_ADDRESS_SOURCE: found.source} if found is not None and found.source else {}
+        meta, meta_notes = _meta(env, owner=owner, host=host, user=directives.meta, ours=ours)
         notes.extend(Note(env.jname, "meta_dropped", text) for text in meta_notes)
         port = directives.port or 0
         service_id = ids[env.jname]
@@ -209,13 +228,16 @@ def tagged_addresses(parsed: ParsedAddresses) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(pairs))
 
 
-def _meta(env: Environment, *, owner: str, host: str, user: tuple[tuple[str, str], ...]) -> tuple[dict[str, str], list[str]]:
+def _meta(
+    env: Environment, *, owner: str, host: str, user: tuple[tuple[str, str], ...], ours: dict[str, str] | None = None
+) -> tuple[dict[str, str], list[str]]:
     meta = {
         META_SOURCE: META_SOURCE_VALUE,
         META_OWNER: owner,
         META_JNAME: env.jname,
         META_HOST: host,
         META_EMULATOR: env.emulator,
+        **(ours or {}),
     }
     dropped: list[str] = []
     if env.host_hostname:

@@ -22,8 +22,11 @@ META_EMULATOR = "cbsd-emulator"
 META_FQDN = "cbsd-fqdn"
 #: The AccessorID (public, not the secret) of the token that registered a service.
 META_TOKEN = "jailsyncd-token-accessor"
+#: Where a discovered address came from (``leases.SOURCES``); absent when CBSD's
+#: ``ip4_addr`` gave the address.
+META_ADDRESS_SOURCE = "cbsd-address-source"
 #: Meta keys jailsyncd itself sets; the CBSD ``tags`` column cannot override them.
-RESERVED_META = frozenset({META_SOURCE, META_OWNER, META_JNAME, META_HOST, META_EMULATOR, META_FQDN, META_TOKEN})
+RESERVED_META = frozenset({META_SOURCE, META_OWNER, META_JNAME, META_HOST, META_EMULATOR, META_FQDN, META_TOKEN, META_ADDRESS_SOURCE})
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,11 @@ class Environment:
     #: CBSD starts it at boot (``astart=1``; for bhyve VMs from the node DB's ``bhyve``
     #: table, which ``bset`` keeps in step with the per-VM ``settings``).
     astart: bool = False
+    #: A VNET jail (``vnet=1``): it has NICs of its own (``jailnic``).
+    vnet: bool = False
+    #: The MACs of its NICs in ``nic_order`` (``bhyvenic``/``jailnic``, normalised
+    #: ``58:9c:fc:00:00:01``), read only for environments that need address discovery.
+    macs: tuple[str, ...] = ()
 
     @property
     def kind(self) -> str:

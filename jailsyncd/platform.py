@@ -1,7 +1,8 @@
 """What differs between FreeBSD (where jailsyncd runs) and Linux (where it is tested).
 
 The one module that knows about operating-system differences; everything else asks a
-``Platform``. Called by ``adapters/probe`` (ICMP sockets, receive buffers), ``cli``
+``Platform``. Called by ``adapters/probe`` (ICMP sockets, receive buffers),
+``adapters/discovery`` (the neighbor table), ``cli``
 (the ICMP rate limit, messages that fit the system), ``pidfile`` (which program a
 process ID belongs to) and by anything else that must read a sysctl or run a system
 command.
@@ -25,6 +26,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from jailsyncd.leases import Neighbor, parse_arp_libxo, parse_ip_neigh, parse_ndp
 
 #: Linux's SO_RCVBUFFORCE (asm-generic/socket.h): as root it lifts net.core.rmem_max.
 #: Python has no constant for it; the number means something else elsewhere.
@@ -117,6 +120,24 @@ class Platform:
         if out is None or not out.strip():
             return None
         return out.split()
+
+    # -- neighbor table -------------------------------------------------------------
+
+    def neighbor_table(self) -> tuple[Neighbor, ...] | None:
+        """The complete entries of the host's ARP and NDP tables (read-only: the
+        commands only list them); None when a command failed.
+
+        FreeBSD: ``arp -an --libxo json`` (usr.sbin/arp/arp.c: container ``arp``,
+        list ``arp-cache``) and ``ndp -an`` (usr.sbin/ndp/ndp.c, its text columns,
+        which every version prints). Linux: ``ip -json neigh`` (iproute2), both
+        families at once."""
+        if self.freebsd:
+            arp, ndp = self.run(["arp", "-an", "--libxo", "json"]), self.run(["ndp", "-an"])
+            if arp is None or ndp is None:
+                return None
+            return parse_arp_libxo(arp) + parse_ndp(ndp)
+        out = self.run(["ip", "-json", "neigh", "show"])
+        return None if out is None else parse_ip_neigh(out)
 
     # -- ICMP sockets -------------------------------------------------------------
 

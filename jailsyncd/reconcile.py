@@ -5,6 +5,8 @@ order of a cycle:
 
 1. read CBSD (a failed or partial read raises ``SourceError``: the cycle stops
    before Consul is touched, so nothing is ever deregistered because of it);
+   with ``sync.discover_addresses``, look up addresses for the running environments
+   CBSD gives none (``adapters.discovery``, resolved against the wall clock here);
 2. build the desired services (``desired.build_desired``);
 3. read what this host owns in Consul (two requests, whatever the number of jails);
 4. ``plan.plan`` with the safety rails; log drift;
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 from jailsyncd.desired import build_desired, mark_token
 from jailsyncd.errors import JailsyncdError, SourceError
 from jailsyncd.health import daemon_heartbeat, standalone_self_service, with_checks_from_consul
+from jailsyncd.leases import Discovered, Target, targets
 from jailsyncd.logs import get_logger
 from jailsyncd.model import Action, CbsdState, Desired, Observed, Plan, Service, Startup
 from jailsyncd.plan import autostart_stopped, purge_plan
@@ -51,6 +54,12 @@ class Source(Protocol):
     def nodename(self) -> str:
         """CBSD's node name, read now; raises ``SourceError`` when it cannot be read."""
         ...
+
+
+class Discovery(Protocol):
+    """Address discovery's sources (``adapters.discovery.AddressDiscovery``)."""
+
+    def discover(self, wanted: tuple[Target, ...], now: float) -> dict[str, Discovered]: ...
 
 
 class Store(Protocol):
@@ -147,6 +156,8 @@ class Reconciler:
         health: HealthLoop | None = None,
         startup: StartupWindow | None = None,
         standalone: bool = False,
+        discovery: Discovery | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.source = source
@@ -169,10 +180,15 @@ class Reconciler:
         #: registered it, or (no daemon alive) registered with the long ``health.ttl``
         #: so that the statuses ``once`` writes hold until their own TTL.
         self.standalone = standalone
+        #: ``sync.discover_addresses``: finds addresses of environments CBSD gives
+        #: none; ``wall`` is the clock lease expiry is judged against.
+        self.discovery = discovery
+        self.wall = wall
         self.cycles = 0
-        #: The last CBSD state and the desired state built from it: ``build_desired``
-        #: is pure, so an unchanged state (the common case) reuses its result.
-        self._memo: tuple[CbsdState, Desired] | None = None
+        #: The last CBSD state (with what discovery found) and the desired state built
+        #: from it: ``build_desired`` is pure, so an unchanged input (the common case)
+        #: reuses its result.
+        self._memo: tuple[CbsdState, Desired, dict[str, Discovered]] | None = None
         self.log = get_logger()
         self._reported: set[tuple[str, str, str]] = set()
 
@@ -223,7 +239,8 @@ class Reconciler:
         state = self.source.read()  # raises (retryable) while CBSD's node name cannot be read
         # The owner is never guessed: host.name, else the node name read with this state.
         owner = result.owner = self.owner = self.settings.host.name or state.nodename or ""
-        if self._memo is not None and self._memo[0] == state:
+        discovered = self._discover(state)
+        if self._memo is not None and self._memo[0] == state and self._memo[2] == discovered:
             desired = self._memo[1]
         else:
             desired = build_desired(
@@ -233,14 +250,25 @@ class Reconciler:
                 prefer_ipv6=self.settings.sync.prefer_ipv6,
                 health=self.settings.health if self.settings.health.enabled else None,
                 catalog=self.settings.catalog if self.settings.consul.mode == "catalog" else None,
+                discovered=discovered,
             )
-            self._memo = (state, desired)
+            self._memo = (state, desired, discovered)
         observed = store.read(owner)
         desired = mark_token(desired, observed.token_accessor)
         desired, daemon_running = self._standalone_heartbeat(desired, observed)
         startup = self.startup.observe(state, self.settings.sync.startup_grace) if self.startup is not None else None
         plan = make_plan(desired, observed, max_deregistrations=self.settings.sync.max_deregistrations, force=force, startup=startup)
         return desired, observed, plan, daemon_running
+
+    def _discover(self, state: CbsdState) -> dict[str, Discovered]:
+        """Addresses for the environments that need them (none: nothing is read)."""
+        if self.discovery is None:
+            return {}
+        unreadable = dict(state.unreadable)
+        wanted = tuple(t for t in targets(state.environments, self.settings.rules) if t.jname not in unreadable)
+        if not wanted:
+            return {}
+        return self.discovery.discover(wanted, self.wall())
 
     def _standalone_heartbeat(self, desired: Desired, observed: Observed) -> tuple[Desired, bool]:
         """``once``/``plan`` in agent mode with health on (docs/architecture.md, "once

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import sys
+import time
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -145,6 +146,42 @@ class Workdir:
             # compatible"), but not to `jails.astart`.
             with _connect(self.node_db) as conn:
                 conn.execute("UPDATE bhyve SET astart = ? WHERE jname = ?", (values["astart"], jname))
+
+
+    def add_nic(self, jname: str, mac: str, *, order: int = 0) -> None:
+        """``cbsd bhyve-nic``/``jail nic`` add: a NIC with ``mac`` in the environment's
+        own DB (``bhyvenic`` for a VM, ``jailnic`` for a jail; created with the per-VM
+        schema when the jail has none yet)."""
+        folder = self.root / "jails-system" / jname
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "local.sqlite"
+        fresh = not path.exists()
+        with _connect(path) as conn:
+            if fresh:
+                conn.executescript(_ddl("cbsd-vm.sql"))
+            if self.get(jname, "emulator") == "bhyve":
+                conn.execute("INSERT INTO bhyvenic (jname, nic_order, nic_hwaddr) VALUES (?, ?, ?)", (jname, order, mac))
+            else:
+                conn.execute("INSERT INTO jailnic (name, nic_order, nic_hwaddr) VALUES (?, ?, ?)", (f"eth{order}", order, mac))
+
+    def write_dhclient_lease(self, jname: str, interface: str, text: str) -> Path:
+        """What dhclient inside a VNET jail writes: ``var/db/dhclient.leases.<if>`` under
+        the jail's data directory (``jails-data/<jname>-data``)."""
+        folder = self.root / "jails-data" / f"{jname}-data" / "var" / "db"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"dhclient.leases.{interface}"
+        path.write_text(text)
+        return path
+
+
+def dhclient_lease(address: str, expire: float | None, interface: str = "eth0") -> str:
+    """One lease block as FreeBSD's dhclient writes it (sbin/dhclient/dhclient.c,
+    write_client_lease: times in UTC as ``W YYYY/MM/DD HH:MM:SS``)."""
+    when = "never" if expire is None else time.strftime("%w %Y/%m/%d %H:%M:%S", time.gmtime(expire))
+    return (
+        f'lease {{\n  interface "{interface}";\n  fixed-address {address};\n  option subnet-mask 255.255.255.0;\n'
+        f"  option dhcp-lease-time 86400;\n  expire {when};\n}}\n"
+    )
 
 
 #: One environment of every kind the CBSD data-model notes list (jname, columns).

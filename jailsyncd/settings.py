@@ -127,6 +127,14 @@ class SyncSettings:
     #: started yet are not deregistered for this long (CBSD starts them one by one
     #: after boot); 0 turns it off. Registrations are never delayed.
     startup_grace: float = 300.0
+    #: Find addresses for running environments whose ``ip4_addr`` has none (``DHCP``,
+    #: ``REALDHCP``): their own dhclient leases, then ``dhcp_leases``, then the host's
+    #: neighbor table (ARP/NDP), matched by the MACs CBSD records. Read-only: nothing
+    #: is sent to find them.
+    discover_addresses: bool = True
+    #: Lease files of DHCP servers on this host (dnsmasq, ISC dhcpd, Kea memfile CSV;
+    #: the format is recognised from the content), read for address discovery.
+    dhcp_leases: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -353,6 +361,10 @@ def _decode_section(name: str, cls: type, raw: dict[str, Any], fail) -> Any:
 
 def _coerce(dotted: str, fld: Any, value: Any, fail) -> Any:
     kind = str(fld.type)
+    if kind.startswith("tuple[Path"):
+        if not isinstance(value, list) or not all(isinstance(v, str) and v and "\0" not in v for v in value):
+            raise fail(dotted, f"expected a list of path strings, got {value!r}")
+        return tuple(Path(v) for v in value)
     if "Path" in kind:
         if not isinstance(value, str) or not value or "\0" in value:
             raise fail(dotted, f"expected a path string, got {value!r}")
@@ -555,6 +567,9 @@ def _validate(s: Settings, fail) -> None:
         raise fail("health.rate_limit", f"must be between 0 (no limit) and 1000000 echo requests per second, got {h.rate_limit}")
     if h.heartbeat_ttl < 3:
         raise fail("health.heartbeat_ttl", "must be at least 3s")
+    for index, path in enumerate(s.sync.dhcp_leases):
+        if not path.is_absolute():
+            raise fail(f"sync.dhcp_leases[{index}]", f"must be an absolute path, got {str(path)!r}")
     if s.sync.max_deregistrations < 0:
         raise fail("sync.max_deregistrations", "must be 0 or more")
     if s.host.name != s.host.name.strip() or len(s.host.name) > 512:

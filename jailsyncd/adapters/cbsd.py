@@ -21,6 +21,11 @@ How CBSD's files are treated, and why:
   SQLite file, not one per running VM;
 - columns are selected by name after ``PRAGMA table_info``: column order differs
   between hosts, old hosts lack ``tags``, and unknown columns are ignored;
+- with ``read_macs`` (address discovery on), the MACs of a running VM's NICs are
+  read from its ``bhyvenic`` table in the same transaction as its settings, and
+  those of a running VNET jail with no usable address from ``jailnic`` in its own
+  ``jails-system/<jname>/local.sqlite`` (cached the same way; a jail without that
+  file simply has no known MAC);
 - any failure raises a ``SourceError``: a failed read must never look like "no jails".
 """
 
@@ -39,12 +44,14 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
+from jailsyncd.addresses import parse_ip4_addr
 from jailsyncd.errors import SourceCorrupt, SourceError, SourceLocked, SourceMissing, SourceUnreadable
+from jailsyncd.leases import normalize_mac
 from jailsyncd.model import CbsdState, Environment
 
 #: Columns of ``jails`` that must exist; ``_OPTIONAL`` ones may be missing on older CBSD.
 _REQUIRED = ("jname", "jid", "status", "ip4_addr")
-_OPTIONAL = ("emulator", "host_hostname", "tags", "astart")
+_OPTIONAL = ("emulator", "host_hostname", "tags", "astart", "vnet")
 #: Per-VM ``settings`` columns that override the node DB row for bhyve VMs.
 _VM_COLUMNS = ("ip4_addr", "tags")
 _UNSET = {"", "0", "(null)"}
@@ -77,8 +84,10 @@ class CbsdSource:
     calls; keeps one SQLAlchemy engine (no pooled connection) and the settings of
     running VMs, by file stamp (see the module docstring)."""
 
-    def __init__(self, workdir: Path, busy_timeout: float = 5.0) -> None:
+    def __init__(self, workdir: Path, busy_timeout: float = 5.0, *, read_macs: bool = False) -> None:
         self.workdir = workdir
+        #: Read NIC MACs for address discovery (``sync.discover_addresses``).
+        self.read_macs = read_macs
         self.node_db = workdir / "var" / "db" / "local.sqlite"
         self.busy_timeout = busy_timeout
         #: The URI the engine's next connection opens (set just before each connect).
@@ -132,6 +141,13 @@ class CbsdSource:
                     env = self._merge_vm_settings(env, path)
                 except SourceError as exc:
                     unreadable.append((env.jname, str(exc)))
+            elif self.read_macs and env.vnet and env.kind == "jail" and env.running and not parse_ip4_addr(env.ip4_addr).all:
+                path = f"{self._vm_dir}/{env.jname}/local.sqlite"
+                running_vms.add(path)
+                try:
+                    env = self._merge_jail_nics(env, path)
+                except SourceError as exc:
+                    unreadable.append((env.jname, str(exc)))
             environments.append(env)
         for gone in self._vm_cache.keys() - running_vms:
             del self._vm_cache[gone]  # stopped or destroyed: read afresh when it runs again
@@ -165,8 +181,15 @@ class CbsdSource:
 
     # -- per-VM DB ----------------------------------------------------------------
 
+    def _merge_jail_nics(self, env: Environment, path: str) -> Environment:
+        """A VNET jail's MACs from ``jailnic`` in its own DB (none when it has no DB)."""
+        if not os.path.lexists(path):
+            return env
+        macs = self._vm_settings(path, _read_jail_nics).get("macs", ())
+        return Environment(**{**env.__dict__, "macs": macs})
+
     def _merge_vm_settings(self, env: Environment, path: str) -> Environment:
-        settings = self._vm_settings(path)
+        settings = self._vm_settings(path, self._vm_reader)
         if not settings:
             return env
         return Environment(
@@ -178,9 +201,17 @@ class CbsdSource:
             host_hostname=env.host_hostname,
             tags=unset_to_none(settings["tags"]) if "tags" in settings else env.tags,
             astart=env.astart,
+            vnet=env.vnet,
+            macs=settings.get("macs", ()),
         )
 
-    def _vm_settings(self, path: str) -> dict:
+    def _vm_reader(self, conn: Connection, path: Path) -> dict:
+        settings = _read_vm_settings(conn, path)
+        if self.read_macs:
+            settings["macs"] = _read_macs(conn, "bhyvenic")
+        return settings
+
+    def _vm_settings(self, path: str, reader) -> dict:
         """The newest ``settings`` row of one per-VM DB: from the cache while the DB and
         its ``-wal`` keep the stamp they had when read, else read now."""
         stamp = _db_stamp(path)
@@ -189,7 +220,7 @@ class CbsdSource:
             return cached[1]
         self._vm_cache.pop(path, None)
         read_at = time.time_ns()
-        settings = self._read_db(Path(path), _read_vm_settings)
+        settings = self._read_db(Path(path), reader)
         self.vm_reads += 1
         # The stamp was taken before the read, so what was read is at least that new; a
         # write after it changes the stamp, unless it lands in the same timestamp granule
@@ -251,6 +282,29 @@ def _read_vm_settings(conn: Connection, path: Path) -> dict:
     return dict(row._mapping) if row else {}
 
 
+def _read_jail_nics(conn: Connection, path: Path) -> dict:
+    return {"macs": _read_macs(conn, "jailnic")}
+
+
+def _read_macs(conn: Connection, name: str) -> tuple[str, ...]:
+    """The NICs' MACs of table ``name`` in ``nic_order`` (then row order); unset
+    (``0``) and malformed values are left out. No table, or no ``nic_hwaddr``
+    column (an old CBSD): no MACs."""
+    present = _columns(conn, name)
+    if "nic_hwaddr" not in present:
+        return ()
+    nics = table(name, column("nic_hwaddr"))
+    query = select(nics.c.nic_hwaddr)
+    if "nic_order" in present:
+        query = query.order_by(column("nic_order"), column("rowid"))
+    macs: list[str] = []
+    for (value,) in conn.execute(query):
+        mac = normalize_mac(unset_to_none(value))
+        if mac is not None and mac not in macs:
+            macs.append(mac)
+    return tuple(macs)
+
+
 def _file_stamp(path: str, *, ctime: bool = True, st: os.stat_result | None = None) -> _FileStamp | None:
     if st is None:
         try:
@@ -303,6 +357,7 @@ def _environment(row: dict) -> Environment:
         host_hostname=unset_to_none(row.get("host_hostname")),
         tags=unset_to_none(row.get("tags")),
         astart=_as_int(row.get("astart")) == 1,
+        vnet=_as_int(row.get("vnet")) == 1,
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import json
 import re
 import textwrap
 from dataclasses import MISSING, Field, fields
@@ -112,6 +113,8 @@ def parse_default(dotted: str, cell: str, code_default: Any) -> Any:
         return parse_duration(text, fail, zero_ok=True)
     if isinstance(code_default, Path):
         return Path(text)
+    if isinstance(code_default, tuple):  # a list of paths, written as a TOML array
+        return tuple(Path(item) for item in json.loads(text))
     return text
 
 

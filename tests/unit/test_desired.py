@@ -415,3 +415,45 @@ def test_empty_state():
 def test_note_type():
     desired = build(env(tags="consul.port=x"))
     assert all(isinstance(n, Note) for n in desired.notes)
+
+
+# --- address discovery (sync.discover_addresses) ---------------------------------------
+
+from jailsyncd.leases import Discovered  # noqa: E402
+
+
+def test_a_discovered_address_is_registered_like_a_cbsd_one_with_its_source() -> None:
+    vm = env("win10", emulator="bhyve", status=0, jid=4242, ip4_addr="DHCP", tags="consul.port=3389,desktop")
+    found = {"win10": Discovered(("10.0.0.70", "2001:db8::70"), "dhcp-server", "a lease")}
+    svc = one(build_desired(CbsdState("node1", (vm,)), owner=OWNER, discovered=found))
+    assert (svc.address, svc.port, svc.tags) == ("10.0.0.70", 3389, frozenset({"bhyve", "desktop"}))
+    meta = dict(svc.meta)
+    assert meta["cbsd-address-source"] == "dhcp-server" and meta["cbsd-jname"] == "win10"
+    assert dict(svc.tagged_addresses)["lan_ipv6"] == "2001:db8::70"
+    six = one(build_desired(CbsdState("node1", (vm,)), owner=OWNER, discovered=found, prefer_ipv6=True))
+    assert six.address == "2001:db8::70"
+
+
+def test_a_cbsd_address_wins_over_discovery_and_carries_no_source() -> None:
+    svc = one(build_desired(CbsdState("node1", (env(ip4_addr="10.0.0.10"),)), owner=OWNER, discovered={"web1": Discovered(("10.0.0.99",), "neighbor")}))
+    assert svc.address == "10.0.0.10" and "cbsd-address-source" not in dict(svc.meta)
+
+
+def test_nothing_discovered_is_unaddressable_saying_where_it_looked() -> None:
+    found = {"web1": Discovered(detail="address discovery found none in its own dhclient leases")}
+    desired = build_desired(CbsdState("node1", (env(ip4_addr="REALDHCP"),)), owner=OWNER, discovered=found)
+    (skip,) = desired.skipped
+    assert skip.reason == "unaddressable" and "REALDHCP" in skip.detail and "found none in its own dhclient leases" in skip.detail
+
+
+def test_an_unreadable_discovery_source_protects_the_environment() -> None:
+    found = {"web1": Discovered(detail="address discovery could not read a source: x", unknown=True)}
+    desired = build_desired(CbsdState("node1", (env(ip4_addr="DHCP"),)), owner=OWNER, discovered=found)
+    assert desired.services == () and desired.protected == frozenset({"web1"})
+    assert [(s.reason, s.detail) for s in desired.skipped] == [("source_error", "address discovery could not read a source: x")]
+
+
+def test_the_address_source_meta_cannot_be_set_from_the_tags_column() -> None:
+    vm = env(ip4_addr="DHCP", tags="cbsd-address-source=forged")
+    svc = one(build_desired(CbsdState("node1", (vm,)), owner=OWNER, discovered={"web1": Discovered(("10.0.0.5",), "dhclient")}))
+    assert dict(svc.meta)["cbsd-address-source"] == "dhclient"
