@@ -19,6 +19,7 @@ from jailsyncd.model import (
     META_HOST,
     META_JNAME,
     META_OWNER,
+    META_SERVICE_ID,
     META_SOURCE,
     META_SOURCE_VALUE,
     META_TOKEN,
@@ -128,7 +129,7 @@ def build_desired(
                 skipped.append(Skip(env.jname, "conflict", f"node name {node} is already used by jail {nodes[node]}"))
                 continue
             nodes[node] = env.jname
-            node_meta = _node_meta(env, owner=owner, host=host, external_probe=catalog.external_probe)
+            node_meta = _node_meta(env, owner=owner, host=host, external_probe=catalog.external_probe, service_id=service_id)
             if catalog.layout == "article":
                 name, tags = "jail", frozenset({catalog.host_tag, "jail"})
             # Consul 1.8's /v1/txn drops a service's TaggedAddresses, so in catalog mode
@@ -175,13 +176,14 @@ def node_name(template: str, *, fqdn: str, jname: str, host: str) -> str:
     return ".".join(dns_label(label) for label in text.split(".") if label)
 
 
-def _node_meta(env: Environment, *, owner: str, host: str, external_probe: bool) -> tuple[tuple[str, str], ...]:
+def _node_meta(env: Environment, *, owner: str, host: str, external_probe: bool, service_id: str) -> tuple[tuple[str, str], ...]:
     return tuple(
         sorted(
             {
                 "external-node": "true",
                 "external-probe": "true" if external_probe else "false",
                 META_OWNER: owner,
+                META_SERVICE_ID: service_id,
                 META_HOST: host,
                 META_JNAME: env.jname,
                 META_EMULATOR: env.emulator,

@@ -16,6 +16,9 @@ SERVICE_ID_PREFIX = "jailsyncd-"
 META_SOURCE = "external-source"
 META_SOURCE_VALUE = "cbsd"
 META_OWNER = "jailsyncd-owner"
+#: Catalog mode: node meta naming the jail service on the node, so that one read-only
+#: transaction reads every service of this host (``adapters.consul.ConsulCatalog.read``).
+META_SERVICE_ID = "jailsyncd-service-id"
 META_JNAME = "cbsd-jname"
 META_HOST = "cbsd-host"
 META_EMULATOR = "cbsd-emulator"

@@ -8,7 +8,8 @@ order of a cycle:
    with ``sync.discover_addresses``, look up addresses for the running environments
    CBSD gives none (``adapters.discovery``, resolved against the wall clock here);
 2. build the desired services (``desired.build_desired``);
-3. read what this host owns in Consul (two requests, whatever the number of jails);
+3. read what this host owns in Consul (agent mode: two requests to the local agent;
+   catalog mode: three, plus one per 64 jails beyond the first 64: docs/scaling.md);
 4. ``plan.plan`` with the safety rails; log drift;
 5. apply through the store: register, then update, then deregister (new instances
    appear before old ones go); with health on, new services are probed first so
@@ -68,7 +69,10 @@ class Store(Protocol):
     requests: int
     writes: int
 
-    def read(self, owner: str) -> Observed: ...
+    def read(self, owner: str, wanted_nodes: frozenset[str] = frozenset()) -> Observed:
+        """What ``owner`` holds; catalog mode also tells which of ``wanted_nodes``
+        (the node names this cycle wants) exist and are not ours."""
+        ...
 
     def apply(self, actions: list[Action], should_stop: Callable[[], bool]) -> Iterator[tuple[Action, JailsyncdError | None]]:
         """Apply in order, yielding each action with None (done) or the error that
@@ -124,6 +128,8 @@ class CycleResult:
     duration: float = 0.0
     requests: int = 0
     writes: int = 0
+    #: Bytes of the answers' bodies (uncompressed), reads and writes.
+    bytes_read: int = 0
     #: Services this host owns in Consul after the cycle (from the observed state
     #: plus what was applied).
     managed: int = 0
@@ -223,6 +229,7 @@ class Reconciler:
             result.duration = time.monotonic() - started
             if store is not None:
                 result.requests, result.writes = store.requests, store.writes
+                result.bytes_read = getattr(store, "bytes_read", 0)
                 store.close()
         self._summarise(log, result, apply)
         return result
@@ -253,7 +260,7 @@ class Reconciler:
                 discovered=discovered,
             )
             self._memo = (state, desired, discovered)
-        observed = store.read(owner)
+        observed = store.read(owner, frozenset(s.node for s in desired.services if s.node))
         desired = mark_token(desired, observed.token_accessor)
         desired, daemon_running = self._standalone_heartbeat(desired, observed)
         startup = self.startup.observe(state, self.settings.sync.startup_grace) if self.startup is not None else None
@@ -414,6 +421,7 @@ class Reconciler:
             failed=len(result.failures),
             writes=result.writes,
             requests=result.requests,
+            bytes_read=result.bytes_read,
             duration_ms=round(result.duration * 1000, 1),
         )
 

@@ -11,11 +11,14 @@
 # What jailsyncd calls in catalog mode (on any agent or server), and the rule each
 # one needs:
 #
-#   GET /v1/internal/ui/nodes?filter=...  node:read on this host's nodes, service:read
-#                                         on their services (Consul silently leaves
-#                                         out what the token may not read)
-#   GET /v1/catalog/nodes                 node:read, to see which node names are
-#                                         taken by someone else (see below)
+#   GET /v1/catalog/nodes?node-meta=...   node:read on this host's nodes
+#   GET /v1/health/state/any?node-meta=.. node:read and service:read on their checks
+#   PUT /v1/txn (read-only Service get)   service:read on their services (Consul
+#                                         silently leaves out what the token may
+#                                         not read)
+#   GET /v1/catalog/nodes?filter=...      node:read on the names a cycle wants to
+#                                         create, to see whether someone else holds
+#                                         them (see below)
 #   PUT /v1/txn                           node:write on each node it creates (cas),
 #                                         changes or deletes, and for the ping check
 #                                         (a node check); service:write on the name

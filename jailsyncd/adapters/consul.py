@@ -34,7 +34,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from jailsyncd.errors import ConfigError, ConsulDenied, ConsulError, ConsulRefused, ConsulRejected, JailsyncdError
 from jailsyncd.health import Target
-from jailsyncd.model import META_OWNER, SELF_SERVICE_ID, SERVICE_ID_PREFIX, Action, CheckSpec, Observed, Service
+from jailsyncd.model import META_OWNER, META_SERVICE_ID, SELF_SERVICE_ID, SERVICE_ID_PREFIX, Action, CheckSpec, Observed, Service
 from jailsyncd.settings import ConsulSettings
 
 
@@ -181,11 +181,17 @@ class _Consul:
         self._dc_scoped = False
         self.requests = 0
         self.writes = 0
+        #: Bytes of the answers' bodies (uncompressed): the cost per cycle docs/scaling.md measures.
+        self.bytes_read = 0
+        self._http.session.hooks["response"].append(self._count)
         #: Service names this host holds in Consul, from the last ``read``.
         self._owned_names: set[str] = set()
 
     def close(self) -> None:
         self._http.session.close()
+
+    def _count(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        self.bytes_read += len(response.content or b"")
 
     def leader(self) -> str:
         """The cluster leader's address ('' while there is none): a cheap liveness probe."""
@@ -303,9 +309,10 @@ class _Consul:
 class ConsulAgent(_Consul):
     """Agent mode: this host's services on its local Consul agent."""
 
-    def read(self, owner: str) -> Observed:
+    def read(self, owner: str, wanted_nodes: frozenset[str] = frozenset()) -> Observed:
         """Every service and check on the agent in two requests, whatever their number;
-        keep ours, and note foreign IDs that look like ours."""
+        keep ours, and note foreign IDs that look like ours (``wanted_nodes``: catalog
+        mode only)."""
         services = self._call("GET", "/v1/agent/services", _body)
         checks = self._call("GET", "/v1/agent/checks", _body)
         try:
@@ -426,33 +433,97 @@ class ConsulCatalog(_Consul):
         super().__init__(settings)
         self._dc_scoped = True
         self._status: dict[str, tuple[str, str]] = {}
+        #: False once Consul answered 404 to /v1/catalog/node-services (before 1.7).
+        self._node_services_endpoint = True
 
-    def read(self, owner: str) -> Observed:
-        """Our nodes with their services and checks, and every other node's name: two
-        requests, whatever the number of jails.
+    def read(self, owner: str, wanted_nodes: frozenset[str] = frozenset()) -> Observed:
+        """Our nodes with their services and checks, and which of ``wanted_nodes`` (the
+        node names this cycle wants) exist without being ours. Only public endpoints,
+        answered by any server (``?stale``), and what is read depends on this host's
+        jails only, never on the size of the cluster (docs/scaling.md):
 
-        Consul 1.8 has no public endpoint that returns nodes with their services in
-        one filtered read; ``/v1/internal/ui/nodes`` (what Consul's UI uses) does.
+        1. ``GET /v1/catalog/nodes?node-meta=jailsyncd-owner:<owner>``: our nodes;
+        2. ``GET /v1/health/state/any?node-meta=jailsyncd-owner:<owner>``: their checks;
+        3. ``PUT /v1/txn`` with one read-only ``Service get`` per node (64 per request),
+           the ID taken from the node meta ``jailsyncd-service-id``; a node without it
+           (written by an older jailsyncd) or a get that fails (a service changed by
+           hand) is read alone (``/v1/catalog/node-services/<node>``, Consul >= 1.7,
+           else ``/v1/catalog/node/<node>``);
+        4. only when a wanted node is not ours: ``GET /v1/catalog/nodes?filter=Node ==
+           ...`` for those names, to report a clash as a conflict before the ``cas``
+           create (which refuses it anyway).
+
+        A stale answer can lag the leader by a few milliseconds: the next cycle then
+        repeats a write that is idempotent (``set``, ``delete``) or refused (``cas``),
+        never a wrong one.
         """
-        quoted = owner.replace("\\", "\\\\").replace('"', '\\"')
-        flt = f'Meta["{META_OWNER}"] == "{quoted}"'
-        dumps = self._call("GET", "/v1/internal/ui/nodes", _strict_json, params={"filter": flt}) or []
-        every = self._call("GET", "/v1/catalog/nodes", _strict_json) or []
+        params = {"node-meta": f"{META_OWNER}:{owner}", "stale": ""}
+        nodes = self._call("GET", "/v1/catalog/nodes", _strict_json, params=params) or []
+        # The node-meta filter is Consul's; ownership is checked here as well.
+        ours = {n["Node"]: n for n in nodes if (n.get("Meta") or {}).get(META_OWNER) == owner}
+        checks = self._call("GET", "/v1/health/state/any", _strict_json, params=params) or []
+        checks_by_node: dict[str, list[dict[str, Any]]] = {}
+        for check in checks:
+            if check.get("Node") in ours:
+                checks_by_node.setdefault(check["Node"], []).append(check)
         owned: list[Service] = []
         status: list[tuple[str, str, str]] = []
-        ours = set()
-        for dump in dumps:
-            if (dump.get("Meta") or {}).get(META_OWNER) != owner:
-                continue  # the filter is a convenience; ownership is checked here
-            ours.add(dump["Node"])
-            checks = dump.get("Checks") or []
-            status += [(c["CheckID"], c.get("Status", ""), c.get("Output", "")) for c in checks]
-            for entry in dump.get("Services") or []:
-                if entry.get("ID", "").startswith(SERVICE_ID_PREFIX):
-                    owned.append(service_from_catalog(dump, entry, checks))
-        foreign = frozenset(n["Node"] for n in every if n["Node"] not in ours)
+        for name, entries in self._node_services(ours).items():
+            node_checks = checks_by_node.get(name, [])
+            status += [(c["CheckID"], c.get("Status", ""), c.get("Output", "")) for c in node_checks]
+            owned += [service_from_catalog(ours[name], e, node_checks) for e in entries if e.get("ID", "").startswith(SERVICE_ID_PREFIX)]
+        foreign = self._taken(sorted(set(wanted_nodes) - set(ours)))
         self._status = {check_id: (st, out) for check_id, st, out in status}
         return Observed(owned=tuple(sorted(owned, key=lambda s: s.service_id)), foreign_nodes=foreign, check_status=tuple(sorted(status)))
+
+    #: Names per clash-check request (keeps the URL short).
+    TAKEN_BATCH = 32
+
+    def _taken(self, names: list[str]) -> frozenset[str]:
+        """Which of ``names`` are nodes in the catalog (none of them is ours)."""
+        taken: set[str] = set()
+        for start in range(0, len(names), self.TAKEN_BATCH):
+            chunk = names[start : start + self.TAKEN_BATCH]
+            flt = " or ".join(f"Node == {_quote(n)}" for n in chunk)
+            found = self._call("GET", "/v1/catalog/nodes", _strict_json, params={"filter": flt, "stale": ""}) or []
+            taken.update(n["Node"] for n in found if n.get("Node") in chunk)
+        return frozenset(taken)
+
+    def _node_services(self, ours: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+        """The service entries of each of our nodes: batched ``Service get`` reads where
+        the node names its service ID, single-node reads otherwise."""
+        result: dict[str, list[dict[str, Any]]] = {}
+        alone: list[str] = []
+        known = [(n, (ours[n].get("Meta") or {}).get(META_SERVICE_ID, "")) for n in sorted(ours)]
+        alone += [n for n, sid in known if not sid]
+        batch = [(n, sid) for n, sid in known if sid]
+        for start in range(0, len(batch), MAX_TXN_OPS):
+            chunk = batch[start : start + MAX_TXN_OPS]
+            ops = [{"Service": {"Verb": "get", "Node": n, "Service": {"ID": sid}}} for n, sid in chunk]
+            answer = self._call("PUT", "/v1/txn", _txn_result, body=ops, params={"stale": ""}) or {}
+            results = answer.get("Results") or []
+            if answer.get("Errors") or len(results) != len(chunk):
+                alone += [n for n, _ in chunk]  # a service changed by hand: read those nodes whole
+                continue
+            for (name, _), item in zip(chunk, results):
+                result[name] = [item.get("Service") or {}]
+        for name in alone:
+            result[name] = self._one_node(name)
+        return result
+
+    def _one_node(self, name: str) -> list[dict[str, Any]]:
+        """Every service of one node: ``/v1/catalog/node-services`` (Consul 1.7 and
+        later), else ``/v1/catalog/node`` (whose services are a map)."""
+        if self._node_services_endpoint:
+            try:
+                answer = self._call("GET", f"/v1/catalog/node-services/{name}", _strict_json, params={"stale": ""}) or {}
+                return list(answer.get("Services") or [])
+            except ConsulError as exc:
+                if "404 not found" not in str(exc):
+                    raise
+                self._node_services_endpoint = False  # an older Consul: not asked again
+        answer = self._call("GET", f"/v1/catalog/node/{name}", _strict_json, params={"stale": ""}) or {}
+        return list((answer.get("Services") or {}).values())
 
     def apply(self, actions: list[Action], should_stop: Callable[[], bool]) -> Iterator[tuple[Action, JailsyncdError | None]]:
         for batch in _batches([(a, self._ops(a)) for a in actions], MAX_TXN_OPS):
@@ -619,6 +690,11 @@ def _txn_result(response: Any) -> Any:
     return json.loads(response.body) if response.body else None
 
 
+def _quote(text: str) -> str:
+    """A string literal of Consul's filter language."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _subject(item: Any) -> str:
     if isinstance(item, Action):
         return f"node {item.service.node} of jail {item.service.jail}"
@@ -667,7 +743,8 @@ def _check_op(node: str, spec: CheckSpec, service_id: str, status: str, output: 
 
 
 def service_from_catalog(dump: dict[str, Any], entry: dict[str, Any], checks: list[dict[str, Any]]) -> Service:
-    """A ``Service`` from one node of ``/v1/internal/ui/nodes`` and one of its services."""
+    """A ``Service`` from one of our nodes (as ``/v1/catalog/nodes`` lists it), one of
+    its services and the node's checks."""
     sid = entry["ID"]
     mine = [c for c in checks if c.get("CheckID", "").startswith(sid + ":")]
     kinds = frozenset((c["CheckID"], "service" if c.get("ServiceID") else "node", c.get("Notes", "")) for c in mine)
