@@ -13,7 +13,9 @@ Sources (freebsd-src, 14.x):
   bytes) and ``rip_attach()`` needs ``PRIV_NETINET_RAW`` (root): EPERM otherwise.
 - sys/kern/uipc_socket.c (``socreate``) with sys/netinet/in_proto.c: no protocol
   switch entry takes ``(SOCK_DGRAM, IPPROTO_ICMP)``, so socket() answers
-  EPROTONOSUPPORT: FreeBSD has no unprivileged ICMP ("ping") sockets.
+  EPROTONOSUPPORT: FreeBSD has no unprivileged ICMP ("ping") sockets. ICMP reaches
+  userland only through raw sockets: sys/netinet/ip_icmp.c's ``icmp_input`` hands
+  echo replies to ``rip_input`` (raw_ip.c), the raw listeners.
 - Linux's option 33 (SO_RCVBUFFORCE) does not exist there: ENOPROTOOPT.
 """
 

@@ -88,7 +88,8 @@ def test_once_on_freebsd_sized_receive_buffer(netns: NetNS, ns_consul: ConsulSer
 def test_nonroot_freebsd_has_no_ping_socket_exit_71(consul: ConsulServer, tmp_path: Path, workdir: Workdir, monkeypatch, capsys) -> None:
     """FreeBSD has no unprivileged ICMP datagram sockets: socket(AF_INET, SOCK_DGRAM,
     IPPROTO_ICMP) answers EPROTONOSUPPORT (socreate in sys/kern/uipc_socket.c; no such
-    entry in sys/netinet/in_proto.c; raw sockets need root, rip_attach in
+    entry in sys/netinet/in_proto.c; icmp_input in sys/netinet/ip_icmp.c delivers
+    replies to raw sockets only, and those need root: rip_attach in
     sys/netinet/raw_ip.c). A non-root ``once`` ended in "internal error", exit 1."""
     kernel = FreeBSDKernel(root=False)
     monkeypatch.setattr(platform_module, "current", kernel.platform)
