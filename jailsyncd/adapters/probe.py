@@ -175,6 +175,7 @@ class Prober:
         #: Sockets kept for the process's life by family (4, 6), or the reason one
         #: could not be opened; empty: each round opens and closes its own.
         self._kept: dict[int, object] = {}
+        self._kept_locks = {4: threading.Lock(), 6: threading.Lock()}
 
     def keep_open(self) -> None:
         """Open the ICMPv4 and ICMPv6 sockets now (as root) and use them in every
@@ -247,8 +248,11 @@ class Prober:
             if isinstance(kept, str):
                 report.problems.append(f"ICMPv{family}: {len(addresses)} addresses not probed: {kept}")
                 return {}
-            _discard_queued(kept.sock)
-            return self._exchange(family, kept, addresses, count, timeout, report, rate)
+            # One exchange at a time on a shared socket: a round and a cycle's probe of
+            # new jails running at once would each read, and drop, the other's replies.
+            with self._kept_locks[family]:
+                _discard_queued(kept.sock)
+                return self._exchange(family, kept, addresses, count, timeout, report, rate)
         try:
             sock = self._classes[family](privileged=self.privileged)
         except (ICMPLibError, OSError) as exc:

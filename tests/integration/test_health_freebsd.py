@@ -8,6 +8,8 @@ import errno
 import io
 import os
 import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -291,3 +293,27 @@ def test_a_late_reply_is_never_taken_for_the_next_round(netns: NetNS) -> None:
     rounds = [netns.call(prober.run_round, [Probe(UP, "ping", UP)], count=2, timeout=0.5) for _ in range(2)]
     assert all(r.results[UP].ok for r in rounds)
     assert len(sent) == len(set(sent)) == 4
+
+
+def test_concurrent_rounds_on_kept_sockets_lose_no_reply(netns: NetNS) -> None:
+    """``run`` keeps its ICMP sockets open (opened as root, used after the switch to
+    daemon.user). A health round and a cycle's probe of new jails may run at the same
+    time: on one shared socket, each would read (and drop) the other's replies. Both
+    get every reply."""
+    addresses = [f"10.78.1.{i}" for i in range(1, 61)]
+    for address in addresses:
+        netns.add_address(address)
+    prober = Prober()
+    netns.call(prober.keep_open)
+    probes = [Probe(a, "ping", a) for a in addresses]
+    barrier = threading.Barrier(2)
+
+    def one_round() -> list[str]:
+        barrier.wait(timeout=10)
+        report = prober.run_round(probes, count=2, timeout=1.0)
+        return sorted(k for k, r in report.results.items() if not r.ok) + report.problems
+
+    # The kept sockets belong to the namespace: any thread may use them.
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(one_round) for _ in range(2)]
+    assert [f.result(timeout=30) for f in futures] == [[], []]
