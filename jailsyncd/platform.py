@@ -154,10 +154,13 @@ class Platform:
         if not privileged and not self.ping_sockets:
             return (
                 f"{_DISPLAY.get(self.system, self.system)} has no unprivileged ICMP sockets: start jailsyncd as root "
-                "(it can drop privileges after opening its sockets), or set health.enabled = false"
+                "(with daemon.user it switches to that user once its sockets are open), or set health.enabled = false"
             )
         if not privileged:
-            return "run jailsyncd as root, add its group to net.ipv4.ping_group_range, or set health.enabled = false"
+            return (
+                "start jailsyncd as root (with daemon.user it switches to that user once its sockets are open), "
+                "add its group to net.ipv4.ping_group_range, or set health.enabled = false"
+            )
         return (
             "as root this means raw sockets are not allowed here (in a jail: allow.raw_sockets) "
             "or a resource limit was hit; or set health.enabled = false"

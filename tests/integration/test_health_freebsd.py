@@ -103,6 +103,7 @@ def test_nonroot_freebsd_has_no_ping_socket_exit_71(consul: ConsulServer, tmp_pa
     assert len(err) == 1 and err[0].startswith("jailsyncd: health: cannot open an ICMP socket")
     assert os.strerror(errno.EPROTONOSUPPORT) in err[0]
     assert "FreeBSD has no unprivileged ICMP sockets" in err[0] and "as root" in err[0] and "health.enabled = false" in err[0]
+    assert "daemon.user" in err[0]  # run switches to it after opening its sockets
     assert "ping_group_range" not in err[0] and "internal error" not in err[0]
     assert consul.get("/v1/agent/services") == {}, "nothing is registered"
     for command in (["check-config"], ["plan"], ["run", "--pidfile", str(tmp_path / "j.pid")]):
