@@ -10,6 +10,11 @@ Variants: ``schema="old"`` (before ``tags``/``jnameserver``, columns reordered) 
 
 The example addresses are loopback (127.0.10.x) for IPv4 and the documentation prefix
 2001:db8::/32 (RFC 3849) for IPv6, so nothing that probes them can reach a real host.
+That holds for the addresses address discovery finds in the sample too: the REALDHCP
+jail ``vnet1`` has a dhclient lease of its own (``jails-data/vnet1-data/var/db``), and
+the DHCP VM ``win10`` a lease in the host's dnsmasq file, which the sample keeps at
+``<root>/dnsmasq.leases`` (``SAMPLE_DHCP_LEASES``; on a real host
+``/var/db/dnsmasq.leases``) for ``sync.dhcp_leases``.
 """
 
 from __future__ import annotations
@@ -200,8 +205,12 @@ SAMPLE_ENVIRONMENTS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("Build_Box", dict(jid=14, status=1, ip4_addr="127.0.10.30")),
     ("private", dict(jid=15, status=1, ip4_addr="127.0.10.31", tags="consul=off")),
     ("freebsd1", dict(jid=48213, status=0, emulator="bhyve", ip4_addr="127.0.10.50", tags="vm", astart=1)),
-    ("win10", dict(jid=0, status=0, emulator="bhyve", ip4_addr="DHCP")),
+    ("win10", dict(jid=48377, status=0, emulator="bhyve", ip4_addr="DHCP")),
 )
+#: The NICs CBSD records for the sample's environments without an address (jname, MAC).
+SAMPLE_NICS = (("vnet1", "58:9c:fc:00:10:40"), ("win10", "58:9c:fc:00:10:51"))
+#: The host's DHCP server lease file of the sample, relative to its root (dnsmasq format).
+SAMPLE_DHCP_LEASES = "dnsmasq.leases"
 
 
 def create_sample(root: Path, *, nodename: str = "node1") -> Workdir:
@@ -209,6 +218,13 @@ def create_sample(root: Path, *, nodename: str = "node1") -> Workdir:
     workdir = Workdir.create(root, nodename=nodename)
     for jname, values in SAMPLE_ENVIRONMENTS:
         workdir.add(jname, **values)
+    for jname, mac in SAMPLE_NICS:
+        workdir.add_nic(jname, mac)
+    # Valid for a year from now: the sample is built right before it is used.
+    until = time.time() + 365 * 86400
+    workdir.write_dhclient_lease("vnet1", "eth0", dhclient_lease("127.0.10.40", time.time() - 3600) + dhclient_lease("127.0.10.41", until))
+    # win10's lease, and one for a MAC CBSD does not know (ignored).
+    (root / SAMPLE_DHCP_LEASES).write_text(f"{int(until)} 58:9c:fc:00:10:51 127.0.10.51 win10 *\n{int(until)} 58:9c:fc:00:10:99 127.0.10.99 laptop *\n")
     return workdir
 
 

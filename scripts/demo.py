@@ -16,7 +16,7 @@ import dns.query
 import dns.rdatatype
 
 from jailsyncd.devconsul import ConsulServer, free_port, wait_for
-from jailsyncd.sample import create_sample
+from jailsyncd.sample import SAMPLE_DHCP_LEASES, create_sample
 
 
 def step(title: str) -> None:
@@ -86,7 +86,10 @@ def main() -> int:
             print("(not root: health checks are off in this demo; run it as root to see the ping checks)")
         config.write_text(
             f'[host]\nname = "node1"\n\n[cbsd]\nworkdir = "{workdir.root}"\n\n[consul]\naddress = "{consul.address}"\n\n'
-            f"[health]\nenabled = {'true' if health else 'false'}\n"
+            f"[health]\nenabled = {'true' if health else 'false'}\n\n"
+            # Address discovery (on by default) finds vnet1's own dhclient lease; win10's
+            # comes from the host's dnsmasq file. Both are loopback addresses.
+            f'[sync]\ndhcp_leases = ["{workdir.root / SAMPLE_DHCP_LEASES}"]\n'
         )
 
         step("What one cycle would change (dry run)")
@@ -100,7 +103,9 @@ def main() -> int:
         step("What Consul now holds (GET /v1/agent/services)")
         for sid, svc in sorted(consul.services().items()):
             port = f":{svc['Port']}" if svc["Port"] else ""
-            print(f"{sid:<22} {svc['Service']:<10} {svc['Address']}{port:<6} tags={','.join(sorted(svc['Tags']))}")
+            found = svc["Meta"].get("cbsd-address-source")
+            source = f"  (address from {found})" if found else ""
+            print(f"{sid:<22} {svc['Service']:<10} {svc['Address']}{port:<6} tags={','.join(sorted(svc['Tags']))}{source}")
         print(json.dumps(consul.services()["jailsyncd-db1"], indent=2))
         if health:
             step("Health checks jailsyncd writes (GET /v1/agent/checks)")

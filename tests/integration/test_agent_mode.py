@@ -26,6 +26,8 @@ EXPECTED_SAMPLE = {
     "jailsyncd-www2": ("www", "127.0.10.22", 80, {"jail", "prod"}),
     "jailsyncd-Build_Box": ("build-box", "127.0.10.30", 0, {"jail"}),
     "jailsyncd-freebsd1": ("freebsd1", "127.0.10.50", 0, {"bhyve", "vm"}),
+    # REALDHCP: address discovery finds its own dhclient lease (the renewed one).
+    "jailsyncd-vnet1": ("vnet1", "127.0.10.41", 0, {"jail"}),
 }
 
 
@@ -58,9 +60,11 @@ def test_first_registration_matches_the_sample(consul: ConsulServer, config: Pat
     }
     assert services["jailsyncd-smtp"]["TaggedAddresses"]["cbsd_ipv4_2"]["Address"] == "127.0.10.100"
     assert all("/" not in s["Address"] for s in services.values())
-    assert summary(events)["registered"] == 7
+    assert services["jailsyncd-vnet1"]["Meta"]["cbsd-address-source"] == "dhclient"
+    assert summary(events)["registered"] == 8
     skipped = {(e["jail"], e["reason"]) for e in events if e["event"] == "jail_skipped"}
-    assert skipped == {("vnet1", "unaddressable"), ("dhcp1", "unaddressable"), ("private", "opted_out")}
+    # win10's lease is in the sample's dnsmasq file, which this config does not list.
+    assert skipped == {("win10", "unaddressable"), ("dhcp1", "unaddressable"), ("private", "opted_out")}
 
 
 def test_second_cycle_writes_nothing(consul: ConsulServer, config: Path) -> None:
@@ -150,10 +154,10 @@ def test_plan_json_is_a_dry_run(consul: ConsulServer, config: Path) -> None:
     plan = json.loads(proc.stdout)
     assert set(plan) >= {"register", "update", "deregister", "skipped"}
     assert {p["jail"] for p in plan["register"]} == {sid.removeprefix("jailsyncd-") for sid in EXPECTED_SAMPLE}
-    assert {(s["jail"], s["reason"]) for s in plan["skipped"]} == {("vnet1", "unaddressable"), ("dhcp1", "unaddressable"), ("private", "opted_out")}
+    assert {(s["jail"], s["reason"]) for s in plan["skipped"]} == {("win10", "unaddressable"), ("dhcp1", "unaddressable"), ("private", "opted_out")}
     assert consul.services() == {}
     text = run_cli("plan", config=config).stdout
-    assert "+ web1" in text and "! vnet1" in text
+    assert "+ web1" in text and "! dhcp1" in text and "address-source=dhclient" in text
 
 
 def test_consul_dns_answers_with_the_bare_jail_ip(consul: ConsulServer, config: Path) -> None:

@@ -222,3 +222,25 @@ def test_a_dnsmasq_lease_registers_a_vm_and_a_jails_own_lease_a_vnet_jail(consul
     plan = run_cli("plan", config=off)
     assert "- win10" in plan.stdout and "- vnet1" in plan.stdout, plan.stdout
 
+
+
+def test_a_lease_file_that_goes_missing_freezes_the_vm(consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    """A failed read of a discovery source is never "no address": the VM's service
+    stays as it is until the file is back (docs/reliability.md)."""
+    now = time.time()
+    workdir.add("win10", jid=48377, status=0, emulator="bhyve", ip4_addr="DHCP")
+    workdir.add_nic("win10", VM_MAC)
+    leases = tmp_path / "dnsmasq.leases"
+    leases.write_text(f"{int(now) + 3600} {VM_MAC} 127.0.78.50 win10 *\n")
+    config = write_config(tmp_path / "jailsyncd.toml", workdir=workdir.root, consul=consul, extra=f'[sync]\ndhcp_leases = ["{leases}"]\n')
+    assert run_cli("once", config=config).returncode == 0
+    leases.rename(tmp_path / "moved")
+    done = run_cli("once", config=config)
+    assert done.returncode == 0, done.stderr
+    skips = [e for e in log_events(done.stderr) if e["event"] == "jail_skipped"]
+    assert [(e["jail"], e["reason"]) for e in skips] == [("win10", "source_error")] and "dnsmasq.leases" in skips[0]["detail"]
+    assert consul.services()["jailsyncd-win10"]["Address"] == "127.0.78.50"
+    (tmp_path / "moved").rename(leases)
+    leases.write_text("")  # back, and empty: now the VM really has no address
+    done = run_cli("once", config=config)
+    assert done.returncode == 0 and "jailsyncd-win10" not in consul.services()

@@ -80,22 +80,24 @@ def test_live_gauges_describe_the_last_cycle(live, consul: ConsulServer, sample:
     assert m['jailsyncd_build_info{version="0.1.0"}'] == 1
     assert m["jailsyncd_sync_interval_seconds"] == 3600
     assert m["jailsyncd_consul_up"] == 1
-    # Running and addressable: web1, db1, smtp (conflict), www1, www2, Build_Box (jails), freebsd1 (bhyve).
-    assert m['jailsyncd_services{kind="jail"}'] == 5
+    # Running and addressable: web1, db1, smtp (conflict), www1, www2, Build_Box, vnet1
+    # (its own dhclient lease) (jails), freebsd1 (bhyve).
+    assert m['jailsyncd_services{kind="jail"}'] == 6
     assert m['jailsyncd_services{kind="bhyve"}'] == 1
     assert m['jailsyncd_skipped{kind="jail",reason="conflict"}'] == 1
     assert m['jailsyncd_skipped{kind="jail",reason="opted_out"}'] == 1
-    assert m['jailsyncd_skipped{kind="jail",reason="unaddressable"}'] == 2  # vnet1 (REALDHCP), dhcp1 (DHCP)
+    assert m['jailsyncd_skipped{kind="jail",reason="unaddressable"}'] == 1  # dhcp1 (DHCP, no MAC, no lease)
+    assert m['jailsyncd_skipped{kind="bhyve",reason="unaddressable"}'] == 1  # win10 (its lease file is not configured here)
     assert m["jailsyncd_deregistrations_refused"] == 0
-    assert m['jailsyncd_last_cycle_actions{action="register"}'] == 6
-    assert m["jailsyncd_drift_pending"] == 6 and m["jailsyncd_drift_repeated_cycles"] == 1
+    assert m['jailsyncd_last_cycle_actions{action="register"}'] == 7
+    assert m["jailsyncd_drift_pending"] == 7 and m["jailsyncd_drift_repeated_cycles"] == 1
     assert m["jailsyncd_last_cycle_timestamp_seconds"] >= m["jailsyncd_start_time_seconds"] > 0
     # A second cycle finds nothing: the drift is repaired, the gauges follow.
     sample.stop("web1")
     wait_for(lambda: "jailsyncd-web1" not in consul.services(), timeout=5, what="web1 deregistered")
     wait_for(lambda: daemon.finished_cycles() >= 2, timeout=5, what="the second cycle logged")
     m = samples(scrape(port))
-    assert m['jailsyncd_services{kind="jail"}'] == 4
+    assert m['jailsyncd_services{kind="jail"}'] == 5
     assert m['jailsyncd_last_cycle_actions{action="register"}'] == 0
     assert m['jailsyncd_last_cycle_actions{action="deregister"}'] == 1
     assert m["jailsyncd_drift_pending"] == 1 and m["jailsyncd_drift_repeated_cycles"] == 1

@@ -45,11 +45,11 @@ def test_status_of_a_running_daemon(consul: ConsulServer, tmp_path: Path, sample
     assert s["running"] is True and s["pid"] == daemon.proc.pid and s["version"] == "0.1.0"
     assert 0 <= s["uptime_s"] < 60
     assert s["managed"] == {
-        "bhyve": {"registered": 1, "skipped": {}},
-        "jail": {"registered": 5, "skipped": {"conflict": 1, "opted_out": 1, "unaddressable": 2}},
+        "bhyve": {"registered": 1, "skipped": {"unaddressable": 1}},
+        "jail": {"registered": 6, "skipped": {"conflict": 1, "opted_out": 1, "unaddressable": 1}},
     }
-    assert s["managed_services"] == 6 and s["conflicts"] == 1 and s["refused_deregistrations"] == 0
-    assert s["last_cycle"]["actions"] == {"deregister": 0, "register": 6, "update": 0}
+    assert s["managed_services"] == 7 and s["conflicts"] == 1 and s["refused_deregistrations"] == 0
+    assert s["last_cycle"]["actions"] == {"deregister": 0, "register": 7, "update": 0}
     assert s["last_cycle"]["errors"] == {} and s["last_cycle"]["last_success_at"] is not None
     assert s["consul_reachable"] is True and s["health"] is None
     assert s["cycles"] == {"ok": 1}
@@ -57,9 +57,9 @@ def test_status_of_a_running_daemon(consul: ConsulServer, tmp_path: Path, sample
     assert text.returncode == 0, text.stderr
     out = text.stdout
     assert f"running, pid {daemon.proc.pid}" in out
-    assert "changed: 6 registered, 0 updated, 0 deregistered" in out
-    assert "jail                5  conflict 1, opted_out 1, unaddressable 2" in out
-    assert "bhyve               1  -" in out
+    assert "changed: 7 registered, 0 updated, 0 deregistered" in out
+    assert "jail                6  conflict 1, opted_out 1, unaddressable 1" in out
+    assert "bhyve               1  unaddressable 1" in out
     assert "conflicts 1, refused deregistrations 0" in out
     assert "consul       reachable at the last cycle" in out
     assert max(len(line) for line in out.splitlines()) <= 80
