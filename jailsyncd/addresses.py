@@ -14,6 +14,7 @@ nothing can reach a jail there. The other addresses of the same column are kept.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 
@@ -47,8 +48,13 @@ class ParsedAddresses:
 _DYNAMIC = {"DHCP", "DHCPV6", "REALDHCP"}
 
 
+@functools.lru_cache(maxsize=16384)
 def parse_ip4_addr(value: str | None) -> ParsedAddresses:
-    """Parse an ``ip4_addr`` value; never raises. ``None`` means unset."""
+    """Parse an ``ip4_addr`` value; never raises. ``None`` means unset.
+
+    Memoised (the result is immutable): a cycle parses every running environment's
+    column, and ``leases.targets`` parses it again to find the ones without an
+    address; on a no-op cycle the columns are the ones seen last time."""
     if value is None:
         return ParsedAddresses()
     ipv4: list[str] = []
