@@ -68,6 +68,11 @@ class CbsdSettings:
     busy_timeout: float = 5.0
 
 
+#: How long Consul's servers hold an RPC while there is no leader (rpc_hold_timeout,
+#: 7 s, agent/consul/rpc.go) before answering "No cluster leader".
+CONSUL_RPC_HOLD = 7.0
+
+
 @dataclass(frozen=True)
 class ConsulSettings:
     #: ``host:port``, or ``http://``/``https://host:port``; Consul's default agent port.
@@ -80,8 +85,10 @@ class ConsulSettings:
     #: The token from ``CONSUL_HTTP_TOKEN``, when no token file is set.
     token: Secret | None = None
     datacenter: str | None = None
-    #: Seconds before any one HTTP request to Consul is abandoned.
-    timeout: float = 5.0
+    #: Seconds before any one HTTP request to Consul is abandoned: longer than
+    #: ``CONSUL_RPC_HOLD``, so that a write held during a leader election is not
+    #: given up while it may still commit (docs/reliability.md, "Timeouts").
+    timeout: float = 10.0
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None

@@ -72,7 +72,7 @@ def test_defaults_from_a_nearly_empty_file(cfg, tmp_path):
     assert s.cbsd == CbsdSettings(workdir=tmp_path, busy_timeout=5.0)
     assert s.consul == ConsulSettings()
     assert s.consul.address == "127.0.0.1:8500"
-    assert (s.consul.mode, s.consul.verify, s.consul.timeout) == ("agent", True, 5.0)
+    assert (s.consul.mode, s.consul.verify, s.consul.timeout) == ("agent", True, 10.0)
     assert (s.consul.token_file, s.consul.token, s.consul.datacenter) == (None, None, None)
     assert (s.consul.ca_file, s.consul.cert_file, s.consul.key_file, s.consul.tls_server_name) == (None, None, None, None)
     assert (s.consul.scheme, s.consul.host_port) == ("http", ("127.0.0.1", 8500))
@@ -943,3 +943,13 @@ def test_a_token_file_owned_by_daemon_user_is_fine(tmp_path):
     os.chown(token, 65534, 0)
     assert "owned by uid 65534" in settings_mod.token_file_problem(token)
     assert settings_mod.token_file_problem(token, owner_ok=65534) is None
+
+
+def test_consul_timeout_default_outlasts_consuls_rpc_hold() -> None:
+    """Issue 14, item 5: during a leader election Consul holds RPCs up to 7 s
+    (agent/consul/rpc.go: rpcHoldTimeout); a shorter deadline gives up on writes that
+    still commit. The default waits longer than that, with room for the write itself."""
+    from jailsyncd.settings import CONSUL_RPC_HOLD
+
+    assert CONSUL_RPC_HOLD == 7.0
+    assert ConsulSettings().timeout >= CONSUL_RPC_HOLD + 2
