@@ -30,7 +30,7 @@ from typing import Any
 from jailsyncd import __version__, aclcheck, privileges, report
 from jailsyncd import platform as platform_module
 from jailsyncd.adapters.cbsd import CbsdSource
-from jailsyncd.adapters.consul import ConsulAgent, ConsulCatalog, connect
+from jailsyncd.adapters.consul import ConsulAgent, ConsulCatalog, connect, consul_answers
 from jailsyncd.adapters.discovery import AddressDiscovery
 from jailsyncd.adapters.probe import Prober
 from jailsyncd.health import targets_of
@@ -355,7 +355,7 @@ def _permissions(settings: Settings, store: ConsulAgent | ConsulCatalog) -> list
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    from jailsyncd.daemon import Daemon  # APScheduler is only needed by this command
+    from jailsyncd.daemon import PROBE_TIMEOUT, Daemon  # APScheduler is only needed by this command
     from jailsyncd.metrics import Metrics
 
     def load() -> Settings:
@@ -383,6 +383,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         health=health,
         startup=startup,
         drop_privileges=drop_privileges,
+        probe=lambda consul: consul_answers(consul, PROBE_TIMEOUT),
     )
     if metrics is not None:
         metrics.watch(lambda: daemon.settings, health)

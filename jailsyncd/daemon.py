@@ -14,9 +14,12 @@ everything else only *asks* for a cycle:
 Requests are a flag, not a queue: any number of them while a cycle runs become
 exactly one more cycle right after it (never dropped, never piled up). After a
 failed cycle the worker waits 1, 2, 4, ... seconds (capped at ``sync.backoff_max``)
-before retrying; a kick, a reload or a DB change seen by the watcher cuts the wait
-short; one success resets it and logs ``cycle_recovered`` (how many failed cycles,
-for how long).
+before retrying; any request for a cycle (a kick, a reload, a DB change seen by the
+watcher, the periodic tick) cuts the wait short, and so does Consul answering again
+after a cycle failed to reach it (``probe``: one ``GET /v1/status/leader`` to the
+configured agent every ``PROBE_EVERY`` seconds, each bounded by ``PROBE_TIMEOUT``).
+One success resets it and logs ``cycle_recovered`` (how many failed cycles, for how
+long).
 ``SIGHUP`` reloads the settings (a bad file is logged and the old settings stay);
 ``SIGTERM``/``SIGINT`` stop: the current cycle is abandoned between two requests
 (each request is atomic), registrations stay unless ``sync.deregister_on_stop``; in
@@ -38,14 +41,21 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from jailsyncd.errors import JailsyncdError
+from jailsyncd.errors import ConsulError, JailsyncdError
 from jailsyncd.logs import configure, get_logger
 from jailsyncd.pidfile import Pidfile
 from jailsyncd.reconcile import CycleResult, Reconciler
-from jailsyncd.settings import Settings, token_file_problem
+from jailsyncd.settings import ConsulSettings, Settings, token_file_problem
 
 #: How long a stopping daemon waits for the current cycle before it exits anyway.
 STOP_GRACE = 3.0
+
+#: While a backoff wait follows a cycle that could not reach Consul, how often the
+#: probe asks whether Consul answers again, and how long one probe may take. Bounded
+#: and rate limited: at most two cheap requests a second to the local agent, so that
+#: the host converges within about a second of Consul's return (issue 14, item 2).
+PROBE_EVERY = 0.5
+PROBE_TIMEOUT = 1.0
 
 
 def file_stamp(path: Path) -> tuple[int, int] | None:
@@ -73,6 +83,7 @@ class Daemon:
         health=None,
         startup=None,
         drop_privileges: Callable[[], None] | None = None,
+        probe: Callable[[ConsulSettings], bool] | None = None,
     ) -> None:
         self.settings = settings
         self._make_reconciler = reconciler_factory
@@ -87,6 +98,9 @@ class Daemon:
         #: Called once by ``run`` after the pidfile is locked and before anything
         #: serves or runs a cycle: the switch to ``daemon.user`` (``privileges``).
         self._drop_privileges = drop_privileges
+        #: Whether Consul answers again (``adapters.consul.consul_answers``): ends a
+        #: backoff wait after a ``ConsulError``.
+        self._probe = probe
         self.log = get_logger()
         self._stop = threading.Event()
         self._wanted = threading.Event()  # a cycle was asked for
@@ -165,8 +179,33 @@ class Daemon:
             self.failures += 1
             delay = backoff_delay(self.failures, self.settings.sync.backoff_max)
             self.log.warning("backoff", failures=self.failures, delay_s=delay)
-            self._kicked.wait(timeout=delay)
+            consul_down = result is not None and isinstance(result.error, ConsulError) and result.error.retryable
+            self._backoff_wait(delay, probing=consul_down and self._probe is not None)
             self.request("retry")
+
+    def _backoff_wait(self, delay: float, *, probing: bool) -> None:
+        """Wait ``delay`` seconds, or until a cycle is asked for (kick, reload, DB
+        change, the periodic tick), or, when ``probing``, until Consul answers again."""
+        started = time.monotonic()
+        deadline = started + delay
+        while not self._stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if self._wanted.wait(timeout=min(remaining, PROBE_EVERY) if probing else remaining):
+                return
+            if probing and self._probe_once():
+                self.log.info("consul_answers", waited_s=round(time.monotonic() - started, 2), delay_s=delay)
+                return
+
+    def _probe_once(self) -> bool:
+        """One probe; rate limited by the wait before it in ``_backoff_wait``, even
+        when it fails at once (connection refused)."""
+        assert self._probe is not None
+        try:
+            return bool(self._probe(self.settings.consul))
+        except Exception:  # noqa: BLE001 - a probe never ends the daemon; it only says "not yet"
+            return False
 
     def _cycle(self, reasons: list[str]) -> CycleResult | None:
         reconciler = self._reconciler

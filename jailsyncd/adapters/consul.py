@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import heapq
 import itertools
@@ -761,6 +762,24 @@ def service_from_catalog(dump: dict[str, Any], entry: dict[str, Any], checks: li
         node=dump["Node"],
         node_meta=tuple(sorted((dump.get("Meta") or {}).items())),
     )
+
+
+def consul_answers(settings: ConsulSettings, timeout: float = 1.0) -> bool:
+    """Whether Consul answers again (``daemon``'s backoff probe): one
+    ``GET /v1/status/leader`` to the configured agent, bounded by ``timeout``. In
+    catalog mode the answer must name a leader (reads and writes need one); agent mode
+    needs only the local agent. False on any error."""
+    try:
+        client = _Consul(dataclasses.replace(settings, timeout=min(settings.timeout, timeout)))
+    except JailsyncdError:
+        return False
+    try:
+        leader = client.leader()
+    except JailsyncdError:
+        return False
+    finally:
+        client.close()
+    return settings.mode != "catalog" or bool(leader)
 
 
 def connect(settings: ConsulSettings) -> ConsulAgent | ConsulCatalog:
