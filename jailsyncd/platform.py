@@ -129,13 +129,14 @@ class Platform:
 
         FreeBSD: ``arp -an --libxo json`` (usr.sbin/arp/arp.c: container ``arp``,
         list ``arp-cache``) and ``ndp -an`` (usr.sbin/ndp/ndp.c, its text columns,
-        which every version prints). Linux: ``ip -json neigh`` (iproute2), both
-        families at once."""
+        which every version prints); a failing ``ndp`` (a kernel without INET6)
+        leaves the ARP entries, a failing ``arp`` fails the table. Linux: ``ip -json
+        neigh`` (iproute2), both families at once."""
         if self.freebsd:
-            arp, ndp = self.run(["arp", "-an", "--libxo", "json"]), self.run(["ndp", "-an"])
-            if arp is None or ndp is None:
+            arp = self.run(["arp", "-an", "--libxo", "json"])
+            if arp is None:
                 return None
-            return parse_arp_libxo(arp) + parse_ndp(ndp)
+            return parse_arp_libxo(arp) + parse_ndp(self.run(["ndp", "-an"]) or "")
         out = self.run(["ip", "-json", "neigh", "show"])
         return None if out is None else parse_ip_neigh(out)
 

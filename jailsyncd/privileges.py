@@ -110,7 +110,8 @@ def needed_files(settings: Settings) -> list[tuple[str, Path]]:
     """Every file ``run`` reads after start, by the settings key that names it: the
     Python installation and jailsyncd's own package (modules are imported lazily), the
     settings file (SIGHUP reloads it), the token file (read every cycle), the TLS
-    files, CBSD's ``nodename`` (the default ``host.name`` on reload) and node DB."""
+    files, CBSD's ``nodename`` (the default ``host.name`` on reload) and node DB, and
+    the DHCP server lease files of address discovery."""
     consul = settings.consul
     files: list[tuple[str, Path | None]] = [
         ("python", Path(os.__file__)),
@@ -125,6 +126,8 @@ def needed_files(settings: Settings) -> list[tuple[str, Path]]:
     if os.path.lexists(nodename):
         files.append(("cbsd.workdir", nodename))
     files.append(("cbsd.workdir", settings.cbsd.workdir / "var" / "db" / "local.sqlite"))
+    if settings.sync.discover_addresses:
+        files += [("sync.dhcp_leases", path) for path in settings.sync.dhcp_leases]
     return [(key, path) for key, path in files if path is not None]
 
 

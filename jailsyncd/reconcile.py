@@ -246,7 +246,7 @@ class Reconciler:
         state = self.source.read()  # raises (retryable) while CBSD's node name cannot be read
         # The owner is never guessed: host.name, else the node name read with this state.
         owner = result.owner = self.owner = self.settings.host.name or state.nodename or ""
-        discovered = self._discover(state)
+        discovered = self._discover(state, result.cycle)
         if self._memo is not None and self._memo[0] == state and self._memo[2] == discovered:
             desired = self._memo[1]
         else:
@@ -267,7 +267,7 @@ class Reconciler:
         plan = make_plan(desired, observed, max_deregistrations=self.settings.sync.max_deregistrations, force=force, startup=startup)
         return desired, observed, plan, daemon_running
 
-    def _discover(self, state: CbsdState) -> dict[str, Discovered]:
+    def _discover(self, state: CbsdState, cycle: int) -> dict[str, Discovered]:
         """Addresses for the environments that need them (none: nothing is read)."""
         if self.discovery is None:
             return {}
@@ -275,7 +275,13 @@ class Reconciler:
         wanted = tuple(t for t in targets(state.environments, self.settings.rules) if t.jname not in unreadable)
         if not wanted:
             return {}
-        return self.discovery.discover(wanted, self.wall())
+        found = self.discovery.discover(wanted, self.wall())
+        by_source: dict[str, int] = {}
+        for item in found.values():
+            key = item.source or ("unknown" if item.unknown else "none")
+            by_source[key] = by_source.get(key, 0) + 1
+        self.log.debug("address_discovery", cycle=cycle, targets=len(wanted), found=dict(sorted(by_source.items())))
+        return found
 
     def _standalone_heartbeat(self, desired: Desired, observed: Observed) -> tuple[Desired, bool]:
         """``once``/``plan`` in agent mode with health on (docs/architecture.md, "once

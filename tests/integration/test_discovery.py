@@ -216,8 +216,10 @@ def test_a_dnsmasq_lease_registers_a_vm_and_a_jails_own_lease_a_vnet_jail(consul
         "jailsyncd-win10": ("127.0.78.50", "dhcp-server"),
         "jailsyncd-vnet1": ("127.0.78.5", "dhclient"),
     }
-    again = run_cli("once", config=config)
+    again = run_cli("--log-level", "debug", "once", config=config)
     assert again.returncode == 0 and [e for e in log_events(again.stderr) if e["event"] == "cycle_finished"][0]["writes"] == 0
+    [seen] = [e for e in log_events(again.stderr) if e["event"] == "address_discovery"]
+    assert (seen["targets"], seen["found"]) == (2, {"dhclient": 1, "dhcp-server": 1})
     off = write_config(tmp_path / "off.toml", workdir=workdir.root, consul=consul, extra="[sync]\ndiscover_addresses = false\nmax_deregistrations = 5\n")
     plan = run_cli("plan", config=off)
     assert "- win10" in plan.stdout and "- vnet1" in plan.stdout, plan.stdout

@@ -101,3 +101,34 @@ def test_raise_limit_hint(values, needed, explicit, hint) -> None:
         value = hint.split("=")[1].split()[0]
         assert freebsd(**{**values, "net.inet.icmp.icmplim": value}).default_rate_limit() >= needed
     assert Platform("linux").raise_limit_hint(50.2, True) == "raise health.rate_limit to 51"
+
+
+# -- the neighbor table (address discovery) ---------------------------------------------
+
+
+def test_freebsd_neighbor_table_runs_arp_with_libxo_and_ndp() -> None:
+    """The commands and their recorded outputs: arp's libxo shape is usr.sbin/arp/arp.c's
+    (container "arp", list "arp-cache"), ndp's the text columns of usr.sbin/ndp/ndp.c."""
+    import json
+
+    from jailsyncd.leases import Neighbor
+
+    arp = json.dumps({"__version": "1", "arp": {"arp-cache": [
+        {"hostname": "?", "ip-address": "10.0.0.90", "mac-address": "58:9c:fc:00:00:01", "interface": "bridge1", "expires": 1187, "type": "ethernet"},
+    ]}})
+    ndp = "Neighbor        Linklayer Address  Netif Expire    S Flags\n2001:db8::90    58:9c:fc:0:0:1     bridge1 23h59m58s S\n"
+    asked: list[list[str]] = []
+
+    def run(argv: list[str]) -> str | None:
+        asked.append(argv)
+        return {"arp": arp, "ndp": ndp}[argv[0]]
+
+    table = Platform("freebsd", run=run).neighbor_table()
+    assert asked == [["arp", "-an", "--libxo", "json"], ["ndp", "-an"]]
+    assert table == (Neighbor("10.0.0.90", "58:9c:fc:00:00:01"), Neighbor("2001:db8::90", "58:9c:fc:00:00:01"))
+    # ndp failing (a kernel without INET6) leaves ARP; arp failing fails the table.
+    assert Platform("freebsd", run=lambda argv: arp if argv[0] == "arp" else None).neighbor_table() == table[:1]
+    assert Platform("freebsd", run=lambda argv: None if argv[0] == "arp" else ndp).neighbor_table() is None
+    linux: list[list[str]] = []
+    Platform("linux", run=lambda argv: linux.append(argv) or "[]").neighbor_table()
+    assert linux == [["ip", "-json", "neigh", "show"]]
