@@ -9,7 +9,8 @@ everything else only *asks* for a cycle:
   on events, so a changed size or mtime means "re-read now");
 - ``SIGUSR1`` and ``jailsyncd kick`` ask at once;
 - the first cycle is asked for at start-up, and one more when ``sync.startup_grace``
-  ends (for the deregistrations it held back).
+  ends (for the deregistrations it held back), and one ``sync.confirm_after`` after
+  a cycle that planned a deregistration burst (its confirming read).
 
 Requests are a flag, not a queue: any number of them while a cycle runs become
 exactly one more cycle right after it (never dropped, never piled up). After a
@@ -162,6 +163,9 @@ class Daemon:
             with self._reasons_lock:
                 reasons, self._reasons = sorted(self._reasons), set()
             result = self._cycle(reasons)
+            if result is not None and result.plan is not None and result.plan.confirm_in > 0:
+                # A deregistration burst waits for its confirming read: ask for it.
+                self._ask_later(result.plan.confirm_in + 0.1, "confirm")
             if result is not None and result.error is None:
                 if self.failures:
                     self.log.info(
@@ -182,6 +186,16 @@ class Daemon:
             consul_down = result is not None and isinstance(result.error, ConsulError) and result.error.retryable
             self._backoff_wait(delay, probing=consul_down and self._probe is not None)
             self.request("retry")
+
+    def _ask_later(self, delay: float, reason: str) -> None:
+        """One cycle in ``delay`` seconds (a later ask replaces an earlier one)."""
+        if self.scheduler is not None:
+            when = datetime.now(timezone.utc) + timedelta(seconds=delay)
+            self.scheduler.add_job(self.request, DateTrigger(run_date=when), args=(reason,), id=reason, replace_existing=True)
+            return
+        timer = threading.Timer(delay, self.request, args=(reason,))
+        timer.daemon = True
+        timer.start()
 
     def _backoff_wait(self, delay: float, *, probing: bool) -> None:
         """Wait ``delay`` seconds, or until a cycle is asked for (kick, reload, DB

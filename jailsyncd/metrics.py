@@ -187,7 +187,12 @@ class Metrics:
         self.consul_up.set(float("nan"))
         self.services = G("jailsyncd_services", "Services this host keeps registered in Consul (desired state of the last cycle), by CBSD kind.", ["kind"], registry=r)
         self.skipped = G("jailsyncd_skipped", "Environments not registered by the last cycle, by CBSD kind and reason (conflict, unaddressable...).", ["kind", "reason"], registry=r)
-        self.refused = G("jailsyncd_deregistrations_refused", "Deregistrations the last cycle held back (sync.max_deregistrations rail).", registry=r)
+        self.refused = G("jailsyncd_deregistrations_refused", "Deregistrations the last cycle refused (an empty jails table, or a burst two reads disagree on).", registry=r)
+        self.unconfirmed = G(
+            "jailsyncd_deregistrations_unconfirmed",
+            "Deregistrations above sync.max_deregistrations waiting for a confirming read (sync.confirm_after); lasting means no two reads agree.",
+            registry=r,
+        )
         self.pending = G("jailsyncd_drift_pending", "Drift items (missing, changed, orphan) the last cycle found.", registry=r)
         self.repeated = G(
             "jailsyncd_drift_repeated_cycles", "Consecutive cycles in which the same drift (one service, one kind) was found; 0 when there is none.", registry=r
@@ -271,6 +276,7 @@ class Metrics:
         for (kind, reason), count in summary.skipped:
             self.skipped.labels(kind, reason).set(count)
         self.refused.set(summary.refused)
+        self.unconfirmed.set(summary.unconfirmed)
         self.pending.set(len(summary.drift))
         self._streaks = drift_streaks(self._streaks, summary.drift)
         self.repeated.set(max(self._streaks.values(), default=0))

@@ -216,6 +216,28 @@ class Desired:
 
 
 @dataclass(frozen=True)
+class Confirmation:
+    """What ``plan`` needs to confirm a deregistration burst (``sync.confirm_after``):
+    ``previous``, the service IDs of the burst an earlier read of this ``run`` planned
+    (None: none), and ``age``, the seconds since the first read that planned it (or
+    one that differed from it by at most ``max_deregistrations``). ``after`` 0 turns
+    confirmation off. Built by ``reconcile`` from ``Pending``: the clock stays there."""
+
+    after: float
+    previous: frozenset[str] | None = None
+    age: float = 0.0
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A deregistration burst waiting for its confirming read: its service IDs and the
+    monotonic time it was first planned (``plan.track_burst``)."""
+
+    ids: frozenset[str]
+    since: float
+
+
+@dataclass(frozen=True)
 class Startup:
     """Where ``run`` is in its start-up grace (``sync.startup_grace``), as ``plan``
     needs it. Built outside the core (``reconcile.StartupWindow``): the clock stays there.
@@ -292,6 +314,13 @@ class Plan:
     held_until: str = ""
     refused_why: str = ""
     collisions: tuple[Service, ...] = ()
+    #: Deregistrations above ``max_deregistrations`` waiting for a confirming read,
+    #: due in ``confirm_in`` seconds (``run`` asks for a cycle then).
+    confirming: tuple[Service, ...] = ()
+    confirm_in: float = 0.0
+    #: The service IDs of this plan's deregistration burst (more than
+    #: ``max_deregistrations``; confirmed, waiting or refused), for ``track_burst``.
+    burst: frozenset[str] = frozenset()
 
     @property
     def writes(self) -> int:

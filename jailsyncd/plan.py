@@ -7,7 +7,7 @@ cycle would refuse.
 
 from __future__ import annotations
 
-from jailsyncd.model import COMPARED_FIELDS, META_OWNER, CbsdState, Desired, Observed, Plan, Service, Skip, Startup, Update
+from jailsyncd.model import COMPARED_FIELDS, META_OWNER, CbsdState, Confirmation, Desired, Observed, Pending, Plan, Service, Skip, Startup, Update
 
 
 def changed_fields(old: Service, new: Service) -> tuple[str, ...]:
@@ -22,6 +22,7 @@ def plan(
     max_deregistrations: int,
     force: bool = False,
     startup: Startup | None = None,
+    confirm: Confirmation | None = None,
 ) -> Plan:
     """What to register, update and deregister so that Consul matches ``desired``.
 
@@ -37,12 +38,18 @@ def plan(
       ``desired.host`` is a ``collision``: two hosts configured with one
       ``host.name`` (or a renamed CBSD node). It is never updated nor deregistered,
       and reported as a ``collision`` skip naming both nodes.
-    - More than ``max_deregistrations`` deregistrations are all refused (moved to
-      ``Plan.refused``) unless ``force``: a sudden mass removal more often means a
-      broken read than a host that really lost its jails.
-    - So is any deregistration when CBSD's ``jails`` table has no row at all
-      (``desired.empty_source``), whatever their number: an empty table looks like a
-      replaced or broken DB. Rows with every jail stopped deregister normally.
+    - Any deregistration is refused (moved to ``Plan.refused``) when CBSD's
+      ``jails`` table has no row at all (``desired.empty_source``), whatever their
+      number, unless ``force``: an empty table looks like a replaced or broken DB.
+      Rows with every jail stopped deregister normally.
+    - More than ``max_deregistrations`` deregistrations (a *burst*: a maintenance
+      window, or a broken read) need a confirming read unless ``force``. Under
+      ``run`` (``confirm`` given, ``confirm.after`` > 0) the first read that plans
+      a burst holds it (``Plan.confirming``, due in ``Plan.confirm_in``); a read at
+      least ``confirm.after`` seconds later whose burst differs from it by at most
+      ``max_deregistrations`` service IDs applies it; one that differs by more is
+      refused (``Plan.refused``, an alert) and starts a new wait. Without
+      confirmation (``once``, ``plan``, ``confirm.after`` = 0) a burst is refused.
     """
     collisions = {
         s.service_id: s for s in observed.owned if desired.host and s.cbsd_host and s.cbsd_host != desired.host
@@ -85,6 +92,9 @@ def plan(
     ]
     deregister, held = hold_for_autostart(deregister, startup)
     refused: list[Service] = []
+    confirming: list[Service] = []
+    confirm_in = 0.0
+    burst: frozenset[str] = frozenset()
     why = ""
     if deregister and not force:
         if desired.empty_source:
@@ -93,7 +103,10 @@ def plan(
                 "(a replaced or broken DB?); check the CBSD state, then use --force"
             )
         elif len(deregister) > max_deregistrations:
-            why = f"{len(deregister)} deregistrations exceed sync.max_deregistrations={max_deregistrations}; check the CBSD state, then use --force"
+            burst = frozenset(s.service_id for s in deregister)
+            why, confirm_in = _confirm_burst(burst, confirm, max_deregistrations)
+            if confirm_in:
+                confirming, deregister = deregister, []
     if why:
         refused, deregister = deregister, []
         skipped.extend(Skip(s.jail, "refused", why) for s in refused)
@@ -108,7 +121,44 @@ def plan(
         held_until=startup.until if held and startup is not None else "",
         refused_why=why,
         collisions=tuple(collisions[k] for k in sorted(collisions)),
+        confirming=tuple(confirming),
+        confirm_in=confirm_in,
+        burst=burst,
     )
+
+
+# -- the bulk rail (sync.max_deregistrations, sync.confirm_after) ----------------------
+
+
+def _confirm_burst(burst: frozenset[str], confirm: Confirmation | None, limit: int) -> tuple[str, float]:
+    """(why it is refused, '' if not; seconds until the confirming read, 0 if none is
+    awaited). Neither: the burst is confirmed and applied."""
+    n = len(burst)
+    if confirm is None or confirm.after <= 0:
+        return f"{n} deregistrations exceed sync.max_deregistrations={limit}; check the CBSD state, then use --force", 0.0
+    agrees = confirm.previous is not None and len(burst ^ confirm.previous) <= limit
+    if confirm.previous is None or confirm.age < confirm.after:
+        return "", (confirm.after - confirm.age) if agrees else confirm.after
+    if agrees:
+        return "", 0.0
+    differ = len(burst ^ confirm.previous)
+    return (
+        f"{n} deregistrations exceed sync.max_deregistrations={limit} and the read {confirm.age:.0f}s before planned "
+        f"{len(confirm.previous)} with {differ} differing (a flapping or broken CBSD read?); check the CBSD state, "
+        "then use --force, or wait for two reads that agree"
+    ), 0.0
+
+
+def track_burst(pending: Pending | None, burst: frozenset[str], *, applied: bool, now: float, limit: int) -> Pending | None:
+    """The burst waiting for confirmation after a cycle whose plan had ``burst``: none
+    when there was none or it was applied; else this burst, since the first read that
+    planned it, or since ``now`` when it differs from the pending one by more than
+    ``limit`` IDs (a refusal or a new burst restarts the wait)."""
+    if not burst or applied:
+        return None
+    if pending is not None and len(burst ^ pending.ids) <= limit:
+        return Pending(burst, pending.since)
+    return Pending(burst, now)
 
 
 # -- the start-up grace rail (sync.startup_grace) -------------------------------------

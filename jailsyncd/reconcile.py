@@ -40,8 +40,8 @@ from jailsyncd.errors import JailsyncdError, SourceError
 from jailsyncd.health import daemon_heartbeat, standalone_self_service, with_checks_from_consul
 from jailsyncd.leases import Discovered, Target, targets
 from jailsyncd.logs import get_logger
-from jailsyncd.model import Action, CbsdState, Desired, Observed, Plan, Service, Startup
-from jailsyncd.plan import autostart_stopped, purge_plan
+from jailsyncd.model import Action, CbsdState, Confirmation, Desired, Observed, Pending, Plan, Service, Startup
+from jailsyncd.plan import autostart_stopped, purge_plan, track_burst
 from jailsyncd.plan import plan as make_plan
 from jailsyncd.settings import Settings
 
@@ -197,6 +197,8 @@ class Reconciler:
         self._memo: tuple[CbsdState, Desired, dict[str, Discovered]] | None = None
         self.log = get_logger()
         self._reported: set[tuple[str, str, str]] = set()
+        #: ``run``: the deregistration burst waiting for its confirming read.
+        self._pending: Pending | None = None
 
     def cycle(self, *, apply: bool = True, force: bool = False, purge: bool = False) -> CycleResult:
         self.cycles += 1
@@ -264,7 +266,15 @@ class Reconciler:
         desired = mark_token(desired, observed.token_accessor)
         desired, daemon_running = self._standalone_heartbeat(desired, observed)
         startup = self.startup.observe(state, self.settings.sync.startup_grace) if self.startup is not None else None
-        plan = make_plan(desired, observed, max_deregistrations=self.settings.sync.max_deregistrations, force=force, startup=startup)
+        limit = self.settings.sync.max_deregistrations
+        now = time.monotonic()
+        confirm = None
+        if not self.standalone:  # only run has an earlier read to confirm a burst with
+            pending = self._pending
+            confirm = Confirmation(self.settings.sync.confirm_after, pending.ids if pending else None, now - pending.since if pending else 0.0)
+        plan = make_plan(desired, observed, max_deregistrations=limit, force=force, startup=startup, confirm=confirm)
+        if not self.standalone:
+            self._pending = track_burst(self._pending, plan.burst, applied=bool(plan.burst and plan.deregister), now=now, limit=limit)
         return desired, observed, plan, daemon_running
 
     def _discover(self, state: CbsdState, cycle: int) -> dict[str, Discovered]:
@@ -309,9 +319,19 @@ class Reconciler:
         for upd in plan.update:
             if not upd.new.is_self:
                 log.info("drift_detected", kind="changed", jail=upd.new.jail, service_id=upd.new.service_id, fields=_changes(upd.old, upd.new, upd.fields))
-        for svc in plan.deregister + plan.refused:
+        for svc in plan.deregister + plan.refused + plan.confirming:
             if not svc.is_self:
                 log.info("drift_detected", kind="orphan", jail=svc.jail, service_id=svc.service_id)
+        if plan.confirming:
+            log.warning(
+                "deregistrations_awaiting_confirmation",
+                count=len(plan.confirming),
+                max_deregistrations=self.settings.sync.max_deregistrations,
+                jails=[s.jail for s in plan.confirming],
+                confirm_in_s=round(plan.confirm_in, 1),
+            )
+        elif plan.burst and plan.deregister:
+            log.warning("deregistrations_confirmed", count=len(plan.deregister), max_deregistrations=self.settings.sync.max_deregistrations)
         for svc in plan.held:
             key = ("held", svc.jail, plan.held_until)
             current_held.add(key)

@@ -115,8 +115,13 @@ class ConsulSettings:
 class SyncSettings:
     #: Seconds between reconcile cycles in ``run``.
     interval: float = 30.0
-    #: More deregistrations than this in one cycle are refused unless ``--force``.
+    #: More deregistrations than this in one cycle (a burst) need a confirming read
+    #: under ``run`` (``confirm_after``); ``once``/``plan`` refuse them unless ``--force``.
     max_deregistrations: int = 10
+    #: A burst is applied when a read at least this long after the first one that
+    #: planned it plans nearly the same deregistrations (``plan.plan``); 0: never
+    #: (refused until ``--force``, as before 2026-11).
+    confirm_after: float = 10.0
     #: Register a jail's first IPv6 address rather than its first IPv4.
     prefer_ipv6: bool = False
     #: Up to this much random delay is added to each periodic cycle, so that many
@@ -250,7 +255,7 @@ _SECTIONS = {
     "daemon": DaemonSettings,
 }
 #: Durations that may be zero (every other duration must be above zero).
-_MAY_BE_ZERO = {"sync.jitter", "sync.startup_grace"}
+_MAY_BE_ZERO = {"sync.jitter", "sync.startup_grace", "sync.confirm_after"}
 #: Lower bounds of durations below which jailsyncd would spin (a cycle, a stat, a
 #: probe round or a retry every few milliseconds) or give up before any answer could
 #: arrive. Documented in docs/configuration.md.

@@ -42,6 +42,8 @@ class CycleSummary:
     services: tuple[tuple[str, int], ...] = ()
     skipped: tuple[tuple[tuple[str, str], int], ...] = ()
     refused: int = 0
+    #: Deregistrations of a burst waiting for their confirming read (sync.confirm_after).
+    unconfirmed: int = 0
     drift: frozenset[tuple[str, str, str]] = frozenset()
 
 
@@ -60,6 +62,7 @@ def summarise(plan: Plan, desired_services: Iterable, state: CbsdState | None) -
         services=tuple(sorted(services.items())),
         skipped=tuple(sorted(skipped.items())),
         refused=len(plan.refused),
+        unconfirmed=len(plan.confirming),
         drift=frozenset(drift),
     )
 
@@ -73,7 +76,7 @@ def drift_found(plan: Plan) -> frozenset[tuple[str, str, str]]:
     # jailsyncd's own heartbeat service is not a jail: its changes are not drift.
     keys.update(("missing", s.service_id, "") for s in plan.register if not s.is_self)
     keys.update(("changed", u.new.service_id, ",".join(sorted(u.fields))) for u in plan.update if not u.new.is_self)
-    keys.update(("orphan", s.service_id, "") for s in plan.deregister if not s.is_self)
+    keys.update(("orphan", s.service_id, "") for s in plan.deregister + plan.confirming if not s.is_self)
     keys.update(("refused", s.service_id, "") for s in plan.refused if not s.is_self)
     keys.update((k.reason, k.jail, "") for k in plan.skipped if k.reason not in NOT_DRIFT)
     return frozenset(keys)

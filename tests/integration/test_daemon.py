@@ -366,3 +366,24 @@ def test_idle_connections_never_block_healthz_or_metrics(consul: ConsulServer, t
     assert daemon.stop() == 0
     lines = daemon.log_path.read_text().splitlines()
     assert lines and all(json.loads(line).get("event") for line in lines), "cut connections leave no traceback in the log"
+
+
+def test_a_bulk_stop_converges_with_default_settings(consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
+    """Issue 14, item 3: stopping 20 of 30 jails (rows kept) is more than
+    sync.max_deregistrations (10). With default settings run holds the burst, reads
+    again sync.confirm_after (10 s) later, and applies it when that read agrees: well
+    within two sync.intervals (60 s). It used to be refused on every cycle, forever."""
+    for i in range(30):
+        workdir.add(f"bulk{i:02}", jid=i + 1, status=1, ip4_addr=f"127.0.31.{i + 1}")
+    daemon = start_daemon(write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul))
+    wait_for(lambda: len([s for s in consul.services() if s.startswith("jailsyncd-bulk")]) == 30, timeout=15, what="30 registered")
+    stopped = time.monotonic()
+    for i in range(20):
+        workdir.stop(f"bulk{i:02}")
+    wait_for(lambda: daemon.events("deregistrations_awaiting_confirmation"), timeout=10, what="the burst held")
+    wait_for(lambda: len([s for s in consul.services() if s.startswith("jailsyncd-bulk")]) == 10, timeout=40, what="the burst applied")
+    took = time.monotonic() - stopped
+    assert took < 2 * 30, took
+    assert sorted(s for s in consul.services() if s.startswith("jailsyncd-bulk")) == [f"jailsyncd-bulk{i:02}" for i in range(20, 30)]
+    assert daemon.events("deregistrations_confirmed")[0]["count"] == 20
+    assert not daemon.events("deregistrations_refused")
