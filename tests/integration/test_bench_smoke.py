@@ -61,3 +61,21 @@ def test_bench_smoke_n50(consul_bin: str, tmp_path: Path) -> None:
     assert "| N | mode | health | measurement | jailsyncd |" in text
     assert "bench/run.py --sizes 50" in text and "cores" in text
     assert "| 50 | agent | off | cold converge" in text
+
+
+def test_discovery_bench_smoke_n20() -> None:
+    """``bench/discovery.py`` at N = 20: every scenario finds what it built, a no-op
+    cycle parses no lease file, and the neighbor table runs once per cycle only
+    where the lease files left targets without an address."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "discovery.py"), "20", "--rounds", "2"],
+        capture_output=True, text=True, timeout=120, cwd=str(REPO),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in proc.stdout.splitlines() if line.startswith("| ") and "scenario" not in line}
+    assert rows["workload (10% DHCP, no MAC)"][:2] == ["2", "0"]
+    leases = rows["leases (N/2 dhclient, N/2 dnsmasq)"]
+    assert leases[:2] == ["20", "20"] and leases[5:] == ["11/0", "0/0"]
+    neighbor = rows["neighbor (N VMs, ip -json neigh)"]
+    if available() is None:
+        assert neighbor[:2] == ["20", "20"] and neighbor[5:] == ["0/0", "1/1"]
