@@ -30,16 +30,14 @@ from typing import Any
 from jailsyncd import __version__, aclcheck, privileges, report
 from jailsyncd import platform as platform_module
 from jailsyncd.adapters.cbsd import CbsdSource
-from jailsyncd.adapters.consul import ConsulAgent, ConsulCatalog, connect, consul_answers
-from jailsyncd.adapters.discovery import AddressDiscovery
-from jailsyncd.adapters.probe import Prober
+from jailsyncd.app import App
 from jailsyncd.health import targets_of
 from jailsyncd.healthloop import HealthLoop
 from jailsyncd.errors import ConsulRefused, ExitCode, JailsyncdError, PrivilegeError, SafetyRefusal, SourceError, SourceUnreadable
 from jailsyncd.logs import configure, get_logger, register_secret, route_library_logs
 from jailsyncd.model import META_ADDRESS_SOURCE, Plan
 from jailsyncd.pidfile import running_jailsyncd
-from jailsyncd.reconcile import CycleResult, Reconciler, StartupWindow
+from jailsyncd.reconcile import CycleResult, StartupWindow
 from jailsyncd.settings import DEFAULT_CONFIG, DaemonSettings, Settings, load_settings, token_file_problem
 
 DEFAULT_PIDFILE = Path("/var/run/jailsyncd.pid")
@@ -151,54 +149,9 @@ def _service_check(settings: Settings, *, bind_metrics: bool) -> None:
         metrics.stop()
 
 
-def _store_factory(settings: Settings):
-    def store() -> ConsulAgent | ConsulCatalog:
-        agent = connect(settings.consul)
-        token = settings.consul.read_token()
-        if token is not None:
-            register_secret(token.reveal())
-        return agent
-
-    return store
-
-
 def _health(settings: Settings) -> HealthLoop | None:
     """The health loop when health is on; fails now if ICMP cannot work here."""
-    if not settings.health.enabled:
-        return None
-    platform = platform_module.current()
-    prober = Prober(platform=platform)
-    prober.check()
-    default_rate = platform.default_rate_limit()  # FreeBSD: read net.inet.icmp.icmplim now
-    loop = HealthLoop(settings.health, prober, _store_factory(settings), default_rate=default_rate, advice=platform.raise_limit_hint)
-    limit = platform.echo_limit()
-    get_logger().info(
-        "health_rate_limit",
-        rate_limit=loop.rate,
-        source="health.rate_limit" if settings.health.rate_limit is not None else "platform",
-        kernel_limit=f"{limit.sysctl}={limit.limit}" if limit else None,
-        # the most addresses a round fits in health.interval at this rate (None: no limit)
-        fits_addresses=int((settings.health.interval - settings.health.timeout) * loop.rate / settings.health.count) if loop.rate else None,
-    )
-    return loop
-
-
-def _reconciler(
-    settings: Settings,
-    should_stop=lambda: False,
-    *,
-    quiet_noop: bool = False,
-    health: HealthLoop | None = None,
-    startup: StartupWindow | None = None,
-    standalone: bool = True,
-) -> Reconciler:
-    discover = settings.sync.discover_addresses
-    source = CbsdSource(settings.cbsd.workdir, settings.cbsd.busy_timeout, read_macs=discover)
-    discovery = AddressDiscovery(settings.cbsd.workdir, settings.sync.dhcp_leases, platform_module.current()) if discover else None
-    return Reconciler(
-        settings, source, _store_factory(settings), should_stop=should_stop, quiet_noop=quiet_noop, health=health, startup=startup,
-        standalone=standalone, discovery=discovery,
-    )
+    return App(settings).health_loop()
 
 
 def _startup(args: argparse.Namespace) -> StartupWindow | None:
@@ -238,11 +191,12 @@ def _finish(result: CycleResult) -> int:
 
 
 def cmd_plan(settings: Settings, args: argparse.Namespace) -> int:
-    result = _reconciler(settings, startup=_startup(args)).cycle(apply=False, force=args.force)
+    app = App(settings)
+    result = app.reconciler(startup=_startup(args)).cycle(apply=False, force=args.force)
     if result.error is not None:
         raise result.error
     assert result.plan is not None
-    health = _health_rows(settings, result)
+    health = _health_rows(app, result)
     if args.json:
         print(json.dumps({**plan_as_json(result.plan), "health": health}, indent=2))
     else:
@@ -253,10 +207,10 @@ def cmd_plan(settings: Settings, args: argparse.Namespace) -> int:
     return _finish(result)
 
 
-def _health_rows(settings: Settings, result: CycleResult) -> list[dict[str, str]]:
+def _health_rows(app: App, result: CycleResult) -> list[dict[str, str]]:
     """Each check's status in Consul next to what a probe says now (health on only).
     A probe result is what the check would become once the anti-flap thresholds agree."""
-    health = _health(settings)
+    health = app.health_loop()
     if health is None or result.desired is None or result.observed is None:
         return []
     targets = targets_of(result.desired.services)
@@ -280,8 +234,9 @@ ONCE_HEARTBEAT = "written by jailsyncd once, no daemon running: statuses hold un
 
 
 def cmd_once(settings: Settings, args: argparse.Namespace) -> int:
-    health = _health(settings)
-    result = _reconciler(settings, health=health, startup=_startup(args)).cycle(force=args.force)
+    app = App(settings)
+    health = app.health_loop()
+    result = app.reconciler(health=True, startup=_startup(args)).cycle(force=args.force)
     if health is not None and result.error is None:
         if result.daemon_running:
             # The daemon owns health: its anti-flap state and its heartbeat stay as they are.
@@ -301,18 +256,19 @@ def cmd_once(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
     if not args.yes:
-        result = _reconciler(settings).cycle(apply=False, purge=True)
+        result = App(settings).reconciler().cycle(apply=False, purge=True)
         if result.error is not None:
             raise result.error
         assert result.plan is not None
         print(plan_as_text(result.plan))
         print(f"purge would deregister {len(result.plan.deregister)} services owned by {result.owner}; add --yes to do it", file=sys.stderr)
         return ExitCode.USAGE
-    return _finish(_reconciler(settings).cycle(purge=True))
+    return _finish(App(settings).reconciler().cycle(purge=True))
 
 
 def cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
-    _health(settings)  # with health on, fails (exit 71) where no ICMP socket can be opened
+    app = App(settings)
+    app.health_loop()  # with health on, fails (exit 71) where no ICMP socket can be opened
     identity = _identity(settings, args)
     if args.service:
         import jailsyncd.metrics  # noqa: F401 - before the switch: the interpreter's files may be root's alone
@@ -321,13 +277,12 @@ def cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
     print(json.dumps(settings.redacted(), indent=2))
     if not args.online:
         return ExitCode.OK
-    store = _store_factory(settings)()
     try:
-        found, acl_on = store.preflight()
+        found, acl_on = app.store.preflight()
         if acl_on:
-            found += _permissions(settings, store)
+            found += _permissions(app)
     finally:
-        store.close()
+        app.close()
     for ok, text in found:
         print(f"{'ok' if ok else 'FAIL' if ok is False else 'note'}: {text}")
     missing = [text for ok, text in found if ok is False]
@@ -336,13 +291,14 @@ def cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _permissions(settings: Settings, store: ConsulAgent | ConsulCatalog) -> list[tuple[bool | None, str]]:
+def _permissions(app: App) -> list[tuple[bool | None, str]]:
     """The ACL findings for what this host's mode needs now (``aclcheck``): the names
     come from a dry-run cycle (CBSD and Consul read, nothing written); when it
     fails, example names stand in and a note says why."""
     notes: list[tuple[bool | None, str]] = []
     desired = owned = None
-    result = _reconciler(settings).cycle(apply=False)
+    settings, store = app.settings, app.store
+    result = app.reconciler().cycle(apply=False)
     if result.error is None and result.desired is not None and result.observed is not None:
         desired, owned = result.desired.services, result.observed.owned
     else:
@@ -362,11 +318,12 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         return _load(args)
 
     identity = _identity(settings, args)
-    health = _health(settings)
+    app = App(settings)
+    health = app.health_loop()
     metrics = Metrics() if settings.metrics.listen else None
     startup = StartupWindow()  # one for the whole process: a reload keeps it
-    if health is not None:
-        health.prober.keep_open()  # raw sockets can only be opened as root
+    if app.prober is not None:
+        app.prober.keep_open()  # raw sockets can only be opened as root
 
     def drop_privileges() -> None:
         privileges.drop(identity)
@@ -376,18 +333,21 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
     daemon = Daemon(
         settings,
-        lambda s, should_stop: _reconciler(s, should_stop, quiet_noop=True, health=health, startup=startup, standalone=False),
+        lambda s, should_stop: app.reconciler(s, should_stop, quiet_noop=True, health=True, startup=startup, standalone=False),
         load,
         log_overrides=(args.log_format, args.log_level),
         metrics=metrics,
         health=health,
         startup=startup,
         drop_privileges=drop_privileges,
-        probe=lambda consul: consul_answers(consul, PROBE_TIMEOUT),
+        probe=lambda _consul: app.consul_answers(PROBE_TIMEOUT),
     )
     if metrics is not None:
         metrics.watch(lambda: daemon.settings, health)
-    return daemon.run(args.pidfile)
+    try:
+        return daemon.run(args.pidfile)
+    finally:
+        app.close()
 
 
 def cmd_kick(args: argparse.Namespace) -> int:

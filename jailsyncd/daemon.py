@@ -113,6 +113,7 @@ class Daemon:
         self._reconciler = reconciler_factory(settings, self._stop.is_set)
         self._stamps = self._db_stamps()
         self.failures = 0
+        self._consul_down = False
         #: When the current run of failed cycles began, and what the last one failed on.
         self._failing_since = 0.0
         self._last_error_kind = ""
@@ -158,34 +159,43 @@ class Daemon:
                 continue
             if self._stop.is_set():
                 break
-            self._wanted.clear()
-            self._kicked.clear()
-            with self._reasons_lock:
-                reasons, self._reasons = sorted(self._reasons), set()
-            result = self._cycle(reasons)
-            if result is not None and result.plan is not None and result.plan.confirm_in > 0:
-                # A deregistration burst waits for its confirming read: ask for it.
-                self._ask_later(result.plan.confirm_in + 0.1, "confirm")
-            if result is not None and result.error is None:
-                if self.failures:
-                    self.log.info(
-                        "cycle_recovered",
-                        cycle=result.cycle,
-                        failed_cycles=self.failures,
-                        failing_for_s=round(time.monotonic() - self._failing_since, 1),
-                        last_error_kind=self._last_error_kind,
-                    )
-                self.failures = 0
-                continue
-            if not self.failures:
-                self._failing_since = time.monotonic()
-            self._last_error_kind = type(result.error).__name__ if result is not None else "crash"
-            self.failures += 1
-            delay = backoff_delay(self.failures, self.settings.sync.backoff_max)
-            self.log.warning("backoff", failures=self.failures, delay_s=delay)
-            consul_down = result is not None and isinstance(result.error, ConsulError) and result.error.retryable
-            self._backoff_wait(delay, probing=consul_down and self._probe is not None)
-            self.request("retry")
+            delay = self.run_requested()
+            if delay:
+                self._backoff_wait(delay, probing=self._consul_down and self._probe is not None)
+                self.request("retry")
+
+    def run_requested(self) -> float:
+        """Run the one cycle that every request since the last one asked for; returns
+        how long to back off before retrying (0 after a success, which resets the
+        backoff). The worker thread's step; unit tests call it directly."""
+        self._wanted.clear()
+        self._kicked.clear()
+        with self._reasons_lock:
+            reasons, self._reasons = sorted(self._reasons), set()
+        result = self._cycle(reasons)
+        if result is not None and result.plan is not None and result.plan.confirm_in > 0:
+            # A deregistration burst waits for its confirming read: ask for it.
+            self._ask_later(result.plan.confirm_in + 0.1, "confirm")
+        if result is not None and result.error is None:
+            if self.failures:
+                self.log.info(
+                    "cycle_recovered",
+                    cycle=result.cycle,
+                    failed_cycles=self.failures,
+                    failing_for_s=round(time.monotonic() - self._failing_since, 1),
+                    last_error_kind=self._last_error_kind,
+                )
+            self.failures = 0
+            return 0.0
+        if not self.failures:
+            self._failing_since = time.monotonic()
+        self._last_error_kind = type(result.error).__name__ if result is not None else "crash"
+        self.failures += 1
+        delay = backoff_delay(self.failures, self.settings.sync.backoff_max)
+        self.log.warning("backoff", failures=self.failures, delay_s=delay)
+        #: The cycle could not reach Consul: the wait also ends when Consul answers.
+        self._consul_down = result is not None and isinstance(result.error, ConsulError) and result.error.retryable
+        return delay
 
     def _ask_later(self, delay: float, reason: str) -> None:
         """One cycle in ``delay`` seconds (a later ask replaces an earlier one)."""
@@ -237,7 +247,9 @@ class Daemon:
 
     # -- reload -------------------------------------------------------------------
 
-    def _reload(self) -> None:
+    def reload(self) -> None:
+        """Load the settings file again (SIGHUP); a file that fails to load or changes
+        what needs a restart is logged and the old settings stay, whole."""
         try:
             new = self._load()
         except JailsyncdError as exc:
@@ -270,7 +282,7 @@ class Daemon:
         old, self.settings = self.settings, new
         self._reconciler = self._make_reconciler(new, self._stop.is_set)
         if self.health is not None:
-            self.health.settings = new.health
+            self.health.reload(new.health)
         if self.scheduler is not None and (old.sync, old.health) != (new.sync, new.health):
             self._schedule(replace=True)
         self._stamps = self._db_stamps()
@@ -300,7 +312,7 @@ class Daemon:
             self.scheduler.add_job(
                 self.health.safe_round, IntervalTrigger(seconds=health.interval), id="health", next_run_time=soon, **{**common, "max_instances": 2}
             )
-            if self.settings.consul.mode == "agent":  # catalog mode has no heartbeat service
+            if self.health.checks.has_heartbeat:  # catalog mode has no heartbeat service
                 self.scheduler.add_job(
                     self.health.safe_heartbeat, IntervalTrigger(seconds=health.heartbeat_ttl / 3), id="heartbeat", next_run_time=soon, **common
                 )
@@ -359,7 +371,7 @@ class Daemon:
                 self._main_wake.clear()
                 if self._reload_requested:
                     self._reload_requested = False
-                    self._reload()
+                    self.reload()
         finally:
             self.scheduler.shutdown(wait=False)
             self.worker.join(timeout=STOP_GRACE)

@@ -122,7 +122,8 @@ def build_desired(
         service_id = ids[env.jname]
         tags = frozenset((env.kind, *directives.tags))
         tagged = tagged_addresses(parsed)
-        node, node_meta = "", ()
+        node = ""
+        node_meta: tuple[tuple[str, str], ...] = ()
         if catalog is not None:
             node = node_name(catalog.node_name, fqdn=env.host_hostname or env.jname, jname=env.jname, host=host)
             if node in nodes:

@@ -19,7 +19,7 @@ TTL, so a round in a steady state writes nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from jailsyncd.model import (
     META_HOST,
@@ -147,6 +147,26 @@ class ProbeResult:
 
     ok: bool
     output: str
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One thing to probe: ``kind`` is ``ping``, ``tcp`` or ``http:/path``."""
+
+    key: str
+    kind: str
+    address: str
+    port: int = 0
+
+
+@dataclass
+class RoundReport:
+    """One ``Prober.run_round``: results by probe key (a probe the prober could not run
+    has none), the prober's own problems, and the time spent waiting for the pace."""
+
+    results: dict[str, ProbeResult] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    paced: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,26 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from jailsyncd.adapters.probe import Probe, Prober, RoundReport
 from jailsyncd.errors import JailsyncdError
-from jailsyncd.health import CRITICAL, PASSING, CheckState, Pace, ProbeResult, Target, Written, advance, decide, pace_of, ping_addresses, targets_of
+from jailsyncd.health import (
+    CRITICAL,
+    PASSING,
+    CheckState,
+    Pace,
+    Probe,
+    ProbeResult,
+    RoundReport,
+    Target,
+    Written,
+    advance,
+    decide,
+    pace_of,
+    ping_addresses,
+    targets_of,
+)
 from jailsyncd.logs import get_logger
 from jailsyncd.model import SELF_CHECK_ID, Service
+from jailsyncd.ports import CheckWriter, Prober
 from jailsyncd.settings import HealthSettings
 
 
@@ -54,7 +69,7 @@ class HealthLoop:
         self,
         settings: HealthSettings,
         prober: Prober,
-        store_factory: Callable,
+        checks: CheckWriter,
         clock: Callable[[], float] = time.monotonic,
         *,
         default_rate: int = 0,
@@ -68,7 +83,8 @@ class HealthLoop:
         #: whether the rate in force comes from ``health.rate_limit``.
         self._advice = advice or (lambda needed, explicit: f"set health.rate_limit = {math.ceil(needed)} or more")
         self._pace_reported: tuple[int, float, bool] | None = None
-        self.store_factory = store_factory
+        #: Where statuses are written: the mode's store, made once (``app``).
+        self.checks = checks
         self.clock = clock
         self.log = get_logger()
         self.rounds = 0
@@ -92,6 +108,12 @@ class HealthLoop:
         #: round still running when the daemon stops cannot undo ``mark_stopped``.
         self._write_lock = threading.Lock()
         self._stopped = False
+
+    def reload(self, settings: HealthSettings) -> None:
+        """New settings, from the daemon's main thread (SIGHUP) while rounds run on the
+        scheduler's: swapped under the loop's lock, like every other shared state."""
+        with self._lock:
+            self.settings = settings
 
     # -- used by reconcile ---------------------------------------------------------
 
@@ -228,16 +250,14 @@ class HealthLoop:
             with self._write_lock:
                 if self._stopped:
                     return RoundStats(len(targets), 0, len(changes), self.clock() - started)
-                store = self.store_factory()
                 try:
-                    for (target, status, _), error in store.write_checks([(target, state.status, state.output) for target, state in writes]):
+                    for (target, status, _), error in self.checks.write_checks([(target, state.status, state.output) for target, state in writes]):
                         if error is None:
                             done.append((target, status))
                             continue
                         failed += 1
                         self.log.warning("health_write_failed", jail=target.jail, check_id=target.check_id, status=status, error=str(error))
                 finally:
-                    store.close()
                     # What was written stays written even when a later write raised.
                     now = self.clock()
                     with self._lock:
@@ -256,13 +276,9 @@ class HealthLoop:
             return sum(1 for t in self._targets if (state := self._states.get(t.check_id)) is not None and state.status == status)
 
     def heartbeat(self, output: str = "jailsyncd is running") -> None:
-        store = self.store_factory()
-        try:
-            # A constant output: an unchanged check is not synced to the catalog again,
-            # so the heartbeat does not move Consul's index every few seconds.
-            store.update_check(SELF_CHECK_ID, PASSING, output)
-        finally:
-            store.close()
+        # A constant output: an unchanged check is not synced to the catalog again,
+        # so the heartbeat does not move Consul's index every few seconds.
+        self.checks.heartbeat(output)
 
     def mark_stopped(self, output: str) -> int:
         """Catalog mode, when ``run`` stops: write ``critical`` to every check this loop
@@ -274,17 +290,13 @@ class HealthLoop:
                 targets = self._targets
             if not targets:
                 return 0
-            store = self.store_factory()
             written = 0
-            try:
-                # write_checks yields each write's outcome: a refused check fails alone.
-                for (target, _, _), error in store.write_checks([(target, CRITICAL, output) for target in targets]):
-                    if error is None:
-                        written += 1
-                    else:
-                        self.log.warning("health_write_failed", jail=target.jail, check_id=target.check_id, status=CRITICAL, error=str(error))
-            finally:
-                store.close()
+            # write_checks yields each write's outcome: a refused check fails alone.
+            for (target, _, _), error in self.checks.write_checks([(target, CRITICAL, output) for target in targets]):
+                if error is None:
+                    written += 1
+                else:
+                    self.log.warning("health_write_failed", jail=target.jail, check_id=target.check_id, status=CRITICAL, error=str(error))
             return written
 
     def safe_round(self) -> None:

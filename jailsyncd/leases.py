@@ -28,10 +28,13 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from jailsyncd.addresses import parse_ip4_addr, reject_reason
 from jailsyncd.tagspec import Rule, directives_for
+
+if TYPE_CHECKING:
+    from jailsyncd.model import Environment
 
 #: ``cbsd-address-source`` values, in the order the sources are tried.
 SOURCE_DHCLIENT = "dhclient"
@@ -123,7 +126,7 @@ class Observations:
 # -- which environments need it -----------------------------------------------------
 
 
-def targets(environments: Iterable, rules: tuple[Rule, ...] = ()) -> tuple[Target, ...]:
+def targets(environments: Iterable[Environment], rules: tuple[Rule, ...] = ()) -> tuple[Target, ...]:
     """The running, not opted-out environments whose ``ip4_addr`` yields no usable
     address (``DHCP``, ``REALDHCP``, unset, only invalid or rejected items)."""
     out = []
@@ -282,7 +285,7 @@ def parse_kea_csv(text: str) -> tuple[Lease, ...]:
     assigned). A journal like dhcpd's: the last row for an address wins; a row with
     ``valid_lifetime`` 0 is a removed lease."""
     rows = csv.DictReader(io.StringIO(text))
-    latest: dict[str, tuple[int, dict]] = {}
+    latest: dict[str, tuple[int, dict[str, Any]]] = {}
     try:
         for order, row in enumerate(rows):
             if row.get("address"):
@@ -375,7 +378,7 @@ def parse_ip_neigh(text: str) -> tuple[Neighbor, ...]:
 # -- helpers ------------------------------------------------------------------------
 
 
-def _blocks(text: str, opener: str, *, with_head: bool = False) -> list:
+def _blocks(text: str, opener: str, *, with_head: bool = False) -> list[Any]:
     """The bodies of ``opener ... }`` blocks (with the opener's group when asked).
     Lease files hold no nested braces; a block cut off at the end is dropped."""
     out = []

@@ -33,7 +33,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Callable
 
 from jailsyncd.desired import build_desired, mark_token
 from jailsyncd.errors import JailsyncdError, SourceError
@@ -43,44 +43,17 @@ from jailsyncd.logs import get_logger
 from jailsyncd.model import Action, CbsdState, Confirmation, Desired, Observed, Pending, Plan, Service, Startup
 from jailsyncd.plan import autostart_stopped, purge_plan, track_burst
 from jailsyncd.plan import plan as make_plan
+from jailsyncd.ports import AddressFinder, CbsdReader, ConsulStore
 from jailsyncd.settings import Settings
 
 if TYPE_CHECKING:  # the health loop is handed in; reconcile never builds one
     from jailsyncd.healthloop import HealthLoop
 
 
-class Source(Protocol):
-    def read(self) -> CbsdState: ...
-
-    def nodename(self) -> str:
-        """CBSD's node name, read now; raises ``SourceError`` when it cannot be read."""
-        ...
-
-
-class Discovery(Protocol):
-    """Address discovery's sources (``adapters.discovery.AddressDiscovery``)."""
-
-    def discover(self, wanted: tuple[Target, ...], now: float) -> dict[str, Discovered]: ...
-
-
-class Store(Protocol):
-    """Consul as a reconcile cycle sees it (``adapters.consul``: agent or catalog)."""
-
-    requests: int
-    writes: int
-
-    def read(self, owner: str, wanted_nodes: frozenset[str] = frozenset()) -> Observed:
-        """What ``owner`` holds; catalog mode also tells which of ``wanted_nodes``
-        (the node names this cycle wants) exist and are not ours."""
-        ...
-
-    def apply(self, actions: list[Action], should_stop: Callable[[], bool]) -> Iterator[tuple[Action, JailsyncdError | None]]:
-        """Apply in order, yielding each action with None (done) or the error that
-        rejected that action alone; stops early when ``should_stop()``; raises on
-        errors that would fail every other action too (unreachable, 403...)."""
-        ...
-
-    def close(self) -> None: ...
+#: Kept for callers that name them here; the protocols live in ``ports``.
+Source = CbsdReader
+Store = ConsulStore
+Discovery = AddressFinder
 
 
 class StartupWindow:
@@ -109,6 +82,36 @@ class StartupWindow:
     def ends_at(self, grace: float) -> datetime:
         """When a grace of ``grace`` seconds ends (UTC)."""
         return datetime.fromtimestamp(self.started_wall + grace, timezone.utc)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What ``Reconciler.observe`` read: the owner identity, what Consul holds for it,
+    and (not for purge) CBSD's state and the final desired state built from it."""
+
+    owner: str
+    observed: Observed
+    state: CbsdState | None = None
+    desired: Desired | None = None
+    #: CBSD's node name ('' when unknown).
+    host: str = ""
+    #: ``standalone`` reconcilers with health on in agent mode: whether a daemon's
+    #: heartbeat is alive in Consul, so that its health is left to it.
+    daemon_running: bool = False
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What ``Reconciler.apply`` did. ``counts`` are jail services only (never the
+    heartbeat service); ``failed`` holds each action that failed alone, with its error;
+    ``abandoned`` says the cycle stopped early (``should_stop``)."""
+
+    counts: tuple[tuple[str, int], ...]
+    failed: tuple[tuple[Action, JailsyncdError], ...] = ()
+    abandoned: bool = False
+
+    def count(self, kind: str) -> int:
+        return dict(self.counts).get(kind, 0)
 
 
 @dataclass
@@ -149,25 +152,34 @@ class CycleResult:
 
 
 class Reconciler:
-    """Runs cycles for one host; remembers what it already reported."""
+    """Runs cycles for one host; remembers what it already reported.
+
+    The operations are public and separate: ``observe`` (read CBSD and Consul, build
+    the desired state), ``plan`` (the diff with the safety rails), ``apply`` (write
+    it), ``observe_owned`` and ``purge_plan`` (everything this host owns, to remove).
+    ``cycle`` runs them in order, logs, and returns one ``CycleResult``. Built by
+    ``app.App.reconciler`` (CLI, daemon, benchmark) or by tests with in-memory ports.
+    """
 
     def __init__(
         self,
         settings: Settings,
-        source: Source,
-        store_factory: Callable[[], Store],
+        source: CbsdReader,
+        store: ConsulStore,
         *,
         should_stop: Callable[[], bool] = lambda: False,
         quiet_noop: bool = False,
         health: HealthLoop | None = None,
         startup: StartupWindow | None = None,
         standalone: bool = False,
-        discovery: Discovery | None = None,
+        discovery: AddressFinder | None = None,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.source = source
-        self.store_factory = store_factory
+        #: The mode's store, made once per process (``app``); its counters are read
+        #: before and after a cycle.
+        self.store = store
         #: Checked between actions: a stopping daemon abandons the rest of a cycle
         #: (each action is one atomic request, so nothing is left half-written).
         self.should_stop = should_stop
@@ -200,55 +212,17 @@ class Reconciler:
         #: ``run``: the deregistration burst waiting for its confirming read.
         self._pending: Pending | None = None
 
-    def cycle(self, *, apply: bool = True, force: bool = False, purge: bool = False) -> CycleResult:
-        self.cycles += 1
-        result = CycleResult(self.cycles)
-        log = self.log.bind(cycle=self.cycles)
-        started = time.monotonic()
-        store: Store | None = None
-        try:
-            store = self.store_factory()
-            if purge:
-                host = self._nodename()
-                # Read once; only when it failed and host.name is unset is it read again,
-                # to raise its error (the owner is never guessed).
-                result.owner = self.owner = self.settings.host.name or host or self.source.nodename()
-                observed = store.read(result.owner)
-                result.plan = purge_plan(observed, host)
-                self._report_collisions(log, result.plan, host)
-            else:
-                result.desired, observed, result.plan, result.daemon_running = self._plan(store, force, result)
-                result.state = self._memo[0] if self._memo is not None else None
-                self._report(log, result.plan, result.desired.host)
-            result.observed = observed
-            result.managed = sum(1 for s in observed.owned if not s.is_self)
-            if apply:
-                self._apply(log, store, result)
-                result.managed += result.applied["register"] - result.applied["deregister"]
-        except JailsyncdError as exc:
-            result.error = exc
-        finally:
-            result.duration = time.monotonic() - started
-            if store is not None:
-                result.requests, result.writes = store.requests, store.writes
-                result.bytes_read = getattr(store, "bytes_read", 0)
-                store.close()
-        self._summarise(log, result, apply)
-        return result
+    # -- the operations ------------------------------------------------------------
 
-    def _nodename(self) -> str:
-        """The CBSD node name for ``purge`` ('' when it cannot be read: then every
-        entry with our owner is purged, as before)."""
-        try:
-            return self.source.nodename()
-        except SourceError:
-            return ""
-
-    def _plan(self, store: Store, force: bool, result: CycleResult) -> tuple[Desired, Observed, Plan, bool]:
+    def observe(self) -> Observation:
+        """Read CBSD (a failed or partial read raises before Consul is touched), build
+        the desired state, read what this host owns in Consul, and finish the desired
+        state with what only Consul can tell (the token's accessor, a running daemon's
+        heartbeat)."""
         state = self.source.read()  # raises (retryable) while CBSD's node name cannot be read
         # The owner is never guessed: host.name, else the node name read with this state.
-        owner = result.owner = self.owner = self.settings.host.name or state.nodename or ""
-        discovered = self._discover(state, result.cycle)
+        owner = self.owner = self.settings.host.name or state.nodename or ""
+        discovered = self._discover(state, self.cycles)
         if self._memo is not None and self._memo[0] == state and self._memo[2] == discovered:
             desired = self._memo[1]
         else:
@@ -262,20 +236,138 @@ class Reconciler:
                 discovered=discovered,
             )
             self._memo = (state, desired, discovered)
-        observed = store.read(owner, frozenset(s.node for s in desired.services if s.node))
+        observed = self.store.read(owner, frozenset(s.node for s in desired.services if s.node))
         desired = mark_token(desired, observed.token_accessor)
         desired, daemon_running = self._standalone_heartbeat(desired, observed)
-        startup = self.startup.observe(state, self.settings.sync.startup_grace) if self.startup is not None else None
+        return Observation(owner, observed, state, desired, desired.host, daemon_running)
+
+    def plan(self, observation: Observation, *, force: bool = False) -> Plan:
+        """The changes that make Consul match the desired state, with the safety rails
+        (``plan.plan``); the start-up grace is taken from ``startup``; in ``run``, a
+        deregistration burst waits for a confirming read (``plan.track_burst``)."""
+        assert observation.state is not None and observation.desired is not None, "plan needs observe(), not observe_owned()"
+        startup = self.startup.observe(observation.state, self.settings.sync.startup_grace) if self.startup is not None else None
         limit = self.settings.sync.max_deregistrations
         now = time.monotonic()
         confirm = None
         if not self.standalone:  # only run has an earlier read to confirm a burst with
             pending = self._pending
             confirm = Confirmation(self.settings.sync.confirm_after, pending.ids if pending else None, now - pending.since if pending else 0.0)
-        plan = make_plan(desired, observed, max_deregistrations=limit, force=force, startup=startup, confirm=confirm)
+        plan = make_plan(observation.desired, observation.observed, max_deregistrations=limit, force=force, startup=startup, confirm=confirm)
         if not self.standalone:
             self._pending = track_burst(self._pending, plan.burst, applied=bool(plan.burst and plan.deregister), now=now, limit=limit)
-        return desired, observed, plan, daemon_running
+        return plan
+
+    def observe_owned(self) -> Observation:
+        """For ``purge``: what this host owns in Consul, and CBSD's node name ('' when it
+        cannot be read: then every entry with our owner is purged, as before)."""
+        host = self._nodename()
+        # Read once; only when it failed and host.name is unset is it read again,
+        # to raise its error (the owner is never guessed).
+        owner = self.owner = self.settings.host.name or host or self.source.nodename()
+        return Observation(owner, self.store.read(owner), host=host)
+
+    def purge_plan(self, observation: Observation) -> Plan:
+        """Deregister everything this host owns (never another CBSD node's entries)."""
+        return purge_plan(observation.observed, observation.host)
+
+    def apply(self, observation: Observation, plan: Plan, log: Any = None) -> Applied:
+        """Write ``plan``: register, then update, then deregister (new instances appear
+        before old ones go); with health on, new checks are probed first so they start
+        with a real status, and the health loop is told afterwards which checks exist.
+        A rejected action fails alone; errors that would fail every action raise."""
+        log = log if log is not None else self.log.bind(cycle=self.cycles)
+        statuses: dict[str, str] = {}
+        if self.health is not None and observation.desired is not None:
+            fresh = tuple(plan.register) + tuple(u.new for u in plan.update if "checks" in u.fields or "node" in u.fields)
+            statuses = self.health.initial_statuses(fresh) if fresh else {}
+
+        def action(kind: str, service: Service, old: Service | None = None) -> Action:
+            own = tuple((c.check_id, statuses[c.check_id]) for c in service.check_specs if c.check_id in statuses)
+            return Action(kind, service, old, own)
+
+        actions = [action("register", s) for s in plan.register]
+        actions += [action("update", u.new, u.old) for u in plan.update]
+        actions += [action("deregister", s, s) for s in plan.deregister]
+        events = {"register": "service_registered", "update": "service_updated", "deregister": "service_deregistered"}
+        fields = {u.new.service_id: list(u.fields) for u in plan.update}
+        counts = {"register": 0, "update": 0, "deregister": 0}
+        registered: dict[str, str] = {}
+        failed: list[tuple[Action, JailsyncdError]] = []
+        done = 0
+        for act, error in self.store.apply(actions, self.should_stop):
+            done += 1
+            svc = act.service
+            if error is not None:
+                failed.append((act, error))
+                log.error("action_failed", action=act.kind, jail=svc.jail, service_id=svc.service_id, error=str(error))
+                continue
+            registered.update(dict(act.statuses))
+            extra: dict[str, Any] = (
+                {"fields": fields[svc.service_id]} if act.kind == "update" else {"service": svc.name, "address": svc.address} if act.kind == "register" else {}
+            )
+            if svc.node:
+                extra["node"] = svc.node
+            if svc.is_self:
+                log.info(f"heartbeat_service_{events[act.kind].removeprefix('service_')}", service_id=svc.service_id, **extra)
+                continue
+            counts[act.kind] += 1
+            log.info(events[act.kind], jail=svc.jail, service_id=svc.service_id, **extra)
+        if done < len(actions):
+            log.warning("cycle_abandoned", remaining=len(actions) - done)
+            return Applied(tuple(counts.items()), tuple(failed), abandoned=True)
+        if self.health is not None and observation.desired is not None:
+            consul_status = {check_id: status for check_id, status, _ in observation.observed.check_status}
+            held = tuple(with_checks_from_consul(s, self.settings.health.ttl) for s in plan.held)  # still probed
+            failed_ids = {a.service.service_id for a, _ in failed}
+            self.health.sync(health_services(observation.desired, observation.observed, plan, failed_ids) + held, consul_status, registered)
+        return Applied(tuple(counts.items()), tuple(failed))
+
+    # -- one cycle -----------------------------------------------------------------
+
+    def cycle(self, *, apply: bool = True, force: bool = False, purge: bool = False) -> CycleResult:
+        """observe, plan and (with ``apply``) apply, or the same for ``purge``; logs the
+        drift and one summary; never raises a ``JailsyncdError`` (it is in ``error``)."""
+        self.cycles += 1
+        result = CycleResult(self.cycles)
+        log = self.log.bind(cycle=self.cycles)
+        started = time.monotonic()
+        requests, writes, read_bytes = self.store.requests, self.store.writes, self.store.bytes_read
+        try:
+            if purge:
+                observation = self.observe_owned()
+                result.owner = observation.owner
+                result.plan = self.purge_plan(observation)
+                self._report_collisions(log, result.plan, observation.host)
+            else:
+                observation = self.observe()
+                result.owner = observation.owner
+                result.plan = self.plan(observation, force=force)
+                result.desired, result.state, result.daemon_running = observation.desired, observation.state, observation.daemon_running
+                self._report(log, result.plan, observation.host)
+            result.observed = observation.observed
+            result.managed = sum(1 for s in observation.observed.owned if not s.is_self)
+            if apply:
+                done = self.apply(observation, result.plan, log)
+                result.applied = dict(done.counts)
+                result.failed = list(done.failed)
+                result.failures = [error for _, error in done.failed]
+                result.managed += done.count("register") - done.count("deregister")
+        except JailsyncdError as exc:
+            result.error = exc
+        finally:
+            result.duration = time.monotonic() - started
+            result.requests, result.writes = self.store.requests - requests, self.store.writes - writes
+            result.bytes_read = self.store.bytes_read - read_bytes
+        self._summarise(log, result, apply)
+        return result
+
+    def _nodename(self) -> str:
+        """The CBSD node name for ``purge`` ('' when it cannot be read)."""
+        try:
+            return self.source.nodename()
+        except SourceError:
+            return ""
 
     def _discover(self, state: CbsdState, cycle: int) -> dict[str, Discovered]:
         """Addresses for the environments that need them (none: nothing is read)."""
@@ -372,52 +464,6 @@ class Reconciler:
                 other_cbsd_node=svc.cbsd_host,
                 this_cbsd_node=host,
             )
-
-    def _apply(self, log: Any, store: Store, result: CycleResult) -> None:
-        plan = result.plan
-        assert plan is not None
-        statuses: dict[str, str] = {}
-        if self.health is not None and result.desired is not None:
-            fresh = tuple(plan.register) + tuple(u.new for u in plan.update if "checks" in u.fields or "node" in u.fields)
-            statuses = self.health.initial_statuses(fresh) if fresh else {}
-
-        def action(kind: str, service: Service, old: Service | None = None) -> Action:
-            own = tuple((c.check_id, statuses[c.check_id]) for c in service.check_specs if c.check_id in statuses)
-            return Action(kind, service, old, own)
-
-        actions = [action("register", s) for s in plan.register]
-        actions += [action("update", u.new, u.old) for u in plan.update]
-        actions += [action("deregister", s, s) for s in plan.deregister]
-        events = {"register": "service_registered", "update": "service_updated", "deregister": "service_deregistered"}
-        fields = {u.new.service_id: list(u.fields) for u in plan.update}
-        registered: dict[str, str] = {}
-        failed: set[str] = set()
-        done = 0
-        for act, error in store.apply(actions, self.should_stop):
-            done += 1
-            svc = act.service
-            if error is not None:
-                result.failures.append(error)
-                result.failed.append((act, error))
-                failed.add(svc.service_id)
-                log.error("action_failed", action=act.kind, jail=svc.jail, service_id=svc.service_id, error=str(error))
-                continue
-            registered.update(dict(act.statuses))
-            extra = {"fields": fields[svc.service_id]} if act.kind == "update" else {"service": svc.name, "address": svc.address} if act.kind == "register" else {}
-            if svc.node:
-                extra["node"] = svc.node
-            if svc.is_self:
-                log.info(f"heartbeat_service_{events[act.kind].removeprefix('service_')}", service_id=svc.service_id, **extra)
-                continue
-            result.applied[act.kind] += 1
-            log.info(events[act.kind], jail=svc.jail, service_id=svc.service_id, **extra)
-        if done < len(actions):
-            log.warning("cycle_abandoned", remaining=len(actions) - done)
-            return
-        if self.health is not None and result.desired is not None and result.observed is not None:
-            consul_status = {check_id: status for check_id, status, _ in result.observed.check_status}
-            held = tuple(with_checks_from_consul(s, self.settings.health.ttl) for s in plan.held)  # still probed
-            self.health.sync(health_services(result.desired, result.observed, plan, failed) + held, consul_status, registered)
 
     def _summarise(self, log: Any, result: CycleResult, apply: bool) -> None:
         if result.error is not None:

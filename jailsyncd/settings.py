@@ -19,10 +19,13 @@ import string
 import tomllib
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from jailsyncd.errors import ConfigError
 from jailsyncd.tagspec import Rule, valid_check, valid_meta_key
+
+#: Builds the error for a settings key: ``fail(key, message)``.
+_Fail = Callable[[str, str], ConfigError]
 
 DEFAULT_CONFIG = Path("/usr/local/etc/jailsyncd.toml")
 
@@ -240,7 +243,8 @@ class Settings:
 
     def redacted(self) -> dict[str, Any]:
         """The effective settings as plain data for the start-up log; no secrets."""
-        return _plain(self)
+        plain: dict[str, Any] = _plain(self)
+        return plain
 
 
 _SECTIONS = {
@@ -359,7 +363,7 @@ def _build(data: dict[str, Any], env: Mapping[str, str], where: str, path: Path 
     return settings
 
 
-def _decode_section(name: str, cls: type, raw: dict[str, Any], fail) -> Any:
+def _decode_section(name: str, cls: type, raw: dict[str, Any], fail: _Fail) -> Any:
     allowed = {f.name: f for f in fields(cls)}
     values: dict[str, Any] = {}
     for key, value in raw.items():
@@ -371,7 +375,7 @@ def _decode_section(name: str, cls: type, raw: dict[str, Any], fail) -> Any:
     return cls(**values)
 
 
-def _coerce(dotted: str, fld: Any, value: Any, fail) -> Any:
+def _coerce(dotted: str, fld: Any, value: Any, fail: _Fail) -> Any:
     kind = str(fld.type)
     if kind.startswith("tuple[Path"):
         if not isinstance(value, list) or not all(isinstance(v, str) and v and "\0" not in v for v in value):
@@ -402,7 +406,7 @@ def _coerce(dotted: str, fld: Any, value: Any, fail) -> Any:
     return value
 
 
-def parse_duration(value: Any, fail, *, zero_ok: bool = False) -> float:
+def parse_duration(value: Any, fail: Callable[[str], ConfigError], *, zero_ok: bool = False) -> float:
     """``"30s"``, ``"1m30s"``, ``"500ms"``, ``"2h"`` or a plain number of seconds."""
     if isinstance(value, bool):
         raise fail(f"expected a duration like \"30s\", got {value!r}")
@@ -417,7 +421,7 @@ def parse_duration(value: Any, fail, *, zero_ok: bool = False) -> float:
     return seconds
 
 
-def _fill_from_env(consul: ConsulSettings, in_file: set[str], env: Mapping[str, str], origins: dict[str, str], fail) -> ConsulSettings:
+def _fill_from_env(consul: ConsulSettings, in_file: set[str], env: Mapping[str, str], origins: dict[str, str], fail: _Fail) -> ConsulSettings:
     """CONSUL_* variables fill only the keys the file does not set, read as the Consul
     CLI reads them (its booleans with Go's ParseBool, ``CONSUL_HTTP_SSL`` turning the
     address's scheme into https, the token trimmed like a token file). ``origins``
@@ -498,7 +502,7 @@ def unicode_name(char: str) -> str:
     return f"U+{ord(char):04X}"
 
 
-def _decode_rules(raw: Any, fail) -> tuple[Rule, ...]:
+def _decode_rules(raw: Any, fail: _Fail) -> tuple[Rule, ...]:
     if not isinstance(raw, list):
         raise fail("rule", "must be an array of tables ([[rule]])")
     rules = []
@@ -540,7 +544,7 @@ def _decode_rules(raw: Any, fail) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
-def _validate(s: Settings, fail) -> None:
+def _validate(s: Settings, fail: _Fail) -> None:
     if s.consul.mode not in _MODES:
         raise fail("consul.mode", f"expected one of {', '.join(_MODES)}, got {s.consul.mode!r}")
     try:

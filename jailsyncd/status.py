@@ -54,7 +54,7 @@ def _iso(ts: float | None) -> str | None:
 
 
 def _age(ts: float | None, now: float) -> float | None:
-    return None if _iso(ts) is None else round(max(now - ts, 0.0), 1)  # type: ignore[operator]
+    return None if _iso(ts) is None else round(max(now - ts, 0.0), 1)
 
 
 def summarise(samples: list[Sample], *, now: float, pid: int | None, pid_file: str, url: str | None) -> dict[str, Any]:

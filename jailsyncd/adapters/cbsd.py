@@ -38,6 +38,7 @@ import time
 import urllib.parse
 from contextvars import ContextVar
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 from sqlalchemy import column, create_engine, select, table
 from sqlalchemy.engine import Connection, Engine
@@ -48,6 +49,8 @@ from jailsyncd.addresses import parse_ip4_addr
 from jailsyncd.errors import SourceCorrupt, SourceError, SourceLocked, SourceMissing, SourceUnreadable
 from jailsyncd.leases import normalize_mac
 from jailsyncd.model import CbsdState, Environment
+
+_T = TypeVar("_T")
 
 #: Columns of ``jails`` that must exist; ``_OPTIONAL`` ones may be missing on older CBSD.
 _REQUIRED = ("jname", "jid", "status", "ip4_addr")
@@ -95,7 +98,7 @@ class CbsdSource:
         self._engine: Engine | None = None
         self._vm_dir = str(workdir / "jails-system")
         #: Per-VM DB path -> (stamp of the DB and its -wal when read, settings read).
-        self._vm_cache: dict[str, tuple[tuple[_FileStamp | None, _FileStamp | None], dict]] = {}
+        self._vm_cache: dict[str, tuple[tuple[_FileStamp | None, _FileStamp | None], dict[str, Any]]] = {}
         #: Per-VM DBs actually opened by the last ``read()`` (the others came from cache).
         self.vm_reads = 0
 
@@ -155,7 +158,7 @@ class CbsdSource:
 
     # -- node DB ---------------------------------------------------------------
 
-    def _read_node(self, conn: Connection, path: Path) -> list[dict]:
+    def _read_node(self, conn: Connection, path: Path) -> list[dict[str, Any]]:
         present = _columns(conn, "jails")
         if not present:
             raise SourceCorrupt(f"{path}: no table 'jails' (is this a CBSD node DB?)")
@@ -205,13 +208,13 @@ class CbsdSource:
             macs=settings.get("macs", ()),
         )
 
-    def _vm_reader(self, conn: Connection, path: Path) -> dict:
+    def _vm_reader(self, conn: Connection, path: Path) -> dict[str, Any]:
         settings = _read_vm_settings(conn, path)
         if self.read_macs:
             settings["macs"] = _read_macs(conn, "bhyvenic")
         return settings
 
-    def _vm_settings(self, path: str, reader) -> dict:
+    def _vm_settings(self, path: str, reader: Callable[[Connection, Path], dict[str, Any]]) -> dict[str, Any]:
         """The newest ``settings`` row of one per-VM DB: from the cache while the DB and
         its ``-wal`` keep the stamp they had when read, else read now."""
         stamp = _db_stamp(path)
@@ -234,7 +237,7 @@ class CbsdSource:
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self._uri.get(), uri=True, timeout=self.busy_timeout, check_same_thread=False)
 
-    def _read_db(self, path: Path, reader):
+    def _read_db(self, path: Path, reader: Callable[[Connection, Path], _T]) -> _T:
         """Run ``reader(conn, path)`` inside one read-only transaction on ``path``."""
         try:
             path.stat()
@@ -264,7 +267,7 @@ class CbsdSource:
             self._uri.reset(token)
 
 
-def _read_vm_settings(conn: Connection, path: Path) -> dict:
+def _read_vm_settings(conn: Connection, path: Path) -> dict[str, Any]:
     present = _columns(conn, "settings")
     if not present:
         raise SourceCorrupt(f"{path}: no table 'settings' (is this a CBSD per-VM DB?)")
@@ -282,7 +285,7 @@ def _read_vm_settings(conn: Connection, path: Path) -> dict:
     return dict(row._mapping) if row else {}
 
 
-def _read_jail_nics(conn: Connection, path: Path) -> dict:
+def _read_jail_nics(conn: Connection, path: Path) -> dict[str, Any]:
     return {"macs": _read_macs(conn, "jailnic")}
 
 
@@ -346,7 +349,7 @@ def _columns(conn: Connection, name: str) -> set[str]:
     return {r[1] for r in conn.exec_driver_sql(f"PRAGMA table_info({name})")}
 
 
-def _environment(row: dict) -> Environment:
+def _environment(row: dict[str, Any]) -> Environment:
     return Environment(
         # NULL is no jname at all (str() would make it the jail "None").
         jname="" if row["jname"] is None else str(row["jname"]).strip(),

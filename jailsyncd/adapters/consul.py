@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import dataclasses
 import functools
 import heapq
 import itertools
@@ -26,7 +25,7 @@ import os
 import socket
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import consul.base as consul_base
 import consul.std as consul_std
@@ -35,7 +34,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from jailsyncd.errors import ConfigError, ConsulDenied, ConsulError, ConsulRefused, ConsulRejected, JailsyncdError
 from jailsyncd.health import Target
-from jailsyncd.model import META_OWNER, META_SERVICE_ID, SELF_SERVICE_ID, SERVICE_ID_PREFIX, Action, CheckSpec, Observed, Service
+from jailsyncd.model import META_OWNER, META_SERVICE_ID, SELF_CHECK_ID, SELF_SERVICE_ID, SERVICE_ID_PREFIX, Action, CheckSpec, Observed, Service
 from jailsyncd.settings import ConsulSettings
 
 
@@ -52,8 +51,12 @@ MAX_OUTPUT = 1024
 # passes, which ends any blocked connect, TLS handshake, send or recv at once (shutdown(2)
 # wakes a thread blocked on the socket, on Linux and FreeBSD alike; close(2) would not).
 
-#: The connections used by the request running in this thread (set by ``_Consul._call``).
-_IN_FLIGHT: contextvars.ContextVar[list | None] = contextvars.ContextVar("jailsyncd_in_flight", default=None)
+#: Bytes of the answers' bodies received by the request running in this thread (set
+#: by ``ConsulClient.call``, counted by its response hook).
+_READ_BYTES: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("jailsyncd_read_bytes", default=None)
+
+#: The connections used by the request running in this thread (set by ``ConsulClient.call``).
+_IN_FLIGHT: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("jailsyncd_in_flight", default=None)
 
 
 class _Watchdog:
@@ -100,7 +103,14 @@ class _Watchdog:
 _WATCHDOG = _Watchdog()
 
 
-def _cut(connections: list, fired: threading.Event) -> None:
+def _count_bytes(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+    """requests' response hook: the answer's body size, for the request that asked."""
+    box = _READ_BYTES.get()
+    if box is not None:
+        box[0] += len(response.content or b"")
+
+
+def _cut(connections: list[Any], fired: threading.Event) -> None:
     """The deadline passed: shut down the sockets of the request's connections."""
     fired.set()
     for conn in connections:
@@ -152,16 +162,58 @@ class _ServerNameAdapter(_DeadlineAdapter):
         super().init_poolmanager(*args, **kwargs)
 
 
-class _Consul:
-    """The HTTP plumbing both modes share. Counts the requests and writes it makes."""
+class TokenProvider:
+    """The ACL token to send, re-read from ``consul.token_file`` only when the file
+    changed (inode, size, mtime or ctime: a rotation by ``mv`` or by rewriting in
+    place), so a rotated token is used from the next request on without a file read
+    per request. ``on_new`` is told each token read (the CLI registers it with the log
+    redaction). Thread-safe: the reconcile worker and the health rounds share it."""
 
-    def __init__(self, settings: ConsulSettings) -> None:
-        for key, var in (("ca_file", "CONSUL_CACERT"), ("cert_file", "CONSUL_CLIENT_CERT"), ("key_file", "CONSUL_CLIENT_KEY")):
-            path = getattr(settings, key)
-            if path is not None and not os.access(path, os.R_OK):
-                # Checked here, each cycle, not at load: certificates written at boot
-                # by another service may appear after jailsyncd starts.
-                raise ConfigError(f"consul.{key} (or {var}): {path} does not exist or is not readable")
+    def __init__(self, settings: ConsulSettings, on_new: Callable[[str], None] | None = None) -> None:
+        self._settings = settings
+        self._on_new = on_new
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int, int, int] | None = None
+        self._token: str | None = None
+        if settings.token_file is None and settings.token is not None:
+            self._token = settings.token.reveal()
+            if on_new is not None:
+                on_new(self._token)
+
+    def current(self) -> str | None:
+        """The token now (None: send none); raises ``ConsulRefused`` when the token
+        file cannot be read."""
+        path = self._settings.token_file
+        if path is None:
+            return self._token
+        try:
+            st = path.stat()
+            stamp: tuple[int, int, int, int] | None = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        except OSError:
+            stamp = None  # read below, to raise the error that names the file
+        with self._lock:
+            if stamp is not None and stamp == self._stamp:
+                return self._token
+            try:
+                token = self._settings.read_token()
+            except ValueError as exc:
+                self._stamp = None
+                raise ConsulRefused(f"consul.token_file: {exc}") from None
+            self._token = token.reveal() if token is not None else None
+            self._stamp = stamp
+        if self._token is not None and self._on_new is not None:
+            self._on_new(self._token)
+        return self._token
+
+
+class ConsulClient:
+    """The HTTP transport to one Consul agent, built once per process and shared by
+    the reconcile worker and the health rounds: one connection pool (kept-alive
+    connections, TLS set up once), the request deadline, the token provider, and
+    the mapping of every failure to jailsyncd's errors. Holds no per-cycle state."""
+
+    def __init__(self, settings: ConsulSettings, token: TokenProvider | None = None) -> None:
+        self._settings = settings
         host, port = settings.host_port
         self.endpoint = f"{settings.scheme}://{host}:{port}"
         verify: bool | str = str(settings.ca_file) if settings.ca_file else settings.verify
@@ -169,38 +221,135 @@ class _Consul:
         self._http = consul_std.HTTPClient(host, port, settings.scheme, verify, cert, timeout=settings.timeout)
         self._http.session.mount("http://", _DeadlineAdapter())
         self._http.session.mount("https://", _ServerNameAdapter(settings.tls_server_name) if settings.tls_server_name else _DeadlineAdapter())
-        self._timeout = settings.timeout
-        self._headers: dict[str, str] = {}
+        self._http.session.hooks["response"].append(_count_bytes)
+        self.timeout = settings.timeout
+        self.token = token if token is not None else TokenProvider(settings)
+        self.datacenter = settings.datacenter
+
+    def close(self) -> None:
+        self._http.session.close()
+
+    def check_files(self) -> None:
+        """The TLS files must be readable: checked before each use, not at load, because
+        certificates written at boot by another service may appear after jailsyncd
+        starts (and the client is built once)."""
+        for key, var in (("ca_file", "CONSUL_CACERT"), ("cert_file", "CONSUL_CLIENT_CERT"), ("key_file", "CONSUL_CLIENT_KEY")):
+            path = getattr(self._settings, key)
+            if path is not None and not os.access(path, os.R_OK):
+                raise ConfigError(f"consul.{key} (or {var}): {path} does not exist or is not readable")
+
+    @contextlib.contextmanager
+    def _deadline(self, timeout: float) -> Iterator[None]:
+        """Bound the request made inside to ``timeout`` in all: when the deadline cuts
+        it, whatever the transport then raised becomes a ``Timeout``."""
+        connections: list[Any] = []
+        fired = threading.Event()
+        token = _WATCHDOG.arm(time.monotonic() + timeout, functools.partial(_cut, connections, fired))
+        bound = _IN_FLIGHT.set(connections)
         try:
-            token = settings.read_token()
-        except ValueError as exc:
-            raise ConsulRefused(f"consul.token_file: {exc}") from None
-        if token is not None:
-            self._headers["X-Consul-Token"] = token.reveal()
-        self._dc = settings.datacenter
+            yield
+        except (requests.exceptions.RequestException, OSError, ValueError):
+            if fired.is_set():
+                raise requests.exceptions.Timeout() from None
+            raise
+        finally:
+            _WATCHDOG.disarm(token)
+            _IN_FLIGHT.reset(bound)
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        callback: Callable[[Any], Any],
+        *,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+        write: bool = False,
+        dc_scoped: bool = False,
+        read_bytes: list[int] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """One request. The path is quoted by python-consul2; query values go in
+        ``params``. ``read_bytes[0]`` grows by the size of the answer's body;
+        ``timeout`` shortens ``consul.timeout`` for this request (the backoff probe)."""
+        timeout = self.timeout if timeout is None else timeout
+        what = f"{method} {self.endpoint}{path}"
+        params = {**(params or {}), **({"dc": self.datacenter} if self.datacenter and dc_scoped else {})}
+        self.check_files()
+        token = self.token.current()
+        headers = {"X-Consul-Token": token} if token is not None else {}
+        counting = _READ_BYTES.set(read_bytes)
+        try:
+            with self._deadline(timeout):
+                if method == "GET":
+                    result = self._http.get(callback, path, params=params or None, headers=headers)
+                else:
+                    data = json.dumps(body) if body is not None else ""
+                    send = self._http.post if method == "POST" else self._http.put
+                    result = send(callback, path, params=params or None, data=data, headers=headers)
+        except (consul_base.ACLPermissionDenied, consul_base.ACLDisabled) as exc:
+            # "Permission denied: Missing service:write on NAME" may concern one name
+            # only; "ACL not found" (unknown or deleted token) concerns every request.
+            kind = ConsulDenied if isinstance(exc, consul_base.ACLPermissionDenied) and str(exc).startswith("Permission denied") else ConsulRefused
+            raise kind(f"{what}: permission denied ({_first_line(exc)}); check the token and its ACL policy") from None
+        except consul_base.NotFound:
+            raise ConsulError(f"{what}: 404 not found (is {self.endpoint} a Consul agent?)") from None
+        except consul_base.BadRequest as exc:
+            raise ConsulRejected(f"{what}: Consul rejected the request ({_first_line(exc)})") from None
+        except consul_base.ConsulException as exc:
+            if write and _rejects_payload(str(exc)):
+                raise ConsulRejected(f"{what}: Consul rejected the request ({_first_line(exc)})") from None
+            raise ConsulError(f"{what}: Consul failed ({_first_line(exc)})") from None
+        except requests.exceptions.SSLError:
+            raise ConsulError(f"{what}: TLS handshake failed (check consul.ca_file, cert_file and tls_server_name)") from None
+        except requests.exceptions.Timeout:
+            raise ConsulError(f"{what}: no answer within {timeout:g}s") from None
+        except requests.exceptions.ConnectionError:
+            raise ConsulError(f"{what}: cannot connect (is the Consul agent running at {self.endpoint}?)") from None
+        except requests.exceptions.RequestException as exc:
+            raise ConsulError(f"{what}: request failed ({exc.__class__.__name__})") from None
+        except ValueError:  # JSON that is not JSON: a proxy, a portal, not Consul
+            raise ConsulError(f"{what}: the answer is not Consul's JSON (is {self.endpoint} a Consul agent?)") from None
+        except OSError as exc:  # e.g. a TLS file that went away after start-up
+            raise ConsulError(f"{what}: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
+        finally:
+            _READ_BYTES.reset(counting)
+        return result
+
+
+class _Consul:
+    """What both modes share: requests through the process's ``ConsulClient``, counted
+    per store (``requests``, ``writes``: the reconciler and the health loop each have
+    their own store over the one client, so a cycle's numbers are its own)."""
+
+    #: Whether this mode has jailsyncd's heartbeat service (agent mode only).
+    has_heartbeat = False
+
+    def __init__(self, client: ConsulClient | ConsulSettings) -> None:
+        #: Built from settings (tests, ``connect``): the store owns its client and
+        #: ``close`` closes it; handed a client: the process that built it closes it.
+        self._owns_client = isinstance(client, ConsulSettings)
+        self._client = ConsulClient(client) if isinstance(client, ConsulSettings) else client
+        self.endpoint = self._client.endpoint
         #: Catalog reads and transactions take ``?dc=``; agent endpoints are local.
         self._dc_scoped = False
         self.requests = 0
         self.writes = 0
         #: Bytes of the answers' bodies (uncompressed): the cost per cycle docs/scaling.md measures.
         self.bytes_read = 0
-        self._http.session.hooks["response"].append(self._count)
         #: Service names this host holds in Consul, from the last ``read``.
         self._owned_names: set[str] = set()
 
     def close(self) -> None:
-        self._http.session.close()
+        if self._owns_client:
+            self._client.close()
 
-    def _count(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
-        self.bytes_read += len(response.content or b"")
+    def heartbeat(self, output: str) -> None:
+        """jailsyncd's heartbeat: only agent mode has a heartbeat service."""
 
     def leader(self) -> str:
         """The cluster leader's address ('' while there is none): a cheap liveness probe."""
         return self._call("GET", "/v1/status/leader", consul_base.CB.json()) or ""
-
-    def write_checks(self, writes: list[tuple[Target, str, str]]) -> None:
-        """Write the status and output of checks (health rounds)."""
-        raise NotImplementedError
 
     def preflight(self) -> tuple[list[tuple[bool | None, str]], bool]:
         """``check-config --online``: reachability, leader and the token. Returns the
@@ -240,68 +389,21 @@ class _Consul:
 
     def _raw(self, method: str, path: str, body: Any = None) -> tuple[int, str]:
         """Status and body, for answers where an error status is information."""
-        return self._call(method, path, lambda r: (r.code, r.body or ""), body=body)
+        answer: tuple[int, str] = self._call(method, path, lambda r: (r.code, r.body or ""), body=body)
+        return answer
 
     # -- plumbing -------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _deadline(self) -> Iterator[None]:
-        """Bound the request made inside to ``consul.timeout`` in all: when the deadline
-        cuts it, whatever the transport then raised becomes a ``Timeout``."""
-        connections: list = []
-        fired = threading.Event()
-        token = _WATCHDOG.arm(time.monotonic() + self._timeout, functools.partial(_cut, connections, fired))
-        bound = _IN_FLIGHT.set(connections)
-        try:
-            yield
-        except (requests.exceptions.RequestException, OSError, ValueError):
-            if fired.is_set():
-                raise requests.exceptions.Timeout() from None
-            raise
-        finally:
-            _WATCHDOG.disarm(token)
-            _IN_FLIGHT.reset(bound)
-
     def _call(
-        self, method: str, path: str, callback: Callable, *, body: Any = None, params: dict[str, str] | None = None, write: bool = False
+        self, method: str, path: str, callback: Callable[[Any], Any], *, body: Any = None, params: dict[str, str] | None = None, write: bool = False
     ) -> Any:
-        """One request. The path is quoted by python-consul2; query values go in ``params``."""
-        what = f"{method} {self.endpoint}{path}"
-        params = {**(params or {}), **({"dc": self._dc} if self._dc and self._dc_scoped else {})}
+        """One request through the client, counted here."""
         self.requests += 1
+        received = [0]
         try:
-            with self._deadline():
-                if method == "GET":
-                    result = self._http.get(callback, path, params=params or None, headers=self._headers)
-                else:
-                    data = json.dumps(body) if body is not None else ""
-                    send = self._http.post if method == "POST" else self._http.put
-                    result = send(callback, path, params=params or None, data=data, headers=self._headers)
-        except (consul_base.ACLPermissionDenied, consul_base.ACLDisabled) as exc:
-            # "Permission denied: Missing service:write on NAME" may concern one name
-            # only; "ACL not found" (unknown or deleted token) concerns every request.
-            kind = ConsulDenied if isinstance(exc, consul_base.ACLPermissionDenied) and str(exc).startswith("Permission denied") else ConsulRefused
-            raise kind(f"{what}: permission denied ({_first_line(exc)}); check the token and its ACL policy") from None
-        except consul_base.NotFound:
-            raise ConsulError(f"{what}: 404 not found (is {self.endpoint} a Consul agent?)") from None
-        except consul_base.BadRequest as exc:
-            raise ConsulRejected(f"{what}: Consul rejected the request ({_first_line(exc)})") from None
-        except consul_base.ConsulException as exc:
-            if write and _rejects_payload(str(exc)):
-                raise ConsulRejected(f"{what}: Consul rejected the request ({_first_line(exc)})") from None
-            raise ConsulError(f"{what}: Consul failed ({_first_line(exc)})") from None
-        except requests.exceptions.SSLError:
-            raise ConsulError(f"{what}: TLS handshake failed (check consul.ca_file, cert_file and tls_server_name)") from None
-        except requests.exceptions.Timeout:
-            raise ConsulError(f"{what}: no answer within {self._timeout:g}s") from None
-        except requests.exceptions.ConnectionError:
-            raise ConsulError(f"{what}: cannot connect (is the Consul agent running at {self.endpoint}?)") from None
-        except requests.exceptions.RequestException as exc:
-            raise ConsulError(f"{what}: request failed ({exc.__class__.__name__})") from None
-        except ValueError:  # JSON that is not JSON: a proxy, a portal, not Consul
-            raise ConsulError(f"{what}: the answer is not Consul's JSON (is {self.endpoint} a Consul agent?)") from None
-        except OSError as exc:  # e.g. a TLS file that went away after start-up
-            raise ConsulError(f"{what}: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
+            result = self._client.call(method, path, callback, body=body, params=params, write=write, dc_scoped=self._dc_scoped, read_bytes=received)
+        finally:
+            self.bytes_read += received[0]
         if write:
             self.writes += 1
         return result
@@ -310,6 +412,15 @@ class _Consul:
 class ConsulAgent(_Consul):
     """Agent mode: this host's services on its local Consul agent."""
 
+    has_heartbeat = True
+
+    def __init__(self, client: ConsulClient | ConsulSettings) -> None:
+        super().__init__(client)
+        #: The last answers read and what they say: in a steady state they repeat byte
+        #: for byte, and turning a thousand services into values costs more than the
+        #: requests themselves.
+        self._last: tuple[tuple[str, str, str, str], Observed] | None = None
+
     def read(self, owner: str, wanted_nodes: frozenset[str] = frozenset()) -> Observed:
         """Every service and check on the agent in two requests, whatever their number;
         keep ours, and note foreign IDs that look like ours (``wanted_nodes``: catalog
@@ -317,7 +428,12 @@ class ConsulAgent(_Consul):
         services = self._call("GET", "/v1/agent/services", _body)
         checks = self._call("GET", "/v1/agent/checks", _body)
         try:
-            observed = _observe_agent(owner, services, checks, self._token_accessor())
+            key = (owner, services, checks, self._token_accessor())
+            if self._last is not None and self._last[0] == key:
+                observed = self._last[1]
+            else:
+                observed = _observe_agent(*key)
+                self._last = (key, observed)
             self._owned_names = {s.name for s in observed.owned}
             return observed
         except (ValueError, AttributeError, KeyError, TypeError):
@@ -325,7 +441,7 @@ class ConsulAgent(_Consul):
 
     def _token_accessor(self) -> str:
         """The AccessorID of our token: a third request, made only when a token is set."""
-        if "X-Consul-Token" not in self._headers:
+        if self._client.token.current() is None:
             return ""
         status, body = self._raw("GET", "/v1/acl/token/self")
         if status != 200:
@@ -361,6 +477,10 @@ class ConsulAgent(_Consul):
         """
         payload = service_payload(service, statuses or {})
         self._call("PUT", "/v1/agent/service/register", consul_base.CB.bool(), body=payload, write=True)
+
+    def heartbeat(self, output: str) -> None:
+        """Set jailsyncd's own heartbeat check passing (resets its TTL)."""
+        self.update_check(SELF_CHECK_ID, "passing", output)
 
     def update_check(self, check_id: str, status: str, output: str) -> None:
         """Set a TTL check's status and output (this also resets its TTL)."""
@@ -430,8 +550,8 @@ class ConsulCatalog(_Consul):
     since the read (another host, an agent) is never overwritten; a node's
     operations never straddle two transactions, so nothing is left half-written."""
 
-    def __init__(self, settings: ConsulSettings) -> None:
-        super().__init__(settings)
+    def __init__(self, client: ConsulClient | ConsulSettings) -> None:
+        super().__init__(client)
         self._dc_scoped = True
         self._status: dict[str, tuple[str, str]] = {}
         #: False once Consul answered 404 to /v1/catalog/node-services (before 1.7).
@@ -545,6 +665,7 @@ class ConsulCatalog(_Consul):
         ops: list[dict[str, Any]] = []
         moved = old is not None and old.node != new.node
         if moved:
+            assert old is not None
             ops.append({"Node": {"Verb": "delete", "Node": {"Node": old.node}}})
         if old is None or moved:
             # cas at index 0: create only if no such node exists by now.
@@ -643,19 +764,17 @@ def _rejects_payload(message: str) -> bool:
 def _body(response: Any) -> str:
     """The answer's text, checked like python-consul2 checks (a 404 is an error here)."""
     consul_base.CB._status(response, allow_404=False)
-    return response.body
+    return str(response.body)
 
 
-@functools.lru_cache(maxsize=2)
 def _observe_agent(owner: str, services_json: str, checks_json: str, accessor: str) -> Observed:
-    """What the agent's answers say this host owns. Cached on the exact answers: in a
-    steady state they repeat byte for byte, and turning a thousand services into
-    values costs more than the requests themselves."""
+    """What the agent's answers say this host owns (``ConsulAgent.read`` keeps the
+    last one)."""
     raw = json.loads(services_json)
     raw_checks = json.loads(checks_json)
     if not isinstance(raw, dict) or not isinstance(raw_checks, dict):
         raise ValueError("not a JSON object")
-    checks_by_service: dict[str, list[dict]] = {}
+    checks_by_service: dict[str, list[dict[str, Any]]] = {}
     for check in raw_checks.values():
         checks_by_service.setdefault(check.get("ServiceID", ""), []).append(check)
     owned: list[Service] = []
@@ -725,7 +844,7 @@ def _node_body(service: Service) -> dict[str, Any]:
     return {"Node": service.node, "Address": service.address, "Meta": dict(service.node_meta)}
 
 
-def _service_fields(service: Service) -> tuple:
+def _service_fields(service: Service) -> tuple[object, ...]:
     return (service.name, service.address, service.port, service.tags, service.meta, service.tagged_addresses)
 
 
@@ -764,27 +883,23 @@ def service_from_catalog(dump: dict[str, Any], entry: dict[str, Any], checks: li
     )
 
 
-def consul_answers(settings: ConsulSettings, timeout: float = 1.0) -> bool:
-    """Whether Consul answers again (``daemon``'s backoff probe): one
-    ``GET /v1/status/leader`` to the configured agent, bounded by ``timeout``. In
+def consul_answers(client: ConsulClient, mode: str, timeout: float = 1.0) -> bool:
+    """Whether Consul answers again (``daemon``'s backoff probe, through ``app``): one
+    ``GET /v1/status/leader`` over the process's client, bounded by ``timeout``. In
     catalog mode the answer must name a leader (reads and writes need one); agent mode
     needs only the local agent. False on any error."""
     try:
-        client = _Consul(dataclasses.replace(settings, timeout=min(settings.timeout, timeout)))
+        leader = client.call("GET", "/v1/status/leader", consul_base.CB.json(), timeout=min(client.timeout, timeout))
     except JailsyncdError:
         return False
-    try:
-        leader = client.leader()
-    except JailsyncdError:
-        return False
-    finally:
-        client.close()
-    return settings.mode != "catalog" or bool(leader)
+    return mode != "catalog" or bool(leader)
 
 
-def connect(settings: ConsulSettings) -> ConsulAgent | ConsulCatalog:
-    """The store for the configured mode."""
-    return ConsulCatalog(settings) if settings.mode == "catalog" else ConsulAgent(settings)
+def connect(settings: ConsulSettings, client: ConsulClient | None = None) -> ConsulAgent | ConsulCatalog:
+    """The store for the configured mode, over ``client`` (the process's one client;
+    without one, the store builds its own and closes it in ``close``)."""
+    over: ConsulClient | ConsulSettings = client if client is not None else settings
+    return ConsulCatalog(over) if settings.mode == "catalog" else ConsulAgent(over)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -815,7 +930,7 @@ def service_payload(service: Service, statuses: dict[str, str] | None = None) ->
     }
 
 
-def service_from_consul(entry: dict[str, Any], checks: list[dict[str, Any]] = ()) -> Service:
+def service_from_consul(entry: dict[str, Any], checks: Sequence[dict[str, Any]] = ()) -> Service:
     """A ``Service`` from one value of ``/v1/agent/services`` and its entries of
     ``/v1/agent/checks``; absent fields become empty."""
     tagged = entry.get("TaggedAddresses") or {}

@@ -35,15 +35,17 @@ import threading
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from icmplib import ICMPRequest, ICMPv4Socket, ICMPv6Socket
 from icmplib.exceptions import ICMPLibError, TimeoutExceeded
 
 from jailsyncd.errors import ExitCode, JailsyncdError
-from jailsyncd.health import ProbeResult
+from jailsyncd.health import Probe, ProbeResult, RoundReport
 from jailsyncd.platform import Platform, current
+
+#: ``Probe`` and ``RoundReport`` are core values (``health``); re-exported here.
+__all__ = ["Probe", "ProbeResult", "ProbeUnavailable", "Prober", "RoundReport"]
 
 _ECHO_REPLY = {4: 0, 6: 129}
 #: ICMP errors that say the destination cannot be reached (v4: unreachable, time
@@ -78,23 +80,14 @@ class ProbeUnavailable(JailsyncdError):
     exit_code = ExitCode.PROBE_UNAVAILABLE
 
 
-@dataclass
-class RoundReport:
-    """One ``Prober.run``: results by probe key (a probe the prober could not run has
-    none), the prober's own problems, and the time spent waiting for the pace."""
-
-    results: dict[str, ProbeResult] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
-    paced: float = 0.0
-
-
 def _errno_of(exc: BaseException) -> int | None:
     """The OSError errno behind an exception (icmplib keeps only the text, the original
     is its context)."""
-    while exc is not None:
-        if isinstance(exc, OSError) and exc.errno is not None:
-            return exc.errno
-        exc = exc.__cause__ or exc.__context__
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno is not None:
+            return seen.errno
+        seen = seen.__cause__ or seen.__context__
     return None
 
 
@@ -110,16 +103,16 @@ def _socket_classes(platform: Platform) -> dict[int, type]:
     """icmplib's socket classes, opening their socket through ``platform.socket`` (the
     seam where a test answers like FreeBSD's socket())."""
 
-    class V4(ICMPv4Socket):
+    class V4(ICMPv4Socket):  # type: ignore[misc]  # icmplib has no type information
         __slots__ = ()
 
-        def _create_socket(self, type):
+        def _create_socket(self, type: int) -> socket.socket:
             return platform.socket(socket.AF_INET, type, socket.IPPROTO_ICMP)
 
-    class V6(ICMPv6Socket):
+    class V6(ICMPv6Socket):  # type: ignore[misc]
         __slots__ = ()
 
-        def _create_socket(self, type):
+        def _create_socket(self, type: int) -> socket.socket:
             return platform.socket(socket.AF_INET6, type, socket.IPPROTO_ICMPV6)
 
     return {4: V4, 6: V6}
@@ -143,16 +136,6 @@ class _Pace:
             return at
 
 
-@dataclass(frozen=True)
-class Probe:
-    """One thing to probe: ``kind`` is ``ping``, ``tcp`` or ``http:/path``."""
-
-    key: str
-    kind: str
-    address: str
-    port: int = 0
-
-
 class Prober:
     """Runs one round of probes. Holds no sockets between rounds, unless ``keep_open()``
     was called."""
@@ -169,12 +152,12 @@ class Prober:
         #: What the kernel granted each socket already sized: a socket kept across
         #: rounds is sized once (as root: later, without privileges, asking again
         #: could only shrink it).
-        self._granted: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._granted: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         self._seq_lock = threading.Lock()
         self._next_seq = 0
         #: Sockets kept for the process's life by family (4, 6), or the reason one
         #: could not be opened; empty: each round opens and closes its own.
-        self._kept: dict[int, object] = {}
+        self._kept: dict[int, Any] = {}
         self._kept_locks = {4: threading.Lock(), 6: threading.Lock()}
 
     def keep_open(self) -> None:
@@ -266,7 +249,7 @@ class Prober:
         finally:
             sock.close()
 
-    def _grow_buffer(self, raw) -> int:
+    def _grow_buffer(self, raw: socket.socket) -> int:
         """Enlarge the receive buffer as far as the kernel allows, return its size.
 
         Replies from hundreds of jails arrive while we are still sending. FreeBSD
@@ -283,10 +266,10 @@ class Prober:
                         break  # not this option (EPERM without root, ENOPROTOOPT): the next one
                     size //= 2
                     continue
-                return raw.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-        return raw.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)  # the kernel's default
+                return int(raw.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+        return int(raw.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))  # the kernel's default
 
-    def _exchange(self, family: int, sock, addresses: list[str], count: int, timeout: float, report: RoundReport, rate: float) -> dict[str, ProbeResult]:
+    def _exchange(self, family: int, sock: Any, addresses: list[str], count: int, timeout: float, report: RoundReport, rate: float) -> dict[str, ProbeResult]:
         raw = sock.sock
         try:
             granted = self._granted.get(raw)
@@ -307,7 +290,7 @@ class Prober:
         pending: set[int] = set()
         receive_failures: list[str] = []
 
-        def take(reply) -> None:
+        def take(reply: Any) -> None:
             if reply.id != ident or reply.sequence not in pending:
                 return  # another process's ping, or our own request seen by the raw socket
             address = owner[reply.sequence]
@@ -373,7 +356,7 @@ class Prober:
         return {a: _ping_result(a, count, rtts[a], errors.get(a), timeout) for a in addresses if a not in unprobed or rtts[a]}
 
 
-def _discard_queued(raw) -> None:
+def _discard_queued(raw: socket.socket) -> None:
     """Throw away what a kept socket received since the last round (a raw socket gets a
     copy of every ICMP packet the host receives), so that it cannot fill the buffer."""
     while select.select([raw], [], [], 0)[0]:

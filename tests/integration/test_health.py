@@ -56,15 +56,10 @@ def dns_a(consul: ConsulServer, name: str) -> list[str]:
 
 
 def in_process(settings: Settings) -> tuple[Reconciler, HealthLoop, list[ConsulAgent | ConsulCatalog]]:
-    """A reconciler and health loop like the daemon's, keeping every store it makes
-    so that the test can count their writes."""
-    stores: list[ConsulAgent] = []
-
-    def store() -> ConsulAgent | ConsulCatalog:
-        agent = connect(settings.consul)
-        stores.append(agent)
-        return agent
-
+    """A reconciler and health loop like the daemon's, sharing one store so that the
+    test can count their writes."""
+    store = connect(settings.consul)
+    stores: list[ConsulAgent | ConsulCatalog] = [store]
     health = HealthLoop(settings.health, Prober(), store)
     return Reconciler(settings, CbsdSource(settings.cbsd.workdir), store, health=health), health, stores
 

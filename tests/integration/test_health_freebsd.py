@@ -162,8 +162,8 @@ def test_a_failing_prober_never_stops_registration(where: str, code: int, netns:
     settings = load_settings(write_config(tmp_path / "c.toml", workdir=workdir.root, consul=ns_consul, health=HEALTH), env={})
     good = Prober()
     broken = Prober(platform=Platform("linux", socket=BrokenKernel(where, code)))
-    health = HealthLoop(settings.health, broken, lambda: connect(settings.consul))
-    reconciler = Reconciler(settings, CbsdSource(settings.cbsd.workdir), lambda: connect(settings.consul), health=health)
+    health = HealthLoop(settings.health, broken, connect(settings.consul))
+    reconciler = Reconciler(settings, CbsdSource(settings.cbsd.workdir), connect(settings.consul), health=health)
 
     def body() -> None:
         result = reconciler.cycle()

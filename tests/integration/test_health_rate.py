@@ -75,8 +75,8 @@ def test_pacing_below_the_kernel_limit_keeps_every_jail_passing(two_namespaces, 
             settings = load_settings(write_config(tmp_path / f"c{rate_limit}.toml", workdir=workdir.root, consul=consul, health=health), env={})
             logged = io.StringIO()
             configure("json", "info", stream=logged)
-            loop = HealthLoop(settings.health, Prober(platform=Platform("linux")), lambda: connect(settings.consul), advice=Platform("linux").raise_limit_hint)
-            return Reconciler(settings, CbsdSource(settings.cbsd.workdir), lambda: connect(settings.consul), health=loop), loop, logged
+            loop = HealthLoop(settings.health, Prober(platform=Platform("linux")), connect(settings.consul), advice=Platform("linux").raise_limit_hint)
+            return Reconciler(settings, CbsdSource(settings.cbsd.workdir), connect(settings.consul), health=loop), loop, logged
 
         def statuses() -> dict[str, str]:
             return {c["CheckID"]: c["Status"] for c in consul.get("/v1/agent/checks").values() if c["CheckID"].endswith(":ping")}

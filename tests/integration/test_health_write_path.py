@@ -53,7 +53,7 @@ def status(consul: ConsulServer) -> dict[str, str]:
 
 def in_process(config: Path) -> tuple[Reconciler, HealthLoop]:
     settings = load_settings(config, env={})
-    store = lambda: connect(settings.consul)  # noqa: E731
+    store = connect(settings.consul)
     health = HealthLoop(settings.health, Prober(), store)
     return Reconciler(settings, CbsdSource(settings.cbsd.workdir), store, health=health), health
 

@@ -103,7 +103,7 @@ class JailsAndConsul(RuleBasedStateMachine):
         self.settings = load_settings(config, env={})
         assert not self.settings.health.enabled
         self.reconciler = Reconciler(
-            self.settings, CbsdSource(self.settings.cbsd.workdir, self.settings.cbsd.busy_timeout), lambda: connect(self.settings.consul)
+            self.settings, CbsdSource(self.settings.cbsd.workdir, self.settings.cbsd.busy_timeout), connect(self.settings.consul)
         )
         self.model: dict[str, tuple[bool, str, str]] = {}  # jname -> (running, ip4_addr, tags)
         self.consul_up = True

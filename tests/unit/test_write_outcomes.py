@@ -121,7 +121,7 @@ class Prober:
 
 def loop(store: Store) -> HealthLoop:
     settings = HealthSettings(failures_before_critical=1)
-    health = HealthLoop(settings, Prober(), lambda: store, clock=lambda: 1000.0)
+    health = HealthLoop(settings, Prober(), store, clock=lambda: 1000.0)
     services = (svc("a"), svc("b"), svc("c"))
     health.sync(services, {f"jailsyncd-{j}:ping": PASSING for j in "abc"}, {})
     return health

@@ -1,0 +1,91 @@
+"""What the loop needs from the outside world: small protocols, one per need.
+
+``reconcile`` and ``healthloop`` see CBSD, Consul and the probes only through these
+(an import-linter contract in pyproject.toml keeps the adapters out of them). Each is
+implemented once per outside system:
+
+- ``CbsdReader``: ``adapters.cbsd.CbsdSource`` (CBSD's SQLite files, read-only);
+- ``ConsulStore`` and ``CheckWriter``: ``adapters.consul.ConsulAgent`` or
+  ``ConsulCatalog`` (the mode chosen once at start-up, ``app``);
+- ``Prober``: ``adapters.probe.Prober`` (ICMP, TCP, HTTP);
+- ``AddressFinder``: ``adapters.discovery.AddressDiscovery`` (DHCP leases, neighbours);
+
+and in memory by the unit tests of the loop (``tests/unit/memory.py``). ``app`` wires
+the real ones from the settings.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Protocol
+
+from jailsyncd.errors import JailsyncdError
+from jailsyncd.health import Probe, RoundReport, Target
+from jailsyncd.leases import Discovered
+from jailsyncd.leases import Target as AddressTarget
+from jailsyncd.model import Action, CbsdState, Observed
+
+#: One check status to write: the check, its status, its output.
+CheckWrite = tuple[Target, str, str]
+
+
+class CbsdReader(Protocol):
+    """CBSD's state on this host."""
+
+    def read(self) -> CbsdState:
+        """A complete read; a failed or partial one raises ``SourceError`` (never "no jails")."""
+        ...
+
+    def nodename(self) -> str:
+        """CBSD's node name, read now; raises ``SourceError`` when it cannot be read."""
+        ...
+
+
+class ConsulStore(Protocol):
+    """Consul as a reconcile cycle sees it: what this host owns, and the writes.
+
+    ``requests``, ``writes`` and ``bytes_read`` (answers' bodies) count what this store
+    sent and received since it was made (the reconciler reports the difference over
+    one cycle)."""
+
+    requests: int
+    writes: int
+    bytes_read: int
+
+    def read(self, owner: str, wanted_nodes: frozenset[str] = frozenset()) -> Observed:
+        """What ``owner`` holds; catalog mode also tells which of ``wanted_nodes``
+        (the node names this cycle wants) exist and are not ours."""
+        ...
+
+    def apply(self, actions: list[Action], should_stop: Callable[[], bool]) -> Iterator[tuple[Action, JailsyncdError | None]]:
+        """Apply in order, yielding each action with None (done) or the error that
+        rejected that action alone; stops early when ``should_stop()``; raises on
+        errors that would fail every other action too (unreachable, 403...)."""
+        ...
+
+
+class CheckWriter(Protocol):
+    """Where health rounds write check statuses (the mode's own kind of check)."""
+
+    #: Whether the mode has jailsyncd's heartbeat service (agent mode).
+    has_heartbeat: bool
+
+    def write_checks(self, writes: list[CheckWrite]) -> Iterator[tuple[CheckWrite, JailsyncdError | None]]:
+        """Each write with None (written) or the error that refused that check alone;
+        errors that would fail every write (unreachable, token refused) are raised."""
+        ...
+
+    def heartbeat(self, output: str) -> None:
+        """Set jailsyncd's heartbeat check passing (nothing where the mode has none)."""
+        ...
+
+
+class AddressFinder(Protocol):
+    """Addresses of environments CBSD gives none (``sync.discover_addresses``)."""
+
+    def discover(self, wanted: tuple[AddressTarget, ...], now: float) -> dict[str, Discovered]: ...
+
+
+class Prober(Protocol):
+    """Runs one round of probes."""
+
+    def run_round(self, probes: list[Probe], *, count: int, timeout: float, rate: float | None = None) -> RoundReport: ...

@@ -1,0 +1,112 @@
+"""In-memory implementations of jailsyncd's own ports (``jailsyncd.ports``), for fast
+tests of the loop: a CBSD reader, a Consul store that keeps services in a dict, a
+check writer and a prober. Never Consul's HTTP API: these stand in for OUR protocols.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable, Iterator
+
+from jailsyncd.errors import ConsulRejected, JailsyncdError
+from jailsyncd.health import Probe, ProbeResult, RoundReport
+from jailsyncd.model import META_OWNER, Action, CbsdState, Environment, Observed, Service
+from jailsyncd.ports import CheckWrite
+
+
+def jail(jname: str, n: int, address: str | None = None, *, running: bool = True) -> Environment:
+    """A running jail of CBSD's ``jails`` table."""
+    return Environment(jname, "jail", 1 if running else 0, n if running else 0, address or f"10.0.0.{n}", None, None)
+
+
+class MemorySource:
+    """CBSD as a value the test sets; ``fail`` makes the next reads raise it."""
+
+    def __init__(self, *environments: Environment, nodename: str = "node1") -> None:
+        self.state = CbsdState(nodename, tuple(environments))
+        self.fail: JailsyncdError | None = None
+        self.reads = 0
+
+    def set(self, *environments: Environment) -> None:
+        self.state = replace(self.state, environments=tuple(environments))
+
+    def read(self) -> CbsdState:
+        self.reads += 1
+        if self.fail is not None:
+            raise self.fail
+        return self.state
+
+    def nodename(self) -> str:
+        assert self.state.nodename is not None
+        return self.state.nodename
+
+
+class MemoryStore:
+    """Consul's services as a dict. Records every action it applied, in order;
+    ``refuse`` holds service IDs whose writes are rejected (that action alone)."""
+
+    has_heartbeat = True
+
+    def __init__(self) -> None:
+        self.services: dict[str, Service] = {}
+        self.applied: list[tuple[str, str]] = []
+        self.refuse: set[str] = set()
+        self.requests = 0
+        self.writes = 0
+        self.bytes_read = 0
+
+    def read(self, owner: str, wanted_nodes: frozenset[str] = frozenset()) -> Observed:
+        self.requests += 1
+        owned = tuple(s for s in sorted(self.services.values(), key=lambda s: s.service_id) if dict(s.meta).get(META_OWNER) == owner)
+        return Observed(owned)
+
+    def apply(self, actions: list[Action], should_stop: Callable[[], bool]) -> Iterator[tuple[Action, JailsyncdError | None]]:
+        for action in actions:
+            if should_stop():
+                return
+            self.requests += 1
+            sid = action.service.service_id
+            if sid in self.refuse:
+                yield action, ConsulRejected(f"{sid}: refused")
+                continue
+            self.writes += 1
+            self.applied.append((action.kind, sid))
+            if action.kind == "deregister":
+                self.services.pop(sid, None)
+            else:
+                self.services[sid] = replace(action.service, checks=frozenset(c.observable for c in action.service.check_specs), check_specs=())
+            yield action, None
+
+
+class MemoryChecks:
+    """A check writer: records the writes; ``refuse`` holds check IDs it rejects."""
+
+    has_heartbeat = True
+
+    def __init__(self, refuse: set[str] | None = None) -> None:
+        self.written: list[tuple[str, str]] = []
+        self.refuse = refuse or set()
+        self.heartbeats = 0
+
+    def write_checks(self, writes: list[CheckWrite]) -> Iterator[tuple[CheckWrite, JailsyncdError | None]]:
+        for write in writes:
+            if write[0].check_id in self.refuse:
+                yield write, ConsulRejected(f"{write[0].check_id}: refused")
+                continue
+            self.written.append((write[0].check_id, write[1]))
+            yield write, None
+
+    def heartbeat(self, output: str) -> None:
+        self.heartbeats += 1
+
+
+class MemoryProber:
+    """Answers every probe with ``up`` (a set of addresses that answer)."""
+
+    def __init__(self, up: set[str]) -> None:
+        self.up = up
+        self.rounds = 0
+
+    def run_round(self, probes: list[Probe], *, count: int, timeout: float, rate: float | None = None) -> RoundReport:
+        self.rounds += 1
+        return RoundReport(results={p.key: ProbeResult(p.address in self.up, "up" if p.address in self.up else "down") for p in probes})

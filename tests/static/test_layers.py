@@ -1,0 +1,58 @@
+"""The guard rails of the code's shape, run with the rest of the suite (``scripts/test``).
+
+- mypy, configured in pyproject.toml: strict on the core and the adapters;
+- import-linter, contracts in pyproject.toml: the core imports nothing of the adapters,
+  the loop, the daemon or the CLI; the loop reaches the outside only through
+  ``jailsyncd.ports``; adapters never import the loop;
+- each third-party library that talks to an outside system is imported by exactly one
+  module of the package.
+
+Both tools are in the ``test`` extras (scripts/setup installs them).
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_mypy_is_clean() -> None:
+    done = run(sys.executable, "-m", "mypy")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_import_contracts_are_kept() -> None:
+    done = run(str(BIN / "lint-imports"), "--no-cache")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+#: Each outside system's library, and the one module that may import it.
+ONE_MODULE = {
+    "consul": "jailsyncd/adapters/consul.py",
+    "requests": "jailsyncd/adapters/consul.py",
+    "urllib3": "jailsyncd/adapters/consul.py",
+    "sqlalchemy": "jailsyncd/adapters/cbsd.py",
+    "icmplib": "jailsyncd/adapters/probe.py",
+    "apscheduler": "jailsyncd/daemon.py",
+}
+
+
+def test_each_outside_library_is_imported_by_one_module() -> None:
+    found: dict[str, set[str]] = {name: set() for name in ONE_MODULE}
+    for path in sorted((REPO / "jailsyncd").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            for name in names:
+                top = name.split(".")[0]
+                if top in found:
+                    found[top].add(str(path.relative_to(REPO)))
+    assert {name: sorted(paths) for name, paths in found.items()} == {name: [module] for name, module in ONE_MODULE.items()}
