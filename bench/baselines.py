@@ -27,7 +27,7 @@ from typing import Any, Iterator
 
 import consul.std as consul_std
 
-from jailsyncd.devconsul import ConsulServer
+from testing.devconsul import ConsulServer
 
 TXN_OPS = 64
 SERVICE_PREFIX = "jailsyncd-"

@@ -32,15 +32,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # testing/: the repository's helpers
 
 from workload import build as build_workload  # noqa: E402
 
 from jailsyncd.adapters.cbsd import CbsdSource  # noqa: E402
 from jailsyncd.adapters.discovery import AddressDiscovery  # noqa: E402
-from jailsyncd.devnet import NetNS, available  # noqa: E402
+from testing.devnet import NetNS, available  # noqa: E402
 from jailsyncd.leases import targets  # noqa: E402
 from jailsyncd.platform import Platform, _run  # noqa: E402
-from jailsyncd.sample import Workdir, dhclient_lease  # noqa: E402
+from testing.sample import Workdir, dhclient_lease  # noqa: E402
 
 
 def mac(i: int) -> str:

@@ -17,8 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from jailsyncd.devconsul import ConsulServer
-from jailsyncd.sample import Workdir
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # testing/: the repository's helpers
+
+from testing.devconsul import ConsulServer  # noqa: E402
+from testing.sample import Workdir  # noqa: E402
 
 
 def build(root: Path, n: int) -> Workdir:

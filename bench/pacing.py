@@ -4,7 +4,7 @@
 
 FreeBSD's host answers the pings of every non-VNET jail and drops echo replies beyond
 ``net.inet.icmp.icmplim`` per second (200 by default). This reproduces that with Linux's
-own echo-reply limit (``jailsyncd.devnet.limit_echo_replies``) in a peer namespace
+own echo-reply limit (``testing.devnet.limit_echo_replies``) in a peer namespace
 holding N jail addresses, reached over a veth pair from the namespace where
 jailsyncd's ``Prober`` runs, and prints one table row per rate: unpaced, jailsyncd's
 FreeBSD default for that limit, and the limit itself. Needs root; every packet stays
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from jailsyncd.adapters.probe import Probe, Prober  # noqa: E402
-from jailsyncd.devnet import NetNS, available, join, limit_echo_replies  # noqa: E402
+from testing.devnet import NetNS, available, join, limit_echo_replies  # noqa: E402
 from jailsyncd.health import pace_of  # noqa: E402
 from jailsyncd.platform import Platform  # noqa: E402
 

@@ -21,7 +21,7 @@ Consul dev agents on loopback (``scripts/get-consul``), and measures, per mode
 - a health round: N addresses pinged by jailsyncd's ``Prober`` with 10% down, inside
   a private network namespace; and, with health on, whether a steady round writes.
 
-Health on runs entirely inside a private network namespace (``jailsyncd.devnet``):
+Health on runs entirely inside a private network namespace (``testing.devnet``):
 90% of the jails' addresses are on its ``lo``, 10% have no route. Health off uses
 127.1.x.y addresses on loopback. No packet ever leaves 127.0.0.0/8 or a namespace
 created here.
@@ -61,8 +61,8 @@ import baselines  # noqa: E402
 import workload  # noqa: E402
 
 from jailsyncd import settings as settings_module  # noqa: E402
-from jailsyncd.devconsul import ConsulServer  # noqa: E402
-from jailsyncd.devnet import NetNS, available as netns_available  # noqa: E402
+from testing.devconsul import ConsulServer  # noqa: E402
+from testing.devnet import NetNS, available as netns_available  # noqa: E402
 
 DEFAULT_SIZES = (100, 1000, 5000)
 TARGET_N = 1000

@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from harness import ConsulServer, RunningDaemon, consul_binary, wait_for, write_config  # noqa: E402
 
-from jailsyncd.sample import Workdir  # noqa: E402
+from testing.sample import Workdir  # noqa: E402
 
 POOL = [f"j{i:02}" for i in range(50)]
 FOREIGN = {"ID": "web1", "Name": "web1", "Address": "192.0.2.1", "Tags": ["theirs"]}

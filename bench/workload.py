@@ -10,7 +10,7 @@ The mix, by ``i % 10`` (so every size has the same proportions):
 | 3 | running multi-IP jail: two IPv4 and one IPv6, ``consul.port=80``, tags | yes |
 | 4-9 | running jail, ``em0#``-prefixed IPv4, one tag | yes |
 
-So 80% of N are registered. Rows are written like CBSD writes them (``jailsyncd.sample``:
+So 80% of N are registered. Rows are written like CBSD writes them (``testing.sample``:
 WAL, full CBSD 14.1 column set, a per-VM ``local.sqlite`` for every VM); the node
 rows go in one transaction so that building 5,000 environments takes seconds.
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from jailsyncd.sample import Workdir
+from testing.sample import Workdir
 
 OWNER = "bench"
 

@@ -15,8 +15,10 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
-from jailsyncd.devconsul import ConsulServer, free_port, wait_for
-from jailsyncd.sample import SAMPLE_DHCP_LEASES, create_sample
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # testing/: the repository's helpers
+
+from testing.devconsul import ConsulServer, free_port, wait_for  # noqa: E402
+from testing.sample import SAMPLE_DHCP_LEASES, create_sample  # noqa: E402
 
 
 def step(title: str) -> None:

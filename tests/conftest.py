@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from harness import ConsulServer, RunningDaemon, consul_binary, wait_for, write_config
 
-from jailsyncd.sample import Workdir, create_sample
+from testing.sample import Workdir, create_sample
 
 
 @pytest.fixture(scope="session")

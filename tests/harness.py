@@ -1,7 +1,7 @@
 """Test harness: CLI runs, log parsing and configs; re-exports the dev Consul helpers.
 
 Used by ``tests/conftest.py`` and the integration tests. Nothing here fakes Consul:
-``ConsulServer`` (from ``jailsyncd.devconsul``) runs the real binary.
+``ConsulServer`` (from ``testing.devconsul``) runs the real binary.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jailsyncd.devconsul import ConsulServer, free_port, wait_for  # noqa: F401 - re-exported for tests
+from testing.devconsul import ConsulServer, free_port, wait_for  # noqa: F401 - re-exported for tests
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -20,7 +20,7 @@ from harness import REPO, ConsulServer, log_events, run_cli, wait_for, write_con
 
 from jailsyncd.adapters.probe import Prober
 from jailsyncd.errors import JailsyncdError
-from jailsyncd.sample import Workdir
+from testing.sample import Workdir
 
 pytestmark = pytest.mark.integration
 

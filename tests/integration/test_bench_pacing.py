@@ -9,7 +9,7 @@ import sys
 import pytest
 from harness import REPO
 
-from jailsyncd.devnet import available
+from testing.devnet import available
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(available() is not None, reason=str(available()))]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from harness import REPO
 
-from jailsyncd.devnet import available
+from testing.devnet import available
 
 pytestmark = pytest.mark.integration
 

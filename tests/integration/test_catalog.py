@@ -17,7 +17,7 @@ from jailsyncd.desired import build_desired
 from jailsyncd.adapters.cbsd import CbsdSource
 from jailsyncd.model import Action
 from jailsyncd.plan import plan
-from jailsyncd.sample import Workdir
+from testing.sample import Workdir
 from jailsyncd.settings import load_settings
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ import pytest
 
 from jailsyncd.adapters import cbsd
 from jailsyncd.adapters.cbsd import CbsdSource
-from jailsyncd.sample import Workdir
+from testing.sample import Workdir
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from harness import REPO, ConsulServer, wait_for, write_config
 
-from jailsyncd.sample import Workdir
+from testing.sample import Workdir
 
 pytestmark = pytest.mark.integration
 

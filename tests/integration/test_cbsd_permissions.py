@@ -32,7 +32,7 @@ import pytest
 
 from jailsyncd.adapters.cbsd import CbsdSource
 from jailsyncd.errors import SourceError
-from jailsyncd.sample import Workdir
+from testing.sample import Workdir
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")]
 

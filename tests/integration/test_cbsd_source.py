@@ -19,7 +19,7 @@ import pytest
 
 from jailsyncd.adapters.cbsd import CbsdSource
 from jailsyncd.errors import SourceCorrupt, SourceLocked, SourceMissing, SourceUnreadable
-from jailsyncd.sample import SAMPLE_ENVIRONMENTS, Workdir
+from testing.sample import SAMPLE_ENVIRONMENTS, Workdir
 
 
 def read(workdir: Workdir, busy: float = 2.0):

@@ -10,7 +10,7 @@ import pytest
 from harness import ConsulServer, run_cli, write_config
 
 from jailsyncd.errors import ExitCode
-from jailsyncd.sample import Workdir
+from testing.sample import Workdir
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import pytest
 from harness import ConsulServer, free_port, log_events, run_cli, wait_for, write_config
 
 from jailsyncd.errors import ExitCode
-from jailsyncd.sample import Workdir
+from testing.sample import Workdir
 
 pytestmark = pytest.mark.integration
 

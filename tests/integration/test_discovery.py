@@ -23,10 +23,10 @@ from harness import REPO, ConsulServer, log_events, run_cli, write_config
 
 from jailsyncd.adapters.cbsd import CbsdSource
 from jailsyncd.adapters.discovery import AddressDiscovery
-from jailsyncd.devnet import NetNS, available
+from testing.devnet import NetNS, available
 from jailsyncd.leases import Target, targets
 from jailsyncd.platform import Platform, _run
-from jailsyncd.sample import Workdir, dhclient_lease
+from testing.sample import Workdir, dhclient_lease
 
 pytestmark = pytest.mark.integration
 

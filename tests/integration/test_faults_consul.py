@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 from harness import REPO, ConsulServer, free_port, log_events, run_cli, wait_for, write_config
 
-from jailsyncd.devconsul import terminate
-from jailsyncd.devnet import NetNS, available
+from testing.devconsul import terminate
+from testing.devnet import NetNS, available
 from jailsyncd.errors import ExitCode
-from jailsyncd.sample import Workdir
+from testing.sample import Workdir
 
 pytestmark = pytest.mark.integration
 

@@ -22,12 +22,12 @@ from jailsyncd import platform as platform_module
 from jailsyncd.adapters.cbsd import CbsdSource
 from jailsyncd.adapters.consul import connect
 from jailsyncd.adapters.probe import Probe, Prober
-from jailsyncd.devnet import NetNS, available
+from testing.devnet import NetNS, available
 from jailsyncd.healthloop import HealthLoop
 from jailsyncd.logs import configure
 from jailsyncd.platform import Platform
 from jailsyncd.reconcile import Reconciler
-from jailsyncd.sample import Workdir
+from testing.sample import Workdir
 from jailsyncd.settings import load_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(available() is not None, reason=str(available()))]

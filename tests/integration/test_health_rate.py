@@ -23,12 +23,12 @@ from harness import ConsulServer, log_events, wait_for, write_config
 from jailsyncd.adapters.cbsd import CbsdSource
 from jailsyncd.adapters.consul import connect
 from jailsyncd.adapters.probe import Prober
-from jailsyncd.devnet import NetNS, available, join, limit_echo_replies, sysctl
+from testing.devnet import NetNS, available, join, limit_echo_replies, sysctl
 from jailsyncd.healthloop import HealthLoop
 from jailsyncd.logs import configure
 from jailsyncd.platform import Platform
 from jailsyncd.reconcile import Reconciler
-from jailsyncd.sample import Workdir
+from testing.sample import Workdir
 from jailsyncd.settings import load_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(available() is not None, reason=str(available()))]

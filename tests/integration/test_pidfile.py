@@ -19,7 +19,7 @@ import pytest
 from harness import REPO, ConsulServer, run_cli, wait_for, write_config
 
 from jailsyncd.errors import ExitCode
-from jailsyncd.sample import Workdir
+from testing.sample import Workdir
 
 pytestmark = pytest.mark.integration
 

@@ -37,9 +37,9 @@ from pathlib import Path
 import pytest
 from harness import REPO, ConsulServer, log_events, wait_for
 
-from jailsyncd.devnet import NetNS, available
+from testing.devnet import NetNS, available
 from jailsyncd.errors import ExitCode
-from jailsyncd.sample import Workdir
+from testing.sample import Workdir
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(available() is not None, reason=str(available()))]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from harness import ConsulServer, run_cli, wait_for, write_config
 
-from jailsyncd.sample import Workdir
+from testing.sample import Workdir
 
 pytestmark = pytest.mark.integration
 

@@ -36,7 +36,7 @@ from jailsyncd.adapters.consul import connect
 from jailsyncd.desired import build_desired
 from jailsyncd.errors import ConsulError, SourceLocked
 from jailsyncd.reconcile import Reconciler
-from jailsyncd.sample import Workdir
+from testing.sample import Workdir
 from jailsyncd.settings import load_settings
 
 pytestmark = pytest.mark.integration

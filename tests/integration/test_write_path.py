@@ -15,7 +15,7 @@ from harness import ConsulServer, log_events, run_cli, write_config
 from jailsyncd.adapters.consul import connect
 from jailsyncd.errors import ConsulRejected, ExitCode
 from jailsyncd.model import Action, Service
-from jailsyncd.sample import Workdir
+from testing.sample import Workdir
 from jailsyncd.settings import load_settings
 
 pytestmark = pytest.mark.integration

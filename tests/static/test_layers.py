@@ -56,3 +56,20 @@ def test_each_outside_library_is_imported_by_one_module() -> None:
                 if top in found:
                     found[top].add(str(path.relative_to(REPO)))
     assert {name: sorted(paths) for name, paths in found.items()} == {name: [module] for name, module in ONE_MODULE.items()}
+
+
+def test_the_wheel_holds_only_what_runs_on_a_host() -> None:
+    """The test, demo and benchmark helpers live in testing/: not a package the wheel
+    lists, no package data, and nothing in jailsyncd imports them."""
+    import tomllib
+
+    tool = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert all(p == "jailsyncd" or p.startswith("jailsyncd.") for p in tool["packages"]) and "package-data" not in tool
+    on_disk = {str(p.parent.relative_to(REPO)).replace("/", ".") for p in (REPO / "jailsyncd").rglob("__init__.py")}
+    assert on_disk == set(tool["packages"]), "every package of jailsyncd is listed, and only those"
+    assert not list((REPO / "jailsyncd").rglob("*.sql"))
+    for path in (REPO / "jailsyncd").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                assert not any(n.split(".")[0] == "testing" for n in names), f"{path} imports testing/"

@@ -1,6 +1,6 @@
 """Build CBSD workdirs shaped exactly like CBSD's own, for the demo, tests and benchmarks.
 
-Called by ``scripts/demo`` (``python -m jailsyncd.sample DIR``), the test fixtures and
+Called by ``scripts/demo`` (``python -m testing.sample DIR``), the test fixtures and
 ``bench/``. It writes the way CBSD does: stdlib ``sqlite3`` (like CBSD's ``sqlite3``
 CLI), WAL journal mode on every open, a 25 s busy timeout, the node DB as
 ``var/db/inv.<node>.sqlite`` with a ``local.sqlite`` symlink, and the full CBSD 14.1
@@ -24,7 +24,6 @@ import sqlite3
 import sys
 import time
 from contextlib import contextmanager
-from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,7 +32,7 @@ _NEWER_COLUMNS = ("tags", "ci_gw4", "zfs_encryption", "boot_delay", "allow_nfsd"
 
 
 def _ddl(name: str) -> str:
-    return resources.files("jailsyncd").joinpath("data", name).read_text()
+    return (Path(__file__).resolve().parent / "data" / name).read_text()
 
 
 def jails_ddl(*, schema: str = "current", extra_columns: tuple[str, ...] = ()) -> str:
@@ -230,7 +229,7 @@ def create_sample(root: Path, *, nodename: str = "node1") -> Workdir:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        print("usage: python -m jailsyncd.sample DIR", file=sys.stderr)
+        print("usage: python -m testing.sample DIR", file=sys.stderr)
         raise SystemExit(2)
     create_sample(Path(sys.argv[1]))
     print(sys.argv[1])
