@@ -142,3 +142,147 @@ class ConsulServer:
     def wipe(self) -> None:
         for sid in self.services():
             self.put(f"/v1/agent/service/deregister/{urllib.parse.quote(sid, safe='')}")
+
+
+# -- a real multi-server cluster on loopback ----------------------------------------------
+
+
+@dataclass
+class ClusterAgent(ConsulServer):
+    """One agent of a ``ConsulCluster``: a server or a client, not ``-dev``, with its
+    own data directory (kept across ``restart``) and its own ports on 127.0.0.1."""
+
+    name: str = "agent"
+    server: bool = False
+    serf_port: int = field(default_factory=free_port)
+    rpc_port: int = field(default_factory=free_port)
+    join: tuple[str, ...] = ()
+    bootstrap_expect: int = 0
+    extra_hcl: str = ""
+
+    def write_config(self, root: Path) -> Path:
+        self.workdir = root / self.name
+        (self.workdir / "data").mkdir(parents=True, exist_ok=True)
+        joins = ", ".join(f'"{j}"' for j in self.join)
+        hcl = f"""
+datacenter = "dc1"
+node_name = "{self.name}"
+data_dir = "{self.workdir / 'data'}"
+server = {'true' if self.server else 'false'}
+{f'bootstrap_expect = {self.bootstrap_expect}' if self.server else ''}
+bind_addr = "127.0.0.1"
+client_addr = "127.0.0.1"
+ports {{
+  http = {self.http_port}
+  dns = {self.dns_port}
+  serf_lan = {self.serf_port}
+  serf_wan = {free_port() if self.server else -1}
+  server = {self.rpc_port}
+  grpc = -1
+}}
+retry_join = [{joins}]
+retry_interval = "1s"
+performance {{ raft_multiplier = 1 }}
+disable_update_check = true
+log_level = "info"
+{self.extra_hcl}
+"""
+        path = self.workdir / "agent.hcl"
+        path.write_text(hcl)
+        return path
+
+    def start(self) -> "ClusterAgent":  # type: ignore[override]
+        assert self.workdir is not None, "ConsulCluster writes the config first"
+        with open(self.workdir / "consul.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, "agent", "-config-file", str(self.workdir / "agent.hcl")],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        return self
+
+    def answers(self) -> bool:
+        """The agent answers its HTTP API and knows a leader."""
+        if self.proc is None or self.proc.poll() is not None:
+            return False
+        try:
+            return bool(self.get("/v1/status/leader"))
+        except (OSError, AssertionError, ValueError):
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: no leave, no clean shutdown (a crash, a power cut)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:  # keeps the data directory, unlike ConsulServer.stop
+        terminate(self.proc)
+
+
+@dataclass
+class ConsulCluster:
+    """``servers`` Consul servers and ``clients`` client agents on 127.0.0.1 with
+    private ports, ``raft_multiplier = 1`` (a new leader within about 2 s), for the
+    tests (tests/integration/test_cluster.py) and ``bench/cluster.py``."""
+
+    binary: str
+    servers: int = 3
+    clients: int = 1
+    root: Path | None = None
+    agents: list[ClusterAgent] = field(default_factory=list)
+    client_hcl: str = ""
+
+    def start(self, timeout: float = 60.0) -> "ConsulCluster":
+        self.root = Path(tempfile.mkdtemp(prefix="jailsyncd-cluster-"))
+        servers = [ClusterAgent(self.binary, name=f"server{i}", server=True, bootstrap_expect=self.servers) for i in range(self.servers)]
+        joins = tuple(f"127.0.0.1:{s.serf_port}" for s in servers)
+        for s in servers:
+            s.join = tuple(j for j in joins if not j.endswith(f":{s.serf_port}"))
+        clients = [ClusterAgent(self.binary, name=f"client{i}", join=joins, extra_hcl=self.client_hcl) for i in range(self.clients)]
+        self.agents = servers + clients
+        for agent in self.agents:
+            agent.write_config(self.root)
+            agent.start()
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Every running agent answers with a leader, and every client is a member."""
+        wait_for(lambda: all(a.answers() for a in self.agents if a.proc and a.proc.poll() is None), timeout=timeout, interval=0.1,
+                 what=f"a leader seen by every agent (logs under {self.root})")
+        wanted = {a.name for a in self.agents if a.proc and a.proc.poll() is None}
+        wait_for(lambda: wanted <= {n["Node"] for n in self.server_list[0].get("/v1/catalog/nodes")}, timeout=timeout, interval=0.1,
+                 what="every agent in the catalog")
+
+    @property
+    def server_list(self) -> list[ClusterAgent]:
+        return [a for a in self.agents if a.server]
+
+    @property
+    def client_list(self) -> list[ClusterAgent]:
+        return [a for a in self.agents if not a.server]
+
+    def leader(self) -> ClusterAgent:
+        """The server that is the raft leader now."""
+        for agent in self.server_list:
+            if agent.proc is None or agent.proc.poll() is not None:
+                continue
+            try:
+                address = agent.get("/v1/status/leader")
+            except (OSError, AssertionError, ValueError):
+                continue
+            for server in self.server_list:
+                if address.endswith(f":{server.rpc_port}"):
+                    return server
+        raise AssertionError("no leader")
+
+    def raft_index(self) -> int:
+        """The leader's last raft log index: every committed write moves it."""
+        stats = self.leader().get("/v1/agent/self")["Stats"]["raft"]
+        return int(stats["last_log_index"])
+
+    def stop(self) -> None:
+        for agent in self.agents:
+            agent.stop()
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)

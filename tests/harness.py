@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from testing.devconsul import ConsulServer, free_port, wait_for  # noqa: F401 - re-exported for tests
+from testing.devconsul import ConsulCluster, ConsulServer, free_port, wait_for  # noqa: F401 - re-exported for tests
 
 REPO = Path(__file__).resolve().parent.parent
 
