@@ -378,11 +378,14 @@ def scenario(opts: Options, load: workload.Workload, tmp: Path, mode: str, healt
             data={"seconds": noop_wall, "worst": walls[-1]},
         )
         row("no-op cycle: CPU time (median)", ms(statistics.median(cpus)), notes=f"worst {ms(cpus[-1])}", data={"seconds": statistics.median(cpus)})
+        # Catalog mode reads its services in one read-only transaction per 64 jails
+        # (issue 14: what a cycle reads depends on this host's jails, not the cluster).
+        max_requests = 3 if mode == "agent" else 2 + -(-n // 64)
         row(
             "no-op cycle: HTTP requests / writes",
             f"{requests} / {writes}",
-            target="≤ 3 / 0" if is_target else "—",
-            met=verdict(requests <= 3 and writes == 0 and not moved) if is_target else "—",
+            target=f"≤ {max_requests} / 0" if is_target else "—",
+            met=verdict(requests <= max_requests and writes == 0 and not moved) if is_target else "—",
             notes=(
                 f"writes summed over {opts.noops} cycles; Consul's raft indexes {'MOVED' if moved else 'unchanged'}; "
                 f"{sum(reads.read_bytes) / 1024:,.0f} KiB of responses read per cycle"

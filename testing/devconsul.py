@@ -147,6 +147,21 @@ class ConsulServer:
 # -- a real multi-server cluster on loopback ----------------------------------------------
 
 
+def distinct_ports(count: int) -> list[int]:
+    """``count`` free TCP ports on 127.0.0.1, all different (held open together while
+    chosen, so that the kernel cannot hand one out twice)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 @dataclass
 class ClusterAgent(ConsulServer):
     """One agent of a ``ConsulCluster``: a server or a client, not ``-dev``, with its
@@ -154,8 +169,9 @@ class ClusterAgent(ConsulServer):
 
     name: str = "agent"
     server: bool = False
-    serf_port: int = field(default_factory=free_port)
-    rpc_port: int = field(default_factory=free_port)
+    serf_port: int = 0
+    rpc_port: int = 0
+    wan_port: int = 0
     join: tuple[str, ...] = ()
     bootstrap_expect: int = 0
     extra_hcl: str = ""
@@ -174,9 +190,9 @@ bind_addr = "127.0.0.1"
 client_addr = "127.0.0.1"
 ports {{
   http = {self.http_port}
-  dns = {self.dns_port}
+  dns = -1
   serf_lan = {self.serf_port}
-  serf_wan = {free_port() if self.server else -1}
+  serf_wan = {self.wan_port if self.server else -1}
   server = {self.rpc_port}
   grpc = -1
 }}
@@ -234,16 +250,25 @@ class ConsulCluster:
 
     def start(self, timeout: float = 60.0) -> "ConsulCluster":
         self.root = Path(tempfile.mkdtemp(prefix="jailsyncd-cluster-"))
-        servers = [ClusterAgent(self.binary, name=f"server{i}", server=True, bootstrap_expect=self.servers) for i in range(self.servers)]
+        ports = iter(distinct_ports(4 * (self.servers + self.clients)))
+
+        def agent(name: str, **kw: Any) -> ClusterAgent:
+            return ClusterAgent(self.binary, name=name, http_port=next(ports), serf_port=next(ports), rpc_port=next(ports), wan_port=next(ports), **kw)
+
+        servers = [agent(f"server{i}", server=True, bootstrap_expect=self.servers) for i in range(self.servers)]
         joins = tuple(f"127.0.0.1:{s.serf_port}" for s in servers)
         for s in servers:
             s.join = tuple(j for j in joins if not j.endswith(f":{s.serf_port}"))
-        clients = [ClusterAgent(self.binary, name=f"client{i}", join=joins, extra_hcl=self.client_hcl) for i in range(self.clients)]
+        clients = [agent(f"client{i}", join=joins, extra_hcl=self.client_hcl) for i in range(self.clients)]
         self.agents = servers + clients
-        for agent in self.agents:
-            agent.write_config(self.root)
-            agent.start()
-        self.wait_ready(timeout)
+        try:
+            for member in self.agents:
+                member.write_config(self.root)
+                member.start()
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> None:
