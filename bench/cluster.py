@@ -3,7 +3,7 @@
     scripts/setup && .venv/bin/python bench/cluster.py [--hosts 3] [--jails 20,200] [--foreign 3000] [--noops 3] [--write]
 
 Starts 3 Consul servers and ``--hosts`` client agents on 127.0.0.1 with private ports
-(``jailsyncd.devconsul.ConsulCluster``, ``raft_multiplier = 1``), registers
+(``testing.devconsul.ConsulCluster``, ``raft_multiplier = 1``), registers
 ``--foreign`` external nodes of other owners (the rest of the fleet), then for each
 mode and each jail count gives every simulated host a CBSD workdir (``sample.Workdir``,
 jails on 127.3.x.y, health off: nothing is pinged) and a config pointing at its own
@@ -41,8 +41,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from jailsyncd.devconsul import ClusterAgent, ConsulCluster, wait_for  # noqa: E402
-from jailsyncd.sample import Workdir  # noqa: E402
+from testing.devconsul import ClusterAgent, ConsulCluster, wait_for  # noqa: E402
+from testing.sample import Workdir  # noqa: E402
 
 RESULTS = REPO / "bench" / "RESULTS.md"
 START, END = "<!-- cluster.py:start -->", "<!-- cluster.py:end -->"
