@@ -1,7 +1,7 @@
 """Which ACL permissions a mode really needs, for ``check-config --online``.
 
 Called by ``cli`` (``cmd_check_config``), which asks Consul about each permission
-(``adapters.consul._Consul.authorize``) and prints ``findings``. Pure: services in,
+(``adapters.consul.transport.StoreBase.authorize``) and prints ``findings``. Pure: services in,
 permissions and lines for people out; no I/O.
 
 What each mode calls, measured against Consul 1.8.7 with ``default_policy = "deny"``

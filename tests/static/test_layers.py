@@ -37,9 +37,9 @@ def test_import_contracts_are_kept() -> None:
 
 #: Each outside system's library, and the one module that may import it.
 ONE_MODULE = {
-    "consul": "jailsyncd/adapters/consul.py",
-    "requests": "jailsyncd/adapters/consul.py",
-    "urllib3": "jailsyncd/adapters/consul.py",
+    "consul": "jailsyncd/adapters/consul/transport.py",
+    "requests": "jailsyncd/adapters/consul/transport.py",
+    "urllib3": "jailsyncd/adapters/consul/transport.py",
     "sqlalchemy": "jailsyncd/adapters/cbsd.py",
     "icmplib": "jailsyncd/adapters/probe.py",
     "apscheduler": "jailsyncd/daemon.py",

@@ -1,0 +1,288 @@
+"""Catalog mode: every jail an external node of its own (``ConsulCatalog``), written
+through ``/v1/txn``, and the catalog's records: a node, its service and its inert
+checks, to jailsyncd's ``Service`` and back.
+
+Made once per process by ``app`` (``connect``); used by ``reconcile`` (``read``,
+``apply``) and ``healthloop`` (``write_checks``; catalog mode has no heartbeat
+service). Requests go through ``transport``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+from jailsyncd.adapters.consul.agent import service_from_consul, service_payload
+from jailsyncd.adapters.consul.transport import MAX_OUTPUT, ConsulClient, StoreBase, strict_json, txn_result
+from jailsyncd.errors import ConsulDenied, ConsulError, ConsulRejected, JailsyncdError
+from jailsyncd.health import Target
+from jailsyncd.model import META_OWNER, META_SERVICE_ID, SERVICE_ID_PREFIX, Action, CheckSpec, Observed, Service
+from jailsyncd.settings import ConsulSettings
+
+
+#: Consul applies at most 64 operations in one transaction.
+MAX_TXN_OPS = 64
+NOT_PROBED_OUTPUT = "not probed yet"
+
+
+class ConsulCatalog(StoreBase):
+    """Catalog mode: every jail is an external node of its own (node meta
+    ``external-node=true``), registered through ``/v1/txn`` in batches of at most 64
+    operations. Nodes are created with ``cas`` at index 0, so a node that appeared
+    since the read (another host, an agent) is never overwritten; a node's
+    operations never straddle two transactions, so nothing is left half-written."""
+
+    def __init__(self, client: ConsulClient | ConsulSettings) -> None:
+        super().__init__(client)
+        self._dc_scoped = True
+        self._status: dict[str, tuple[str, str]] = {}
+        #: False once Consul answered 404 to /v1/catalog/node-services (before 1.7).
+        self._node_services_endpoint = True
+
+    def read(self, owner: str, wanted_nodes: frozenset[str] = frozenset()) -> Observed:
+        """Our nodes with their services and checks, and which of ``wanted_nodes`` (the
+        node names this cycle wants) exist without being ours. Only public endpoints,
+        answered by any server (``?stale``), and what is read depends on this host's
+        jails only, never on the size of the cluster (docs/scaling.md):
+
+        1. ``GET /v1/catalog/nodes?node-meta=jailsyncd-owner:<owner>``: our nodes;
+        2. ``GET /v1/health/state/any?node-meta=jailsyncd-owner:<owner>``: their checks;
+        3. ``PUT /v1/txn`` with one read-only ``Service get`` per node (64 per request),
+           the ID taken from the node meta ``jailsyncd-service-id``; a node without it
+           (written by an older jailsyncd) or a get that fails (a service changed by
+           hand) is read alone (``/v1/catalog/node-services/<node>``, Consul >= 1.7,
+           else ``/v1/catalog/node/<node>``);
+        4. only when a wanted node is not ours: ``GET /v1/catalog/nodes?filter=Node ==
+           ...`` for those names, to report a clash as a conflict before the ``cas``
+           create (which refuses it anyway).
+
+        A stale answer can lag the leader by a few milliseconds: the next cycle then
+        repeats a write that is idempotent (``set``, ``delete``) or refused (``cas``),
+        never a wrong one.
+        """
+        params = {"node-meta": f"{META_OWNER}:{owner}", "stale": ""}
+        nodes = self._call("GET", "/v1/catalog/nodes", strict_json, params=params) or []
+        # The node-meta filter is Consul's; ownership is checked here as well.
+        ours = {n["Node"]: n for n in nodes if (n.get("Meta") or {}).get(META_OWNER) == owner}
+        checks = self._call("GET", "/v1/health/state/any", strict_json, params=params) or []
+        checks_by_node: dict[str, list[dict[str, Any]]] = {}
+        for check in checks:
+            if check.get("Node") in ours:
+                checks_by_node.setdefault(check["Node"], []).append(check)
+        owned: list[Service] = []
+        status: list[tuple[str, str, str]] = []
+        for name, entries in self._node_services(ours).items():
+            node_checks = checks_by_node.get(name, [])
+            status += [(c["CheckID"], c.get("Status", ""), c.get("Output", "")) for c in node_checks]
+            owned += [service_from_catalog(ours[name], e, node_checks) for e in entries if e.get("ID", "").startswith(SERVICE_ID_PREFIX)]
+        foreign = self._taken(sorted(set(wanted_nodes) - set(ours)))
+        self._status = {check_id: (st, out) for check_id, st, out in status}
+        return Observed(owned=tuple(sorted(owned, key=lambda s: s.service_id)), foreign_nodes=foreign, check_status=tuple(sorted(status)))
+
+    #: Names per clash-check request (keeps the URL short).
+    TAKEN_BATCH = 32
+
+    def _taken(self, names: list[str]) -> frozenset[str]:
+        """Which of ``names`` are nodes in the catalog (none of them is ours)."""
+        taken: set[str] = set()
+        for start in range(0, len(names), self.TAKEN_BATCH):
+            chunk = names[start : start + self.TAKEN_BATCH]
+            flt = " or ".join(f"Node == {_quote(n)}" for n in chunk)
+            found = self._call("GET", "/v1/catalog/nodes", strict_json, params={"filter": flt, "stale": ""}) or []
+            taken.update(n["Node"] for n in found if n.get("Node") in chunk)
+        return frozenset(taken)
+
+    def _node_services(self, ours: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+        """The service entries of each of our nodes: batched ``Service get`` reads where
+        the node names its service ID, single-node reads otherwise."""
+        result: dict[str, list[dict[str, Any]]] = {}
+        alone: list[str] = []
+        known = [(n, (ours[n].get("Meta") or {}).get(META_SERVICE_ID, "")) for n in sorted(ours)]
+        alone += [n for n, sid in known if not sid]
+        batch = [(n, sid) for n, sid in known if sid]
+        for start in range(0, len(batch), MAX_TXN_OPS):
+            chunk = batch[start : start + MAX_TXN_OPS]
+            ops = [{"Service": {"Verb": "get", "Node": n, "Service": {"ID": sid}}} for n, sid in chunk]
+            answer = self._call("PUT", "/v1/txn", txn_result, body=ops, params={"stale": ""}) or {}
+            results = answer.get("Results") or []
+            if answer.get("Errors") or len(results) != len(chunk):
+                alone += [n for n, _ in chunk]  # a service changed by hand: read those nodes whole
+                continue
+            for (name, _), item in zip(chunk, results):
+                result[name] = [item.get("Service") or {}]
+        for name in alone:
+            result[name] = self._one_node(name)
+        return result
+
+    def _one_node(self, name: str) -> list[dict[str, Any]]:
+        """Every service of one node: ``/v1/catalog/node-services`` (Consul 1.7 and
+        later), else ``/v1/catalog/node`` (whose services are a map)."""
+        if self._node_services_endpoint:
+            try:
+                answer = self._call("GET", f"/v1/catalog/node-services/{name}", strict_json, params={"stale": ""}) or {}
+                return list(answer.get("Services") or [])
+            except ConsulError as exc:
+                if "404 not found" not in str(exc):
+                    raise
+                self._node_services_endpoint = False  # an older Consul: not asked again
+        answer = self._call("GET", f"/v1/catalog/node/{name}", strict_json, params={"stale": ""}) or {}
+        return list((answer.get("Services") or {}).values())
+
+    def apply(self, actions: list[Action], should_stop: Callable[[], bool]) -> Iterator[tuple[Action, JailsyncdError | None]]:
+        for batch in _batches([(a, self._ops(a)) for a in actions], MAX_TXN_OPS):
+            if should_stop():
+                return
+            yield from self._txn(batch)
+
+    def write_checks(self, writes: list[tuple[Target, str, str]]) -> Iterator[tuple[tuple[Target, str, str], JailsyncdError | None]]:
+        ops = [(w, [_check_op(w[0].node, w[0].spec, w[0].service_id, w[1], w[2])]) for w in writes if w[0].spec is not None]
+        for batch in _batches(ops, MAX_TXN_OPS):
+            yield from self._txn(batch)
+
+    def _ops(self, action: Action) -> list[dict[str, Any]]:
+        new, old = action.service, action.old
+        if action.kind == "deregister":
+            return [{"Node": {"Verb": "delete", "Node": {"Node": new.node}}}]
+        statuses = dict(action.statuses)
+        ops: list[dict[str, Any]] = []
+        moved = old is not None and old.node != new.node
+        if moved:
+            assert old is not None
+            ops.append({"Node": {"Verb": "delete", "Node": {"Node": old.node}}})
+        if old is None or moved:
+            # cas at index 0: create only if no such node exists by now.
+            ops.append({"Node": {"Verb": "cas", "Node": {**_node_body(new), "ModifyIndex": 0}}})
+        elif (old.address, old.node_meta) != (new.address, new.node_meta):
+            ops.append({"Node": {"Verb": "set", "Node": _node_body(new)}})
+        if old is None or moved or _service_fields(old) != _service_fields(new):
+            ops.append({"Service": {"Verb": "set", "Node": new.node, "Service": _catalog_service(new)}})
+        have = old.checks if old is not None and not moved else frozenset()
+        for spec in new.check_specs:
+            if spec.observable in have:
+                continue
+            # A changed definition keeps the status Consul holds; a new check starts
+            # with the status probed just before registration (or critical).
+            if spec.check_id in self._status:
+                current, output = self._status[spec.check_id]
+            elif spec.check_id in statuses:
+                current, output = statuses[spec.check_id], f"first probe before registration: {statuses[spec.check_id]}"
+            else:
+                current, output = "critical", NOT_PROBED_OUTPUT
+            ops.append(_check_op(new.node, spec, new.service_id, current, output))
+        if old is not None and not moved:
+            wanted = {c.check_id for c in new.check_specs}
+            ops += [
+                {"Check": {"Verb": "delete", "Check": {"Node": new.node, "CheckID": check_id}}}
+                for check_id, _, _ in sorted(old.checks)
+                if check_id not in wanted
+            ]
+        return ops
+
+    def _txn(self, batch: list[tuple[Any, list[dict[str, Any]]]]) -> Iterator[tuple[Any, JailsyncdError | None]]:
+        """Apply one batch atomically. When Consul rejects some operations (409), the
+        whole transaction was rolled back: report the actions those operations belong
+        to and try the rest again, until a transaction applies or nothing is left."""
+        while batch:
+            ops = [op for _, item_ops in batch for op in item_ops]
+            try:
+                result = self._call("PUT", "/v1/txn", txn_result, body=ops, write=True) or {}
+            except (ConsulRejected, ConsulDenied) as exc:
+                # The whole request was refused (a payload Consul will not parse, a
+                # name the token may not write) without saying which operation: try
+                # each item alone, so that only the culprit fails.
+                if len(batch) == 1:
+                    yield batch[0][0], ConsulRejected(f"{_subject(batch[0][0])}: {exc}")
+                    return
+                for one in batch:
+                    yield from self._txn([one])
+                return
+            errors = result.get("Errors") or []
+            if not errors:
+                for item, _ in batch:
+                    yield item, None
+                return
+            failed: dict[int, str] = {}
+            for error in errors:
+                index = error.get("OpIndex", 0)
+                position = 0
+                for i, (_, item_ops) in enumerate(batch):
+                    if position <= index < position + len(item_ops):
+                        failed.setdefault(i, error.get("What", "rejected"))
+                        break
+                    position += len(item_ops)
+            for i, what in sorted(failed.items()):
+                item = batch[i][0]
+                yield item, ConsulRejected(f"PUT {self.endpoint}/v1/txn: {_subject(item)}: {what}")
+            batch = [b for i, b in enumerate(batch) if i not in failed]
+
+
+def _quote(text: str) -> str:
+    """A string literal of Consul's filter language."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _subject(item: Any) -> str:
+    if isinstance(item, Action):
+        return f"node {item.service.node} of jail {item.service.jail}"
+    return f"check {item[0].check_id}"
+
+
+def _batches(items: list[tuple[Any, list[dict[str, Any]]]], limit: int) -> list[list[tuple[Any, list[dict[str, Any]]]]]:
+    """Pack items into batches of at most ``limit`` operations, never splitting one
+    item's operations (an item with more than ``limit`` gets a batch of its own)."""
+    batches: list[list[tuple[Any, list[dict[str, Any]]]]] = []
+    current: list[tuple[Any, list[dict[str, Any]]]] = []
+    size = 0
+    for item, ops in items:
+        if not ops:
+            continue
+        if current and size + len(ops) > limit:
+            batches.append(current)
+            current, size = [], 0
+        current.append((item, ops))
+        size += len(ops)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _node_body(service: Service) -> dict[str, Any]:
+    return {"Node": service.node, "Address": service.address, "Meta": dict(service.node_meta)}
+
+
+def _service_fields(service: Service) -> tuple[object, ...]:
+    return (service.name, service.address, service.port, service.tags, service.meta, service.tagged_addresses)
+
+
+def _catalog_service(service: Service) -> dict[str, Any]:
+    body = service_payload(service)
+    body.pop("Checks", None)
+    body["Service"] = body.pop("Name")
+    return body
+
+
+def _check_op(node: str, spec: CheckSpec, service_id: str, status: str, output: str) -> dict[str, Any]:
+    check = {"Node": node, "CheckID": spec.check_id, "Name": spec.name, "Notes": spec.notes, "Status": status, "Output": output[:MAX_OUTPUT]}
+    if spec.kind == "service":
+        check["ServiceID"] = service_id
+    return {"Check": {"Verb": "set", "Check": check}}
+
+
+def service_from_catalog(dump: dict[str, Any], entry: dict[str, Any], checks: list[dict[str, Any]]) -> Service:
+    """A ``Service`` from one of our nodes (as ``/v1/catalog/nodes`` lists it), one of
+    its services and the node's checks."""
+    sid = entry["ID"]
+    mine = [c for c in checks if c.get("CheckID", "").startswith(sid + ":")]
+    kinds = frozenset((c["CheckID"], "service" if c.get("ServiceID") else "node", c.get("Notes", "")) for c in mine)
+    service = service_from_consul(entry)
+    return Service(
+        service_id=service.service_id,
+        name=service.name,
+        address=service.address,
+        port=service.port,
+        tags=service.tags,
+        meta=service.meta,
+        tagged_addresses=service.tagged_addresses,
+        checks=kinds,
+        node=dump["Node"],
+        node_meta=tuple(sorted((dump.get("Meta") or {}).items())),
+    )
