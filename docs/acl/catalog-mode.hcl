@@ -16,6 +16,7 @@
 #   PUT /v1/txn (read-only Service get)   service:read on their services (Consul
 #                                         silently leaves out what the token may
 #                                         not read)
+#   GET /v1/catalog/node/<name>, or
 #   GET /v1/catalog/nodes?filter=...      node:read on the names a cycle wants to
 #                                         create, to see whether someone else holds
 #                                         them (see below)

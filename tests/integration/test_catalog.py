@@ -251,3 +251,17 @@ def test_nodes_without_the_service_id_meta_or_edited_by_hand_are_read_whole(cata
     services = catalog.get(f"/v1/catalog/node-services/{names[0]}")["Services"]
     assert [s["ID"] for s in services] == ["jailsyncd-old0"], services
     assert summary(once(config)[1])["writes"] == 0
+
+
+def test_many_taken_names_are_asked_for_in_one_filtered_read(catalog: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    """More than four names to check take one filtered read per 32 names instead of
+    one lookup each; every clash is still a conflict, never overwritten."""
+    add_foreign_nodes(catalog, 5, prefix="many")
+    for i in range(5):
+        workdir.add(f"clash{i}", jid=i + 1, status=1, ip4_addr=f"127.0.46.{i + 1}", host_hostname=f"many0000{i}")
+    config = catalog_config(tmp_path, workdir, catalog, "node1")
+    rc, events, err = once(config)
+    assert sorted(e["jail"] for e in events if e["event"] == "jail_skipped" and e["reason"] == "conflict") == [f"clash{i}" for i in range(5)], err
+    assert all(n["Meta"]["jailsyncd-owner"].startswith("other") for name, n in nodes(catalog).items() if name.startswith("many"))
+    # Ours (none), their checks, and one filtered read for the five taken names.
+    assert summary(events)["requests"] == 3

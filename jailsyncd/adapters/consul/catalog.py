@@ -51,9 +51,10 @@ class ConsulCatalog(StoreBase):
            (written by an older jailsyncd) or a get that fails (a service changed by
            hand) is read alone (``/v1/catalog/node-services/<node>``, Consul >= 1.7,
            else ``/v1/catalog/node/<node>``);
-        4. only when a wanted node is not ours: ``GET /v1/catalog/nodes?filter=Node ==
-           ...`` for those names, to report a clash as a conflict before the ``cas``
-           create (which refuses it anyway).
+        4. only when a wanted node is not ours: ``GET /v1/catalog/node/<name>`` for
+           each (up to 4), else ``GET /v1/catalog/nodes?filter=Node == ...`` for 32
+           at a time, to report a clash as a conflict before the ``cas`` create
+           (which refuses it anyway).
 
         A stale answer can lag the leader by a few milliseconds: the next cycle then
         repeats a write that is idempotent (``set``, ``delete``) or refused (``cas``),
@@ -78,12 +79,22 @@ class ConsulCatalog(StoreBase):
         self._status = {check_id: (st, out) for check_id, st, out in status}
         return Observed(owned=tuple(sorted(owned, key=lambda s: s.service_id)), foreign_nodes=foreign, check_status=tuple(sorted(status)))
 
-    #: Names per clash-check request (keeps the URL short).
+    #: Up to this many names are looked up one by one (an index lookup on the server,
+    #: case-insensitive like the ``cas`` create); more take one filtered read per
+    #: ``TAKEN_BATCH`` names (fewer requests, but the server walks every node).
+    TAKEN_ALONE = 4
+    #: Names per filtered clash-check request (keeps the URL short).
     TAKEN_BATCH = 32
 
     def _taken(self, names: list[str]) -> frozenset[str]:
-        """Which of ``names`` are nodes in the catalog (none of them is ours)."""
+        """Which of ``names`` are nodes in the catalog (none of them is ours). Asked
+        only for names a cycle wants and does not own: new jails, persistent conflicts."""
         taken: set[str] = set()
+        if len(names) <= self.TAKEN_ALONE:
+            for name in names:
+                if self._call("GET", f"/v1/catalog/node/{name}", strict_json, params={"stale": ""}):
+                    taken.add(name)
+            return frozenset(taken)
         for start in range(0, len(names), self.TAKEN_BATCH):
             chunk = names[start : start + self.TAKEN_BATCH]
             flt = " or ".join(f"Node == {_quote(n)}" for n in chunk)
