@@ -31,11 +31,12 @@ from jailsyncd import __version__, aclcheck, privileges, report
 from jailsyncd import platform as platform_module
 from jailsyncd.adapters.cbsd import CbsdSource
 from jailsyncd.app import App
-from jailsyncd.health import targets_of
+from jailsyncd.health import check_name, targets_of
 from jailsyncd.healthloop import HealthLoop
 from jailsyncd.errors import ConsulRefused, ExitCode, JailsyncdError, PrivilegeError, SafetyRefusal, SourceError, SourceUnreadable
 from jailsyncd.logs import configure, get_logger, register_secret, route_library_logs
 from jailsyncd.model import META_ADDRESS_SOURCE, Plan
+from jailsyncd.plan import field_changes
 from jailsyncd.pidfile import running_jailsyncd
 from jailsyncd.reconcile import CycleResult, StartupWindow
 from jailsyncd.settings import DEFAULT_CONFIG, DaemonSettings, Settings, load_settings, token_file_problem
@@ -219,7 +220,7 @@ def _health_rows(app: App, result: CycleResult) -> list[dict[str, str]]:
     return [
         {
             "jail": t.jail,
-            "check": t.check_id.rsplit(":", 1)[-1],
+            "check": check_name(t.check_id),
             "check_id": t.check_id,
             "consul": in_consul.get(t.check_id, "absent"),
             "probe": "passing" if results[t.check_id].ok else "critical",
@@ -399,7 +400,7 @@ def plan_as_json(plan: Plan) -> dict[str, Any]:
     return {
         "register": [service(s) for s in plan.register],
         "update": [
-            {**service(u.new), "fields": list(u.fields), "changes": {f: {"from": _plain(getattr(u.old, f)), "to": _plain(getattr(u.new, f))} for f in u.fields}}
+            {**service(u.new), "fields": list(u.fields), "changes": field_changes(u)}
             for u in plan.update
         ],
         "deregister": [service(s) for s in plan.deregister],
@@ -432,16 +433,6 @@ def plan_as_text(plan: Plan) -> str:
     if not (plan.register or plan.update or plan.deregister):
         lines.append(f"no changes now: {len(plan.held)} deregistrations held (=)" if plan.held else "no changes: Consul matches CBSD")
     return "\n".join(lines)
-
-
-def _plain(value: Any) -> Any:
-    """A compared field's value in JSON types: sets as sorted lists, pairs as objects,
-    check triples (``checks``) as ``[check_id, kind, notes]`` lists."""
-    if isinstance(value, frozenset):
-        return sorted(list(v) if isinstance(v, tuple) else v for v in value)
-    if isinstance(value, tuple):
-        return dict(value)
-    return value
 
 
 def _show(value: Any) -> str:

@@ -5,8 +5,9 @@ everything else only *asks* for a cycle:
 
 - APScheduler (3.x, ``BackgroundScheduler``) asks every ``sync.interval`` with up to
   ``sync.jitter`` of random delay, and runs the change watcher every
-  ``sync.watch_interval``: a stat of the node DB and its ``-wal`` (CBSD writes only
-  on events, so a changed size or mtime means "re-read now");
+  ``sync.watch_interval``: a stat of the node DB and its ``-wal``
+  (``adapters.cbsd.db_stamp``, the same change detector the per-VM cache uses; CBSD
+  writes only on events, so a changed stamp means "re-read now");
 - ``SIGUSR1`` and ``jailsyncd kick`` ask at once;
 - the first cycle is asked for at start-up, and one more when ``sync.startup_grace``
   ends (for the deregistrations it held back), and one ``sync.confirm_after`` after
@@ -42,6 +43,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from jailsyncd.adapters.cbsd import db_stamp, node_db_path
 from jailsyncd.errors import ConsulError, JailsyncdError
 from jailsyncd.logs import configure, get_logger
 from jailsyncd.pidfile import Pidfile
@@ -57,14 +59,6 @@ STOP_GRACE = 3.0
 #: the host converges within about a second of Consul's return (issue 14, item 2).
 PROBE_EVERY = 0.5
 PROBE_TIMEOUT = 1.0
-
-
-def file_stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_size, st.st_mtime_ns)
 
 
 def backoff_delay(failures: int, cap: float) -> float:
@@ -138,9 +132,7 @@ class Daemon:
         self._main_wake.set()
 
     def _db_stamps(self) -> tuple:
-        db = self.settings.cbsd.workdir / "var" / "db" / "local.sqlite"
-        real = db.resolve()
-        return (file_stamp(real), file_stamp(Path(str(real) + "-wal")))
+        return db_stamp(str(node_db_path(self.settings.cbsd.workdir)))
 
     def _watch(self) -> None:
         stamps = self._db_stamps()

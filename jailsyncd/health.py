@@ -223,6 +223,11 @@ def with_checks_from_consul(service: Service, ttl: float) -> Service:
     return replace(service, check_specs=tuple(specs))
 
 
+def check_name(check_id: str) -> str:
+    """The check's own name in its ID ``<service_id>:<name>`` (``ping``, ``tcp``...)."""
+    return check_id.rsplit(":", 1)[-1]
+
+
 def targets_of(services: tuple[Service, ...]) -> tuple[Target, ...]:
     return tuple(
         Target(s.jail, c.check_id, c.probe, s.address, s.port, c.ttl, c, s.node, s.service_id)

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from jailsyncd import events
 from jailsyncd.errors import JailsyncdError
 from jailsyncd.health import (
     CRITICAL,
@@ -32,6 +33,7 @@ from jailsyncd.health import (
     Target,
     Written,
     advance,
+    check_name,
     decide,
     pace_of,
     ping_addresses,
@@ -242,8 +244,8 @@ class HealthLoop:
         self.rounds += 1
         self.last_round_at, self.last_round_duration = time.time(), self.clock() - started
         for change in changes:
-            check = change.check_id.rsplit(":", 1)[-1]
-            self.log.info("health_changed", jail=change.jail, check=check, check_id=change.check_id, **{"from": change.old, "to": change.new}, output=change.output)
+            check = check_name(change.check_id)
+            self.log.info(events.HEALTH_CHANGED, jail=change.jail, check=check, check_id=change.check_id, **{"from": change.old, "to": change.new}, output=change.output)
         done: list[tuple[Target, str]] = []
         failed = 0
         if writes:

@@ -7,12 +7,29 @@ cycle would refuse.
 
 from __future__ import annotations
 
+from typing import Any
+
 from jailsyncd.model import COMPARED_FIELDS, META_OWNER, CbsdState, Confirmation, Desired, Observed, Pending, Plan, Service, Skip, Startup, Update
 
 
 def changed_fields(old: Service, new: Service) -> tuple[str, ...]:
     """The compared fields whose values differ; tags compare as sets."""
     return tuple(f for f in COMPARED_FIELDS if getattr(old, f) != getattr(new, f))
+
+
+def field_changes(update: Update) -> dict[str, dict[str, Any]]:
+    """``{field: {"from": ..., "to": ...}}`` of an update in JSON types (sets as sorted
+    lists, pairs as objects, check triples as ``[check_id, kind, notes]`` lists): the
+    one rendering, for the drift log and ``plan --json``."""
+    return {f: {"from": _plain(getattr(update.old, f)), "to": _plain(getattr(update.new, f))} for f in update.fields}
+
+
+def _plain(value: object) -> Any:
+    if isinstance(value, frozenset):
+        return sorted(list(v) if isinstance(v, tuple) else v for v in value)
+    if isinstance(value, tuple):
+        return dict(value)
+    return value
 
 
 def plan(

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from jailsyncd.adapters.cbsd import node_db_path, nodename_path
 from jailsyncd.errors import ConfigError, JailsyncdError, PrivilegeError
 from jailsyncd.settings import Settings
 
@@ -122,10 +123,10 @@ def needed_files(settings: Settings) -> list[tuple[str, Path]]:
         ("consul.cert_file", consul.cert_file),
         ("consul.key_file", consul.key_file),
     ]
-    nodename = settings.cbsd.workdir / "nodename"
+    nodename = nodename_path(settings.cbsd.workdir)
     if os.path.lexists(nodename):
         files.append(("cbsd.workdir", nodename))
-    files.append(("cbsd.workdir", settings.cbsd.workdir / "var" / "db" / "local.sqlite"))
+    files.append(("cbsd.workdir", node_db_path(settings.cbsd.workdir)))
     if settings.sync.discover_addresses:
         files += [("sync.dhcp_leases", path) for path in settings.sync.dhcp_leases]
     return [(key, path) for key, path in files if path is not None]

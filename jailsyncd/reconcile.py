@@ -35,13 +35,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
+from jailsyncd import events
 from jailsyncd.desired import build_desired, mark_token
 from jailsyncd.errors import JailsyncdError, SourceError
 from jailsyncd.health import daemon_heartbeat, standalone_self_service, with_checks_from_consul
 from jailsyncd.leases import Discovered, Target, targets
 from jailsyncd.logs import get_logger
 from jailsyncd.model import Action, CbsdState, Confirmation, Desired, Observed, Pending, Plan, Service, Startup
-from jailsyncd.plan import autostart_stopped, purge_plan, track_burst
+from jailsyncd.plan import autostart_stopped, field_changes, purge_plan, track_burst
 from jailsyncd.plan import plan as make_plan
 from jailsyncd.ports import AddressFinder, CbsdReader, ConsulStore
 from jailsyncd.settings import Settings
@@ -289,7 +290,6 @@ class Reconciler:
         actions = [action("register", s) for s in plan.register]
         actions += [action("update", u.new, u.old) for u in plan.update]
         actions += [action("deregister", s, s) for s in plan.deregister]
-        events = {"register": "service_registered", "update": "service_updated", "deregister": "service_deregistered"}
         fields = {u.new.service_id: list(u.fields) for u in plan.update}
         counts = {"register": 0, "update": 0, "deregister": 0}
         registered: dict[str, str] = {}
@@ -300,7 +300,7 @@ class Reconciler:
             svc = act.service
             if error is not None:
                 failed.append((act, error))
-                log.error("action_failed", action=act.kind, jail=svc.jail, service_id=svc.service_id, error=str(error))
+                log.error(events.ACTION_FAILED, action=act.kind, jail=svc.jail, service_id=svc.service_id, error=str(error))
                 continue
             registered.update(dict(act.statuses))
             extra: dict[str, Any] = (
@@ -309,10 +309,10 @@ class Reconciler:
             if svc.node:
                 extra["node"] = svc.node
             if svc.is_self:
-                log.info(f"heartbeat_service_{events[act.kind].removeprefix('service_')}", service_id=svc.service_id, **extra)
+                log.info(f"heartbeat_service_{events.APPLIED[act.kind].removeprefix('service_')}", service_id=svc.service_id, **extra)
                 continue
             counts[act.kind] += 1
-            log.info(events[act.kind], jail=svc.jail, service_id=svc.service_id, **extra)
+            log.info(events.APPLIED[act.kind], jail=svc.jail, service_id=svc.service_id, **extra)
         if done < len(actions):
             log.warning("cycle_abandoned", remaining=len(actions) - done)
             return Applied(tuple(counts.items()), tuple(failed), abandoned=True)
@@ -407,13 +407,13 @@ class Reconciler:
         # The heartbeat service is not a jail: its own writes are logged by _apply.
         for svc in plan.register:
             if not svc.is_self:
-                log.info("drift_detected", kind="missing", jail=svc.jail, service_id=svc.service_id, service=svc.name, address=svc.address)
+                log.info(events.DRIFT_DETECTED, kind="missing", jail=svc.jail, service_id=svc.service_id, service=svc.name, address=svc.address)
         for upd in plan.update:
             if not upd.new.is_self:
-                log.info("drift_detected", kind="changed", jail=upd.new.jail, service_id=upd.new.service_id, fields=_changes(upd.old, upd.new, upd.fields))
+                log.info(events.DRIFT_DETECTED, kind="changed", jail=upd.new.jail, service_id=upd.new.service_id, fields=field_changes(upd))
         for svc in plan.deregister + plan.refused + plan.confirming:
             if not svc.is_self:
-                log.info("drift_detected", kind="orphan", jail=svc.jail, service_id=svc.service_id)
+                log.info(events.DRIFT_DETECTED, kind="orphan", jail=svc.jail, service_id=svc.service_id)
         if plan.confirming:
             log.warning(
                 "deregistrations_awaiting_confirmation",
@@ -431,7 +431,7 @@ class Reconciler:
                 log.info("deregistration_held", jail=svc.jail, service_id=svc.service_id, until=plan.held_until, reason="startup_grace")
         if plan.refused:
             log.error(
-                "deregistrations_refused",
+                events.DEREGISTRATIONS_REFUSED,
                 count=len(plan.refused),
                 max_deregistrations=self.settings.sync.max_deregistrations,
                 jails=[s.jail for s in plan.refused],
@@ -444,7 +444,7 @@ class Reconciler:
             current.add(key)
             if key not in self._reported and skip.reason not in ("refused", "collision"):
                 level = log.warning if skip.reason in ("conflict", "source_error") else log.info
-                level("jail_skipped", jail=skip.jail, reason=skip.reason, detail=skip.detail)
+                level(events.JAIL_SKIPPED, jail=skip.jail, reason=skip.reason, detail=skip.detail)
         for note in plan.notes:
             key = ("note", note.jail, note.detail)
             current.add(key)
@@ -468,7 +468,7 @@ class Reconciler:
     def _summarise(self, log: Any, result: CycleResult, apply: bool) -> None:
         if result.error is not None:
             log.error(
-                "cycle_failed",
+                events.CYCLE_FAILED,
                 error=str(result.error),
                 error_kind=type(result.error).__name__,
                 retryable=result.error.retryable,
@@ -482,7 +482,7 @@ class Reconciler:
         changed = result.writes or result.failures or plan.refused or plan.collisions
         emit = log.debug if self.quiet_noop and not changed else log.info
         emit(
-            "cycle_finished",
+            events.CYCLE_FINISHED,
             registered=result.applied["register"],
             updated=result.applied["update"],
             deregistered=result.applied["deregister"],
@@ -521,15 +521,3 @@ def health_services(desired: Desired, observed: Observed, plan: Plan, failed: se
             out.append(svc)
     return tuple(out)
 
-
-def _changes(old: Service, new: Service, fields: tuple[str, ...]) -> dict[str, Any]:
-    """``{field: {"from": ..., "to": ...}}`` in JSON-friendly types, for drift logs."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, frozenset):
-            return sorted(value)
-        if isinstance(value, tuple):
-            return dict(value)
-        return value
-
-    return {f: {"from": plain(getattr(old, f)), "to": plain(getattr(new, f))} for f in fields}

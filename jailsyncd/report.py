@@ -91,6 +91,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Sequence
 
+from jailsyncd import events
 from jailsyncd.errors import ExitCode, JailsyncdError
 from jailsyncd.model import SELF_SERVICE_ID
 
@@ -137,13 +138,13 @@ ACTIONS = ("registered", "updated", "deregistered", "failed", "refused")
 SKIP_REASONS = ("not_json", "no_event", "other_event", "malformed")
 
 _ACTION_EVENTS = {
-    "service_registered": "registered",
-    "service_updated": "updated",
-    "service_deregistered": "deregistered",
-    "action_failed": "failed",
+    events.SERVICE_REGISTERED: "registered",
+    events.SERVICE_UPDATED: "updated",
+    events.SERVICE_DEREGISTERED: "deregistered",
+    events.ACTION_FAILED: "failed",
 }
-_CYCLE_EVENTS = ("cycle_finished", "cycle_failed")
-USED_EVENTS = frozenset({"drift_detected", "jail_skipped", "health_changed", "deregistrations_refused", *_ACTION_EVENTS, *_CYCLE_EVENTS})
+_CYCLE_EVENTS = (events.CYCLE_FINISHED, events.CYCLE_FAILED)
+USED_EVENTS = frozenset({events.DRIFT_DETECTED, events.JAIL_SKIPPED, events.HEALTH_CHANGED, events.DEREGISTRATIONS_REFUSED, *_ACTION_EVENTS, *_CYCLE_EVENTS})
 
 _DECODER = json.JSONDecoder()
 
@@ -365,7 +366,7 @@ def aggregate(lines: Iterable[str], since: datetime | None = None, jails: Iterab
         ts = parse_timestamp(obj.get("timestamp"))
         name = obj.get("jail")
         refused_jails: list[str] = []
-        if event == "deregistrations_refused":
+        if event == events.DEREGISTRATIONS_REFUSED:
             listed = obj.get("jails")
             refused_jails = [j for j in listed if isinstance(j, str) and j] if isinstance(listed, list) else []
             ok = bool(refused_jails)
@@ -380,7 +381,7 @@ def aggregate(lines: Iterable[str], since: datetime | None = None, jails: Iterab
         cycle = obj.get("cycle")
         if cycle != orphan_cycle:
             orphan_cycle, orphans = cycle, set()
-        if event == "drift_detected" and obj.get("kind") == "orphan":
+        if event == events.DRIFT_DETECTED and obj.get("kind") == "orphan":
             orphans.add(name)
 
         if since is not None and ts < since:
@@ -389,9 +390,9 @@ def aggregate(lines: Iterable[str], since: datetime | None = None, jails: Iterab
         if event in _CYCLE_EVENTS:
             orphan_cycle, orphans = object(), set()
             cycles += 1
-            failed_cycles += event == "cycle_failed"
+            failed_cycles += event == events.CYCLE_FAILED
         elif wanted is not None:
-            if event == "deregistrations_refused":
+            if event == events.DEREGISTRATIONS_REFUSED:
                 refused_jails = [j for j in refused_jails if j in wanted]
                 if not refused_jails:
                     filtered += 1
@@ -404,23 +405,23 @@ def aggregate(lines: Iterable[str], since: datetime | None = None, jails: Iterab
         first_event = ts if first_event is None else min(first_event, ts)
         last_event = ts if last_event is None else max(last_event, ts)
 
-        if event == "drift_detected":
+        if event == events.DRIFT_DETECTED:
             kind = obj.get("kind")
             stats = jail(name).kind(kind if isinstance(kind, str) and kind else "unknown", ts)
             fields = obj.get("fields")
             if isinstance(fields, (dict, list)):
                 stats.fields.update(f for f in fields if isinstance(f, str))
-        elif event == "jail_skipped":
+        elif event == events.JAIL_SKIPPED:
             reason = obj.get("reason")
             stats = jail(name).kind(reason if isinstance(reason, str) and reason else "unknown", ts)
             if stats.last == ts and obj.get("detail") is not None:
                 stats.detail = _text(obj.get("detail"))
-        elif event == "health_changed":
+        elif event == events.HEALTH_CHANGED:
             stats = jail(name).kind("health", ts)
             check = obj.get("check")
             change = f"{_text(obj.get('from'))} -> {_text(obj.get('to'))}"
             stats.transitions[f"{_text(check)}: {change}" if check not in (None, "") else change] += 1
-        elif event == "deregistrations_refused":
+        elif event == events.DEREGISTRATIONS_REFUSED:
             for refused in dict.fromkeys(refused_jails):
                 entry = jail(refused)
                 entry.actions["refused"] += 1
@@ -430,7 +431,7 @@ def aggregate(lines: Iterable[str], since: datetime | None = None, jails: Iterab
         elif event in _ACTION_EVENTS:
             entry = jail(name)
             entry.actions[_ACTION_EVENTS[event]] += 1
-            if event == "action_failed" and (entry.last_error is None or ts >= entry.last_error[0]):
+            if event == events.ACTION_FAILED and (entry.last_error is None or ts >= entry.last_error[0]):
                 entry.last_error = (ts, _text(obj.get("error", "")))
 
     return Report(

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Iterable, Iterator
 
+from jailsyncd import events
 from jailsyncd.report import DRIFT_KINDS, INFO_KINDS, parse_line, parse_timestamp
 
 #: At most this many time buckets (columns) on the page.
@@ -99,20 +100,20 @@ class Collector:
         if ts is None or (self.since is not None and ts < self.since):
             return
         event, name = obj["event"], obj.get("jail")
-        if event == "deregistrations_refused":
+        if event == events.DEREGISTRATIONS_REFUSED:
             listed = obj.get("jails")
             for jail in dict.fromkeys(j for j in (listed if isinstance(listed, list) else []) if isinstance(j, str) and j):
                 self._keep(ts, jail, "refused")
             return
         if not isinstance(name, str) or not name:
             return
-        if event == "drift_detected":
+        if event == events.DRIFT_DETECTED:
             kind = obj.get("kind")
-        elif event == "jail_skipped":
+        elif event == events.JAIL_SKIPPED:
             kind = obj.get("reason")
-        elif event == "health_changed":
+        elif event == events.HEALTH_CHANGED:
             kind = "health"
-        elif event == "action_failed":
+        elif event == events.ACTION_FAILED:
             kind = "failed"
         else:
             return

@@ -91,7 +91,7 @@ class CbsdSource:
         self.workdir = workdir
         #: Read NIC MACs for address discovery (``sync.discover_addresses``).
         self.read_macs = read_macs
-        self.node_db = workdir / "var" / "db" / "local.sqlite"
+        self.node_db = node_db_path(workdir)
         self.busy_timeout = busy_timeout
         #: The URI the engine's next connection opens (set just before each connect).
         self._uri: ContextVar[str] = ContextVar("cbsd_uri")
@@ -108,7 +108,7 @@ class CbsdSource:
         when ``host.name`` is unset, the owner identity. A missing, unreadable or empty
         file raises a ``SourceError`` (retryable: at boot the workdir may not be
         mounted yet); nothing is ever guessed in its place."""
-        path = self.workdir / "nodename"
+        path = nodename_path(self.workdir)
         try:
             name = path.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
@@ -217,7 +217,7 @@ class CbsdSource:
     def _vm_settings(self, path: str, reader: Callable[[Connection, Path], dict[str, Any]]) -> dict[str, Any]:
         """The newest ``settings`` row of one per-VM DB: from the cache while the DB and
         its ``-wal`` keep the stamp they had when read, else read now."""
-        stamp = _db_stamp(path)
+        stamp = db_stamp(path)
         cached = self._vm_cache.get(path)
         if cached is not None and stamp[0] is not None and cached[0] == stamp:
             return cached[1]
@@ -308,6 +308,16 @@ def _read_macs(conn: Connection, name: str) -> tuple[str, ...]:
     return tuple(macs)
 
 
+def node_db_path(workdir: Path) -> Path:
+    """CBSD's node DB in a workdir (the one place this path is spelled)."""
+    return workdir / "var" / "db" / "local.sqlite"
+
+
+def nodename_path(workdir: Path) -> Path:
+    """CBSD's node name file in a workdir (written by ``cbsd initenv``)."""
+    return workdir / "nodename"
+
+
 def _file_stamp(path: str, *, ctime: bool = True, st: os.stat_result | None = None) -> _FileStamp | None:
     if st is None:
         try:
@@ -317,8 +327,10 @@ def _file_stamp(path: str, *, ctime: bool = True, st: os.stat_result | None = No
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns if ctime else 0)
 
 
-def _db_stamp(path: str) -> tuple[_FileStamp | None, _FileStamp | None]:
-    """Stamps of a DB and of its ``-wal`` (next to the real file, symlinks resolved).
+def db_stamp(path: str) -> tuple[_FileStamp | None, _FileStamp | None]:
+    """Stamps of a DB and of its ``-wal`` (next to the real file, symlinks resolved):
+    the one change detector, used for the per-VM cache here and by ``daemon``'s
+    watcher of the node DB.
     Every committed write changes one of them: WAL frames are appended to the ``-wal``
     (or written over it from the start after a checkpoint, which changes its mtime);
     a checkpoint, or a write in another journal mode, changes the DB file itself.

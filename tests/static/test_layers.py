@@ -73,3 +73,19 @@ def test_the_wheel_holds_only_what_runs_on_a_host() -> None:
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
                 assert not any(n.split(".")[0] == "testing" for n in names), f"{path} imports testing/"
+
+
+def test_events_read_back_are_declared_once() -> None:
+    """The events ``report`` reads are written and read through jailsyncd.events: their
+    names appear as string literals nowhere else in the package."""
+    from jailsyncd import events
+
+    declared = {v for k, v in vars(events).items() if k.isupper() and isinstance(v, str)}
+    found = []
+    for path in (REPO / "jailsyncd").rglob("*.py"):
+        if path.name == "events.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Constant) and node.value in declared:
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value}")
+    assert found == []

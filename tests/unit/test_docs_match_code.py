@@ -81,6 +81,10 @@ def _logged_events() -> set[str]:
             name = node.args[0].value
             if (called in _LEVELS or called in _LEVEL_ALIASES) and isinstance(name, str) and re.fullmatch(r"[a-z][a-z0-9_]*", name):
                 events.add(name)
+    # The events that are read back are declared once, in jailsyncd.events.
+    from jailsyncd import events as declared
+
+    events |= {v for k, v in vars(declared).items() if k.isupper() and isinstance(v, str)}
     return events
 
 
