@@ -247,10 +247,9 @@ def cmd_once(settings: Settings, args: argparse.Namespace) -> int:
             # every probed check is written (its TTL starts now) and the heartbeat,
             # registered with health.ttl, is set passing: the jails that answered stay
             # passing until that TTL (docs/architecture.md, "once and the daemon").
-            agent = settings.consul.mode == "agent"
-            stats = health.round(refresh_all=agent)
+            stats = health.round(refresh_all=health.checks.checks_expire)
             get_logger().info("health_round", probed=stats.probed, writes=stats.writes, changes=stats.changes, failed=stats.failed)
-            if agent:
+            if health.checks.has_heartbeat:
                 health.heartbeat(ONCE_HEARTBEAT)
     return _finish(result)
 

@@ -369,7 +369,7 @@ class Daemon:
             self.worker.join(timeout=STOP_GRACE)
             if self.settings.sync.deregister_on_stop:
                 self._deregister_all()
-            elif self.health is not None and self.settings.consul.mode == "catalog" and self.settings.catalog.critical_on_stop:
+            elif self.health is not None and not self.health.checks.checks_expire and self.settings.catalog.critical_on_stop:
                 self._mark_critical()
             if self.metrics:
                 self.metrics.stop()

@@ -50,6 +50,8 @@ class ConsulStore(Protocol):
     requests: int
     writes: int
     bytes_read: int
+    #: Whether the mode has jailsyncd's heartbeat service (agent mode).
+    has_heartbeat: bool
 
     def read(self, owner: str, wanted_nodes: frozenset[str] = frozenset()) -> Observed:
         """What ``owner`` holds; catalog mode also tells which of ``wanted_nodes``
@@ -68,6 +70,9 @@ class CheckWriter(Protocol):
 
     #: Whether the mode has jailsyncd's heartbeat service (agent mode).
     has_heartbeat: bool
+    #: Whether the statuses written expire by themselves (agent mode's TTL checks);
+    #: catalog checks keep the last status written, even after jailsyncd stopped.
+    checks_expire: bool
 
     def write_checks(self, writes: list[CheckWrite]) -> Iterator[tuple[CheckWrite, JailsyncdError | None]]:
         """Each write with None (written) or the error that refused that check alone;

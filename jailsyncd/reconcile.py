@@ -389,7 +389,7 @@ class Reconciler:
         """``once``/``plan`` in agent mode with health on (docs/architecture.md, "once
         and the daemon"): with a daemon's heartbeat alive in Consul, keep its heartbeat
         service exactly as it is; without one, want the heartbeat with ``health.ttl``."""
-        if not self.standalone or self.settings.consul.mode != "agent" or not self.settings.health.enabled:
+        if not self.standalone or not self.store.has_heartbeat or not self.settings.health.enabled:
             return desired, False
         mine = [s for s in desired.services if s.is_self]
         if not mine:

@@ -82,6 +82,7 @@ class MemoryChecks:
     """A check writer: records the writes; ``refuse`` holds check IDs it rejects."""
 
     has_heartbeat = True
+    checks_expire = True
 
     def __init__(self, refuse: set[str] | None = None) -> None:
         self.written: list[tuple[str, str]] = []

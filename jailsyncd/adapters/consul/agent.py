@@ -23,6 +23,7 @@ class ConsulAgent(StoreBase):
     """Agent mode: this host's services on its local Consul agent."""
 
     has_heartbeat = True
+    checks_expire = True
 
     def __init__(self, client: ConsulClient | ConsulSettings) -> None:
         super().__init__(client)

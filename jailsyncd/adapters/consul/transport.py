@@ -324,6 +324,9 @@ class StoreBase:
 
     #: Whether this mode has jailsyncd's heartbeat service (agent mode only).
     has_heartbeat = False
+    #: Whether the checks this mode writes expire by themselves (agent mode: TTL
+    #: checks). Catalog checks are inert: they keep their last status until written.
+    checks_expire = False
 
     def __init__(self, client: ConsulClient | ConsulSettings) -> None:
         #: Built from settings (tests, ``connect``): the store owns its client and
