@@ -199,6 +199,7 @@ ports {{
 retry_join = [{joins}]
 retry_interval = "1s"
 performance {{ raft_multiplier = 1 }}
+{'autopilot { server_stabilization_time = "1s" }' if self.server else ''}
 disable_update_check = true
 log_level = "info"
 {self.extra_hcl}
@@ -278,6 +279,19 @@ class ConsulCluster:
         wanted = {a.name for a in self.agents if a.proc and a.proc.poll() is None}
         wait_for(lambda: wanted <= {n["Node"] for n in self.server_list[0].get("/v1/catalog/nodes")}, timeout=timeout, interval=0.1,
                  what="every agent in the catalog")
+        # A server that was down may have been removed from the raft configuration by
+        # autopilot (dead server cleanup); back, it is a non-voter until it has been
+        # stable for server_stabilization_time (1 s here). Killing a leader before
+        # then would leave no quorum.
+        running = {a.name for a in self.server_list if a.proc and a.proc.poll() is None}
+        wait_for(lambda: running <= self._voters(), timeout=timeout, interval=0.2, what="every running server a raft voter")
+
+    def _voters(self) -> set[str]:
+        for server in self.server_list:
+            if server.answers():
+                config = server.get("/v1/operator/raft/configuration")
+                return {s["Node"] for s in config["Servers"] if s.get("Voter")}
+        return set()
 
     @property
     def server_list(self) -> list[ClusterAgent]:
