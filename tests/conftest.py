@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from harness import ConsulServer, RunningDaemon, consul_binary, wait_for, write_config
 
+from testing.devnet import NetNS
 from testing.sample import Workdir, create_sample
 
 
@@ -76,3 +77,19 @@ def start_daemon(tmp_path: Path):
     yield start
     for daemon in daemons:
         daemon.stop()
+
+
+@pytest.fixture
+def netns():
+    """A private network namespace with only ``lo`` up: health probes sent inside it
+    never leave the machine. Modules that need more (a veth pair) override it."""
+    with NetNS() as ns:
+        yield ns
+
+
+@pytest.fixture
+def ns_consul(consul_bin: str, netns: NetNS):
+    """A dev Consul agent running inside ``netns``, so jailsyncd runs there too."""
+    server = ConsulServer(consul_bin, netns=netns).start()
+    yield server
+    server.stop()

@@ -30,19 +30,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.skipif(available() is not Non
 UP, FLAPPY, OTHER = "10.77.0.1", "10.77.0.2", "10.77.0.3"
 
 
-@pytest.fixture
-def netns():
-    with NetNS() as ns:
-        yield ns
-
-
-@pytest.fixture
-def ns_consul(consul_bin: str, netns: NetNS):
-    server = ConsulServer(consul_bin, netns=netns).start()
-    yield server
-    server.stop()
-
-
 def statuses(consul: ConsulServer) -> dict[str, str]:
     return {c["CheckID"]: c["Status"] for c in consul.get("/v1/agent/checks").values()}
 

@@ -46,19 +46,6 @@ def _restore_logging():
 
 
 
-@pytest.fixture
-def netns():
-    with NetNS() as ns:
-        yield ns
-
-
-@pytest.fixture
-def ns_consul(consul_bin: str, netns: NetNS):
-    server = ConsulServer(consul_bin, netns=netns).start()
-    yield server
-    server.stop()
-
-
 def checks(consul: ConsulServer) -> dict[str, tuple[str, str]]:
     return {c["CheckID"]: (c["Status"], c["Output"]) for c in consul.get("/v1/agent/checks").values()}
 

@@ -30,19 +30,6 @@ UP, DOWN, OTHER = "10.78.0.1", "10.78.0.2", "10.78.0.3"  # DOWN is never on the 
 HEALTH = 'interval = "1s"\ntimeout = "300ms"\ncount = 1\nfailures_before_critical = 1\nsuccess_before_passing = 1\nheartbeat_ttl = "3s"\nttl = "1m"'
 
 
-@pytest.fixture
-def netns():
-    with NetNS() as ns:
-        yield ns
-
-
-@pytest.fixture
-def ns_consul(consul_bin: str, netns: NetNS):
-    server = ConsulServer(consul_bin, netns=netns).start()
-    yield server
-    server.stop()
-
-
 def checks(consul: ConsulServer) -> dict[str, dict]:
     return consul.get("/v1/agent/checks")
 

@@ -68,19 +68,6 @@ def base(target):
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def netns():
-    with NetNS() as ns:
-        yield ns
-
-
-@pytest.fixture
-def ns_consul(consul_bin: str, netns: NetNS):
-    server = ConsulServer(consul_bin, netns=netns).start()
-    yield server
-    server.stop()
-
-
 def group_owned(path: Path, gid: int, *, file_mode: int = 0o660, dir_mode: int = 0o770) -> None:
     """chown root:<gid> and chmod like CBSD's own files, recursively."""
     for p in [path, *path.rglob("*")]:
