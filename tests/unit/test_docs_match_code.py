@@ -136,3 +136,15 @@ def test_every_test_cited_in_the_docs_exists() -> None:
             cited.update(f"{m.group(1)}{c}" for c in re.findall(r"(::test_[a-z0-9_]+)", m.group(2)))
         missing = sorted(c for c in cited if c not in known)
         assert missing == [], f"{doc.name} cites tests that do not exist"
+
+
+def test_every_exit_status_is_in_the_readme_and_the_man_page() -> None:
+    """Each distinct ``ExitCode`` value has a row in README's exit-status table and an
+    entry under EXIT STATUS in jailsyncd(8), and neither lists a status the code lacks."""
+    from jailsyncd.errors import ExitCode
+
+    codes = {value for name, value in vars(ExitCode).items() if name.isupper() and isinstance(value, int)}
+    readme = {int(n) for n in re.findall(r"^\|[^|\n]*\| (\d+) \|$", (ROOT / "README.md").read_text(), re.M)}
+    man = {int(n) for n in re.findall(r"^\.It (\d+)$", _man_blocks("EXIT STATUS"), re.M)}
+    assert readme == codes, f"README exit table: missing {sorted(codes - readme)}, extra {sorted(readme - codes)}"
+    assert man == codes, f"jailsyncd(8) EXIT STATUS: missing {sorted(codes - man)}, extra {sorted(man - codes)}"
