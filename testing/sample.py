@@ -131,8 +131,10 @@ class Workdir:
             raise KeyError(jname)
         return row[0]
 
-    def set_vm(self, jname: str, **values: Any) -> None:
-        """``cbsd bset``: append a row to the per-VM ``settings`` table (newest wins)."""
+    @contextmanager
+    def _vm_db(self, jname: str) -> Iterator[sqlite3.Connection]:
+        """The environment's own DB (``jails-system/<jname>/local.sqlite``), created with
+        the per-VM schema on first use (autocommit, like ``_connect``)."""
         folder = self.root / "jails-system" / jname
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "local.sqlite"
@@ -140,6 +142,11 @@ class Workdir:
         with _connect(path) as conn:
             if fresh:
                 conn.executescript(_ddl("cbsd-vm.sql"))
+            yield conn
+
+    def set_vm(self, jname: str, **values: Any) -> None:
+        """``cbsd bset``: append a row to the per-VM ``settings`` table (newest wins)."""
+        with self._vm_db(jname) as conn:
             names = ", ".join(values)
             marks = ", ".join("?" for _ in values)
             # ``created`` has one-second resolution: several bsets in one second tie,
@@ -156,13 +163,7 @@ class Workdir:
         """``cbsd bhyve-nic``/``jail nic`` add: a NIC with ``mac`` in the environment's
         own DB (``bhyvenic`` for a VM, ``jailnic`` for a jail; created with the per-VM
         schema when the jail has none yet)."""
-        folder = self.root / "jails-system" / jname
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "local.sqlite"
-        fresh = not path.exists()
-        with _connect(path) as conn:
-            if fresh:
-                conn.executescript(_ddl("cbsd-vm.sql"))
+        with self._vm_db(jname) as conn:
             if self.get(jname, "emulator") == "bhyve":
                 conn.execute("INSERT INTO bhyvenic (jname, nic_order, nic_hwaddr) VALUES (?, ?, ?)", (jname, order, mac))
             else:

@@ -137,18 +137,18 @@ class CbsdSource:
             if not env.jname:
                 nameless += 1  # a row without its primary key is not an environment
                 continue
+            # What the environment's own DB adds: a VM's settings (and NICs), or the
+            # NICs of a VNET jail that address discovery will need.
+            merge = None
             if env.emulator == "bhyve" and env.running:
-                path = f"{self._vm_dir}/{env.jname}/local.sqlite"
-                running_vms.add(path)
-                try:
-                    env = self._merge_vm_settings(env, path)
-                except SourceError as exc:
-                    unreadable.append((env.jname, str(exc)))
+                merge = self._merge_vm_settings
             elif self.read_macs and env.vnet and env.kind == "jail" and env.running and not parse_ip4_addr(env.ip4_addr).all:
+                merge = self._merge_jail_nics
+            if merge is not None:
                 path = f"{self._vm_dir}/{env.jname}/local.sqlite"
                 running_vms.add(path)
                 try:
-                    env = self._merge_jail_nics(env, path)
+                    env = merge(env, path)
                 except SourceError as exc:
                     unreadable.append((env.jname, str(exc)))
             environments.append(env)
