@@ -170,14 +170,12 @@ def _finish(result: CycleResult) -> int:
     if result.failed:
         jails = sorted({act.service.jail for act, _ in result.failed})
         first = result.failed[0][1]
-        total = sum(len(x) for x in (result.plan.register, result.plan.update, result.plan.deregister)) if result.plan else len(result.failed)
+        total = result.plan.writes if result.plan else len(result.failed)
         error = type(first)(
             f"{len(result.failed)} of {total} actions failed, for {', '.join(jails)} "
             f"(the others were applied); first: {first}"
         )
         raise error
-    if result.failures:
-        raise result.failures[0]
     plan = result.plan
     if plan is not None and plan.refused:
         raise SafetyRefusal(f"refused {len(plan.refused)} deregistrations: {plan.refused_why}")
@@ -429,7 +427,7 @@ def plan_as_text(plan: Plan) -> str:
         lines.append(f"! {k.jail:<20} skipped    {k.reason}: {k.detail}")
     for n in plan.notes:
         lines.append(f"# {n.jail:<20} note       {n.kind}: {n.detail}")
-    if not (plan.register or plan.update or plan.deregister):
+    if not plan.writes:
         lines.append(f"no changes now: {len(plan.held)} deregistrations held (=)" if plan.held else "no changes: Consul matches CBSD")
     return "\n".join(lines)
 

@@ -68,9 +68,7 @@ def plan(
       refused (``Plan.refused``, an alert) and starts a new wait. Without
       confirmation (``once``, ``plan``, ``confirm.after`` = 0) a burst is refused.
     """
-    collisions = {
-        s.service_id: s for s in observed.owned if desired.host and s.cbsd_host and s.cbsd_host != desired.host
-    }
+    collisions = {s.service_id: s for s in observed.owned if _other_node(s, desired.host)}
     owned = {s.service_id: s for s in observed.owned if s.service_id not in collisions}
     wanted = {s.service_id: s for s in desired.services}
     register: list[Service] = []
@@ -206,9 +204,15 @@ def hold_for_autostart(deregister: list[Service], startup: Startup | None) -> tu
     return now, held
 
 
+def _other_node(s: Service, host: str) -> bool:
+    """An entry with our owner but another CBSD node's name (``cbsd-host``): a
+    collision, never ours to change (only decidable when this node's name is known)."""
+    return bool(host and s.cbsd_host and s.cbsd_host != host)
+
+
 def purge_plan(observed: Observed, host: str = "") -> Plan:
     """Deregister everything this host owns (``jailsyncd purge``), except entries of
     another CBSD node (``host`` known and ``cbsd-host`` different): collisions."""
-    mine = [s for s in observed.owned if not (host and s.cbsd_host and s.cbsd_host != host)]
-    collisions = tuple(s for s in observed.owned if s not in mine)
+    mine = [s for s in observed.owned if not _other_node(s, host)]
+    collisions = tuple(s for s in observed.owned if _other_node(s, host))
     return Plan(deregister=tuple(sorted(mine, key=lambda s: s.service_id)), collisions=collisions)

@@ -51,12 +51,6 @@ if TYPE_CHECKING:  # the health loop is handed in; reconcile never builds one
     from jailsyncd.healthloop import HealthLoop
 
 
-#: Kept for callers that name them here; the protocols live in ``ports``.
-Source = CbsdReader
-Store = ConsulStore
-Discovery = AddressFinder
-
-
 class StartupWindow:
     """The start-up grace of one ``run`` (``sync.startup_grace``): when it started and
     which jails CBSD has shown running since. Made once per process (``cli``) and
@@ -126,7 +120,6 @@ class CycleResult:
     cycle: int
     plan: Plan | None = None
     applied: dict[str, int] = field(default_factory=lambda: {"register": 0, "update": 0, "deregister": 0})
-    failures: list[JailsyncdError] = field(default_factory=list)
     failed: list[tuple[Action, JailsyncdError]] = field(default_factory=list)
     error: JailsyncdError | None = None
     duration: float = 0.0
@@ -146,6 +139,11 @@ class CycleResult:
     #: ``standalone`` cycles (``once``, ``plan``) with health on in agent mode: whether
     #: a daemon's heartbeat is alive in Consul, so that its health is left to it.
     daemon_running: bool = False
+
+    @property
+    def failures(self) -> list[JailsyncdError]:
+        """The errors of the actions that failed alone (``failed`` without the actions)."""
+        return [error for _, error in self.failed]
 
     @property
     def ok(self) -> bool:
@@ -351,7 +349,6 @@ class Reconciler:
                 done = self.apply(observation, result.plan, log)
                 result.applied = dict(done.counts)
                 result.failed = list(done.failed)
-                result.failures = [error for _, error in done.failed]
                 result.managed += done.count("register") - done.count("deregister")
         except JailsyncdError as exc:
             result.error = exc

@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from jailsyncd.model import SELF_SERVICE_ID, CbsdState, Plan, Service
+from jailsyncd.model import CbsdState, Plan, Service
 
 #: Skip reasons that are not drift: a jail opted out on purpose; refused
 #: deregistrations are counted from the plan's own list (kind ``refused``).
@@ -54,7 +54,7 @@ def summarise(plan: Plan, desired_services: Iterable[Service], state: CbsdState 
     # A desired service the plan skipped (a conflict) is not kept in Consul.
     held_back = {k.jail for k in plan.skipped}
     services = Counter(
-        kinds.get(s.jail, UNKNOWN_KIND) for s in desired_services if s.service_id != SELF_SERVICE_ID and s.jail not in held_back
+        kinds.get(s.jail, UNKNOWN_KIND) for s in desired_services if not s.is_self and s.jail not in held_back
     )
     skipped = Counter((kinds.get(k.jail, UNKNOWN_KIND), k.reason) for k in plan.skipped)
     drift = {key for key in drift_found(plan) if key[0] in ("missing", "changed", "orphan")}

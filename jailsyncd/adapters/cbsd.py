@@ -37,6 +37,7 @@ import stat
 import time
 import urllib.parse
 from contextvars import ContextVar
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -189,22 +190,16 @@ class CbsdSource:
         if not os.path.lexists(path):
             return env
         macs = self._vm_settings(path, _read_jail_nics).get("macs", ())
-        return Environment(**{**env.__dict__, "macs": macs})
+        return replace(env, macs=macs)
 
     def _merge_vm_settings(self, env: Environment, path: str) -> Environment:
         settings = self._vm_settings(path, self._vm_reader)
         if not settings:
             return env
-        return Environment(
-            jname=env.jname,
-            emulator=env.emulator,
-            status=env.status,
-            jid=env.jid,
+        return replace(
+            env,
             ip4_addr=unset_to_none(settings["ip4_addr"]) if "ip4_addr" in settings else env.ip4_addr,
-            host_hostname=env.host_hostname,
             tags=unset_to_none(settings["tags"]) if "tags" in settings else env.tags,
-            astart=env.astart,
-            vnet=env.vnet,
             macs=settings.get("macs", ()),
         )
 
