@@ -96,11 +96,22 @@ def _holder(fd: int) -> int | None:
     deadline = time.monotonic() + _HOLDER_WAIT
     while True:
         try:
-            return int(os.pread(fd, 64, 0).decode("ascii").strip())
-        except (OSError, ValueError, UnicodeDecodeError):
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(0.05)
+            pid = _pid(os.pread(fd, 64, 0))
+        except OSError:
+            pid = None
+        if pid is not None:
+            return pid
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
+
+
+def _pid(raw: bytes) -> int | None:
+    """The process ID a pidfile holds, or None for anything else."""
+    try:
+        return int(raw.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        return None
 
 
 def is_jailsyncd_run(args: list[str]) -> bool:
@@ -121,10 +132,7 @@ def running_jailsyncd(path: Path, platform: Platform) -> int:
         raise NotRunning(f"{path}: cannot read the pidfile: permission denied (run kick as root or as jailsyncd's user)") from None
     except OSError as exc:
         raise NotRunning(f"{path}: cannot read the pidfile: {exc.strerror}") from None
-    try:
-        pid = int(raw.decode("ascii").strip())
-    except (UnicodeDecodeError, ValueError):
-        pid = 0
+    pid = _pid(raw) or 0
     if pid <= 1:  # kill(0) and kill(-1) would signal whole groups: never
         raise NotRunning(f"{path}: does not hold a process ID")
     args = platform.process_args(pid)

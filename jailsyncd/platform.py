@@ -220,10 +220,7 @@ class Platform:
         """Echo requests per second jailsyncd sends when ``health.rate_limit`` is unset:
         below the kernel's limit less its jitter, leaving a tenth for other pingers
         (monitoring, consul-esm); 0 (unlimited) where the kernel sets no limit."""
-        limit = self.echo_limit()
-        if limit is None:
-            return 0
-        return max(1, (limit.limit - limit.jitter) * 9 // 10)
+        return _rate_below(self.echo_limit())
 
 
     def raise_limit_hint(self, needed: float, explicit: bool) -> str:
@@ -235,10 +232,18 @@ class Platform:
             return f"raise health.rate_limit to {rate}"
         # the smallest icmplim whose default_rate_limit() reaches ``needed``
         value = math.ceil(needed * 10 / 9) + limit.jitter + 1
-        if explicit and self.default_rate_limit() >= rate:
+        if explicit and _rate_below(limit) >= rate:
             return f"raise health.rate_limit to {rate} (below {limit.sysctl}={limit.limit})"
         fix = f"sysctl {limit.sysctl}={value} (and in /etc/sysctl.conf)"
         return f"{fix}, and raise health.rate_limit to {rate} or remove it" if explicit else fix
+
+
+def _rate_below(limit: EchoLimit | None) -> int:
+    """``default_rate_limit`` for a kernel limit already read (each read of a sysctl
+    is a process on FreeBSD)."""
+    if limit is None:
+        return 0
+    return max(1, (limit.limit - limit.jitter) * 9 // 10)
 
 
 def _int(text: str | None) -> int | None:

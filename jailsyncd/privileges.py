@@ -42,13 +42,18 @@ class Identity:
         return f"{self.user} (uid {self.uid}, gid {self.gid})"
 
 
+def _passwd(user: str) -> pwd.struct_passwd:
+    """The passwd entry of ``user``, a name or a number (KeyError, OverflowError)."""
+    return pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+
+
 def resolve(user: str, group: str, where: str) -> Identity | None:
     """The identity for ``daemon.user``/``daemon.group``; None when no user is set.
     ``where`` names the source in errors (the settings file, or a command-line option)."""
     if not user:
         return None
     try:
-        pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+        pw = _passwd(user)
     except (KeyError, OverflowError):
         raise ConfigError(f"{where}: daemon.user: no such user {user!r} (create it, e.g. with pw useradd)") from None
     gid = pw.pw_gid
@@ -66,7 +71,7 @@ def uid_of(user: str) -> int | None:
     if not user:
         return None
     try:
-        return pwd.getpwuid(int(user)).pw_uid if user.isdigit() else pwd.getpwnam(user).pw_uid
+        return _passwd(user).pw_uid
     except (KeyError, OverflowError):
         return None
 

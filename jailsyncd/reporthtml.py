@@ -229,16 +229,21 @@ def render(timeline: Timeline, *, title: str = "jailsyncd drift report", generat
     marks: dict[tuple[str, int, str], list[datetime]] = {}
     for e in events:
         marks.setdefault((e.jail, index(e.ts), e.kind), []).append(e.ts)
+    # Looked up per jail and per cell below: grouped once, not rescanned per mark.
+    by_jail: dict[str, list[tuple[str, int, str]]] = {}
+    for key in marks:
+        by_jail.setdefault(key[0], []).append(key)
+    per_cell = Counter((key[0], key[1]) for key in marks)
     svg = [f'<svg id="jail-timeline" width="{t_width}" height="{len(jails) * row + 30}" role="img" aria-label="drift per jail over time">']
     for r, jail in enumerate(jails):
         y = r * row
         svg.append(f'<g class="jail" data-jail="{_e(jail)}"><text x="{label - 8}" y="{y + 13}" text-anchor="end">{_e(_short(jail))}</text>')
         svg.append(f'<line x1="{label}" y1="{y + 9}" x2="{label + count * cell}" y2="{y + 9}" stroke="#eee"/>')
-        here = sorted((k for k in marks if k[0] == jail), key=lambda k: (k[1], kinds.index(k[2])))
+        here = sorted(by_jail.get(jail, ()), key=lambda k: (k[1], kinds.index(k[2])))
         stack: Counter[int] = Counter()
         for _, i, kind in here:
             times = marks[(jail, i, kind)]
-            h = (row - 4) / max(1, sum(1 for k in here if k[1] == i))
+            h = (row - 4) / max(1, per_cell[(jail, i)])
             y0 = y + 1 + stack[i] * h
             stack[i] += 1
             tip = f"{jail}: {len(times)} {kind}, {min(times).strftime('%Y-%m-%d %H:%M:%S')} to {max(times).strftime('%H:%M:%S')} UTC"
