@@ -6,6 +6,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import structlog
 from harness import ConsulServer, RunningDaemon, consul_binary, wait_for, write_config
 
 from testing.devnet import NetNS
@@ -93,3 +94,21 @@ def ns_consul(consul_bin: str, netns: NetNS):
     server = ConsulServer(consul_bin, netns=netns).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def catalog(consul: ConsulServer) -> ConsulServer:
+    """The session agent with no catalog nodes but its own."""
+    for node in consul.get("/v1/catalog/nodes"):
+        if node["Node"] != "jailsyncd-test":
+            consul.put("/v1/catalog/deregister", {"Node": node["Node"]})
+    return consul
+
+
+@pytest.fixture
+def restore_logging():
+    """For tests that configure structlog (``cli.main`` does, to the captured stderr):
+    leave it as it was for the tests that run next."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)

@@ -23,15 +23,6 @@ from jailsyncd.settings import load_settings
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def catalog(consul: ConsulServer) -> ConsulServer:
-    """The session agent with no catalog nodes but its own."""
-    for node in consul.get("/v1/catalog/nodes"):
-        if node["Node"] != "jailsyncd-test":
-            consul.put("/v1/catalog/deregister", {"Node": node["Node"]})
-    return consul
-
-
 def catalog_config(tmp: Path, workdir: Workdir, consul: ConsulServer, host: str, catalog_table: str = "") -> Path:
     return write_config(tmp / f"{host}.toml", workdir=workdir.root, consul=consul, host=host, consul_extra='mode = "catalog"', extra=f"[catalog]\nhost_tag = \"{host}.my.domain\"\n{catalog_table}")
 

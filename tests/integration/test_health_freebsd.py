@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import structlog
 from freebsd_kernel import SB_MAX_ADJ, FreeBSDKernel
 from harness import ConsulServer, log_events, write_config
 
@@ -30,19 +29,10 @@ from jailsyncd.reconcile import Reconciler
 from testing.sample import Workdir
 from jailsyncd.settings import load_settings
 
-pytestmark = [pytest.mark.integration, pytest.mark.skipif(available() is not None, reason=str(available()))]
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(available() is not None, reason=str(available())), pytest.mark.usefixtures("restore_logging")]
 
 UP, DOWN = "10.77.1.1", "10.77.1.2"
 HEALTH = 'interval = "2s"\ntimeout = "500ms"\ncount = 2\nfailures_before_critical = 1'
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """These tests configure structlog (``cli.main`` does, to the captured stderr);
-    leave it as it was for the tests that run next."""
-    saved = structlog.get_config()
-    yield
-    structlog.configure(**saved)
 
 
 

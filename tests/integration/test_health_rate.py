@@ -17,7 +17,6 @@ import io
 from pathlib import Path
 
 import pytest
-import structlog
 from harness import ConsulServer, log_events, wait_for, write_config
 
 from jailsyncd.adapters.cbsd import CbsdSource
@@ -31,20 +30,11 @@ from jailsyncd.reconcile import Reconciler
 from testing.sample import Workdir
 from jailsyncd.settings import load_settings
 
-pytestmark = [pytest.mark.integration, pytest.mark.skipif(available() is not None, reason=str(available()))]
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(available() is not None, reason=str(available())), pytest.mark.usefixtures("restore_logging")]
 
 JAILS = [f"10.79.1.{i}" for i in range(1, 121)]
 KERNEL_LIMIT = 100  # echo replies per second the jails' kernel sends
 ECHO_REPLY_BIT = 1 << 0  # ICMP type 0
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """These tests configure structlog (``cli.main`` does, to the captured stderr);
-    leave it as it was for the tests that run next."""
-    saved = structlog.get_config()
-    yield
-    structlog.configure(**saved)
 
 
 

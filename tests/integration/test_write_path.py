@@ -121,14 +121,6 @@ def test_rows_with_every_jail_stopped_deregister_normally(consul: ConsulServer, 
 # -- item 6: two hosts, one owner name ------------------------------------------------------
 
 
-@pytest.fixture
-def catalog(consul: ConsulServer) -> ConsulServer:
-    for node in consul.get("/v1/catalog/nodes"):
-        if node["Node"] != "jailsyncd-test":
-            consul.put("/v1/catalog/deregister", {"Node": node["Node"]})
-    return consul
-
-
 @pytest.mark.parametrize("mode", ["catalog", "agent"])
 def test_two_cbsd_nodes_with_one_host_name_never_deregister_each_other(mode: str, catalog: ConsulServer, tmp_path: Path) -> None:
     """Two CBSD nodes (``cbsd-a``, ``cbsd-b``) both configured with ``host.name =
