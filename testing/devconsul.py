@@ -9,6 +9,7 @@ do not depend on the code under test.
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import socket
 import subprocess
@@ -34,10 +35,53 @@ def terminate(proc: subprocess.Popen | None, timeout: float = 10) -> None:
         proc.wait()
 
 
+#: Ports this process handed out already: never twice, even once they are free again
+#: (a server restarted on its ports must find them as it left them).
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections (Linux)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default; FreeBSD's is 49152-65535
+
+
+def _bindable(port: int, *, reuse: bool = False) -> bool:
+    """Whether 127.0.0.1:``port`` is free for TCP *and* UDP (Consul's DNS and serf
+    ports take both). ``reuse``: as Go's listeners bind (SO_REUSEADDR), so that a
+    connection of the agent's previous run still in TIME_WAIT does not count."""
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            if reuse and kind == socket.SOCK_STREAM:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free for TCP and UDP, from below the kernel's ephemeral range.
+
+    Not from the ephemeral range (``bind(0)``): the kernel hands those ports to every
+    outgoing connection, so a port kept across a Consul restart could be taken while
+    the agent is down (by a client's connection, or by a connection to that very port,
+    which on Linux can connect to itself), and the agent then fails to start with
+    "address already in use". Below that range only listeners take ports."""
+    low, _high = _ephemeral_range()
+    top = max(low - 1, 2048)
+    bottom = max(1024, top - 20000)
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(bottom, top)
+        if port not in _HANDED_OUT and _bindable(port):
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError(f"no free loopback port between {bottom} and {top}")
 
 
 def wait_for(predicate: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> Any:
@@ -53,6 +97,10 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float = 10.0, interval: f
             last_exc = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+
+
+#: How often ``ConsulServer.start`` tries when a port turns out to be taken.
+START_ATTEMPTS = 3
 
 
 @dataclass
@@ -78,6 +126,25 @@ class ConsulServer:
         # No update check: a dev agent here must not try to reach the internet.
         hcl = self.hcl if "disable_update_check" in self.hcl else "disable_update_check = true\n" + self.hcl
         (self.workdir / "extra.hcl").write_text(hcl)
+        # A port can still be taken by someone else (another program on the machine):
+        # then the agent exits at once saying so, and it is started again, on fresh
+        # internal ports, after its own HTTP and DNS ports (kept: clients know them)
+        # are free again. Bounded: a few attempts, each bounded in time.
+        for attempt in range(1, START_ATTEMPTS + 1):
+            self._launch()
+            # An agent that exited ends the wait at once (not after the 30 s).
+            state = wait_for(self._leader_or_exit, timeout=30, what=f"Consul leader on {self.address} (log: {self.workdir}/consul.log)")
+            if state == "leader":
+                return self
+            log = self._log_tail()
+            if attempt == START_ATTEMPTS or "address already in use" not in log:
+                raise AssertionError(f"Consul on {self.address} exited with {self.proc.returncode} at start; its log ends: {log}")
+            wait_for(lambda: _bindable(self.http_port, reuse=True) and _bindable(self.dns_port, reuse=True), timeout=15, interval=0.1,
+                     what=f"ports {self.http_port} and {self.dns_port} free again")
+        raise AssertionError("unreachable")
+
+    def _launch(self) -> None:
+        assert self.workdir is not None
         args = [
             self.binary, "agent", "-dev", "-client", "127.0.0.1", "-bind", "127.0.0.1",
             "-http-port", str(self.http_port), "-dns-port", str(self.dns_port),
@@ -88,8 +155,22 @@ class ConsulServer:
         with open(self.workdir / "consul.log", "wb") as log:  # Popen keeps its own copy of the fd
             prefix = self.netns.prefix() if self.netns is not None else []
             self.proc = subprocess.Popen([*prefix, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(self._has_leader, timeout=30, what=f"Consul leader on {self.address} (log: {self.workdir}/consul.log)")
-        return self
+
+    def _log_tail(self, lines: int = 5) -> str:
+        try:
+            text = (self.workdir / "consul.log").read_text(errors="replace") if self.workdir else ""
+        except OSError:
+            return "(no log)"
+        return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:]) or "(empty log)"
+
+    def _leader_or_exit(self) -> str:
+        """'leader', 'exited', or '' (not yet)."""
+        if self.proc is not None and self.proc.poll() is not None:
+            return "exited"
+        try:
+            return "leader" if self.get("/v1/status/leader") else ""
+        except (OSError, AssertionError):  # URLError is an OSError; a non-200 asserts
+            return ""
 
     def _has_leader(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
