@@ -229,18 +229,9 @@ class ConsulServer:
 
 
 def distinct_ports(count: int) -> list[int]:
-    """``count`` free TCP ports on 127.0.0.1, all different (held open together while
-    chosen, so that the kernel cannot hand one out twice)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """``count`` free loopback ports, all different, from below the ephemeral range
+    (``free_port``): cluster agents keep theirs across restarts."""
+    return [free_port() for _ in range(count)]
 
 
 @dataclass
