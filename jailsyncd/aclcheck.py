@@ -1,21 +1,12 @@
-"""Which ACL permissions a mode really needs, for ``check-config --online``.
+"""ACL permissions, for ``check-config --online``: the shared part.
 
-Called by ``cli`` (``cmd_check_config``), which asks Consul about each permission
-(``adapters.consul.transport.StoreBase.authorize``) and prints ``findings``. Pure: services in,
-permissions and lines for people out; no I/O.
-
-What each mode calls, measured against Consul 1.8.7 with ``default_policy = "deny"``
-(docs/acl/agent-mode.hcl and docs/acl/catalog-mode.hcl list the endpoints):
-
-- agent mode: ``service:write`` on the name of every service it registers, updates
-  or deregisters (the heartbeat service ``jailsyncd`` included when health is on).
-  No node rule: the agent syncs the services to the catalog with the token that
-  registered them, and jailsyncd reads no node.
-- catalog mode: ``node:write`` on every jail's node name (and on the nodes it
-  deregisters), ``service:write`` on every service name it writes; ``/v1/txn`` needs
-  nothing else. ``node:read`` on every node is not required, but without it a node
-  name held by another owner is invisible to the read, so the jail's write fails
-  (exit 77) instead of being skipped as a ``conflict``: a note, not a failure.
+Each Consul mode says which permissions it needs for a host's entries
+(``acl_needs`` in ``adapters/consul/agent.py`` and ``catalog.py``, measured against
+Consul 1.8.7 with ``default_policy = "deny"``; docs/acl/agent-mode.hcl and
+docs/acl/catalog-mode.hcl list the endpoints) with ``write_needs`` from here;
+``cli`` (``cmd_check_config``) asks Consul about each one
+(``adapters.consul.transport.StoreBase.authorize``) and prints ``findings``. Pure:
+names in, permissions and lines for people out; no I/O.
 
 The names are those of this host's current desired state and of what it owns in
 Consul. A policy that lists names one by one is fine for them, but not for a jail
@@ -25,11 +16,9 @@ created later: a permission for a new name is asked too, as a note.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
-from jailsyncd.model import Service
-
-__all__ = ["EXAMPLE_NODE", "EXAMPLE_SERVICE", "Need", "findings", "needs"]
+__all__ = ["EXAMPLE_NODE", "EXAMPLE_SERVICE", "Need", "findings", "write_needs"]
 
 #: Stand-ins for the name of a jail created later (and for every name when this
 #: host's names cannot be known).
@@ -55,28 +44,26 @@ class Need:
     required: bool = True
 
 
-def needs(mode: str, desired: Sequence[Service] | None, owned: Sequence[Service] = ()) -> list[Need]:
-    """The permissions ``mode`` needs for these services (``desired`` None: this
-    host's names are unknown, so example names stand in for them, as required)."""
+#: Per resource: the example name, and how the groups of ``write_needs`` call a name.
+_RESOURCES = {
+    "service": (EXAMPLE_SERVICE, "a jail's service name", "this host's service names", "the name of a jail created later"),
+    "node": (EXAMPLE_NODE, "a jail's node name", "this host's node names", "the node name of a jail created later"),
+}
+
+
+def write_needs(names: Sequence[tuple[str, Iterable[str]]], known: bool) -> list[Need]:
+    """``write`` on every name of each ``(resource, names)``, in that order, then on
+    the name of a jail created later (a note, not required). ``known`` False: this
+    host's names are unknown (or it has none), so the example names stand in, as
+    required."""
+    if not known:
+        return [Need(r, _RESOURCES[r][0], "write", f"{r}:write on {_RESOURCES[r][1]}") for r, _ in names]
     out: list[Need] = []
-    catalog = mode == "catalog"
-    if desired is None or not (desired or owned):
-        out.append(Need("service", EXAMPLE_SERVICE, "write", "service:write on a jail's service name"))
-        if catalog:
-            out.append(Need("node", EXAMPLE_NODE, "write", "node:write on a jail's node name"))
-    else:
-        # Agent mode deregisters by service, which needs the old name's write; in
-        # catalog mode deleting a node is a node write only.
-        services = {s.name for s in (*desired, *(() if catalog else owned)) if s.name}
-        out += [Need("service", name, "write", "service:write on this host's service names") for name in sorted(services)]
-        if catalog:
-            nodes = {s.node for s in (*desired, *owned) if s.node}
-            out += [Need("node", name, "write", "node:write on this host's node names") for name in sorted(nodes)]
-        out.append(Need("service", EXAMPLE_SERVICE, "write", "service:write on the name of a jail created later", required=False))
-        if catalog:
-            out.append(Need("node", EXAMPLE_NODE, "write", "node:write on the node name of a jail created later", required=False))
-    if catalog:
-        out.append(Need("node", "", "read", "node:read on every node", required=False))
+    for resource, items in names:
+        out += [Need(resource, name, "write", f"{resource}:write on {_RESOURCES[resource][2]}") for name in sorted(set(items))]
+    for resource, _ in names:
+        example, _, _, later = _RESOURCES[resource]
+        out.append(Need(resource, example, "write", f"{resource}:write on {later}", required=False))
     return out
 
 

@@ -290,18 +290,18 @@ def cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _permissions(app: App) -> list[tuple[bool | None, str]]:
-    """The ACL findings for what this host's mode needs now (``aclcheck``): the names
+    """The ACL findings for what this host's mode needs now (the mode's ``acl_needs``): the names
     come from a dry-run cycle (CBSD and Consul read, nothing written); when it
     fails, example names stand in and a note says why."""
     notes: list[tuple[bool | None, str]] = []
     desired = owned = None
-    settings, store = app.settings, app.store
+    store = app.store
     result = app.reconciler().cycle(apply=False)
     if result.error is None and result.desired is not None and result.observed is not None:
         desired, owned = result.desired.services, result.observed.owned
     else:
         notes.append((None, f"this host's names are unknown ({result.error}); checked example names instead"))
-    asked = aclcheck.needs(settings.consul.mode, desired, owned or ())
+    asked = store.acl_needs(desired, owned or ())
     answers = store.authorize([(n.resource, n.segment, n.access) for n in asked])
     if answers is None:
         return [*notes, (None, "cannot ask Consul which permissions the token has (/v1/internal/acl/authorize); skipped")]

@@ -1,11 +1,13 @@
-"""Unit tests for jailsyncd.aclcheck: the ACL permissions each mode needs for a host's
-services, and the lines ``check-config --online`` prints for Consul's answers."""
+"""Unit tests of the ACL permissions each mode needs for a host's services (the
+modes' ``acl_needs``) and of the lines ``check-config --online`` prints for Consul's
+answers (``jailsyncd.aclcheck``)."""
 
 from __future__ import annotations
 
 import pytest
 
-from jailsyncd.aclcheck import EXAMPLE_NODE, EXAMPLE_SERVICE, Need, findings, needs
+from jailsyncd.aclcheck import EXAMPLE_NODE, EXAMPLE_SERVICE, Need, findings
+from jailsyncd.adapters.consul import ConsulAgent, ConsulCatalog
 from jailsyncd.model import Service
 
 
@@ -18,7 +20,7 @@ def asked(found: list[Need]) -> list[tuple[str, str, str, bool]]:
 
 
 def test_agent_mode_needs_service_write_on_every_name_and_no_node_rule():
-    found = needs("agent", [svc("web1"), svc("www"), svc("jailsyncd")], owned=[svc("old1"), svc("www")])
+    found = ConsulAgent.acl_needs([svc("web1"), svc("www"), svc("jailsyncd")], owned=[svc("old1"), svc("www")])
     assert asked(found) == [
         ("service", "jailsyncd", "write", True),
         ("service", "old1", "write", True),  # deregistering needs the old name
@@ -30,7 +32,7 @@ def test_agent_mode_needs_service_write_on_every_name_and_no_node_rule():
 
 
 def test_catalog_mode_needs_node_write_and_service_write_and_notes_node_read():
-    found = needs("catalog", [svc("web1", "web1.example.org"), svc("jail", "db1.example.org")], owned=[svc("old", "old1.example.org")])
+    found = ConsulCatalog.acl_needs([svc("web1", "web1.example.org"), svc("jail", "db1.example.org")], owned=[svc("old", "old1.example.org")])
     assert asked(found) == [
         ("service", "jail", "write", True),
         ("service", "web1", "write", True),
@@ -45,8 +47,8 @@ def test_catalog_mode_needs_node_write_and_service_write_and_notes_node_read():
 
 @pytest.mark.parametrize("desired", [None, []])
 def test_unknown_or_no_names_ask_for_example_names_as_required(desired):
-    assert asked(needs("agent", desired)) == [("service", EXAMPLE_SERVICE, "write", True)]
-    assert asked(needs("catalog", desired)) == [
+    assert asked(ConsulAgent.acl_needs(desired)) == [("service", EXAMPLE_SERVICE, "write", True)]
+    assert asked(ConsulCatalog.acl_needs(desired)) == [
         ("service", EXAMPLE_SERVICE, "write", True),
         ("node", EXAMPLE_NODE, "write", True),
         ("node", "", "read", False),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Iterator, Sequence
 
+from jailsyncd.aclcheck import Need, write_needs
 from jailsyncd.adapters.consul.transport import MAX_OUTPUT, OK, ConsulClient, StoreBase, text_body
 from jailsyncd.errors import ConsulDenied, ConsulError, ConsulRefused, ConsulRejected, JailsyncdError
 from jailsyncd.health import Target
@@ -61,6 +62,19 @@ class ConsulAgent(StoreBase):
             return str(json.loads(body).get("AccessorID") or "")
         except ValueError:
             return ""
+
+    @staticmethod
+    def acl_needs(desired: Sequence[Service] | None, owned: Sequence[Service] = ()) -> list[Need]:
+        """The ACL permissions agent mode needs for these services (``check-config
+        --online``; ``desired`` None: this host's names are unknown).
+
+        ``service:write`` on the name of every service it registers, updates or
+        deregisters (deregistering needs the old name's write; the heartbeat service
+        ``jailsyncd`` included when health is on). No node rule: the agent syncs the
+        services to the catalog with the token that registered them, and jailsyncd
+        reads no node."""
+        names = {s.name for s in (*(desired or ()), *owned) if s.name}
+        return write_needs([("service", names)], known=desired is not None and bool(desired or owned))
 
     def _may_write(self, names: list[str]) -> dict[str, bool] | None:
         """Which service names the token may write (``service:write``), in one request

@@ -9,8 +9,9 @@ service). Requests go through ``transport``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
+from jailsyncd.aclcheck import Need, write_needs
 from jailsyncd.adapters.consul.agent import service_from_consul, service_payload
 from jailsyncd.adapters.consul.transport import MAX_OUTPUT, ConsulClient, StoreBase, strict_json, txn_result
 from jailsyncd.errors import ConsulDenied, ConsulError, ConsulRejected, JailsyncdError
@@ -78,6 +79,22 @@ class ConsulCatalog(StoreBase):
         foreign = self._taken(sorted(set(wanted_nodes) - set(ours)))
         self._status = {check_id: (st, out) for check_id, st, out in status}
         return Observed(owned=tuple(sorted(owned, key=lambda s: s.service_id)), foreign_nodes=foreign, check_status=tuple(sorted(status)))
+
+    @staticmethod
+    def acl_needs(desired: Sequence[Service] | None, owned: Sequence[Service] = ()) -> list[Need]:
+        """The ACL permissions catalog mode needs for these services (``check-config
+        --online``; ``desired`` None: this host's names are unknown).
+
+        ``node:write`` on every jail's node name (and on the nodes it deregisters:
+        deleting a node is a node write only), ``service:write`` on every service name
+        it writes; ``/v1/txn`` needs nothing else. ``node:read`` on every node is not
+        required, but without it a node name held by another owner is invisible to the
+        read, so the jail's write fails (exit 77) instead of being skipped as a
+        ``conflict``: a note, not a failure."""
+        services = {s.name for s in desired or () if s.name}
+        nodes = {s.node for s in (*(desired or ()), *owned) if s.node}
+        needs = write_needs([("service", services), ("node", nodes)], known=desired is not None and bool(desired or owned))
+        return [*needs, Need("node", "", "read", "node:read on every node", required=False)]
 
     #: Up to this many names are looked up one by one (an index lookup on the server,
     #: case-insensitive like the ``cas`` create); more take one filtered read per
