@@ -61,6 +61,11 @@ PROBE_EVERY = 0.5
 PROBE_TIMEOUT = 1.0
 
 
+def wait_event(event: threading.Event, timeout: float) -> bool:
+    """Block until ``event`` is set or ``timeout`` seconds pass; whether it is set."""
+    return event.wait(timeout)
+
+
 def backoff_delay(failures: int, cap: float) -> float:
     """1, 2, 4, ... seconds after 1, 2, 3, ... consecutive failures, at most ``cap``."""
     return min(2.0 ** (failures - 1), cap) if failures > 0 else 0.0
@@ -79,6 +84,8 @@ class Daemon:
         startup=None,
         drop_privileges: Callable[[], None] | None = None,
         probe: Callable[[ConsulSettings], bool] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wait: Callable[[threading.Event, float], bool] = wait_event,
     ) -> None:
         self.settings = settings
         self._make_reconciler = reconciler_factory
@@ -96,6 +103,10 @@ class Daemon:
         #: Whether Consul answers again (``adapters.consul.consul_answers``): ends a
         #: backoff wait after a ``ConsulError``.
         self._probe = probe
+        #: The worker's clock and its way of waiting for a request: the real ones, or
+        #: a virtual time in the unit tests (the backoff is tested in milliseconds).
+        self._clock = clock
+        self._wait = wait
         self.log = get_logger()
         self._stop = threading.Event()
         self._wanted = threading.Event()  # a cycle was asked for
@@ -147,7 +158,7 @@ class Daemon:
 
     def _worker(self) -> None:
         while not self._stop.is_set():
-            if not self._wanted.wait(timeout=0.5):
+            if not self._wait(self._wanted, 0.5):
                 continue
             if self._stop.is_set():
                 break
@@ -174,13 +185,13 @@ class Daemon:
                     "cycle_recovered",
                     cycle=result.cycle,
                     failed_cycles=self.failures,
-                    failing_for_s=round(time.monotonic() - self._failing_since, 1),
+                    failing_for_s=round(self._clock() - self._failing_since, 1),
                     last_error_kind=self._last_error_kind,
                 )
             self.failures = 0
             return 0.0
         if not self.failures:
-            self._failing_since = time.monotonic()
+            self._failing_since = self._clock()
         self._last_error_kind = type(result.error).__name__ if result is not None else "crash"
         self.failures += 1
         delay = backoff_delay(self.failures, self.settings.sync.backoff_max)
@@ -202,16 +213,16 @@ class Daemon:
     def _backoff_wait(self, delay: float, *, probing: bool) -> None:
         """Wait ``delay`` seconds, or until a cycle is asked for (kick, reload, DB
         change, the periodic tick), or, when ``probing``, until Consul answers again."""
-        started = time.monotonic()
+        started = self._clock()
         deadline = started + delay
         while not self._stop.is_set():
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self._clock()
             if remaining <= 0:
                 return
-            if self._wanted.wait(timeout=min(remaining, PROBE_EVERY) if probing else remaining):
+            if self._wait(self._wanted, min(remaining, PROBE_EVERY) if probing else remaining):
                 return
             if probing and self._probe_once():
-                self.log.info("consul_answers", waited_s=round(time.monotonic() - started, 2), delay_s=delay)
+                self.log.info("consul_answers", waited_s=round(self._clock() - started, 2), delay_s=delay)
                 return
 
     def _probe_once(self) -> bool:
