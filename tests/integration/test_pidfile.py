@@ -13,12 +13,14 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from harness import REPO, ConsulServer, run_cli, wait_for, write_config
 
 from jailsyncd.errors import ExitCode
+from jailsyncd.platform import Platform
 from testing.sample import Workdir
 
 pytestmark = pytest.mark.integration
@@ -169,3 +171,18 @@ def test_under_daemon8_p_run_leaves_the_supervisors_pidfile_alone(consul: Consul
             child.kill()
             child.wait()
         os.close(held)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_linux_reads_proc() -> None:
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        # Popen returns after fork(2), maybe before the child's execve(2): wait for it.
+        deadline = time.monotonic() + 5
+        while Platform("linux").process_args(child.pid) != ["sleep", "30"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert Platform("linux").process_args(child.pid) == ["sleep", "30"]
+    finally:
+        child.kill()
+        child.wait()
+    assert Platform("linux").process_args(child.pid) is None

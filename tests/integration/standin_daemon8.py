@@ -1,7 +1,7 @@
 """A stand-in for FreeBSD 14's daemon(8) in supervision mode, for tests of rc.d/jailsyncd.
 
 Run as ``python standin_daemon8.py [options] command [args...]`` by the stand-in
-rc.subr in tests/unit/test_ops_files.py, in place of /usr/sbin/daemon. It follows
+rc.subr in tests/integration/test_rc_script.py, in place of /usr/sbin/daemon. It follows
 usr.sbin/daemon/daemon.c of FreeBSD 14 (the kqueue rewrite) where rc.d/jailsyncd
 depends on it; it is written from that file's behaviour, not copied from it:
 
