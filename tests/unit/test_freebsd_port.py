@@ -7,28 +7,22 @@ Python dependency of pyproject.toml has a RUN_DEPENDS line with the same lower b
 and the ports origin it has in the ports tree (checked by hand against
 freebsd/freebsd-ports: databases/py-sqlalchemy20, sysutils/py-python-consul2,
 devel/py-apscheduler, devel/py-structlog, net-mgmt/py-prometheus-client,
-net/py-icmplib, databases/py-sqlite3), that every file the port installs is in the
-sdist (built here with setuptools), that pkg-plist lists exactly what post-install
-installs, and that the rc.d template is the project's own rc.d script.
+net/py-icmplib, databases/py-sqlite3), that pkg-plist lists exactly what
+post-install installs, and that the rc.d template is the project's own rc.d script.
+That every file the port installs is in the sdist (built with setuptools, a process
+of its own) is checked in tests/static/test_shipped_files.py.
 """
 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-import tarfile
 import tomllib
 from dataclasses import fields
-from pathlib import Path
 
 import pytest
+from freebsd_port import MAKEFILE, PORT, ROOT, installed_files, variables
 
 from jailsyncd.settings import Settings
-
-ROOT = Path(__file__).resolve().parents[2]
-PORT = ROOT / "packaging" / "freebsd" / "sysutils" / "py-jailsyncd"
-MAKEFILE = PORT / "Makefile"
 
 #: pyproject.toml dependency -> (package name after ${PYTHON_PKGNAMEPREFIX}, ports origin)
 ORIGINS = {
@@ -39,12 +33,6 @@ ORIGINS = {
     "prometheus-client": ("prometheus-client", "net-mgmt/py-prometheus-client"),
     "icmplib": ("icmplib", "net/py-icmplib"),
 }
-
-
-def variables() -> dict[str, str]:
-    """``NAME=value`` assignments of the Makefile, continuation lines joined."""
-    text = MAKEFILE.read_text().replace("\\\n", " ")
-    return {m[1]: " ".join(m[2].split()) for m in re.finditer(r"^([A-Z_]+)=\t+(.*)$", text, re.M)}
 
 
 def test_makefile_layout_follows_the_porters_handbook() -> None:
@@ -103,19 +91,6 @@ def test_every_python_dependency_has_a_run_depends_line() -> None:
     assert "databases/py-sqlite3" in by_origin
 
 
-def installed_files() -> list[tuple[str, str]]:
-    """(source in WRKSRC, destination under PREFIX) of every line of the post-install
-    target (the examples are PORTEXAMPLES, added to the plist by the framework)."""
-    text = MAKEFILE.read_text().replace("\\\n", " ").split("\npost-install:\n", 1)[1].split("\n\n", 1)[0]
-    out = []
-    for m in re.finditer(r"\$\{INSTALL_(?:DATA|MAN|SCRIPT)\} \$\{WRKSRC\}/(\S+)\s+\$\{STAGEDIR\}(\S+)", text):
-        src, dest = m[1], m[2].replace("${PREFIX}/", "").replace("${DATADIR}", "%%DATADIR%%")
-        if dest.endswith(("/man8", "/man5", "/cbsd-hooks")):
-            dest = f"{dest}/{Path(src).name}"
-        out.append((src, dest))
-    return out
-
-
 def test_pkg_plist_lists_what_post_install_installs() -> None:
     plist = [line for line in (PORT / "pkg-plist").read_text().splitlines() if line and not line.startswith("@comment")]
     expected = []
@@ -128,27 +103,6 @@ def test_pkg_plist_lists_what_post_install_installs() -> None:
             expected.append(dest)
     assert sorted(plist) == sorted(expected)
     assert "@sample etc/jailsyncd.toml.sample" in plist
-
-
-def test_every_installed_file_is_in_the_sdist(tmp_path: Path) -> None:
-    sources = [src for src, _ in installed_files()] + ["rc.d/jailsyncd"]
-    assert variables()["PORTEXAMPLES"].split() == ["acl", "prometheus"]
-    sources += [str(p.relative_to(ROOT)) for p in sorted((ROOT / "docs" / "acl").glob("*.hcl"))]
-    sources += [str(p.relative_to(ROOT)) for p in sorted((ROOT / "etc" / "prometheus").glob("*.yml"))]
-    assert len(sources) >= 11
-    for src in sources:
-        assert (ROOT / src).is_file(), src
-    proc = subprocess.run(
-        [sys.executable, "-c",
-         "import sys; from setuptools import build_meta; print(build_meta.build_sdist(sys.argv[1]))", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    name = proc.stdout.strip().splitlines()[-1]
-    with tarfile.open(tmp_path / name) as sdist:
-        members = {m.split("/", 1)[1] for m in sdist.getnames() if "/" in m}
-    missing = [src for src in sources if src not in members]
-    assert not missing, f"not in the sdist (MANIFEST.in): {missing}"
 
 
 def test_rc_template_is_the_projects_rc_script() -> None:

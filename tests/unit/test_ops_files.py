@@ -1,24 +1,19 @@
 """The FreeBSD service files stay correct and in step with the code and the docs.
 
 FreeBSD is not available to the test suite. Here ``rc.d/jailsyncd`` is checked
-statically (``sh -n``, ``shellcheck -s sh``, its knobs, pidfiles and commands); running
-it under ``/bin/sh`` against stand-ins for /etc/rc.subr and daemon(8) starts real
-processes, so that is in ``tests/integration/test_rc_script.py``.
-
-Also: both man pages are ``mandoc -Tlint`` clean and document every setting and exit
-status; the syslog.d and newsyslog snippets route and rotate /var/log/jailsyncd.log.
+statically (its knobs, pidfiles, commands and rcorder header), both man pages
+document every setting and exit status, and the syslog.d and newsyslog snippets
+route and rotate /var/log/jailsyncd.log. The checks that run a program (``sh -n``,
+``shellcheck -s sh``, ``mandoc -Tlint``) are in ``tests/static/test_shipped_files.py``;
+running the script under ``/bin/sh`` against stand-ins for /etc/rc.subr and daemon(8)
+is in ``tests/integration/test_rc_script.py``.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 from dataclasses import fields
 from pathlib import Path
-
-import pytest
 
 from jailsyncd.errors import ExitCode
 from jailsyncd.settings import Settings
@@ -57,19 +52,6 @@ def rc_text() -> str:
 
 
 # -- rc.d/jailsyncd: static checks -----------------------------------------------------
-
-
-def test_rc_script_is_executable_and_parses() -> None:
-    assert os.access(RC, os.X_OK), f"{RC} must be executable (installed with mode 555)"
-    proc = subprocess.run(["sh", "-n", str(RC)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-
-
-def test_rc_script_passes_shellcheck() -> None:
-    if shutil.which("shellcheck") is None:
-        pytest.skip("shellcheck is not installed (scripts/system-deps installs it)")
-    proc = subprocess.run(["shellcheck", "-s", "sh", str(RC)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_rc_script_disables_shellcheck_only_for_rc_subr_idioms_with_a_reason() -> None:
@@ -184,15 +166,6 @@ def test_newsyslog_rotates_the_log_file() -> None:
 
 
 # -- man pages -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("page", [MAN8, MAN5], ids=lambda p: p.name)
-def test_man_page_is_mandoc_lint_clean(page: Path) -> None:
-    if shutil.which("mandoc") is None:
-        pytest.skip("mandoc is not installed (scripts/system-deps installs it)")
-    proc = subprocess.run(["mandoc", "-Tlint", "-W", "warning", str(page)], capture_output=True, text=True)
-    assert proc.stdout + proc.stderr == ""
-    assert proc.returncode == 0
 
 
 def toml5_keys() -> set[str]:
