@@ -1,4 +1,5 @@
-"""Read CBSD's state from its SQLite DBs, strictly read-only (SQLAlchemy Core).
+"""Read CBSD's state from its SQLite DBs, strictly read-only (an SQLAlchemy engine
+hands out the connections; the queries run on its ``sqlite3`` connection).
 
 Called by ``reconcile`` once per cycle through ``CbsdSource.read()``. The only module
 that imports SQLAlchemy.
@@ -10,7 +11,7 @@ How CBSD's files are treated, and why:
   never ``immutable=1`` (that skips the WAL and returns stale rows);
 - one short read transaction per DB, a busy timeout, and no pooled connection kept
   between cycles (``NullPool``), so CBSD's writers are never blocked by us; the one
-  SQLAlchemy engine kept between reads holds no connection, only compiled queries;
+  SQLAlchemy engine kept between reads holds no connection;
 - the node DB is read in full on every ``read()``. A running VM's per-VM DB is read
   again only when it may have changed: its settings are cached under the identity,
   size and mtime of the DB file and of its ``-wal`` (any committed write changes one
@@ -41,8 +42,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from sqlalchemy import column, create_engine, select, table
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
@@ -159,7 +160,7 @@ class CbsdSource:
 
     # -- node DB ---------------------------------------------------------------
 
-    def _read_node(self, conn: Connection, path: Path) -> list[dict[str, Any]]:
+    def _read_node(self, conn: sqlite3.Connection, path: Path) -> list[dict[str, Any]]:
         present = _columns(conn, "jails")
         if not present:
             raise SourceCorrupt(f"{path}: no table 'jails' (is this a CBSD node DB?)")
@@ -167,17 +168,13 @@ class CbsdSource:
         if missing:
             raise SourceCorrupt(f"{path}: table 'jails' lacks column(s) {', '.join(missing)}")
         wanted = [c for c in _REQUIRED + _OPTIONAL if c in present]
-        jails = table("jails", *(column(c) for c in wanted))
-        result = conn.execute(select(*jails.c))
-        keys = list(result.keys())
-        rows = [dict(zip(keys, r)) for r in result]
+        rows = [dict(zip(wanted, r)) for r in conn.execute(f"SELECT {_names(wanted)} FROM jails")]
         # A VM's astart lives in its own DB; `cbsd bset` also writes it to the node DB's
         # `bhyve` table (jails.astart is left as created), so read it there: no per-VM
         # DB is opened for a stopped VM.
         bhyve = _columns(conn, "bhyve")
         if {"jname", "astart"} <= bhyve:
-            vms = table("bhyve", column("jname"), column("astart"))
-            astart = {str(j).strip(): a for j, a in conn.execute(select(vms.c.jname, vms.c.astart))}
+            astart = {str(j).strip(): a for j, a in conn.execute('SELECT "jname", "astart" FROM bhyve')}
             for row in rows:
                 if unset_to_none(row.get("emulator")) == "bhyve" and str(row["jname"]).strip() in astart:
                     row["astart"] = astart[str(row["jname"]).strip()]
@@ -203,13 +200,13 @@ class CbsdSource:
             macs=settings.get("macs", ()),
         )
 
-    def _vm_reader(self, conn: Connection, path: Path) -> dict[str, Any]:
+    def _vm_reader(self, conn: sqlite3.Connection, path: Path) -> dict[str, Any]:
         settings = _read_vm_settings(conn, path)
         if self.read_macs:
             settings["macs"] = _read_macs(conn, "bhyvenic")
         return settings
 
-    def _vm_settings(self, path: str, reader: Callable[[Connection, Path], dict[str, Any]]) -> dict[str, Any]:
+    def _vm_settings(self, path: str, reader: Callable[[sqlite3.Connection, Path], dict[str, Any]]) -> dict[str, Any]:
         """The newest ``settings`` row of one per-VM DB: from the cache while the DB and
         its ``-wal`` keep the stamp they had when read, else read now."""
         stamp = db_stamp(path)
@@ -232,8 +229,12 @@ class CbsdSource:
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self._uri.get(), uri=True, timeout=self.busy_timeout, check_same_thread=False)
 
-    def _read_db(self, path: Path, reader: Callable[[Connection, Path], _T]) -> _T:
-        """Run ``reader(conn, path)`` inside one read-only transaction on ``path``."""
+    def _read_db(self, path: Path, reader: Callable[[sqlite3.Connection, Path], _T]) -> _T:
+        """Run ``reader(conn, path)`` inside one read-only transaction on ``path``. The
+        reader gets the DBAPI (``sqlite3``) connection of the engine's connection: its
+        few statements run there, because SQLAlchemy's compiled queries and result
+        objects cost more than SQLite's own work on these small DBs (about half of a
+        per-VM read, docs/performance.md)."""
         try:
             path.stat()
         except FileNotFoundError:
@@ -251,9 +252,12 @@ class CbsdSource:
         token = self._uri.set("file:" + urllib.parse.quote(str(path)) + "?mode=ro")
         try:
             with self._engine.connect() as conn:
-                # One explicit read transaction: every SELECT below sees one snapshot.
-                conn.exec_driver_sql("BEGIN")
-                return reader(conn, path)
+                raw = conn.connection.driver_connection
+                assert isinstance(raw, sqlite3.Connection)  # our creator made it
+                # One explicit read transaction: every SELECT below sees one snapshot
+                # (the engine rolls it back when the connection is given back).
+                raw.execute("BEGIN")
+                return reader(raw, path)
         except DBAPIError as exc:
             raise _wrap(path, exc.orig or exc) from exc
         except sqlite3.Error as exc:
@@ -262,41 +266,33 @@ class CbsdSource:
             self._uri.reset(token)
 
 
-def _read_vm_settings(conn: Connection, path: Path) -> dict[str, Any]:
+def _read_vm_settings(conn: sqlite3.Connection, path: Path) -> dict[str, Any]:
     present = _columns(conn, "settings")
     if not present:
         raise SourceCorrupt(f"{path}: no table 'settings' (is this a CBSD per-VM DB?)")
     wanted = [c for c in _VM_COLUMNS if c in present]
     if not wanted:
         return {}
-    settings = table("settings", *(column(c) for c in wanted))
-    query = select(*settings.c)
-    if "created" in present:
-        # The newest row wins; rowid breaks ties between rows of the same second.
-        query = query.order_by(column("created").desc(), column("rowid").desc())
-    else:
-        query = query.order_by(column("rowid").desc())
-    row = conn.execute(query.limit(1)).first()
-    return dict(row._mapping) if row else {}
+    # The newest row wins; rowid breaks ties between rows of the same second.
+    order = '"created" DESC, rowid DESC' if "created" in present else "rowid DESC"
+    row = conn.execute(f"SELECT {_names(wanted)} FROM settings ORDER BY {order} LIMIT 1").fetchone()
+    return dict(zip(wanted, row)) if row else {}
 
 
-def _read_jail_nics(conn: Connection, path: Path) -> dict[str, Any]:
+def _read_jail_nics(conn: sqlite3.Connection, path: Path) -> dict[str, Any]:
     return {"macs": _read_macs(conn, "jailnic")}
 
 
-def _read_macs(conn: Connection, name: str) -> tuple[str, ...]:
+def _read_macs(conn: sqlite3.Connection, name: str) -> tuple[str, ...]:
     """The NICs' MACs of table ``name`` in ``nic_order`` (then row order); unset
     (``0``) and malformed values are left out. No table, or no ``nic_hwaddr``
     column (an old CBSD): no MACs."""
     present = _columns(conn, name)
     if "nic_hwaddr" not in present:
         return ()
-    nics = table(name, column("nic_hwaddr"))
-    query = select(nics.c.nic_hwaddr)
-    if "nic_order" in present:
-        query = query.order_by(column("nic_order"), column("rowid"))
+    order = ' ORDER BY "nic_order", rowid' if "nic_order" in present else ""
     macs: list[str] = []
-    for (value,) in conn.execute(query):
+    for (value,) in conn.execute(f'SELECT "nic_hwaddr" FROM {_names([name])}{order}'):
         mac = normalize_mac(unset_to_none(value))
         if mac is not None and mac not in macs:
             macs.append(mac)
@@ -352,8 +348,13 @@ def _racy(stamp: tuple[_FileStamp | None, _FileStamp | None], read_at_ns: int) -
     return newest > read_at_ns - int(RACY_WINDOW * 1e9)
 
 
-def _columns(conn: Connection, name: str) -> set[str]:
-    return {r[1] for r in conn.exec_driver_sql(f"PRAGMA table_info({name})")}
+def _columns(conn: sqlite3.Connection, name: str) -> set[str]:
+    return {r[1] for r in conn.execute(f"PRAGMA table_info({name})")}
+
+
+def _names(columns: list[str]) -> str:
+    """Quoted identifiers for a SELECT (the names are this module's own constants)."""
+    return ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
 
 
 def _environment(row: dict[str, Any]) -> Environment:
