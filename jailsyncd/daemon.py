@@ -4,8 +4,10 @@ Called by ``cli`` only. One worker thread runs reconcile cycles, one at a time;
 everything else only *asks* for a cycle:
 
 - APScheduler (3.x, ``BackgroundScheduler``) asks every ``sync.interval`` with up to
-  ``sync.jitter`` of random delay, and runs the change watcher every
-  ``sync.watch_interval``: a stat of the node DB and its ``-wal``
+  ``sync.jitter`` of random delay;
+- the node DB watcher (``adapters.fswatch.DbWatcher``, its own thread) asks as soon
+  as CBSD's node DB or its ``-wal`` changed: told by inotify/kqueue
+  (``sync.watch = "auto"``) and in any case by a stat every ``sync.watch_interval``
   (``adapters.cbsd.db_stamp``, the same change detector the per-VM cache uses; CBSD
   writes only on events, so a changed stamp means "re-read now");
 - ``SIGUSR1`` and ``jailsyncd kick`` ask at once;
@@ -43,10 +45,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from jailsyncd.adapters.cbsd import db_stamp, node_db_path
+from jailsyncd.adapters.cbsd import node_db_path
+from jailsyncd.adapters.fswatch import DbWatcher
 from jailsyncd.errors import ConsulError, JailsyncdError
 from jailsyncd.logs import configure, get_logger
 from jailsyncd.pidfile import Pidfile
+from jailsyncd.platform import current as current_platform
 from jailsyncd.reconcile import CycleResult, Reconciler
 from jailsyncd.settings import ConsulSettings, Settings, token_file_problem
 
@@ -116,7 +120,8 @@ class Daemon:
         self._reasons: set[str] = set()
         self._reasons_lock = threading.Lock()
         self._reconciler = reconciler_factory(settings, self._stop.is_set)
-        self._stamps = self._db_stamps()
+        #: The node DB watcher (started by ``run``).
+        self.watcher: DbWatcher | None = None
         self.failures = 0
         self._consul_down = False
         #: When the current run of failed cycles began, and what the last one failed on.
@@ -142,17 +147,32 @@ class Daemon:
         self._kicked.set()
         self._main_wake.set()
 
-    def _db_stamps(self) -> tuple:
-        return db_stamp(str(node_db_path(self.settings.cbsd.workdir)))
+    def _db_changed(self) -> None:
+        # Like a kick, a change ends a backoff wait: a DB that comes back after an
+        # outage (or is fixed) is read now, not up to sync.backoff_max later. Never a
+        # hot loop: a change is one request per CBSD write (the watcher coalesces a
+        # write's events), and requests during a cycle become one more cycle.
+        self.kick("change")
 
-    def _watch(self) -> None:
-        stamps = self._db_stamps()
-        if stamps != self._stamps:
-            self._stamps = stamps
-            # Like a kick, a change ends a backoff wait: a DB that comes back after an
-            # outage (or is fixed) is read now, not up to sync.backoff_max later. A
-            # change is at most one retry per watch_interval, never a hot loop.
-            self.kick("change")
+    def _start_watcher(self) -> None:
+        sync = self.settings.sync
+        watcher = DbWatcher(
+            node_db_path(self.settings.cbsd.workdir),
+            self._db_changed,
+            sync.watch_interval,
+            events=current_platform().file_events if sync.watch == "auto" else None,
+            warn=lambda event, **fields: self.log.warning(event, **fields),
+        )
+        watcher.start()
+        self.watcher = watcher
+        self.log.info(
+            "db_watch_started", backend=watcher.backend, path=watcher.path, interval_s=sync.watch_interval, fallback=watcher.fallback
+        )
+
+    def _stop_watcher(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
 
     # -- the worker -------------------------------------------------------------
 
@@ -288,7 +308,10 @@ class Daemon:
             self.health.reload(new.health)
         if self.scheduler is not None and (old.sync, old.health) != (new.sync, new.health):
             self._schedule(replace=True)
-        self._stamps = self._db_stamps()
+        watched = (old.cbsd.workdir, old.sync.watch, old.sync.watch_interval)
+        if self.watcher is not None and watched != (new.cbsd.workdir, new.sync.watch, new.sync.watch_interval):
+            self._stop_watcher()
+            self._start_watcher()
         self.log.info("config_reloaded", settings=new.redacted())
         self.kick("reload")
 
@@ -301,7 +324,6 @@ class Daemon:
         self.scheduler.add_job(
             self.request, IntervalTrigger(seconds=sync.interval, jitter=sync.jitter or None), args=("interval",), id="interval", **common
         )
-        self.scheduler.add_job(self._watch, IntervalTrigger(seconds=sync.watch_interval), id="watch", **common)
         if self.startup is not None:
             ends = self.startup.ends_at(sync.startup_grace)
             if ends > datetime.now(timezone.utc):
@@ -352,7 +374,9 @@ class Daemon:
             self.scheduler = BackgroundScheduler(timezone="UTC")
             self._schedule()
             self.scheduler.start()
+            self._start_watcher()
         except BaseException:
+            self._stop_watcher()
             if lock is not None:
                 lock.release()
             raise
@@ -376,6 +400,7 @@ class Daemon:
                     self._reload_requested = False
                     self.reload()
         finally:
+            self._stop_watcher()
             self.scheduler.shutdown(wait=False)
             self.worker.join(timeout=STOP_GRACE)
             if self.settings.sync.deregister_on_stop:

@@ -13,19 +13,29 @@ value), ``run`` (run a command, capture its output) and ``socket`` (open a socke
 recorded sysctl answers and a socket that answers like FreeBSD's kernel, so FreeBSD
 behaviour is reproduced at the boundary where it happens. The FreeBSD facts below are
 from freebsd-src (14.x): sys/kern/uipc_sockbuf.c, sys/kern/uipc_socket.c,
-sys/netinet/ip_icmp.c, sys/netinet/raw_ip.c.
+sys/netinet/ip_icmp.c, sys/netinet/raw_ip.c, sys/kern/vfs_subr.c, sys/kern/kern_event.c.
+
+File events for ``adapters/fswatch`` (the node DB watcher) live here too:
+``Inotify`` (Linux, through ctypes on libc: the standard library has no binding) and
+``Kqueue`` (FreeBSD, ``select.kqueue``), both behind the small ``FileEvents``
+interface, chosen by ``Platform.file_events()``.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import errno as _errno
 import math
 import os
+import select as _select
 import socket as _socket
+import struct
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Collection, Protocol
 
 from jailsyncd.leases import Neighbor, parse_arp_libxo, parse_ip_neigh, parse_ndp
 
@@ -93,6 +103,8 @@ class Platform:
     socket: Callable[..., _socket.socket] = _socket.socket
     #: The effective user ID (0: root, raw sockets allowed).
     euid: Callable[[], int] = os.geteuid
+    #: The ``select`` module (kqueue and its constants on FreeBSD).
+    select_module: Any = _select
 
     @property
     def freebsd(self) -> bool:
@@ -223,6 +235,18 @@ class Platform:
         return _rate_below(self.echo_limit())
 
 
+    # -- file events ----------------------------------------------------------------
+
+    def file_events(self) -> "FileEvents":
+        """The kernel's file event interface here: inotify on Linux, kqueue where
+        ``select`` has it (FreeBSD). Raises ``OSError`` when there is none or it cannot
+        be set up (out of inotify instances, a seccomp filter): the caller then polls."""
+        if self.system == "linux":
+            return Inotify()
+        if hasattr(self.select_module, "kqueue"):
+            return Kqueue(self.select_module)
+        raise OSError(_errno.ENOSYS, f"no file events on {self.system}")
+
     def raise_limit_hint(self, needed: float, explicit: bool) -> str:
         """What to change so that ``needed`` echo requests per second are allowed;
         ``explicit``: the rate in force comes from ``health.rate_limit``."""
@@ -251,6 +275,230 @@ def _int(text: str | None) -> int | None:
         return int(text) if text is not None else None
     except ValueError:
         return None
+
+
+# -- file events ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileEvent:
+    """Something happened to ``path`` (a watched file, a name in a watched directory,
+    or a watched directory itself); ``overflow``: the kernel dropped events, so
+    anything may have changed (``path`` is then empty)."""
+
+    path: str
+    overflow: bool = False
+
+
+class FileEvents(Protocol):
+    """One kernel file event queue. ``watch`` says what to watch (idempotent: called
+    again after every batch of events, it adds what is new, drops what is gone and
+    re-opens what was replaced); ``read`` returns the events queued now, without
+    blocking; ``fileno`` becomes readable when there are some."""
+
+    name: str
+
+    def fileno(self) -> int: ...
+
+    def watch(self, dirs: Collection[str], files: Collection[str]) -> None: ...
+
+    def read(self) -> list[FileEvent]: ...
+
+    def close(self) -> None: ...
+
+
+# From linux/inotify.h (the same numbers on every architecture).
+IN_MODIFY = 0x00000002
+IN_ATTRIB = 0x00000004
+IN_CLOSE_WRITE = 0x00000008
+IN_MOVED_FROM = 0x00000040
+IN_MOVED_TO = 0x00000080
+IN_CREATE = 0x00000100
+IN_DELETE = 0x00000200
+IN_DELETE_SELF = 0x00000400
+IN_MOVE_SELF = 0x00000800
+IN_Q_OVERFLOW = 0x00004000
+IN_IGNORED = 0x00008000
+IN_ONLYDIR = 0x01000000
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+#: struct inotify_event: int wd; uint32_t mask, cookie, len; char name[len].
+_INOTIFY_EVENT = struct.Struct("iIII")
+
+
+class Inotify:
+    """Linux inotify on directories: a directory watch reports every change to the
+    names in it (content written, created, deleted, renamed over) with the name, so
+    one watch per directory follows a file across replacements and a ``-wal`` that
+    comes and goes, without re-adding anything. A missing directory is skipped (the
+    next ``watch`` adds it once it exists); other failures (``ENOSPC``: out of
+    ``fs.inotify.max_user_watches``) raise ``OSError``."""
+
+    name = "inotify"
+    #: No IN_ACCESS/IN_OPEN: reading the DB (ourselves) is not a change.
+    MASK = IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
+
+    def __init__(self, libc: Any = None) -> None:
+        self._libc = libc if libc is not None else ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        for fn in ("inotify_init1", "inotify_add_watch", "inotify_rm_watch"):
+            getattr(self._libc, fn)  # AttributeError: a libc without inotify
+        self._libc.inotify_add_watch.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
+        fd = self._libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"inotify_init1: {os.strerror(code)}")
+        self._fd: int = fd
+        self._wds: dict[str, int] = {}  # directory -> watch descriptor
+        self._dirs: dict[int, str] = {}  # watch descriptor -> directory
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def watch(self, dirs: Collection[str], files: Collection[str] = ()) -> None:
+        for path in [d for d in self._wds if d not in dirs]:
+            wd = self._wds.pop(path)
+            self._dirs.pop(wd, None)
+            self._libc.inotify_rm_watch(self._fd, wd)
+        for path in dirs:
+            if path in self._wds:
+                continue
+            wd = self._libc.inotify_add_watch(self._fd, os.fsencode(path), self.MASK)
+            if wd < 0:
+                code = ctypes.get_errno()
+                if code in (_errno.ENOENT, _errno.ENOTDIR):
+                    continue  # not there (yet): the next watch() tries again
+                raise OSError(code, f"inotify_add_watch {path}: {os.strerror(code)}")
+            self._wds[path] = wd
+            self._dirs[wd] = path
+
+    def read(self) -> list[FileEvent]:
+        events: list[FileEvent] = []
+        while True:
+            try:
+                buf = os.read(self._fd, 65536)
+            except BlockingIOError:
+                return events
+            if not buf:
+                return events
+            events.extend(self._parse(buf))
+
+    def _parse(self, buf: bytes) -> list[FileEvent]:
+        events = []
+        offset = 0
+        while offset + _INOTIFY_EVENT.size <= len(buf):
+            wd, mask, _cookie, length = _INOTIFY_EVENT.unpack_from(buf, offset)
+            raw = buf[offset + _INOTIFY_EVENT.size : offset + _INOTIFY_EVENT.size + length]
+            offset += _INOTIFY_EVENT.size + length
+            if mask & IN_Q_OVERFLOW:
+                events.append(FileEvent("", overflow=True))
+                continue
+            directory = self._dirs.get(wd)
+            if directory is None:
+                continue  # a watch removed since
+            if mask & IN_IGNORED:  # the directory is gone (or unmounted): add it again later
+                del self._dirs[wd]
+                if self._wds.get(directory) == wd:
+                    del self._wds[directory]
+            name = os.fsdecode(raw.rstrip(b"\0"))
+            events.append(FileEvent(os.path.join(directory, name) if name else directory))
+        return events
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class Kqueue:
+    """FreeBSD kqueue: ``EVFILT_VNODE`` on open descriptors (kqueue(2)).
+
+    A vnode filter watches one file, not a name, and a directory's knote fires only
+    for its entries (``NOTE_WRITE`` when a name in it is created, removed or renamed:
+    vop_create_post, vop_remove_post, vop_rename_post in sys/kern/vfs_subr.c), never
+    for writes to the files in it. So each watched file is opened and registered with
+    NOTE_WRITE | NOTE_EXTEND (a write; EXTEND when it grew: VOP_WRITE_POST in
+    sys/sys/vnode.h), NOTE_ATTRIB (vop_setattr_post), NOTE_DELETE (its last name
+    removed, or a rename over it) and NOTE_RENAME (renamed away), and each directory
+    with NOTE_WRITE (plus NOTE_DELETE | NOTE_RENAME for the directory itself). After
+    NOTE_DELETE/NOTE_RENAME the descriptor is closed, and ``watch`` opens whatever
+    file has the name then (a DB replaced by rename, a ``-wal`` created again); it
+    also re-opens a file whose (dev, inode) no longer matches its name, whatever
+    events were seen. EV_CLEAR resets the state after each retrieval, as state
+    transitions are what is reported. A kqueue descriptor is readable when events
+    are pending (kqueue_poll in sys/kern/kern_event.c), so it waits in ``poll``
+    with everything else.
+
+    Descriptors are opened read-only and only watched, never read. Closing one drops
+    this process's POSIX locks on that file (fcntl(2)); that happens only to a file
+    that was replaced (SQLite's own descriptors then point to the replacement) or at
+    stop. ``kq`` is the module providing ``kqueue``, ``kevent`` and the ``KQ_*``
+    constants (``select``; tests pass one that answers like FreeBSD's kernel)."""
+
+    name = "kqueue"
+
+    def __init__(self, kq: Any, opener: Callable[[str, int], int] = os.open) -> None:
+        self._k = kq
+        self._open = opener
+        self._kq = kq.kqueue()
+        self.FILE = kq.KQ_NOTE_WRITE | kq.KQ_NOTE_EXTEND | kq.KQ_NOTE_ATTRIB | kq.KQ_NOTE_DELETE | kq.KQ_NOTE_RENAME
+        self.DIR = kq.KQ_NOTE_WRITE | kq.KQ_NOTE_DELETE | kq.KQ_NOTE_RENAME
+        self.GONE = kq.KQ_NOTE_DELETE | kq.KQ_NOTE_RENAME | getattr(kq, "KQ_NOTE_REVOKE", 0)
+        self._fds: dict[str, tuple[int, tuple[int, int]]] = {}  # path -> (fd, (dev, inode))
+        self._paths: dict[int, str] = {}  # fd -> path
+
+    def fileno(self) -> int:
+        return int(self._kq.fileno())
+
+    def watch(self, dirs: Collection[str], files: Collection[str]) -> None:
+        wanted = {**{f: self.FILE for f in files}, **{d: self.DIR for d in dirs}}
+        for path, (_fd, identity) in list(self._fds.items()):
+            if path not in wanted or _identity(path) != identity:
+                self._drop(path)
+        for path, fflags in wanted.items():
+            if path in self._fds:
+                continue
+            try:
+                fd = self._open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # not there (yet): a NOTE_WRITE on its directory says when
+            try:
+                st = os.fstat(fd)
+                k = self._k
+                self._kq.control([k.kevent(fd, filter=k.KQ_FILTER_VNODE, flags=k.KQ_EV_ADD | k.KQ_EV_CLEAR, fflags=fflags)], 0, 0)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fds[path] = (fd, (st.st_dev, st.st_ino))
+            self._paths[fd] = path
+
+    def read(self) -> list[FileEvent]:
+        events = []
+        for kev in self._kq.control(None, 64, 0):
+            path = self._paths.get(kev.ident)
+            if path is None:
+                continue
+            events.append(FileEvent(path))
+            if kev.fflags & self.GONE:
+                self._drop(path)  # watch() opens what has the name now
+        return events
+
+    def _drop(self, path: str) -> None:
+        fd, _identity = self._fds.pop(path)
+        del self._paths[fd]
+        os.close(fd)  # closing a descriptor removes its knotes (kqueue(2))
+
+    def close(self) -> None:
+        for path in list(self._fds):
+            self._drop(path)
+        self._kq.close()
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def current() -> Platform:

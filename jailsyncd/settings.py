@@ -130,6 +130,10 @@ class SyncSettings:
     #: Up to this much random delay is added to each periodic cycle, so that many
     #: hosts started together do not hit Consul in the same second.
     jitter: float = 2.0
+    #: How ``run`` learns that the CBSD node DB changed: ``auto`` (the kernel's file
+    #: events, inotify or kqueue, plus the stat every ``watch_interval`` as a safety
+    #: net; the stat alone where there are none) or ``poll`` (the stat only).
+    watch: str = "auto"
     #: How often ``run`` checks the CBSD node DB and its ``-wal`` for changes (a stat
     #: of two files; a change starts a cycle at once).
     watch_interval: float = 1.0
@@ -285,6 +289,7 @@ _HOSTNAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})")
 _ENV_ONLY = {("consul", "token")}
 _MODES = ("agent", "catalog")
 _LAYOUTS = ("per-jail", "article")
+_WATCH = ("auto", "poll")
 _LOG_FORMATS = ("json", "console")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 #: A user or group name as pw(8) accepts it, or a numeric ID.
@@ -551,6 +556,8 @@ def _validate(s: Settings, fail: _Fail) -> None:
         s.consul.host_port
     except ValueError as exc:
         raise fail("consul.address", str(exc)) from None
+    if s.sync.watch not in _WATCH:
+        raise fail("sync.watch", f"expected one of {', '.join(_WATCH)}, got {s.sync.watch!r}")
     if s.catalog.layout not in _LAYOUTS:
         raise fail("catalog.layout", f"expected one of {', '.join(_LAYOUTS)}, got {s.catalog.layout!r}")
     problem = node_name_problem(s.catalog.node_name)

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 
 HOOK = REPO / "share" / "cbsd-hooks" / "jailsyncd-kick"
 CBSD_PATH = "/sbin:/bin:/usr/sbin:/usr/bin:/usr/local/sbin:/usr/local/bin"
-QUIET = '[sync]\ninterval = "1h"\njitter = "0s"\nwatch_interval = "1h"\n'
+QUIET = '[sync]\ninterval = "1h"\njitter = "0s"\nwatch = "poll"\nwatch_interval = "1h"\n'
 
 
 def jailsyncd_bin() -> Path:

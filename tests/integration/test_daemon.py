@@ -42,9 +42,25 @@ def test_db_changes_reach_consul_within_3s(consul: ConsulServer, tmp_path: Path,
     assert reasons[0] == ["startup"] and ["change"] in reasons
 
 
+def test_a_cbsd_change_reaches_consul_through_file_events(consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
+    """With the stat an hour apart, only the file events (inotify here) can tell the
+    daemon in time; one CBSD write is one cycle, and our own reads are none."""
+    workdir.add("web1", jid=0, status=0, ip4_addr="127.0.30.1")
+    extra = QUIET.replace('jitter = "0s"', 'jitter = "0s"\nwatch_interval = "1h"')
+    daemon = start_daemon(write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul, extra=extra))
+    [started] = daemon.events("db_watch_started")
+    assert started["backend"] == "inotify" and started["fallback"] is None
+    workdir.start("web1", jid=7)
+    wait_for(lambda: "jailsyncd-web1" in consul.services(), timeout=3, what="web1 registered")
+    wait_for(lambda: daemon.finished_cycles() >= 2, timeout=3, what="the change's cycle to finish")
+    daemon.kick()  # a marker: every request before it has been served once it is
+    wait_for(lambda: ["signal"] in [e["reasons"] for e in daemon.events("cycle_started")], timeout=5, what="the kicked cycle")
+    assert [e["reasons"] for e in daemon.events("cycle_started")] == [["startup"], ["change"], ["signal"]]
+
+
 def test_kick_and_sigusr1_during_a_slow_cycle_are_served_after_it(consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
     workdir.add("web1", jid=3, status=1, ip4_addr="127.0.30.1")
-    extra = QUIET.replace('jitter = "0s"', 'jitter = "0s"\nwatch_interval = "1h"')
+    extra = QUIET.replace('jitter = "0s"', 'jitter = "0s"\nwatch = "poll"\nwatch_interval = "1h"')
     daemon = start_daemon(write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul, extra=extra))
     # A CBSD writer holding an exclusive lock makes the next cycle wait (busy timeout 5 s).
     writer = sqlite3.connect(workdir.node_db, isolation_level=None)
@@ -258,7 +274,7 @@ def test_drift_counts_transitions_not_states(consul: ConsulServer, tmp_path: Pat
     workdir.add("smtp", jid=5, status=1, ip4_addr="127.0.30.3")
     squatter = {"ID": "jailsyncd-smtp", "Name": "smtp", "Address": "192.0.2.2", "Meta": {"jailsyncd-owner": "othernode"}}
     consul.put("/v1/agent/service/register", squatter)
-    extra = QUIET.replace('jitter = "0s"', 'jitter = "0s"\nwatch_interval = "1h"') + f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+    extra = QUIET.replace('jitter = "0s"', 'jitter = "0s"\nwatch = "poll"\nwatch_interval = "1h"') + f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
     daemon = start_daemon(write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul, extra=extra))
 
     def cycles(n: int) -> None:

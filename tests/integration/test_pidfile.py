@@ -25,7 +25,7 @@ from testing.sample import Workdir
 
 pytestmark = pytest.mark.integration
 
-QUIET = '[sync]\ninterval = "1h"\njitter = "0s"\nwatch_interval = "1h"\n'
+QUIET = '[sync]\ninterval = "1h"\njitter = "0s"\nwatch = "poll"\nwatch_interval = "1h"\n'
 
 
 def _error_line(stderr: str) -> str:

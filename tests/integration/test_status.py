@@ -21,7 +21,7 @@ from testing.sample import Workdir
 pytestmark = pytest.mark.integration
 
 # Only the start-up cycle (and kicks): the numbers of the last cycle stay put.
-QUIET = '[sync]\ninterval = "1h"\njitter = "0s"\nwatch_interval = "1h"\n'
+QUIET = '[sync]\ninterval = "1h"\njitter = "0s"\nwatch = "poll"\nwatch_interval = "1h"\n'
 
 
 def status(config: Path, pidfile: Path, *extra: str) -> subprocess.CompletedProcess:

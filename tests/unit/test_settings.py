@@ -953,3 +953,10 @@ def test_consul_timeout_default_outlasts_consuls_rpc_hold() -> None:
 
     assert CONSUL_RPC_HOLD == 7.0
     assert ConsulSettings().timeout >= CONSUL_RPC_HOLD + 2
+
+
+def test_sync_watch_is_auto_or_poll(cfg) -> None:
+    assert cfg("").sync.watch == "auto"
+    assert cfg("[sync]\nwatch = 'poll'\n").sync.watch == "poll"
+    message = error_of(cfg, "[sync]\nwatch = 'inotify'\n")
+    assert "sync.watch" in message and "auto, poll" in message and "'inotify'" in message
