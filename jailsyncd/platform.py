@@ -24,7 +24,6 @@ interface, chosen by ``Platform.file_events()``.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno as _errno
 import math
 import os
@@ -339,7 +338,9 @@ class Inotify:
     MASK = IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
 
     def __init__(self, libc: Any = None) -> None:
-        self._libc = libc if libc is not None else ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        # The C library already loaded into this process (find_library would start
+        # ldconfig to look for it).
+        self._libc = libc if libc is not None else ctypes.CDLL(None, use_errno=True)
         for fn in ("inotify_init1", "inotify_add_watch", "inotify_rm_watch"):
             getattr(self._libc, fn)  # AttributeError: a libc without inotify
         self._libc.inotify_add_watch.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)

@@ -7,7 +7,6 @@ tmp_path standing in for the node DB: the watcher only stats them."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,13 +35,6 @@ def settings_for(root: Path, **sync) -> Settings:
     return replace(s, cbsd=replace(s.cbsd, workdir=root), sync=replace(s.sync, **sync))
 
 
-def wait_until(predicate, timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.005)
-
-
 def test_a_db_change_is_a_kick_with_reason_change(tmp_path: Path) -> None:
     root = workdir(tmp_path / "a")
     daemon = Daemon(settings_for(root), lambda s, stop: IdleReconciler(), lambda: settings_for(root))
@@ -50,7 +42,7 @@ def test_a_db_change_is_a_kick_with_reason_change(tmp_path: Path) -> None:
     try:
         assert daemon.watcher is not None and daemon.watcher.backend == "inotify"
         node_db_path(root).write_bytes(b"db, changed")
-        wait_until(daemon._kicked.is_set)
+        assert daemon._kicked.wait(3), "the change was not reported within 3 s"
         assert daemon._wanted.is_set() and daemon._reasons == {"change"}
     finally:
         daemon._stop_watcher()
@@ -74,7 +66,8 @@ def test_a_reload_re_points_the_watcher_only_when_what_it_watches_changed(tmp_pa
         daemon._kicked.clear()
         daemon._reasons.clear()
         node_db_path(second).write_bytes(b"the new workdir's DB changed")
-        wait_until(lambda: "change" in daemon._reasons)
+        assert daemon._kicked.wait(3), "the change was not reported within 3 s"
+        assert "change" in daemon._reasons
         current["settings"] = settings_for(second, interval=60.0, watch="poll")
         daemon.reload()
         assert daemon.watcher.backend == "poll"
