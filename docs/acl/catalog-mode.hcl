@@ -16,10 +16,13 @@
 #   PUT /v1/txn (read-only Service get)   service:read on their services (Consul
 #                                         silently leaves out what the token may
 #                                         not read)
+#   PUT /v1/txn (read-only Node get)      nothing more: whether each name a cycle
+#                                         wants to create is held by someone else
+#                                         (Consul 1.8 answers a get whatever the
+#                                         token may read); when an answer cannot
+#                                         tell, the same question through
 #   GET /v1/catalog/node/<name>, or
-#   GET /v1/catalog/nodes?filter=...      node:read on the names a cycle wants to
-#                                         create, to see whether someone else holds
-#                                         them (see below)
+#   GET /v1/catalog/nodes?filter=...      node:read on those names (see below)
 #   PUT /v1/txn                           node:write on each node it creates (cas),
 #                                         changes or deletes, and for the ping check
 #                                         (a node check); service:write on the name
@@ -35,8 +38,10 @@
 #   - nodes: keep node_prefix "" { policy = "read" } and grant write per node name
 #     (node "db1.example.org" { policy = "write" }), or per common prefix when
 #     catalog.node_name starts with a fixed text ("jail-{jname}": node_prefix "jail-").
-#     Without read on every node, a node name held by another owner is invisible
-#     and that jail's write fails (exit 77) instead of being skipped as a conflict.
+#     A name held by another owner is skipped as a conflict even without read on
+#     it (the Node get above); only if Consul would not answer those gets, and
+#     without read on every node, is such a name invisible, and that jail's write
+#     fails (exit 77) instead of being skipped.
 #   - services: with catalog.layout = "article" every jail is the service "jail",
 #     so service "jail" { policy = "write" } is enough; otherwise one block per name
 #     or a common prefix.

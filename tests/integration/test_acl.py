@@ -68,3 +68,32 @@ def test_read_only_token_cannot_write(acl_consul: ConsulServer, tmp_path: Path, 
     assert "PUT http://" in proc.stderr.strip().splitlines()[-1]
     assert "jailsyncd-web2" not in acl_consul.services()
     assert token not in proc.stderr + proc.stdout
+
+
+def test_catalog_sees_a_clash_on_a_name_the_token_may_not_read(acl_consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    """Catalog mode asks whether the node names it wants are taken with read-only
+    ``Node get`` transactions: a get fails only for a missing node, and Consul 1.8
+    answers it whatever the token may read (it only leaves unreadable nodes out of
+    the results). So with a token that may write its own names and read nothing
+    else, a name held by someone else is still skipped as a conflict (before, the
+    filtered read could not see it, and the create failed with exit 77), asked
+    alone or with a free name, and the free name is registered."""
+    for node in ("held.example.org", "held2.example.org"):
+        acl_consul.put("/v1/catalog/register", {"Node": node, "Address": "10.9.0.1", "NodeMeta": {"jailsyncd-owner": "someone"}})
+    rules = 'node "free.example.org" { policy = "write" }\nservice_prefix "" { policy = "write" }\n'
+    token_file = tmp_path / "token"
+    token_file.write_text(make_token(acl_consul, rules) + "\n")
+    token_file.chmod(0o600)
+    workdir.add("held", jid=1, status=1, ip4_addr="127.0.20.5", host_hostname="held.example.org")
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=acl_consul, consul_extra=f'mode = "catalog"\ntoken_file = "{token_file}"')
+    for step in ("alone", "with a free name"):
+        proc = run_cli("once", config=config)
+        events = log_events(proc.stderr)
+        assert proc.returncode == 0, (step, proc.stderr)
+        assert [(e["jail"], e["reason"]) for e in events if e["event"] == "jail_skipped"] == [("held", "conflict")], (step, proc.stderr)
+        assert not [e for e in events if e["event"] == "action_failed"], proc.stderr
+        if step == "alone":
+            workdir.add("free", jid=2, status=1, ip4_addr="127.0.20.6", host_hostname="free.example.org")
+    nodes = {n["Node"]: n for n in acl_consul.get("/v1/catalog/nodes")}
+    assert nodes["held.example.org"]["Meta"]["jailsyncd-owner"] == "someone"
+    assert nodes["free.example.org"]["Meta"]["jailsyncd-owner"] == "node1"

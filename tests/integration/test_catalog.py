@@ -244,15 +244,23 @@ def test_nodes_without_the_service_id_meta_or_edited_by_hand_are_read_whole(cata
     assert summary(once(config)[1])["writes"] == 0
 
 
-def test_many_taken_names_are_asked_for_in_one_filtered_read(catalog: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
-    """More than four names to check take one filtered read per 32 names instead of
-    one lookup each; every clash is still a conflict, never overwritten."""
+def test_many_taken_names_are_asked_for_64_per_read_only_transaction(catalog: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    """The names to check are asked 64 per read-only transaction of Node gets (a cold
+    start of 100 new jails: 2 requests, not 4 filtered reads or 100 lookups); every
+    clash, in either transaction and in any letter case, is still a conflict, never
+    overwritten, and every free name is created."""
     add_foreign_nodes(catalog, 5, prefix="many")
     for i in range(5):
-        workdir.add(f"clash{i}", jid=i + 1, status=1, ip4_addr=f"127.0.46.{i + 1}", host_hostname=f"many0000{i}")
+        # Consul's node names are case-insensitive: "MANY00004" is taken by "many00004".
+        name = f"many0000{i}" if i < 4 else "MANY00004"
+        workdir.add(f"clash{i}", jid=i + 1, status=1, ip4_addr=f"127.0.46.{i + 1}", host_hostname=name)
+    for i in range(95):
+        workdir.add(f"free{i}", jid=10 + i, status=1, ip4_addr=f"127.0.47.{i + 1}", host_hostname=f"free{i:03}.my.domain")
     config = catalog_config(tmp_path, workdir, catalog, "node1")
     rc, events, err = once(config)
     assert sorted(e["jail"] for e in events if e["event"] == "jail_skipped" and e["reason"] == "conflict") == [f"clash{i}" for i in range(5)], err
     assert all(n["Meta"]["jailsyncd-owner"].startswith("other") for name, n in nodes(catalog).items() if name.startswith("many"))
-    # Ours (none), their checks, and one filtered read for the five taken names.
-    assert summary(events)["requests"] == 3
+    assert sum(1 for name in nodes(catalog) if name.startswith("free")) == 95
+    # Ours (none), their checks, two transactions for the 100 names, and the
+    # registrations of the 95 free ones (2 operations each: 3 transactions).
+    assert (summary(events)["requests"], summary(events)["writes"]) == (2 + 2 + 3, 3), summary(events)
