@@ -396,7 +396,11 @@ class Inotify:
             directory = self._dirs.get(wd)
             if directory is None:
                 continue  # a watch removed since
-            if mask & IN_IGNORED:  # the directory is gone (or unmounted): add it again later
+            if mask & (IN_IGNORED | IN_MOVE_SELF):
+                # The directory is gone, unmounted or renamed away: the next watch()
+                # adds whatever directory has the name then.
+                if mask & IN_MOVE_SELF:
+                    self._libc.inotify_rm_watch(self._fd, wd)
                 del self._dirs[wd]
                 if self._wds.get(directory) == wd:
                     del self._wds[directory]
@@ -441,9 +445,11 @@ class Kqueue:
         self._k = kq
         self._open = opener
         self._kq = kq.kqueue()
-        self.FILE = kq.KQ_NOTE_WRITE | kq.KQ_NOTE_EXTEND | kq.KQ_NOTE_ATTRIB | kq.KQ_NOTE_DELETE | kq.KQ_NOTE_RENAME
-        self.DIR = kq.KQ_NOTE_WRITE | kq.KQ_NOTE_DELETE | kq.KQ_NOTE_RENAME
-        self.GONE = kq.KQ_NOTE_DELETE | kq.KQ_NOTE_RENAME | getattr(kq, "KQ_NOTE_REVOKE", 0)
+        #: The notes registered for a file, for a directory, and those after which the
+        #: descriptor no longer stands for the name (reopened by the next ``watch``).
+        self.file_notes = kq.KQ_NOTE_WRITE | kq.KQ_NOTE_EXTEND | kq.KQ_NOTE_ATTRIB | kq.KQ_NOTE_DELETE | kq.KQ_NOTE_RENAME
+        self.dir_notes = kq.KQ_NOTE_WRITE | kq.KQ_NOTE_DELETE | kq.KQ_NOTE_RENAME
+        self.gone_notes = kq.KQ_NOTE_DELETE | kq.KQ_NOTE_RENAME | getattr(kq, "KQ_NOTE_REVOKE", 0)
         self._fds: dict[str, tuple[int, tuple[int, int]]] = {}  # path -> (fd, (dev, inode))
         self._paths: dict[int, str] = {}  # fd -> path
 
@@ -451,7 +457,7 @@ class Kqueue:
         return int(self._kq.fileno())
 
     def watch(self, dirs: Collection[str], files: Collection[str]) -> None:
-        wanted = {**{f: self.FILE for f in files}, **{d: self.DIR for d in dirs}}
+        wanted = {**{f: self.file_notes for f in files}, **{d: self.dir_notes for d in dirs}}
         for path, (_fd, identity) in list(self._fds.items()):
             if path not in wanted or _identity(path) != identity:
                 self._drop(path)
@@ -479,7 +485,7 @@ class Kqueue:
             if path is None:
                 continue
             events.append(FileEvent(path))
-            if kev.fflags & self.GONE:
+            if kev.fflags & self.gone_notes:
                 self._drop(path)  # watch() opens what has the name now
         return events
 

@@ -15,14 +15,17 @@ tests/integration/test_fswatch.py.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from jailsyncd.adapters.fswatch import DbWatcher, content_stamp
-from jailsyncd.platform import FileEvent, Kqueue, Platform
+from jailsyncd.platform import IN_DELETE_SELF, IN_IGNORED, IN_MODIFY, IN_Q_OVERFLOW, FileEvent, Inotify, Kqueue, Platform
 
 
 @dataclass(frozen=True)
@@ -379,3 +382,73 @@ def test_events_that_keep_coming_during_the_settle_join_the_batch(db: Path) -> N
     watcher.step(1.0)
     assert (calls, watcher.checks) == ([1], 1)
     watcher.stop()
+
+
+# -- Linux inotify at its boundary: the bytes read(2) returns, the errors libc sets --
+
+
+def _inotify_event(wd: int, mask: int, name: bytes = b"") -> bytes:
+    """One ``struct inotify_event`` as the kernel writes it (fs/notify/inotify/
+    inotify_user.c): the name NUL-terminated and padded to a multiple of the struct's
+    size, ``len`` counting the padding; no name at all for an event on the watch itself."""
+    padded = name + b"\0" * (16 - len(name) % 16) if name else b""
+    return struct.pack("iIII", wd, mask, 0, len(padded)) + padded
+
+
+def test_inotify_reads_names_overflow_and_a_vanished_directory(tmp_path: Path) -> None:
+    events = Inotify()
+    try:
+        events.watch([str(tmp_path)])
+        wd = events._wds[str(tmp_path)]
+        recorded = (
+            _inotify_event(wd, IN_MODIFY, b"inv.node1.sqlite-wal")
+            + _inotify_event(-1, IN_Q_OVERFLOW)  # the queue overflowed (fs.inotify.max_queued_events)
+            + _inotify_event(wd, IN_DELETE_SELF)
+            + _inotify_event(wd, IN_IGNORED)  # the kernel dropped the watch with its directory
+        )
+        assert events._parse(recorded) == [
+            FileEvent(str(tmp_path / "inv.node1.sqlite-wal")),
+            FileEvent("", overflow=True),
+            FileEvent(str(tmp_path)),
+            FileEvent(str(tmp_path)),
+        ]
+        assert events._wds == {}, "the next watch() adds the directory again"
+    finally:
+        events.close()
+
+
+class NoWatchesLeft:
+    """A libc whose inotify_add_watch fails like Linux past fs.inotify.max_user_watches
+    (ENOSPC, inotify_add_watch(2)), or on a missing directory (ENOENT)."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        self.r, self.w = os.pipe()
+
+        def add_watch(fd, path, mask):
+            ctypes.set_errno(self.code)
+            return -1
+
+        self.inotify_add_watch = add_watch
+
+    def inotify_init1(self, flags: int) -> int:
+        return self.r
+
+    def inotify_rm_watch(self, fd: int, wd: int) -> int:
+        return 0
+
+
+def test_inotify_out_of_watches_is_an_error_and_a_missing_directory_is_not(tmp_path: Path) -> None:
+    libc = NoWatchesLeft(errno.ENOSPC)
+    events = Inotify(libc)
+    with pytest.raises(OSError) as exc:
+        events.watch([str(tmp_path)])
+    assert exc.value.errno == errno.ENOSPC and str(tmp_path) in str(exc.value)
+    events.close()
+    os.close(libc.w)
+    libc = NoWatchesLeft(errno.ENOENT)
+    events = Inotify(libc)
+    events.watch([str(tmp_path / "not-mounted-yet")])  # skipped: added once it exists
+    assert events._wds == {}
+    events.close()
+    os.close(libc.w)
