@@ -35,7 +35,7 @@ from jailsyncd.health import check_name, targets_of
 from jailsyncd.healthloop import HealthLoop
 from jailsyncd.errors import ConsulRefused, ExitCode, JailsyncdError, PrivilegeError, SafetyRefusal, SourceError, SourceUnreadable
 from jailsyncd.logs import configure, get_logger, register_secret, route_library_logs
-from jailsyncd.model import META_ADDRESS_SOURCE, Plan
+from jailsyncd.model import META_ADDRESS_SOURCE, Plan, Record
 from jailsyncd.plan import field_changes
 from jailsyncd.pidfile import running_jailsyncd
 from jailsyncd.reconcile import CycleResult, StartupWindow
@@ -212,7 +212,7 @@ def _health_rows(app: App, result: CycleResult) -> list[dict[str, str]]:
     health = app.health_loop()
     if health is None or result.desired is None or result.observed is None:
         return []
-    targets = targets_of(result.desired.services)
+    targets = targets_of(result.desired.records)
     results = health.probe(targets)
     in_consul = {check_id: status for check_id, status, _ in result.observed.check_status}
     return [
@@ -298,7 +298,7 @@ def _permissions(app: App) -> list[tuple[bool | None, str]]:
     store = app.store
     result = app.reconciler().cycle(apply=False)
     if result.error is None and result.desired is not None and result.observed is not None:
-        desired, owned = result.desired.services, result.observed.owned
+        desired, owned = result.desired.records, result.observed.owned
     else:
         notes.append((None, f"this host's names are unknown ({result.error}); checked example names instead"))
     asked = store.acl_needs(desired, owned or ())
@@ -380,19 +380,9 @@ _COMMANDS = {"plan": cmd_plan, "once": cmd_once, "purge": cmd_purge, "check-conf
 
 
 def plan_as_json(plan: Plan) -> dict[str, Any]:
-    def service(s: Any) -> dict[str, Any]:
-        return {
-            "jail": s.jail,
-            "service_id": s.service_id,
-            "name": s.name,
-            "address": s.address,
-            "port": s.port,
-            "tags": sorted(s.tags),
-            "meta": dict(s.meta),
-            "tagged_addresses": dict(s.tagged_addresses),
-            "checks": sorted(check_id for check_id, _, _ in s.checks),
-            **({"node": s.node, "node_meta": dict(s.node_meta)} if s.node else {}),
-        }
+    def service(s: Record) -> dict[str, Any]:
+        # Every field of the mode's records, as the mode names them.
+        return {"jail": s.jail, "service_id": s.service_id, **{name: _json_value(value) for name, value in s.fields}}
 
     return {
         "register": [service(s) for s in plan.register],
@@ -417,7 +407,7 @@ def plan_as_text(plan: Plan) -> str:
         found = f" address-source={source}" if source else ""
         lines.append(f"+ {s.jail:<20} register   {s.name} {s.address}{port} tags={','.join(sorted(s.tags))}{found}")
     for u in plan.update:
-        changes = "; ".join(f"{f}: {_show(getattr(u.old, f))} -> {_show(getattr(u.new, f))}" for f in u.fields)
+        changes = "; ".join(f"{f}: {_show(u.old.value(f))} -> {_show(u.new.value(f))}" for f in u.fields)
         lines.append(f"~ {u.new.jail:<20} update     {changes}")
     for s in plan.deregister:
         lines.append(f"- {s.jail:<20} deregister {s.service_id}")
@@ -430,6 +420,15 @@ def plan_as_text(plan: Plan) -> str:
     if not plan.writes:
         lines.append(f"no changes now: {len(plan.held)} deregistrations held (=)" if plan.held else "no changes: Consul matches CBSD")
     return "\n".join(lines)
+
+
+def _json_value(value: object) -> Any:
+    """A record's field in JSON types: sets sorted (checks as their IDs), pairs as an object."""
+    if isinstance(value, frozenset):
+        return sorted(v[0] if isinstance(v, tuple) else v for v in value)
+    if isinstance(value, tuple):
+        return dict(value)
+    return value
 
 
 def _show(value: Any) -> str:

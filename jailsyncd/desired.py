@@ -1,8 +1,11 @@
-"""Turn CBSD state plus settings into the desired Consul services (pure).
+"""Turn CBSD state plus settings into the desired services and their checks, in the
+project's own terms (pure).
 
 Called by ``reconcile`` once per cycle, and by the unit tests. One service per
 running environment that has a usable address; everything else is reported as a
 ``Skip`` (why not registered) or a ``Note`` (registered, but something was dropped).
+What Consul makes of a service (agent mode's tagged addresses and heartbeat, catalog
+mode's nodes) is the mode module's (``adapters/consul/agent.py``, ``catalog.py``).
 """
 
 from __future__ import annotations
@@ -19,10 +22,8 @@ from jailsyncd.model import (
     META_HOST,
     META_JNAME,
     META_OWNER,
-    META_SERVICE_ID,
     META_SOURCE,
     META_SOURCE_VALUE,
-    META_TOKEN,
     RESERVED_META,
     SERVICE_ID_PREFIX,
     CbsdState,
@@ -33,9 +34,9 @@ from jailsyncd.model import (
     Service,
     Skip,
 )
-from jailsyncd.health import jail_checks, self_service
+from jailsyncd.health import jail_checks
 from jailsyncd.naming import dns_label, service_ids, unique_labels
-from jailsyncd.settings import CatalogSettings, HealthSettings
+from jailsyncd.settings import HealthSettings
 from jailsyncd.tagspec import MAX_META_VALUE, Rule, directives_for
 
 #: The ``jail`` of the skip that reports rows without a jname (a placeholder with a
@@ -52,16 +53,11 @@ def build_desired(
     rules: tuple[Rule, ...] = (),
     prefer_ipv6: bool = False,
     health: HealthSettings | None = None,
-    catalog: CatalogSettings | None = None,
     discovered: Mapping[str, Discovered] | None = None,
 ) -> Desired:
     """The services this host should have in Consul, given a complete CBSD read.
 
-    With ``health`` (enabled), every service carries its checks; in agent mode
-    jailsyncd's own heartbeat service is part of the desired state too. With
-    ``catalog`` (catalog mode), every service is placed on an external node of its
-    own (see ``node_name``), and a node name two jails would share goes to the
-    first jname in sort order; the other is skipped as ``conflict``.
+    With ``health`` (enabled), every service carries its checks.
 
     ``discovered`` (address discovery, ``leases.resolve``) gives addresses to
     environments whose ``ip4_addr`` has none: they are registered like any other,
@@ -78,7 +74,6 @@ def build_desired(
     services: list[Service] = []
     skipped: list[Skip] = []
     notes: list[Note] = []
-    nodes: dict[str, str] = {}  # node name -> jname (catalog mode)
     for env in sorted(state.environments, key=lambda e: e.jname):
         if env.jname in unreadable:
             skipped.append(Skip(env.jname, "source_error", unreadable[env.jname]))
@@ -121,31 +116,12 @@ def build_desired(
         port = directives.port or 0
         service_id = ids[env.jname]
         tags = frozenset((env.kind, *directives.tags))
-        tagged = tagged_addresses(parsed)
-        node = ""
-        node_meta: tuple[tuple[str, str], ...] = ()
-        if catalog is not None:
-            node = node_name(catalog.node_name, fqdn=env.host_hostname or env.jname, jname=env.jname, host=host)
-            if node in nodes:
-                skipped.append(Skip(env.jname, "conflict", f"node name {node} is already used by jail {nodes[node]}"))
-                continue
-            nodes[node] = env.jname
-            node_meta = _node_meta(env, owner=owner, host=host, external_probe=catalog.external_probe, service_id=service_id)
-            if catalog.layout == "article":
-                name, tags = "jail", frozenset({catalog.host_tag, "jail"})
-            # Consul 1.8's /v1/txn drops a service's TaggedAddresses, so in catalog mode
-            # every address goes into the meta value cbsd-addresses instead.
-            tagged = ()
-            addresses = ",".join(parsed.all)
-            if len(addresses) <= MAX_META_VALUE and len(meta) < MAX_META_PAIRS:
-                meta = {**meta, "cbsd-addresses": addresses}
         specs: tuple[CheckSpec, ...] = ()
         if health is not None:
             probes = directives.checks if port else ()
             if directives.checks and not port:
                 notes.append(Note(env.jname, "check_ignored", f"{', '.join(directives.checks)} needs a port (consul.port=)"))
-            external = catalog is not None and catalog.external_probe
-            specs = jail_checks(service_id, address, probes, health.ttl, catalog=catalog is not None, external_probe=external)
+            specs = jail_checks(service_id, address, probes, health.ttl)
         services.append(
             Service(
                 service_id=service_id,
@@ -154,43 +130,15 @@ def build_desired(
                 port=port,
                 tags=tags,
                 meta=tuple(sorted(meta.items())),
-                tagged_addresses=tagged,
-                checks=frozenset(c.observable for c in specs),
-                check_specs=specs,
-                node=node,
-                node_meta=node_meta,
+                addresses=parsed.all,
+                fqdn=env.host_hostname or "",
+                checks=specs,
             )
         )
     if state.nameless:
         skipped.append(Skip(NAMELESS, "invalid_row", f"{state.nameless} row(s) of table jails have a NULL or empty jname: not registered"))
-    if health is not None and catalog is None:
-        services.append(self_service(owner, host, health.heartbeat_ttl))
     protected = frozenset(unreadable)
-    return Desired(tuple(services), tuple(skipped), tuple(notes), protected, host=host, empty_source=not state.environments)
-
-
-def node_name(template: str, *, fqdn: str, jname: str, host: str) -> str:
-    """The catalog node name: the template filled in, each dot-separated label made
-    DNS-safe, so ``<node>.node.consul`` resolves (``Redis_1.My.Domain`` becomes
-    ``redis-1.my.domain``)."""
-    text = template.format(fqdn=fqdn, jname=jname, host=host)
-    return ".".join(dns_label(label) for label in text.split(".") if label)
-
-
-def _node_meta(env: Environment, *, owner: str, host: str, external_probe: bool, service_id: str) -> tuple[tuple[str, str], ...]:
-    return tuple(
-        sorted(
-            {
-                "external-node": "true",
-                "external-probe": "true" if external_probe else "false",
-                META_OWNER: owner,
-                META_SERVICE_ID: service_id,
-                META_HOST: host,
-                META_JNAME: env.jname,
-                META_EMULATOR: env.emulator,
-            }.items()
-        )
-    )
+    return Desired(tuple(services), tuple(skipped), tuple(notes), protected, host=host, empty_source=not state.environments, owner=owner)
 
 
 def _primary_address(parsed: ParsedAddresses, prefer_ipv6: bool) -> str | None:
@@ -212,23 +160,6 @@ def _why_unaddressable(parsed: ParsedAddresses) -> str:
     if parsed.invalid:
         return f"ip4_addr has no valid address (first item: {parsed.invalid[0]!r})"
     return "ip4_addr is unset"
-
-
-def tagged_addresses(parsed: ParsedAddresses) -> tuple[tuple[str, str], ...]:
-    """Every address of the environment, by name.
-
-    The first address of each family is ``lan_ipv4``/``wan_ipv4`` (or ``_ipv6``), the
-    names Consul itself fills in from a service address; further ones are
-    ``cbsd_ipv4_2``, ``cbsd_ipv4_3``, ... in column order.
-    """
-    pairs: list[tuple[str, str]] = []
-    for family, addrs in (("ipv4", parsed.ipv4), ("ipv6", parsed.ipv6)):
-        for index, addr in enumerate(addrs, start=1):
-            if index == 1:
-                pairs += [(f"lan_{family}", addr), (f"wan_{family}", addr)]
-            else:
-                pairs.append((f"cbsd_{family}_{index}", addr))
-    return tuple(sorted(pairs))
 
 
 def _meta(
@@ -256,23 +187,3 @@ def _meta(
         else:
             meta[key] = value
     return meta, dropped
-
-
-def mark_token(desired: Desired, accessor: str) -> Desired:
-    """Agent mode: record in each service which token registered it.
-
-    A Consul agent syncs a service to the catalog with the token it was registered
-    with. After a token rotation (old token deleted, new one in the token file) that
-    sync fails silently and the catalog goes stale. With the token's AccessorID in
-    the meta, a new token makes every service differ, so the next cycle re-registers
-    them all with it. The AccessorID is Consul's public name for a token, not a secret.
-    """
-    if not accessor:
-        return desired
-    marked = []
-    for service in desired.services:
-        meta = dict(service.meta)
-        if len(meta) < MAX_META_PAIRS or META_TOKEN in meta:
-            meta[META_TOKEN] = accessor
-        marked.append(replace(service, meta=tuple(sorted(meta.items()))))
-    return replace(desired, services=tuple(marked))

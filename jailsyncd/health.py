@@ -1,17 +1,15 @@
 """Health checks: which checks a service gets, and how probe results become statuses (pure).
 
-Called by ``desired`` (``jail_checks``, ``self_service``) and by ``healthloop`` (the
-state machine and the write decisions). Consul has no ICMP check and script checks
-need ``enable_script_checks`` (a remote-code-execution risk), so jailsyncd probes the
-jails itself and writes TTL checks, like consul-esm does for external nodes.
+Called by ``desired`` (``jail_checks``) and by ``healthloop`` (the state machine and
+the write decisions). Consul has no ICMP check and script checks need
+``enable_script_checks`` (a remote-code-execution risk), so jailsyncd probes the
+jails itself and writes the statuses, like consul-esm does for external nodes.
 
-Each jail service gets:
-- one TTL check per probe: ``<service_id>:ping`` always, ``:tcp``/``:http`` when the
-  jail asks for them (``consul.check=tcp``, ``consul.check=http:/path``, or a rule);
-- one alias check ``<service_id>:alive`` mirroring jailsyncd's own service
-  (``jailsyncd.heartbeat``), whose short-TTL check the daemon refreshes. If the
-  daemon dies, every jail turns critical within one heartbeat TTL for the price of
-  one write per refresh, not one per jail.
+Each jail service gets one check per probe: ``<service_id>:ping`` always,
+``:tcp``/``:http`` when the jail asks for them (``consul.check=tcp``,
+``consul.check=http:/path``, or a rule). How a mode writes them, and what it adds
+(agent mode's heartbeat and alias checks), is in ``adapters/consul/agent.py`` and
+``catalog.py``.
 
 Statuses are written only when they change, plus one refresh per check at half its
 TTL, so a round in a steady state writes nothing.
@@ -21,17 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from jailsyncd.model import (
-    META_HOST,
-    META_OWNER,
-    META_SOURCE,
-    SELF_CHECK_ID,
-    SELF_SERVICE_ID,
-    SELF_SERVICE_NAME,
-    CheckSpec,
-    Observed,
-    Service,
-)
+from jailsyncd.model import CheckSpec, Record
 
 PASSING = "passing"
 CRITICAL = "critical"
@@ -39,106 +27,20 @@ CRITICAL = "critical"
 NOT_PROBED = "not probed yet"
 
 
-def _ttl_text(seconds: float) -> str:
-    return f"{seconds:g}s"
-
-
-def jail_checks(
-    service_id: str, address: str, probes: tuple[str, ...], ttl: float, *, catalog: bool = False, external_probe: bool = False
-) -> tuple[CheckSpec, ...]:
-    """The checks of one jail service.
-
-    Agent mode: a TTL check per probe, then the alias check. Catalog mode: the ping
-    is a node-level check (none when ``external_probe`` leaves it to consul-esm), TCP
-    and HTTP probes are service-level checks; catalog checks have no TTL and no
-    alias, jailsyncd writes their status itself.
-    """
+def jail_checks(service_id: str, address: str, probes: tuple[str, ...], ttl: float) -> tuple[CheckSpec, ...]:
+    """The checks of one jail service: the ping (about the environment itself), then
+    one per other probe (TCP, HTTP: about its service), each holding ``ttl``. The
+    modes decide how each is written (``adapters/consul/agent.py``: TTL checks plus
+    the alias on the heartbeat; ``catalog.py``: node and service checks)."""
     checks = []
-    wanted = (*(() if catalog and external_probe else ("ping",)), *(p for p in probes if p != "ping"))
     seen: dict[str, int] = {}
-    for probe in wanted:
+    for probe in ("ping", *(p for p in probes if p != "ping")):
         kind = probe.split(":", 1)[0]
         seen[kind] = seen.get(kind, 0) + 1
         # A second HTTP probe (another path) gets its own ID: http, http-2, http-3...
         suffix = kind if seen[kind] == 1 else f"{kind}-{seen[kind]}"
-        if catalog:
-            kind = "node" if probe == "ping" else "service"
-            checks.append(CheckSpec(f"{service_id}:{suffix}", f"{probe} {address}", kind, notes=f"jailsyncd probe={probe}", ttl=ttl, probe=probe))
-            continue
-        checks.append(
-            CheckSpec(
-                check_id=f"{service_id}:{suffix}",
-                name=f"{probe} {address}",
-                kind="ttl",
-                notes=f"jailsyncd probe={probe} ttl={_ttl_text(ttl)}",
-                ttl=ttl,
-                probe=probe,
-            )
-        )
-    if catalog:
-        return tuple(checks)
-    checks.append(
-        CheckSpec(
-            check_id=f"{service_id}:alive",
-            name="jailsyncd alive",
-            kind="alias",
-            notes=f"jailsyncd alias={SELF_SERVICE_ID}",
-            alias_of=SELF_SERVICE_ID,
-        )
-    )
+        checks.append(CheckSpec(f"{service_id}:{suffix}", f"{probe} {address}", probe, ttl=ttl, on_host=probe == "ping"))
     return tuple(checks)
-
-
-def self_service(owner: str, host: str, heartbeat_ttl: float) -> Service:
-    """jailsyncd's own service on the agent, carrying the heartbeat TTL check."""
-    check = CheckSpec(
-        check_id=SELF_CHECK_ID,
-        name="jailsyncd heartbeat",
-        kind="ttl",
-        notes=f"jailsyncd heartbeat ttl={_ttl_text(heartbeat_ttl)}",
-        ttl=heartbeat_ttl,
-        probe="heartbeat",
-    )
-    return Service(
-        service_id=SELF_SERVICE_ID,
-        name=SELF_SERVICE_NAME,
-        address="",
-        port=0,
-        tags=frozenset(),
-        meta=tuple(sorted({META_SOURCE: "jailsyncd", META_OWNER: owner, META_HOST: host}.items())),
-        tagged_addresses=(),
-        checks=frozenset({check.observable}),
-        check_specs=(check,),
-    )
-
-
-#: Marks the notes of a heartbeat that ``once`` registered with no daemon running.
-STANDALONE_MARK = "by=once"
-
-
-def standalone_self_service(heartbeat: Service, ttl: float) -> Service:
-    """The heartbeat service as ``once`` registers it when no daemon runs: its TTL is
-    ``health.ttl``, the TTL of the jails' own checks, so that the alias checks of the
-    jails ``once`` found answering stay passing as long as their probe results do,
-    instead of ``heartbeat_ttl`` (seconds) after ``once`` exits. The notes say so,
-    which is how the next ``once`` tells it from a running daemon's heartbeat."""
-    spec = replace(heartbeat.check_specs[0], ttl=ttl, notes=f"jailsyncd heartbeat ttl={_ttl_text(ttl)} {STANDALONE_MARK}")
-    return replace(heartbeat, checks=frozenset({spec.observable}), check_specs=(spec,))
-
-
-def daemon_heartbeat(observed: Observed) -> Service | None:
-    """The heartbeat service of a daemon alive on this host, if Consul shows one: ours,
-    its TTL check passing (the daemon refreshes it every third of its TTL), and not
-    one that ``once`` registered. A daemon killed less than ``heartbeat_ttl`` ago
-    still counts as alive until its heartbeat expires."""
-    status = {check_id: st for check_id, st, _ in observed.check_status}
-    for svc in observed.owned:
-        if not svc.is_self:
-            continue
-        notes = {check_id: note for check_id, _, note in svc.checks}
-        if status.get(SELF_CHECK_ID) == PASSING and SELF_CHECK_ID in notes and STANDALONE_MARK not in notes[SELF_CHECK_ID]:
-            return svc
-    return None
 
 
 @dataclass(frozen=True)
@@ -193,8 +95,8 @@ def advance(state: CheckState, result: ProbeResult, *, success_before_passing: i
 
 @dataclass(frozen=True)
 class Target:
-    """One check to probe: whose, which, where, and (for catalog writes) its
-    definition and the node and service it belongs to."""
+    """One check to probe: whose, which, where, and (for the mode's writes) its
+    definition and the place (``Record.place``) and service it belongs to."""
 
     jail: str
     check_id: str
@@ -207,20 +109,15 @@ class Target:
     service_id: str = ""
 
 
-def with_checks_from_consul(service: Service, ttl: float) -> Service:
-    """A service as Consul holds it, with the definitions of its probed checks rebuilt
-    from what Consul returns (ID, kind and the notes ``jailsyncd probe=...``).
+def with_ttl(record: Record, ttl: float) -> Record:
+    """A record as Consul holds it, its probed checks holding ``ttl``.
 
     For services whose deregistration the start-up grace holds back: their jails are
-    not in the desired state, but their checks must still follow the probes, or a jail
-    that is slow to start (or never starts) would keep whatever status Consul restored
-    at boot, passing included, for the whole grace."""
-    specs = []
-    for check_id, kind, notes in sorted(service.checks):
-        probe = next((word.removeprefix("probe=") for word in notes.split() if word.startswith("probe=")), "")
-        if kind in ("ttl", "node", "service") and probe and probe != "heartbeat":
-            specs.append(CheckSpec(check_id, f"{probe} {service.address}", kind, notes=notes, ttl=ttl, probe=probe))
-    return replace(service, check_specs=tuple(specs))
+    not in the desired state, but their checks (rebuilt by the mode from what Consul
+    returns) must still follow the probes, or a jail that is slow to start (or never
+    starts) would keep whatever status Consul restored at boot, passing included, for
+    the whole grace."""
+    return replace(record, checks=tuple(replace(c, ttl=ttl) for c in record.checks))
 
 
 def check_name(check_id: str) -> str:
@@ -228,12 +125,13 @@ def check_name(check_id: str) -> str:
     return check_id.rsplit(":", 1)[-1]
 
 
-def targets_of(services: tuple[Service, ...]) -> tuple[Target, ...]:
+def targets_of(records: tuple[Record, ...]) -> tuple[Target, ...]:
+    """The checks to probe: every check of every jail's record (never the heartbeat's)."""
     return tuple(
-        Target(s.jail, c.check_id, c.probe, s.address, s.port, c.ttl, c, s.node, s.service_id)
-        for s in services
-        for c in s.check_specs
-        if c.kind in ("ttl", "node", "service") and c.probe != "heartbeat"
+        Target(r.jail, c.check_id, c.probe, r.address, r.port, c.ttl, c, r.place, r.service_id)
+        for r in records
+        if not r.is_self
+        for c in r.checks
     )
 
 

@@ -40,7 +40,7 @@ from jailsyncd.health import (
     targets_of,
 )
 from jailsyncd.logs import get_logger
-from jailsyncd.model import SELF_CHECK_ID, Service
+from jailsyncd.model import SELF_CHECK_ID, Record
 from jailsyncd.ports import CheckWriter, Prober
 from jailsyncd.settings import HealthSettings
 
@@ -150,7 +150,7 @@ class HealthLoop:
             self.probe_errors += len(report.problems)
         return report
 
-    def initial_statuses(self, services: tuple[Service, ...]) -> dict[str, str]:
+    def initial_statuses(self, services: tuple[Record, ...]) -> dict[str, str]:
         """Probe the checks of services about to be registered, so that they start
         with a real status instead of a write later. Also records that state."""
         targets = targets_of(services)
@@ -171,7 +171,7 @@ class HealthLoop:
                 statuses[t.check_id] = state.status
         return statuses
 
-    def sync(self, services: tuple[Service, ...], consul_status: dict[str, str], registered: dict[str, str]) -> bool:
+    def sync(self, services: tuple[Record, ...], consul_status: dict[str, str], registered: dict[str, str]) -> bool:
         """After a cycle: the checks to probe from now on, and what Consul holds for
         them (``consul_status`` as read, ``registered`` as just written). Returns
         whether there are checks that have never been probed."""

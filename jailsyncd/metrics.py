@@ -268,7 +268,7 @@ class Metrics:
             self.last_actions.labels(action).set(count if result.error is None else 0)
         if result.error is not None or result.plan is None:
             return
-        summary = summarise(result.plan, result.desired.services if result.desired else (), result.state)
+        summary = summarise(result.plan, result.desired.records if result.desired else (), result.state)
         self.services.clear()
         for kind, count in summary.services:
             self.services.labels(kind).set(count)

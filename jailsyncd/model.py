@@ -2,13 +2,14 @@
 
 All are frozen dataclasses with no behaviour beyond small derived views. Built by
 ``adapters.cbsd`` (``Environment``, ``CbsdState``), ``desired`` (``Service``, ``Skip``,
-``Desired``), ``adapters.consul`` (``Service``, ``Observed``) and ``plan`` (``Plan``).
+``Desired``: in the project's own terms), the Consul mode modules (``Record``: an
+entry in the mode's shape; ``Observed``) and ``plan`` (``Plan``).
 No I/O, no third-party imports.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 #: Every service ID jailsyncd registers starts with this. It is half of the ownership
 #: test; the other half is ``META_OWNER`` equal to this host's name.
@@ -16,9 +17,6 @@ SERVICE_ID_PREFIX = "jailsyncd-"
 META_SOURCE = "external-source"
 META_SOURCE_VALUE = "cbsd"
 META_OWNER = "jailsyncd-owner"
-#: Catalog mode: node meta naming the jail service on the node, so that one read-only
-#: transaction reads every service of this host (``adapters.consul.ConsulCatalog.read``).
-META_SERVICE_ID = "jailsyncd-service-id"
 META_JNAME = "cbsd-jname"
 META_HOST = "cbsd-host"
 META_EMULATOR = "cbsd-emulator"
@@ -108,36 +106,32 @@ SELF_CHECK_ID = "jailsyncd.heartbeat:ttl"
 
 @dataclass(frozen=True)
 class CheckSpec:
-    """A check jailsyncd attaches to a service.
+    """A check jailsyncd keeps on a service, in its own terms: what is probed and how
+    long a written status holds. How it is written (a TTL check and its notes, a node
+    or service check) is the mode's business (``adapters/consul/agent.py``,
+    ``catalog.py``).
 
-    ``kind`` is ``ttl`` (jailsyncd probes and writes the status; ``probe`` says how:
-    ``ping``, ``tcp`` or ``http:/path``) or ``alias`` (Consul mirrors the health of
-    ``alias_of``). ``notes`` records the definition (e.g. the TTL), because Consul's
-    agent API does not return a TTL check's TTL: a changed note re-registers it.
+    ``probe`` is ``ping``, ``tcp`` or ``http:/path`` (``heartbeat`` for agent mode's
+    own check, which is never probed); ``on_host`` says the check is about the
+    environment itself (the ping), not about its service (TCP, HTTP).
     """
 
     check_id: str
     name: str
-    kind: str  # ttl, alias (agent mode); node, service (catalog mode: inert checks we write)
-    notes: str = ""
+    probe: str
     ttl: float = 0.0
-    probe: str = ""
-    alias_of: str = ""
-
-    @property
-    def observable(self) -> tuple[str, str, str]:
-        """What can be read back from Consul, and so what ``plan`` compares."""
-        return (self.check_id, self.kind, self.notes)
+    on_host: bool = False
 
 
 @dataclass(frozen=True)
 class Service:
-    """One Consul service instance, as desired or as observed (in catalog mode, with
-    the external node that carries it).
+    """One environment's service as jailsyncd wants it in Consul, in the project's own
+    terms (``desired.build_desired``); each mode turns it into its records.
 
-    ``meta`` and ``tagged_addresses`` are sorted tuples of pairs so that values are
-    hashable and compare by content; ``tagged_addresses`` maps a name to an address
-    (the port is always the service's own).
+    ``address`` is the one to publish; ``addresses`` every usable address of the
+    environment (IPv4 ones first, each family in column order); ``fqdn`` its
+    ``host_hostname`` ('' when unset). ``meta`` is a sorted tuple of pairs so that
+    values are hashable and compare by content.
     """
 
     service_id: str
@@ -146,32 +140,88 @@ class Service:
     port: int
     tags: frozenset[str]
     meta: tuple[tuple[str, str], ...]
-    tagged_addresses: tuple[tuple[str, str], ...]
-    checks: frozenset[tuple[str, str, str]] = frozenset()
-    #: The full check definitions (desired side only; ``checks`` is what compares).
-    check_specs: tuple[CheckSpec, ...] = field(default=(), compare=False)
-    #: Catalog mode only: the external node this service lives on, and its meta.
-    node: str = ""
-    node_meta: tuple[tuple[str, str], ...] = ()
+    addresses: tuple[str, ...] = ()
+    fqdn: str = ""
+    checks: tuple[CheckSpec, ...] = ()
 
     @property
     def jail(self) -> str:
         """The CBSD jname this service stands for."""
         return dict(self.meta).get(META_JNAME, self.service_id.removeprefix(SERVICE_ID_PREFIX))
 
+
+@dataclass(frozen=True)
+class Record:
+    """One of this host's entries in Consul, in the shape the mode writes and reads
+    back: what ``plan`` diffs, desired (the mode's ``records``) or observed (its
+    ``read``). Built only by the mode modules; the core reads it by field name.
+
+    ``fields`` are what is compared, named by the mode, in the order differences are
+    reported (``name``, ``address``, ``port``, ``tags`` (a frozenset), ``meta`` (sorted
+    pairs) and ``checks`` (a frozenset of what Consul returns of each check) in every
+    mode, plus the mode's own). ``place`` is where the mode keeps the entry besides
+    its service ID ('' when nowhere: catalog mode's node name): a desired record whose
+    place exists in Consul without being this host's is a conflict. ``owner`` and
+    ``cbsd_host`` are the ownership marks the mode found or wrote. ``checks`` are the
+    check definitions (desired side; observed: rebuilt from what Consul returns).
+    """
+
+    service_id: str
+    jail: str
+    fields: tuple[tuple[str, object], ...]
+    place: str = ""
+    owner: str = ""
+    cbsd_host: str = ""
+    checks: tuple[CheckSpec, ...] = field(default=(), compare=False)
+
+    def value(self, name: str) -> object:
+        """The value of one of ``fields`` (None when the mode has no such field)."""
+        for key, value in self.fields:
+            if key == name:
+                return value
+        return None
+
+    def with_values(self, **values: object) -> Record:
+        """A copy with the values of some of ``fields`` replaced (the ownership marks
+        stay as they are)."""
+        unknown = set(values) - {key for key, _ in self.fields}
+        if unknown:
+            raise KeyError(f"no such field: {', '.join(sorted(unknown))}")
+        return replace(self, fields=tuple((key, values[key] if key in values else value) for key, value in self.fields))
+
+    @property
+    def name(self) -> str:
+        return str(self.value("name") or "")
+
+    @property
+    def address(self) -> str:
+        return str(self.value("address") or "")
+
+    @property
+    def port(self) -> int:
+        value = self.value("port")
+        return value if isinstance(value, int) else 0
+
+    @property
+    def tags(self) -> frozenset[str]:
+        value = self.value("tags")
+        return value if isinstance(value, frozenset) else frozenset()
+
+    @property
+    def meta(self) -> tuple[tuple[str, str], ...]:
+        value = self.value("meta")
+        return value if isinstance(value, tuple) else ()
+
+    @property
+    def check_ids(self) -> frozenset[str]:
+        """The IDs of the checks Consul holds (or should hold) for this entry."""
+        value = self.value("checks")
+        return frozenset(item[0] for item in value if isinstance(item, tuple)) if isinstance(value, frozenset) else frozenset()
+
     @property
     def is_self(self) -> bool:
         """jailsyncd's own heartbeat service: not a jail (never counted or reported as one)."""
         return self.service_id == SELF_SERVICE_ID
-
-    @property
-    def cbsd_host(self) -> str:
-        """The CBSD node name recorded in the entry ('' when absent)."""
-        return dict(self.meta).get(META_HOST) or dict(self.node_meta).get(META_HOST) or ""
-
-
-#: Fields ``plan`` compares, in the order they are reported.
-COMPARED_FIELDS = ("name", "address", "port", "tags", "meta", "tagged_addresses", "checks", "node", "node_meta")
 
 
 @dataclass(frozen=True)
@@ -204,7 +254,11 @@ class Desired:
     ``protected`` lists jnames whose state is unknown this cycle (their per-VM DB could
     not be read): ``plan`` neither updates nor deregisters their services.
     ``host`` is the CBSD node name written into ``cbsd-host`` ('' when unknown);
-    ``empty_source`` says that CBSD's ``jails`` table had no row at all.
+    ``owner`` the owner identity written with every entry; ``empty_source`` says
+    that CBSD's ``jails`` table had no row at all.
+
+    ``records`` are ``services`` in the mode's records (its ``records``, which may
+    also add skips of its own): what ``plan`` compares with Consul.
     """
 
     services: tuple[Service, ...]
@@ -213,6 +267,8 @@ class Desired:
     protected: frozenset[str] = frozenset()
     host: str = ""
     empty_source: bool = False
+    owner: str = ""
+    records: tuple[Record, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -262,14 +318,15 @@ class Observed:
     prefix but another (or no) owner; jailsyncd must never write to them.
     """
 
-    owned: tuple[Service, ...]
+    owned: tuple[Record, ...]
     foreign_ids: frozenset[str] = frozenset()
-    #: Catalog mode: node names that exist and are not ours (agents' nodes, other
-    #: hosts' jails, anything without our owner): never written to.
-    foreign_nodes: frozenset[str] = frozenset()
+    #: Places (``Record.place``: catalog mode's node names) this cycle wants that
+    #: exist and are not ours (agents' nodes, other hosts' jails, anything without our
+    #: owner): never written to.
+    foreign_places: frozenset[str] = frozenset()
     #: Status and output of every check of an owned service, by check ID.
     check_status: tuple[tuple[str, str, str], ...] = ()
-    #: Agent mode with ACLs: the AccessorID of the token in use ('' otherwise).
+    #: The AccessorID (public) of the token in use, when the mode asked ('' otherwise).
     token_accessor: str = ""
 
 
@@ -277,8 +334,8 @@ class Observed:
 class Update:
     """A service to re-register, with the fields that differ from what Consul holds."""
 
-    old: Service
-    new: Service
+    old: Record
+    new: Record
     fields: tuple[str, ...]
 
 
@@ -288,8 +345,8 @@ class Action:
     Consul held (update, deregister); ``statuses`` the initial status of new checks."""
 
     kind: str
-    service: Service
-    old: Service | None = None
+    service: Record
+    old: Record | None = None
     statuses: tuple[tuple[str, str], ...] = ()
 
 
@@ -304,19 +361,19 @@ class Plan:
     another CBSD node name: never written, never deregistered.
     """
 
-    register: tuple[Service, ...] = ()
+    register: tuple[Record, ...] = ()
     update: tuple[Update, ...] = ()
-    deregister: tuple[Service, ...] = ()
+    deregister: tuple[Record, ...] = ()
     skipped: tuple[Skip, ...] = ()
-    refused: tuple[Service, ...] = ()
+    refused: tuple[Record, ...] = ()
     notes: tuple[Note, ...] = field(default=())
-    held: tuple[Service, ...] = ()
+    held: tuple[Record, ...] = ()
     held_until: str = ""
     refused_why: str = ""
-    collisions: tuple[Service, ...] = ()
+    collisions: tuple[Record, ...] = ()
     #: Deregistrations above ``max_deregistrations`` waiting for a confirming read,
     #: due in ``confirm_in`` seconds (``run`` asks for a cycle then).
-    confirming: tuple[Service, ...] = ()
+    confirming: tuple[Record, ...] = ()
     confirm_in: float = 0.0
     #: The service IDs of this plan's deregistration burst (more than
     #: ``max_deregistrations``; confirmed, waiting or refused), for ``track_burst``.

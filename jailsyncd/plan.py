@@ -1,4 +1,4 @@
-"""Compare desired and observed services and decide what to write (pure).
+"""Compare desired and observed records and decide what to write (pure).
 
 Called by ``reconcile`` each cycle and by ``cli plan`` for a dry run. ``plan`` never
 does I/O; the safety rails live here so that a dry run shows exactly what a real
@@ -9,19 +9,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from jailsyncd.model import COMPARED_FIELDS, META_OWNER, CbsdState, Confirmation, Desired, Observed, Pending, Plan, Service, Skip, Startup, Update
+from jailsyncd.model import CbsdState, Confirmation, Desired, Observed, Pending, Plan, Record, Skip, Startup, Update
 
 
-def changed_fields(old: Service, new: Service) -> tuple[str, ...]:
-    """The compared fields whose values differ; tags compare as sets."""
-    return tuple(f for f in COMPARED_FIELDS if getattr(old, f) != getattr(new, f))
+def changed_fields(old: Record, new: Record) -> tuple[str, ...]:
+    """The fields (the mode's, in its order) whose values differ; tags compare as sets."""
+    if old.fields == new.fields:
+        return ()
+    before = dict(old.fields)
+    return tuple(name for name, value in new.fields if before.get(name) != value)
 
 
 def field_changes(update: Update) -> dict[str, dict[str, Any]]:
     """``{field: {"from": ..., "to": ...}}`` of an update in JSON types (sets as sorted
-    lists, pairs as objects, check triples as ``[check_id, kind, notes]`` lists): the
-    one rendering, for the drift log and ``plan --json``."""
-    return {f: {"from": _plain(getattr(update.old, f)), "to": _plain(getattr(update.new, f))} for f in update.fields}
+    lists, pairs as objects, check triples as lists): the one rendering, for the drift
+    log and ``plan --json``."""
+    return {f: {"from": _plain(update.old.value(f)), "to": _plain(update.new.value(f))} for f in update.fields}
 
 
 def _plain(value: object) -> Any:
@@ -41,11 +44,13 @@ def plan(
     startup: Startup | None = None,
     confirm: Confirmation | None = None,
 ) -> Plan:
-    """What to register, update and deregister so that Consul matches ``desired``.
+    """What to register, update and deregister so that Consul matches ``desired``:
+    its records (``desired.records``, the mode's) against the observed ones, field by
+    field as the mode names them.
 
-    - A desired service whose ID is held by an entry jailsyncd does not own (our
-      prefix, another owner), or whose catalog node exists and is not ours (an
-      agent's node, another host's jail), is skipped as ``conflict``, never
+    - A desired record whose ID is held by an entry jailsyncd does not own (our
+      prefix, another owner), or whose place (catalog mode's node) exists and is not
+      ours (an agent's node, another host's jail), is skipped as ``conflict``, never
       overwritten.
     - Owned services of ``desired.protected`` jails (state unknown) are left as they are.
     - During the start-up grace (``startup``, see ``hold_for_autostart``) the
@@ -70,18 +75,17 @@ def plan(
     """
     collisions = {s.service_id: s for s in observed.owned if _other_node(s, desired.host)}
     owned = {s.service_id: s for s in observed.owned if s.service_id not in collisions}
-    wanted = {s.service_id: s for s in desired.services}
-    register: list[Service] = []
+    wanted = {s.service_id: s for s in desired.records}
+    register: list[Record] = []
     update: list[Update] = []
     skipped: list[Skip] = list(desired.skipped)
     for sid, other in sorted(collisions.items()):
-        owner = dict(other.meta).get(META_OWNER) or dict(other.node_meta).get(META_OWNER, "")
-        where = f"node {other.node}" if other.node else f"service ID {sid}"
+        where = f"node {other.place}" if other.place else f"service ID {sid}"
         skipped.append(
             Skip(
                 other.jail,
                 "collision",
-                f"{where} carries host.name {owner!r} but CBSD node {other.cbsd_host!r}, and this host is CBSD node "
+                f"{where} carries host.name {other.owner!r} but CBSD node {other.cbsd_host!r}, and this host is CBSD node "
                 f"{desired.host!r}: two hosts share host.name (give each its own) or the CBSD node was renamed; "
                 "left as it is",
             )
@@ -90,8 +94,8 @@ def plan(
         if new.jail in desired.protected or sid in collisions:
             continue
         old = owned.get(sid)
-        if new.node and new.node in observed.foreign_nodes and (old is None or old.node != new.node):
-            skipped.append(Skip(new.jail, "conflict", f"node {new.node} exists in Consul and is not owned by this host"))
+        if new.place and new.place in observed.foreign_places and (old is None or old.place != new.place):
+            skipped.append(Skip(new.jail, "conflict", f"node {new.place} exists in Consul and is not owned by this host"))
             continue
         if old is None:
             if sid in observed.foreign_ids:
@@ -106,8 +110,8 @@ def plan(
         old for sid, old in sorted(owned.items()) if sid not in wanted and old.jail not in desired.protected
     ]
     deregister, held = hold_for_autostart(deregister, startup)
-    refused: list[Service] = []
-    confirming: list[Service] = []
+    refused: list[Record] = []
+    confirming: list[Record] = []
     confirm_in = 0.0
     burst: frozenset[str] = frozenset()
     why = ""
@@ -184,7 +188,7 @@ def autostart_stopped(state: CbsdState) -> frozenset[str]:
     return frozenset(env.jname for env in state.environments if env.awaiting_autostart)
 
 
-def hold_for_autostart(deregister: list[Service], startup: Startup | None) -> tuple[list[Service], list[Service]]:
+def hold_for_autostart(deregister: list[Record], startup: Startup | None) -> tuple[list[Record], list[Record]]:
     """Split deregistrations into (to do now, held back by the start-up grace).
 
     At boot ``cbsdd`` only queues the ``astart=1`` environments (``jails-astart``),
@@ -204,7 +208,7 @@ def hold_for_autostart(deregister: list[Service], startup: Startup | None) -> tu
     return now, held
 
 
-def _other_node(s: Service, host: str) -> bool:
+def _other_node(s: Record, host: str) -> bool:
     """An entry with our owner but another CBSD node's name (``cbsd-host``): a
     collision, never ours to change (only decidable when this node's name is known)."""
     return bool(host and s.cbsd_host and s.cbsd_host != host)

@@ -22,7 +22,8 @@ from jailsyncd.errors import JailsyncdError
 from jailsyncd.health import Probe, RoundReport, Target
 from jailsyncd.leases import Discovered
 from jailsyncd.leases import Target as AddressTarget
-from jailsyncd.model import Action, CbsdState, Observed
+from jailsyncd.model import Action, CbsdState, Desired, Observed
+from jailsyncd.settings import Settings
 
 #: One check status to write: the check, its status, its output.
 CheckWrite = tuple[Target, str, str]
@@ -41,7 +42,8 @@ class CbsdReader(Protocol):
 
 
 class ConsulStore(Protocol):
-    """Consul as a reconcile cycle sees it: what this host owns, and the writes.
+    """Consul as a reconcile cycle sees it, in the mode's records: the desired
+    services as records, what this host owns, and the writes.
 
     ``requests``, ``writes`` and ``bytes_read`` (answers' bodies) count what this store
     sent and received since it was made (the reconciler reports the difference over
@@ -53,9 +55,21 @@ class ConsulStore(Protocol):
     #: Whether the mode has jailsyncd's heartbeat service (agent mode).
     has_heartbeat: bool
 
-    def read(self, owner: str, wanted_nodes: frozenset[str] = frozenset()) -> Observed:
-        """What ``owner`` holds; catalog mode also tells which of ``wanted_nodes``
-        (the node names this cycle wants) exist and are not ours."""
+    def records(self, desired: Desired, settings: Settings) -> Desired:
+        """``desired`` with its records in this mode (``Desired.records``; pure), and
+        the mode's own skips."""
+        ...
+
+    def read(self, owner: str, places: frozenset[str] = frozenset()) -> Observed:
+        """What ``owner`` holds, as records; also which of ``places`` (the places of
+        the records this cycle wants: catalog mode's node names) exist and are not
+        ours."""
+        ...
+
+    def settle(self, desired: Desired, observed: Observed, *, standalone: bool, settings: Settings) -> tuple[Desired, bool]:
+        """The records made final with what only Consul's answers tell (agent mode:
+        the token in use; for ``once``/``plan`` with health on, a running daemon's
+        heartbeat), and whether a daemon runs on this host."""
         ...
 
     def apply(self, actions: list[Action], should_stop: Callable[[], bool]) -> Iterator[tuple[Action, JailsyncdError | None]]:

@@ -36,12 +36,12 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
 from jailsyncd import events
-from jailsyncd.desired import build_desired, mark_token
+from jailsyncd.desired import build_desired
 from jailsyncd.errors import JailsyncdError, SourceError
-from jailsyncd.health import daemon_heartbeat, standalone_self_service, with_checks_from_consul
+from jailsyncd.health import with_ttl
 from jailsyncd.leases import Discovered, Target, targets
 from jailsyncd.logs import get_logger
-from jailsyncd.model import Action, CbsdState, Confirmation, Desired, Observed, Pending, Plan, Service, Startup
+from jailsyncd.model import Action, CbsdState, Confirmation, Desired, Observed, Pending, Plan, Record, Startup
 from jailsyncd.plan import autostart_stopped, field_changes, purge_plan, track_burst
 from jailsyncd.plan import plan as make_plan
 from jailsyncd.ports import AddressFinder, CbsdReader, ConsulStore
@@ -215,9 +215,9 @@ class Reconciler:
 
     def observe(self) -> Observation:
         """Read CBSD (a failed or partial read raises before Consul is touched), build
-        the desired state, read what this host owns in Consul, and finish the desired
-        state with what only Consul can tell (the token's accessor, a running daemon's
-        heartbeat)."""
+        the desired state and the mode's records of it, read what this host owns in
+        Consul, and let the mode finish the records with what only Consul can tell
+        (agent mode: the token's accessor, a running daemon's heartbeat)."""
         state = self.source.read()  # raises (retryable) while CBSD's node name cannot be read
         # The owner is never guessed: host.name, else the node name read with this state.
         owner = self.owner = self.settings.host.name or state.nodename or ""
@@ -231,13 +231,12 @@ class Reconciler:
                 rules=self.settings.rules,
                 prefer_ipv6=self.settings.sync.prefer_ipv6,
                 health=self.settings.health if self.settings.health.enabled else None,
-                catalog=self.settings.catalog if self.settings.consul.mode == "catalog" else None,
                 discovered=discovered,
             )
+            desired = self.store.records(desired, self.settings)
             self._memo = (state, desired, discovered)
-        observed = self.store.read(owner, frozenset(s.node for s in desired.services if s.node))
-        desired = mark_token(desired, observed.token_accessor)
-        desired, daemon_running = self._standalone_heartbeat(desired, observed)
+        observed = self.store.read(owner, frozenset(r.place for r in desired.records if r.place))
+        desired, daemon_running = self.store.settle(desired, observed, standalone=self.standalone, settings=self.settings)
         return Observation(owner, observed, state, desired, desired.host, daemon_running)
 
     def plan(self, observation: Observation, *, force: bool = False) -> Plan:
@@ -278,11 +277,11 @@ class Reconciler:
         log = log if log is not None else self.log.bind(cycle=self.cycles)
         statuses: dict[str, str] = {}
         if self.health is not None and observation.desired is not None:
-            fresh = tuple(plan.register) + tuple(u.new for u in plan.update if "checks" in u.fields or "node" in u.fields)
+            fresh = tuple(plan.register) + tuple(u.new for u in plan.update if "checks" in u.fields or u.new.place != u.old.place)
             statuses = self.health.initial_statuses(fresh) if fresh else {}
 
-        def action(kind: str, service: Service, old: Service | None = None) -> Action:
-            own = tuple((c.check_id, statuses[c.check_id]) for c in service.check_specs if c.check_id in statuses)
+        def action(kind: str, service: Record, old: Record | None = None) -> Action:
+            own = tuple((c.check_id, statuses[c.check_id]) for c in service.checks if c.check_id in statuses)
             return Action(kind, service, old, own)
 
         actions = [action("register", s) for s in plan.register]
@@ -304,8 +303,8 @@ class Reconciler:
             extra: dict[str, Any] = (
                 {"fields": fields[svc.service_id]} if act.kind == "update" else {"service": svc.name, "address": svc.address} if act.kind == "register" else {}
             )
-            if svc.node:
-                extra["node"] = svc.node
+            if svc.place:
+                extra["node"] = svc.place
             if svc.is_self:
                 log.info(f"heartbeat_service_{events.APPLIED[act.kind].removeprefix('service_')}", service_id=svc.service_id, **extra)
                 continue
@@ -316,7 +315,7 @@ class Reconciler:
             return Applied(tuple(counts.items()), tuple(failed), abandoned=True)
         if self.health is not None and observation.desired is not None:
             consul_status = {check_id: status for check_id, status, _ in observation.observed.check_status}
-            held = tuple(with_checks_from_consul(s, self.settings.health.ttl) for s in plan.held)  # still probed
+            held = tuple(with_ttl(s, self.settings.health.ttl) for s in plan.held)  # still probed
             failed_ids = {a.service.service_id for a, _ in failed}
             self.health.sync(health_services(observation.desired, observation.observed, plan, failed_ids) + held, consul_status, registered)
         return Applied(tuple(counts.items()), tuple(failed))
@@ -382,23 +381,6 @@ class Reconciler:
         self.log.debug("address_discovery", cycle=cycle, targets=len(wanted), found=dict(sorted(by_source.items())))
         return found
 
-    def _standalone_heartbeat(self, desired: Desired, observed: Observed) -> tuple[Desired, bool]:
-        """``once``/``plan`` in agent mode with health on (docs/architecture.md, "once
-        and the daemon"): with a daemon's heartbeat alive in Consul, keep its heartbeat
-        service exactly as it is; without one, want the heartbeat with ``health.ttl``."""
-        if not self.standalone or not self.store.has_heartbeat or not self.settings.health.enabled:
-            return desired, False
-        mine = [s for s in desired.services if s.is_self]
-        if not mine:
-            return desired, False
-        running = daemon_heartbeat(observed)
-        if running is not None:
-            heartbeat = running  # exactly as the daemon registered it: no write
-        else:
-            heartbeat = standalone_self_service(mine[0], self.settings.health.ttl)
-        services = tuple(heartbeat if s.is_self else s for s in desired.services)
-        return replace(desired, services=services), running is not None
-
     def _report(self, log: Any, plan: Plan, host: str) -> None:
         current_held: set[tuple[str, str, str]] = set()
         # The heartbeat service is not a jail: its own writes are logged by _apply.
@@ -456,7 +438,7 @@ class Reconciler:
                 "owner_collision",
                 jail=svc.jail,
                 service_id=svc.service_id,
-                **({"node": svc.node} if svc.node else {}),
+                **({"node": svc.place} if svc.place else {}),
                 owner=self.owner,
                 other_cbsd_node=svc.cbsd_host,
                 this_cbsd_node=host,
@@ -495,17 +477,17 @@ class Reconciler:
         )
 
 
-def health_services(desired: Desired, observed: Observed, plan: Plan, failed: set[str]) -> tuple[Service, ...]:
-    """The services whose checks the health loop may write after a cycle: the desired
-    services that this host holds in Consul now. Never a service skipped as a
+def health_services(desired: Desired, observed: Observed, plan: Plan, failed: set[str]) -> tuple[Record, ...]:
+    """The records whose checks the health loop may write after a cycle: the desired
+    records that this host holds in Consul now. Never a service skipped as a
     conflict or collision (someone else's entry under that ID or node), never one
     whose registration failed (its checks do not exist); a service whose update
     failed keeps only the checks Consul already has."""
     held = {s.service_id: s for s in observed.owned if s not in plan.collisions}
     registered = {s.service_id for s in plan.register if s.service_id not in failed}
     elsewhere = {k.jail for k in plan.skipped if k.reason in ("conflict", "collision")}
-    out: list[Service] = []
-    for svc in desired.services:
+    out: list[Record] = []
+    for svc in desired.records:
         old = held.get(svc.service_id)
         if svc.jail in elsewhere and not svc.is_self:
             continue
@@ -513,8 +495,8 @@ def health_services(desired: Desired, observed: Observed, plan: Plan, failed: se
             out.append(svc)
         elif old is not None:
             if svc.service_id in failed:
-                have = {check_id for check_id, _, _ in old.checks}
-                svc = replace(svc, check_specs=tuple(c for c in svc.check_specs if c.check_id in have))
+                have = old.check_ids
+                svc = replace(svc, checks=tuple(c for c in svc.checks if c.check_id in have))
             out.append(svc)
     return tuple(out)
 

@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from jailsyncd.model import CbsdState, Plan, Service
+from jailsyncd.model import CbsdState, Plan, Record
 
 #: Skip reasons that are not drift: a jail opted out on purpose; refused
 #: deregistrations are counted from the plan's own list (kind ``refused``).
@@ -47,7 +47,7 @@ class CycleSummary:
     drift: frozenset[tuple[str, str, str]] = frozenset()
 
 
-def summarise(plan: Plan, desired_services: Iterable[Service], state: CbsdState | None) -> CycleSummary:
+def summarise(plan: Plan, desired_services: Iterable[Record], state: CbsdState | None) -> CycleSummary:
     """The numbers of one planned cycle. ``desired_services``: the desired state's
     services (jailsyncd's own heartbeat service is not counted)."""
     kinds = {env.jname: env.kind for env in (state.environments if state else ())}

@@ -10,8 +10,9 @@ from typing import Callable, Iterator
 
 from jailsyncd.errors import ConsulRejected, JailsyncdError
 from jailsyncd.health import Probe, ProbeResult, RoundReport
-from jailsyncd.model import META_OWNER, Action, CbsdState, Environment, Observed, Service
+from jailsyncd.model import META_HOST, META_OWNER, Action, CbsdState, Desired, Environment, Observed, Record, Service
 from jailsyncd.ports import CheckWrite
+from jailsyncd.settings import Settings
 
 
 def jail(jname: str, n: int, address: str | None = None, *, running: bool = True) -> Environment:
@@ -41,24 +42,41 @@ class MemorySource:
         return self.state.nodename
 
 
+def record(service: Service) -> Record:
+    """A service as the memory store's mode records it: the common fields, and each
+    check by its ID and probe."""
+    checks = frozenset((c.check_id, c.probe, "") for c in service.checks)
+    fields = (("name", service.name), ("address", service.address), ("port", service.port), ("tags", service.tags), ("meta", service.meta), ("checks", checks))
+    meta = dict(service.meta)
+    return Record(service.service_id, service.jail, fields, owner=meta.get(META_OWNER, ""), cbsd_host=meta.get(META_HOST, ""), checks=service.checks)
+
+
 class MemoryStore:
-    """Consul's services as a dict. Records every action it applied, in order;
-    ``refuse`` holds service IDs whose writes are rejected (that action alone)."""
+    """Consul's services as a dict of records. Records every action it applied, in
+    order; ``refuse`` holds service IDs whose writes are rejected (that action alone)."""
 
     has_heartbeat = True
 
     def __init__(self) -> None:
-        self.services: dict[str, Service] = {}
+        self.services: dict[str, Record] = {}
         self.applied: list[tuple[str, str]] = []
         self.refuse: set[str] = set()
         self.requests = 0
         self.writes = 0
         self.bytes_read = 0
 
-    def read(self, owner: str, wanted_nodes: frozenset[str] = frozenset()) -> Observed:
+    @staticmethod
+    def records(desired: Desired, settings: Settings) -> Desired:
+        return replace(desired, records=tuple(record(s) for s in desired.services))
+
+    def read(self, owner: str, places: frozenset[str] = frozenset()) -> Observed:
         self.requests += 1
-        owned = tuple(s for s in sorted(self.services.values(), key=lambda s: s.service_id) if dict(s.meta).get(META_OWNER) == owner)
+        owned = tuple(s for s in sorted(self.services.values(), key=lambda s: s.service_id) if s.owner == owner)
         return Observed(owned)
+
+    @staticmethod
+    def settle(desired: Desired, observed: Observed, *, standalone: bool, settings: Settings) -> tuple[Desired, bool]:
+        return desired, False
 
     def apply(self, actions: list[Action], should_stop: Callable[[], bool]) -> Iterator[tuple[Action, JailsyncdError | None]]:
         for action in actions:
@@ -74,7 +92,7 @@ class MemoryStore:
             if action.kind == "deregister":
                 self.services.pop(sid, None)
             else:
-                self.services[sid] = replace(action.service, checks=frozenset(c.observable for c in action.service.check_specs), check_specs=())
+                self.services[sid] = replace(action.service, checks=())
             yield action, None
 
 

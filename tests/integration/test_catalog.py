@@ -125,7 +125,7 @@ def test_a_node_created_under_our_feet_rolls_back_only_itself(catalog: ConsulSer
         workdir.add(f"race{i}", jid=i + 1, status=1, ip4_addr=f"127.0.43.{i + 1}")
     settings = load_settings(catalog_config(tmp_path, workdir, catalog, "node1"), env={})
     store = ConsulCatalog(settings.consul)
-    desired = build_desired(CbsdSource(workdir.root).read(), owner="node1", catalog=settings.catalog)
+    desired = store.records(build_desired(CbsdSource(workdir.root).read(), owner="node1"), settings)
     observed = store.read("node1")
     # Someone else creates "race3" between our read and our write.
     catalog.put("/v1/catalog/register", {"Node": "race3.my.domain", "Address": "192.0.2.33", "NodeMeta": {"team": "other"}})

@@ -13,8 +13,9 @@ import pytest
 from harness import ConsulServer, log_events, run_cli, write_config
 
 from jailsyncd.adapters.consul import connect
+from jailsyncd.adapters.consul.agent import record_of
 from jailsyncd.errors import ConsulRejected, ExitCode
-from jailsyncd.model import Action, Service
+from jailsyncd.model import Action, Record, Service
 from testing.sample import Workdir
 from jailsyncd.settings import load_settings
 
@@ -37,11 +38,13 @@ def last_line(stderr: str) -> str:
 # -- item 1: one failing write fails one action ---------------------------------------------
 
 
-def service(jail: str, address: str, tagged: tuple[tuple[str, str], ...] = ()) -> Service:
-    return Service(
+def service(jail: str, address: str, addresses: tuple[str, ...] = ()) -> Record:
+    """A jail's service as agent mode registers it (every one of ``addresses`` a
+    tagged address)."""
+    return record_of(Service(
         service_id=f"jailsyncd-{jail}", name=jail, address=address, port=0, tags=frozenset({"jail"}),
-        meta=(("cbsd-jname", jail), ("jailsyncd-owner", "node1")), tagged_addresses=tagged,
-    )
+        meta=(("cbsd-jname", jail), ("jailsyncd-owner", "node1")), addresses=addresses,
+    ))
 
 
 def test_a_500_naming_the_payload_fails_that_action_and_the_rest_applies(consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
@@ -53,7 +56,7 @@ def test_a_500_naming_the_payload_fails_that_action_and_the_rest_applies(consul:
     settings = load_settings(write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul), env={})
     old = service("old1", "127.0.31.9")
     consul.put("/v1/agent/service/register", {"ID": old.service_id, "Name": old.name, "Meta": dict(old.meta)})
-    bad = service("bad1", "127.0.31.1", (("lan_ipv4", "127.0.31.1"), ("lan_ipv6", "::ffff:127.0.31.2")))
+    bad = service("bad1", "127.0.31.1", ("127.0.31.1", "::ffff:127.0.31.2"))  # lan_ipv6 and wan_ipv6
     good = service("good1", "127.0.31.3")
     store = connect(settings.consul)
     try:

@@ -8,11 +8,13 @@ import pytest
 
 from jailsyncd.aclcheck import EXAMPLE_NODE, EXAMPLE_SERVICE, Need, findings
 from jailsyncd.adapters.consul import ConsulAgent, ConsulCatalog
-from jailsyncd.model import Service
+from records import agent_record, catalog_record
+
+from jailsyncd.model import Record
 
 
-def svc(name: str, node: str = "") -> Service:
-    return Service(f"jailsyncd-{name}", name, "127.0.0.1", 0, frozenset(), (), (), node=node)
+def svc(name: str, node: str = "") -> Record:
+    return catalog_record(name, node) if node else agent_record(name)
 
 
 def asked(found: list[Need]) -> list[tuple[str, str, str, bool]]:

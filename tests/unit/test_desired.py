@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from jailsyncd.desired import MAX_META_PAIRS, build_desired, tagged_addresses
+from jailsyncd.adapters.consul.agent import tagged_addresses
+from jailsyncd.desired import MAX_META_PAIRS, build_desired
 from jailsyncd.addresses import parse_ip4_addr
 from jailsyncd.model import CbsdState, Environment, Note, Skip
 from jailsyncd.naming import suffixed_label
@@ -118,7 +119,7 @@ def test_rejected_addresses_are_noted_and_the_others_kept():
     desired = build(env(ip4_addr="::ffff:10.0.0.61,224.0.0.1,10.0.0.60/24,10.0.0.255/24"))
     svc = one(desired)
     assert svc.address == "10.0.0.60"
-    assert {addr for _, addr in svc.tagged_addresses} == {"10.0.0.60"}
+    assert svc.addresses == ("10.0.0.60",)
     notes = notes_of(desired, "address_rejected")
     assert [n.detail.split()[2] for n in notes] == ["::ffff:10.0.0.61", "224.0.0.1", "10.0.0.255/24"]
     assert "IPv4-mapped" in notes[0].detail and "multicast" in notes[1].detail and "broadcast" in notes[2].detail
@@ -172,7 +173,7 @@ def test_rule_disabled_but_column_enables():
     assert svc.service_id == "jailsyncd-web1"
 
 
-# --- address choice and tagged addresses -----------------------------------------------
+# --- address choice and every address (agent mode's tagged addresses) ------------------
 
 
 @pytest.mark.parametrize(
@@ -216,13 +217,16 @@ def test_address_choice(ip4_addr, prefer_ipv6, address):
     ],
 )
 def test_tagged_addresses(ip4_addr, expected):
+    """The core keeps every address (no prefix, IPv4 first, each family in column
+    order); agent mode names them as Consul does."""
     for prefer_ipv6 in (False, True):
         svc = one(build(env(ip4_addr=ip4_addr), prefer_ipv6=prefer_ipv6))
-        assert dict(svc.tagged_addresses) == expected
-        assert len(svc.tagged_addresses) == len(expected)
-        assert list(svc.tagged_addresses) == sorted(svc.tagged_addresses)
-        assert all("/" not in addr for _, addr in svc.tagged_addresses)
-    assert tagged_addresses(parse_ip4_addr(ip4_addr)) == svc.tagged_addresses
+        assert svc.addresses == parse_ip4_addr(ip4_addr).all
+        assert all("/" not in addr for addr in svc.addresses)
+        tagged = tagged_addresses(svc.addresses)
+        assert dict(tagged) == expected
+        assert len(tagged) == len(expected)
+        assert list(tagged) == sorted(tagged)
 
 
 # --- service fields and meta -----------------------------------------------------------
@@ -429,7 +433,7 @@ def test_a_discovered_address_is_registered_like_a_cbsd_one_with_its_source() ->
     assert (svc.address, svc.port, svc.tags) == ("10.0.0.70", 3389, frozenset({"bhyve", "desktop"}))
     meta = dict(svc.meta)
     assert meta["cbsd-address-source"] == "dhcp-server" and meta["cbsd-jname"] == "win10"
-    assert dict(svc.tagged_addresses)["lan_ipv6"] == "2001:db8::70"
+    assert svc.addresses == ("10.0.0.70", "2001:db8::70")
     six = one(build_desired(CbsdState("node1", (vm,)), owner=OWNER, discovered=found, prefer_ipv6=True))
     assert six.address == "2001:db8::70"
 

@@ -3,12 +3,14 @@ when it appears, for every kind, not in every cycle that still sees it."""
 
 from __future__ import annotations
 
-from jailsyncd.model import Plan, Service, Skip, Update
+from records import agent_record
+
+from jailsyncd.model import Plan, Record, Skip, Update
 from jailsyncd.summary import drift_found, new_drift
 
 
-def svc(jail: str, address: str = "127.0.0.2") -> Service:
-    return Service(f"jailsyncd-{jail}", jail, address, 0, frozenset(), (("cbsd-jname", jail),), ())
+def svc(jail: str, address: str = "127.0.0.2") -> Record:
+    return agent_record(jail, address=address)
 
 
 PLAN = Plan(

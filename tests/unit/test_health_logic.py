@@ -21,9 +21,24 @@ OK, BAD = ProbeResult(True, "ok"), ProbeResult(False, "bad")
     ],
 )
 def test_checks_per_mode(probes, catalog, external, expected) -> None:
-    checks = jail_checks("s", "10.0.0.1", probes, 3600.0, catalog=catalog, external_probe=external)
-    assert [(c.check_id, c.kind) for c in checks] == expected
+    """The core's checks (the ping about the jail itself, one per other probe), as
+    each mode writes them: agent mode TTL checks plus the alias on the heartbeat,
+    catalog mode node and service checks, no ping of ours with consul-esm."""
+    from records import catalog_record, service
+
+    from jailsyncd.adapters.consul.agent import record_of
+    from jailsyncd.settings import CatalogSettings
+
+    checks = jail_checks("s", "10.0.0.1", probes, 3600.0)
+    assert [c.probe for c in checks] == ["ping", *probes] and [c.on_host for c in checks] == [True] + [False] * len(probes)
     assert len({c.check_id for c in checks}) == len(checks)
+    if catalog:
+        record = catalog_record("x", probes=probes, settings=CatalogSettings(external_probe=external))
+    else:
+        record = record_of(service("x", probes=probes))
+    triples = record.value("checks")
+    want = [(f"jailsyncd-x:{c.removeprefix('s:')}", kind) for c, kind in expected]
+    assert sorted((c, k) for c, k, _ in triples) == sorted(want)
 
 
 @pytest.mark.parametrize(

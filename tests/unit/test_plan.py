@@ -11,29 +11,15 @@ import dataclasses
 
 import pytest
 
-from jailsyncd.model import COMPARED_FIELDS, Desired, Note, Observed, Plan, Service, Skip
+from records import agent_record as svc
+from records import catalog_record
+
+from jailsyncd.model import Desired, Note, Observed, Plan, Skip
 from jailsyncd.plan import changed_fields, plan, purge_plan
 
 
-def svc(jail, *, name=None, address="10.0.0.1", port=0, tags=("jail",), meta=(), tagged=None, jname_meta=True):
-    pairs = {"external-source": "cbsd", "jailsyncd-owner": "node1", **dict(meta)}
-    if jname_meta:
-        pairs["cbsd-jname"] = jail
-    if tagged is None:
-        tagged = (("lan_ipv4", address), ("wan_ipv4", address))
-    return Service(
-        service_id=f"jailsyncd-{jail}",
-        name=name or jail,
-        address=address,
-        port=port,
-        tags=frozenset(tags),
-        meta=tuple(sorted(pairs.items())),
-        tagged_addresses=tuple(sorted(tagged)),
-    )
-
-
 def run(desired=(), owned=(), *, foreign=(), protected=(), skipped=(), notes=(), limit=10, force=False):
-    d = Desired(tuple(desired), tuple(skipped), tuple(notes), frozenset(protected))
+    d = Desired((), tuple(skipped), tuple(notes), frozenset(protected), records=tuple(desired))
     o = Observed(tuple(owned), frozenset(foreign))
     return plan(d, o, max_deregistrations=limit, force=force)
 
@@ -55,7 +41,7 @@ def test_nothing_changed_means_zero_writes(count):
 
 def test_tags_compare_as_sets():
     new = svc("web1", tags=["web", "prod", "jail"])
-    old = dataclasses.replace(new, tags=frozenset(["jail", "prod", "web", "web"]))
+    old = new.with_values(tags=frozenset(["jail", "prod", "web", "web"]))
     assert changed_fields(old, new) == ()
     assert run([new], [old]).writes == 0
 
@@ -84,8 +70,7 @@ _BASE = svc("web1", name="web1", address="10.0.0.1", port=80, tags=("jail", "web
     ],
 )
 def test_each_field_change_is_detected(field, value):
-    assert field in COMPARED_FIELDS
-    new = dataclasses.replace(_BASE, **{field: value})
+    new = _BASE.with_values(**{field: value})
     assert changed_fields(_BASE, new) == (field,)
     result = run([new], [_BASE])
     assert result.register == () and result.deregister == ()
@@ -95,10 +80,13 @@ def test_each_field_change_is_detected(field, value):
     assert result.writes == 1
 
 
-def test_several_changes_reported_in_compared_order():
-    new = dataclasses.replace(_BASE, tagged_addresses=(), port=1, name="zzz")
+def test_several_changes_reported_in_the_modes_order():
+    new = _BASE.with_values(tagged_addresses=(), port=1, name="zzz")
     assert changed_fields(_BASE, new) == ("name", "port", "tagged_addresses")
-    assert COMPARED_FIELDS == ("name", "address", "port", "tags", "meta", "tagged_addresses", "checks", "node", "node_meta")
+    assert [name for name, _ in _BASE.fields] == ["name", "address", "port", "tags", "meta", "tagged_addresses", "checks"]
+    node = catalog_record("web1")
+    moved = node.with_values(node_meta=(), tagged_addresses=(("x", "y"),), node="web1.other")
+    assert changed_fields(node, moved) == ("tagged_addresses", "node", "node_meta")
 
 
 # --- register / deregister -------------------------------------------------------------
@@ -240,7 +228,7 @@ def test_plan_writes_property():
 
 
 def run_host(desired=(), owned=(), *, host="node1", empty=False, limit=10, force=False):
-    d = Desired(tuple(desired), host=host, empty_source=empty)
+    d = Desired((), host=host, empty_source=empty, records=tuple(desired))
     return plan(d, Observed(tuple(owned)), max_deregistrations=limit, force=force)
 
 
@@ -296,7 +284,7 @@ def test_collision_needs_both_node_names(host, entry_host, collision):
 
 
 def test_catalog_collision_reads_node_meta_and_is_not_purged():
-    theirs = dataclasses.replace(svc("db1"), node="db1.example", node_meta=(("cbsd-host", "node2"), ("jailsyncd-owner", "node1")))
+    theirs = catalog_record("db1", host="node2")  # the CBSD node in the node meta only
     mine = svc("web1", meta={"cbsd-host": "node1"})
     result = run_host([], [theirs, mine])
     assert ids(result.collisions) == ["jailsyncd-db1"] and ids(result.deregister) == ["jailsyncd-web1"]

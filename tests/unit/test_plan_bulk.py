@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import pytest
 
-from jailsyncd.model import Confirmation, Desired, Observed, Pending, Service
+from records import agent_record
+
+from jailsyncd.model import Confirmation, Desired, Observed, Pending, Record
 from jailsyncd.plan import plan, track_burst
 
 
-def svc(jail: str) -> Service:
+def svc(jail: str) -> Record:
     meta = {"external-source": "cbsd", "jailsyncd-owner": "node1", "cbsd-jname": jail}
-    return Service(service_id=f"jailsyncd-{jail}", name=jail, address="10.0.0.1", port=0, tags=frozenset({"jail"}), meta=tuple(sorted(meta.items())), tagged_addresses=())
+    return agent_record(jail, meta=meta)
 
 ALL = [f"j{i:02d}" for i in range(30)]
 
@@ -25,7 +27,7 @@ def ids(names):
 
 def bulk(stopped, *, previous=None, age=0.0, after=10.0, limit=10, empty=False, force=False, confirm=True):
     """A 30-jail host whose jails ``stopped`` are no longer desired."""
-    desired = Desired(tuple(svc(j) for j in ALL if j not in stopped), empty_source=empty)
+    desired = Desired((), empty_source=empty, records=tuple(svc(j) for j in ALL if j not in stopped))
     observed = Observed(tuple(svc(j) for j in ALL))
     conf = Confirmation(after=after, previous=ids(previous) if previous is not None else None, age=age) if confirm else None
     return plan(desired, observed, max_deregistrations=limit, force=force, confirm=conf)

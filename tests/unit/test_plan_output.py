@@ -5,64 +5,59 @@ collision, every skip reason and notes, in both modes' shapes."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
+from records import agent_record, catalog_record
 
 from jailsyncd.cli import plan_as_json, plan_as_text
-from jailsyncd.health import jail_checks
-from jailsyncd.model import COMPARED_FIELDS, Desired, Note, Observed, Plan, Service, Skip, Update
+from jailsyncd.model import Desired, Note, Observed, Plan, Record, Skip, Update
 from jailsyncd.plan import plan
 
-
-def svc(jail="web1", **kw) -> Service:
-    base = Service(
-        service_id=f"jailsyncd-{jail}",
-        name=jail,
-        address="127.0.77.1",
-        port=80,
-        tags=frozenset({"jail", "web"}),
-        meta=(("cbsd-host", "node1"), ("cbsd-jname", jail), ("jailsyncd-owner", "node1")),
-        tagged_addresses=(("lan_ipv4", "127.0.77.1"), ("wan_ipv4", "127.0.77.1")),
-    )
-    return dataclasses.replace(base, **kw)
+META = {"cbsd-host": "node1"}
+MAKE = {"agent": agent_record, "catalog": catalog_record}
 
 
-def with_checks(service: Service, probes: tuple[str, ...], catalog: bool = False) -> Service:
-    specs = jail_checks(service.service_id, service.address, probes, 3600, catalog=catalog)
-    return dataclasses.replace(service, check_specs=specs, checks=frozenset(c.observable for c in specs))
+def svc(jail: str = "web1", mode: str = "agent", **kw: object) -> Record:
+    args: dict[str, object] = {"address": "127.0.77.1", "port": 80, "tags": ("jail", "web"), "meta": META, **kw}
+    return MAKE[mode](jail, **args)  # type: ignore[operator]
 
 
-OLD = with_checks(svc(), ())
-#: One new value per compared field; ``checks`` is the case of item 7 (tags gain consul.check=tcp).
+def with_checks(jail: str, probes: tuple[str, ...], mode: str = "agent") -> Record:
+    return svc(jail, mode, probes=probes)
+
+
+OLD = {mode: with_checks("web1", (), mode) for mode in MAKE}
+#: One new value per compared field of either mode; ``checks`` is the case of item 7
+#: (tags gain consul.check=tcp).
 CHANGES = {
     "name": {"name": "www"},
     "address": {"address": "127.0.77.2"},
     "port": {"port": 8080},
     "tags": {"tags": frozenset({"jail"})},
     "meta": {"meta": (("cbsd-host", "node1"), ("cbsd-jname", "web1"), ("jailsyncd-owner", "node1"), ("team", "a"))},
-    "tagged_addresses": {"tagged_addresses": ()},
+    "tagged_addresses": {"tagged_addresses": (("x", "127.0.77.9"),)},
     "checks": None,
-    "node": {"node": "web1.example"},
+    "node": {"node": "web1.other"},
     "node_meta": {"node_meta": (("external-node", "true"),)},
 }
+CASES = [(mode, name) for mode, old in OLD.items() for name, _ in old.fields]
 
 
-def changed(field: str) -> Service:
+def changed(field: str, mode: str = "agent") -> Record:
     if field == "checks":
-        return with_checks(svc(), ("tcp",))
-    return dataclasses.replace(OLD, **CHANGES[field])
+        return with_checks("web1", ("tcp",), mode)
+    return OLD[mode].with_values(**CHANGES[field])
 
 
 def test_every_compared_field_has_a_case():
-    assert set(CHANGES) == set(COMPARED_FIELDS)
+    assert {name for _, name in CASES} == set(CHANGES)
 
 
-@pytest.mark.parametrize("field", COMPARED_FIELDS)
-def test_update_of_each_field_in_text_and_json(field):
-    new = changed(field)
-    result = plan(Desired((new,), host="node1"), Observed((OLD,)), max_deregistrations=10)
+@pytest.mark.parametrize(("mode", "field"), CASES)
+def test_update_of_each_field_in_text_and_json(mode, field):
+    new = changed(field, mode)
+    result = plan(Desired((), host="node1", records=(new,)), Observed((OLD[mode],)), max_deregistrations=10)
     assert [u.fields for u in result.update] == [(field,)]
     text = plan_as_text(result)
     [line] = text.splitlines()
@@ -74,7 +69,7 @@ def test_update_of_each_field_in_text_and_json(field):
 
 
 def test_checks_change_shows_the_check_ids():
-    result = plan(Desired((changed("checks"),), host="node1"), Observed((OLD,)), max_deregistrations=10)
+    result = plan(Desired((), host="node1", records=(changed("checks"),)), Observed((OLD["agent"],)), max_deregistrations=10)
     line = plan_as_text(result)
     assert "checks: jailsyncd-web1:alive,jailsyncd-web1:ping -> jailsyncd-web1:alive,jailsyncd-web1:ping,jailsyncd-web1:tcp" in line
     row = plan_as_json(result)["update"][0]
@@ -83,14 +78,13 @@ def test_checks_change_shows_the_check_ids():
 
 
 def test_every_other_row_kind_in_text_and_json():
-    register = with_checks(svc("new1"), ("tcp",), catalog=True)
-    register = dataclasses.replace(register, node="new1.example", node_meta=(("cbsd-host", "node1"),))
+    register = with_checks("new1", ("tcp",), "catalog")
     stale = svc("gone1")
-    collided = svc("other1", meta=(("cbsd-host", "node2"), ("cbsd-jname", "other1"), ("jailsyncd-owner", "node1")))
+    collided = svc("other1", meta={"cbsd-host": "node2"})
     skips = tuple(Skip(f"s-{r}", r, f"why {r}") for r in ("unaddressable", "opted_out", "source_error", "conflict"))
     notes = (Note("n1", "ignored_tag", "consul.bogus=1"),)
     result = plan(
-        Desired((register,), skipped=skips, notes=notes, host="node1"), Observed((stale, collided)), max_deregistrations=10
+        Desired((), skipped=skips, notes=notes, host="node1", records=(register,)), Observed((stale, collided)), max_deregistrations=10
     )
     text = plan_as_text(result).splitlines()
     assert text[0].startswith("+ new1") and "register   new1 127.0.77.1:80" in text[0]
@@ -100,6 +94,7 @@ def test_every_other_row_kind_in_text_and_json():
     assert any(line.startswith("# n1") and "ignored_tag" in line for line in text)
     data = json.loads(json.dumps(plan_as_json(result)))
     assert [r["jail"] for r in data["register"]] == ["new1"] and data["register"][0]["node"] == "new1.example"
+    assert "node" not in data["deregister"][0]  # an agent record has no node
     assert [r["jail"] for r in data["deregister"]] == ["gone1"]
     assert [r["jail"] for r in data["collisions"]] == ["other1"]
     assert {s["reason"] for s in data["skipped"]} == {"unaddressable", "opted_out", "source_error", "conflict", "collision"}
@@ -118,6 +113,6 @@ def test_refused_rows_and_no_changes():
 
 
 def test_update_row_with_empty_values():
-    new = dataclasses.replace(OLD, tags=frozenset(), meta=())
-    text = plan_as_text(Plan(update=(Update(OLD, new, ("tags", "meta")),)))
+    new = OLD["agent"].with_values(tags=frozenset(), meta=())
+    text = plan_as_text(Plan(update=(Update(OLD["agent"], new, ("tags", "meta")),)))
     assert "tags: jail,web -> (none)" in text and "-> (none)" in text

@@ -12,20 +12,14 @@ from __future__ import annotations
 
 import pytest
 
-from jailsyncd.model import CbsdState, Desired, Environment, Observed, Service, Startup
+from records import agent_record, catalog_record
+
+from jailsyncd.model import CbsdState, Desired, Environment, Observed, Record, Startup
 from jailsyncd.plan import autostart_stopped, hold_for_autostart, plan
 
 
-def svc(jail: str) -> Service:
-    return Service(
-        service_id=f"jailsyncd-{jail}",
-        name=jail,
-        address="127.0.0.1",
-        port=0,
-        tags=frozenset({"jail"}),
-        meta=(("cbsd-jname", jail), ("jailsyncd-owner", "node1")),
-        tagged_addresses=(),
-    )
+def svc(jail: str) -> Record:
+    return agent_record(jail, address="127.0.0.1")
 
 
 def env(jname: str, *, status: int = 0, jid: int = 0, astart: bool = True, emulator: str = "jail") -> Environment:
@@ -99,7 +93,7 @@ def test_held_deregistrations_do_not_count_against_max_deregistrations() -> None
 
 def test_registrations_and_other_deregistrations_go_ahead() -> None:
     startup = Startup(5.0, 300.0, frozenset({"kept"}), frozenset())
-    result = plan(Desired((svc("new"),)), Observed((svc("kept"), svc("destroyed"))), max_deregistrations=10, startup=startup)
+    result = plan(Desired((), records=(svc("new"),)), Observed((svc("kept"), svc("destroyed"))), max_deregistrations=10, startup=startup)
     assert [s.jail for s in result.register] == ["new"]
     assert [s.jail for s in result.deregister] == ["destroyed"]
     assert [s.jail for s in result.held] == ["kept"]
@@ -109,22 +103,26 @@ def test_registrations_and_other_deregistrations_go_ahead() -> None:
 
 
 def test_held_service_checks_are_rebuilt_from_what_consul_returns() -> None:
-    """Consul returns each check's ID, type and notes; the probed ones become check
-    definitions again (the alias check and the heartbeat are not probed)."""
-    from jailsyncd.health import jail_checks, targets_of, with_checks_from_consul
+    """Consul returns each check's ID, type and notes; each mode rebuilds the probed
+    ones as check definitions when it reads its records back (the alias check and the
+    heartbeat are not probed), and ``with_ttl`` gives them the TTL to refresh at."""
+    from jailsyncd.adapters.consul.agent import record_from_consul
+    from jailsyncd.adapters.consul.catalog import record_from_catalog
+    from jailsyncd.health import targets_of, with_ttl
 
-    for catalog in (False, True):
-        specs = jail_checks("jailsyncd-web1", "127.0.0.1", ("tcp", "http:/health"), 3600.0, catalog=catalog)
-        as_registered = Service(
-            "jailsyncd-web1", "web1", "127.0.0.1", 80, frozenset(), (("cbsd-jname", "web1"),), (),
-            checks=frozenset(c.observable for c in specs), check_specs=specs,
-        )
-        as_observed = Service(
-            "jailsyncd-web1", "web1", "127.0.0.1", 80, frozenset(), (("cbsd-jname", "web1"),), (),
-            checks=frozenset(c.observable for c in specs),
-        )
-        assert targets_of((as_observed,)) == ()
-        rebuilt = with_checks_from_consul(as_observed, 3600.0)
+    for mode in ("agent", "catalog"):
+        make = agent_record if mode == "agent" else catalog_record
+        as_registered = make("web1", address="127.0.0.1", port=80, probes=("tcp", "http:/health"))
+        triples = sorted(as_registered.value("checks"))  # type: ignore[arg-type]
+        entry = {"ID": "jailsyncd-web1", "Service": "web1", "Address": "127.0.0.1", "Port": 80, "Meta": dict(as_registered.meta)}
+        if mode == "agent":
+            as_observed = record_from_consul(entry, [{"CheckID": c, "Type": t, "Notes": n, "ServiceID": "jailsyncd-web1"} for c, t, n in triples])
+            assert len(triples) == 4  # ping, tcp, http and the alias
+        else:
+            checks = [{"CheckID": c, "Notes": n, **({"ServiceID": "jailsyncd-web1"} if t == "service" else {})} for c, t, n in triples]
+            as_observed = record_from_catalog({"Node": as_registered.place, "Meta": {}}, entry, checks)
+        assert as_observed.value("checks") == as_registered.value("checks")
+        rebuilt = with_ttl(as_observed, 3600.0)
         assert set(targets_of((rebuilt,))) == set(targets_of((as_registered,)))
         assert len(targets_of((rebuilt,))) == 3  # ping, tcp, http
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from jailsyncd.health import self_service
-from jailsyncd.model import CbsdState, Environment, Plan, Service, Skip, Update
+from records import agent_record
+
+from jailsyncd.adapters.consul.agent import self_record
+from jailsyncd.model import CbsdState, Environment, Plan, Record, Skip, Update
 from jailsyncd.summary import UNKNOWN_KIND, drift_streaks, summarise
 
 
@@ -11,15 +13,15 @@ def env(jname: str, emulator: str = "jail") -> Environment:
     return Environment(jname=jname, emulator=emulator, status=1, jid=3, ip4_addr="127.0.0.2", host_hostname=None, tags=None)
 
 
-def svc(jail: str, address: str = "127.0.0.2") -> Service:
-    return Service(f"jailsyncd-{jail}", jail, address, 0, frozenset(), (("cbsd-jname", jail),), ())
+def svc(jail: str, address: str = "127.0.0.2") -> Record:
+    return agent_record(jail, address=address)
 
 
 STATE = CbsdState("node1", (env("web1"), env("web2"), env("cross", "qemu-aarch64-static"), env("vm1", "bhyve"), env("dhcp1"), env("vm2", "bhyve")))
 
 
 def test_services_and_skips_per_kind() -> None:
-    desired = [svc("web1"), svc("web2"), svc("cross"), svc("vm1"), self_service("node1", "node1", 30)]
+    desired = [svc("web1"), svc("web2"), svc("cross"), svc("vm1"), self_record("node1", "node1", 30)]
     plan = Plan(skipped=(Skip("web2", "conflict", "taken"), Skip("dhcp1", "unaddressable", "DHCP"), Skip("vm2", "unaddressable", "DHCP")))
     s = summarise(plan, desired, STATE)
     # web2 is desired but held back by the conflict; the heartbeat is not a jail;

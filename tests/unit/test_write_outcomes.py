@@ -5,17 +5,18 @@ in-memory store of OUR interface), and the collision metric."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
+from records import service
 
 from jailsyncd.adapters.consul import _rejects_payload
 from jailsyncd.adapters.probe import RoundReport
 from jailsyncd.errors import ConsulError, ConsulRejected
-from jailsyncd.health import PASSING, ProbeResult, daemon_heartbeat, jail_checks, self_service, standalone_self_service
+from jailsyncd.adapters.consul import agent
+from jailsyncd.adapters.consul.agent import STANDALONE_MARK, daemon_heartbeat, self_record
+from jailsyncd.health import PASSING, ProbeResult
 from jailsyncd.healthloop import HealthLoop
 from jailsyncd.metrics import Metrics
-from jailsyncd.model import SELF_CHECK_ID, Desired, Observed, Plan, Service, Skip
+from jailsyncd.model import SELF_CHECK_ID, Desired, Observed, Plan, Record, Skip
 from jailsyncd.reconcile import CycleResult, health_services
 from jailsyncd.settings import HealthSettings
 
@@ -44,46 +45,43 @@ def test_which_answers_fail_one_action(answer, one_action):
     assert _rejects_payload(answer) is one_action
 
 
-def svc(jail: str, probes: tuple[str, ...] = ()) -> Service:
-    specs = jail_checks(f"jailsyncd-{jail}", "10.0.0.1", probes, 3600)
-    return Service(
-        f"jailsyncd-{jail}", jail, "10.0.0.1", 80, frozenset(), (("cbsd-jname", jail), ("jailsyncd-owner", "n1")), (),
-        frozenset(c.observable for c in specs), specs,
-    )
+def svc(jail: str, probes: tuple[str, ...] = (), meta: dict[str, str] | None = None) -> Record:
+    return agent.record_of(service(jail, address="10.0.0.1", port=80, meta={"jailsyncd-owner": "n1", **(meta or {})}, probes=probes))
 
 
 def test_health_targets_are_the_services_held_in_consul():
     held, new, failed_new, conflict = svc("held"), svc("new"), svc("failednew"), svc("conflict")
     changed = svc("changed", ("tcp",))
     old_changed = svc("changed")  # Consul has ping + alive, not tcp
-    desired = Desired((held, new, failed_new, conflict, changed), skipped=(Skip("conflict", "conflict", "..."),))
+    desired = Desired((), skipped=(Skip("conflict", "conflict", "..."),), records=(held, new, failed_new, conflict, changed))
     observed = Observed((held, old_changed))
     plan = Plan(register=(new, failed_new, conflict), skipped=desired.skipped)
     out = {s.service_id: s for s in health_services(desired, observed, plan, {"jailsyncd-failednew", "jailsyncd-changed"})}
     assert set(out) == {"jailsyncd-held", "jailsyncd-new", "jailsyncd-changed"}
-    assert [c.check_id for c in out["jailsyncd-changed"].check_specs] == ["jailsyncd-changed:ping", "jailsyncd-changed:alive"]
+    assert [c.check_id for c in out["jailsyncd-changed"].checks] == ["jailsyncd-changed:ping"]  # (the alias is not probed)
 
 
 def test_health_targets_exclude_collisions():
-    theirs = dataclasses.replace(svc("x"), meta=(("cbsd-host", "other"), ("cbsd-jname", "x")))
-    desired = Desired((svc("x"),), skipped=(Skip("x", "collision", "..."),))
+    theirs = svc("x", meta={"cbsd-host": "other"})
+    desired = Desired((), skipped=(Skip("x", "collision", "..."),), records=(svc("x"),))
     assert health_services(desired, Observed((theirs,)), Plan(collisions=(theirs,), skipped=desired.skipped), set()) == ()
 
 
-def observed_heartbeat(notes_of: Service, status: str) -> Observed:
+def observed_heartbeat(notes_of: Record, status: str) -> Observed:
     return Observed((notes_of,), check_status=((SELF_CHECK_ID, status, ""),))
 
 
 def test_a_running_daemons_heartbeat_is_recognised():
-    daemon = self_service("n1", "node1", 30)
-    standalone = standalone_self_service(daemon, 3600)
+    daemon = self_record("n1", "node1", 30)
+    standalone = self_record("n1", "node1", 3600, standalone=True)
     assert daemon_heartbeat(observed_heartbeat(daemon, PASSING)) == daemon
     assert daemon_heartbeat(observed_heartbeat(daemon, "critical")) is None  # dead (expired)
     assert daemon_heartbeat(observed_heartbeat(standalone, PASSING)) is None  # once's, not a daemon's
     assert daemon_heartbeat(Observed(())) is None
-    [spec] = standalone.check_specs
-    assert spec.ttl == 3600 and "by=once" in spec.notes and standalone.checks == frozenset({spec.observable})
-    assert standalone.checks != daemon.checks  # so the daemon re-registers its own
+    [spec] = standalone.checks
+    [(_, _, notes)] = standalone.value("checks")  # type: ignore[misc]
+    assert spec.ttl == 3600 and STANDALONE_MARK in notes and "ttl=3600s" in notes
+    assert standalone.value("checks") != daemon.value("checks")  # so the daemon re-registers its own
 
 
 class Store:
@@ -158,7 +156,7 @@ def test_collisions_are_counted_in_metrics():
 def plan_of(collide: tuple[str, ...]) -> Plan:
     from jailsyncd.plan import plan
 
-    theirs = [dataclasses.replace(svc(j), meta=(("cbsd-host", "node2"), ("cbsd-jname", j), ("jailsyncd-owner", "n1"))) for j in collide]
+    theirs = [svc(j, meta={"cbsd-host": "node2"}) for j in collide]
     return plan(Desired((), host="node1"), Observed(tuple(theirs)), max_deregistrations=10)
 
 
@@ -166,7 +164,7 @@ def test_the_heartbeat_service_is_not_drift():
     """Issue 10, item 20: registering or updating jailsyncd's own service is not a jail's drift."""
     from jailsyncd.summary import drift_found
 
-    heartbeat = self_service("n1", "node1", 30)
+    heartbeat = self_record("n1", "node1", 30)
     jail = svc("web1")
     found = drift_found(Plan(register=(heartbeat, jail), deregister=(heartbeat,)))
     assert found == {("missing", "jailsyncd-web1", "")}

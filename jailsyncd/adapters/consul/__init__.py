@@ -2,16 +2,18 @@
 
 - ``transport``: the one HTTP client per process, the token provider, the deadline,
   the errors (the only module that imports python-consul2);
-- ``agent``: agent mode (``ConsulAgent``) and the agent API's service records;
-- ``catalog``: catalog mode (``ConsulCatalog``), one external node per jail.
+- ``agent``: agent mode (``ConsulAgent``): its records (tagged addresses, TTL and
+  alias checks), the heartbeat service, the token meta, its ACL needs;
+- ``catalog``: catalog mode (``ConsulCatalog``), one external node per jail: its
+  records (nodes, node meta, node and service checks), its ACL needs.
 
 ``connect`` chooses the mode's store, once, at start-up (``app``).
 """
 
 from __future__ import annotations
 
-from jailsyncd.adapters.consul.agent import ConsulAgent, check_payload, service_from_consul, service_payload
-from jailsyncd.adapters.consul.catalog import MAX_TXN_OPS, NOT_PROBED_OUTPUT, ConsulCatalog, service_from_catalog
+from jailsyncd.adapters.consul.agent import ConsulAgent, record_from_consul, service_payload
+from jailsyncd.adapters.consul.catalog import MAX_TXN_OPS, NOT_PROBED_OUTPUT, ConsulCatalog, record_from_catalog
 from jailsyncd.adapters.consul.transport import JSON, MAX_OUTPUT, ConsulClient, StoreBase, TokenProvider, rejects_payload
 from jailsyncd.errors import JailsyncdError
 from jailsyncd.settings import ConsulSettings
@@ -21,7 +23,7 @@ _rejects_payload = rejects_payload
 
 __all__ = [
     "MAX_OUTPUT", "MAX_TXN_OPS", "NOT_PROBED_OUTPUT", "ConsulAgent", "ConsulCatalog", "ConsulClient", "StoreBase", "TokenProvider",
-    "check_payload", "connect", "consul_answers", "rejects_payload", "service_from_catalog", "service_from_consul", "service_payload",
+    "connect", "consul_answers", "rejects_payload", "record_from_catalog", "record_from_consul", "service_payload",
 ]
 
 

@@ -1,23 +1,43 @@
 """Agent mode: this host's services on its local Consul agent (``ConsulAgent``), and
-the agent API's service records: jailsyncd's ``Service`` to a registration body and
-back.
+everything that is agent mode's own: the records it writes (a jailsyncd ``Service``
+with tagged addresses, TTL checks whose notes record probe and TTL, the alias check
+on the heartbeat), jailsyncd's heartbeat service, the token's AccessorID in the meta,
+its ACL needs, and the agent API's bodies to and from those records.
 
-Made once per process by ``app`` (``connect``); used by ``reconcile`` (``read``,
-``apply``) and ``healthloop`` (``write_checks``, ``heartbeat``). Requests go through
-``transport``; the catalog mode reuses the service body built here.
+Made once per process by ``app`` (``connect``); used by ``reconcile`` (``records``,
+``read``, ``settle``, ``apply``) and ``healthloop`` (``write_checks``,
+``heartbeat``). Requests go through ``transport``.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any, Callable, Iterator, Sequence
 
 from jailsyncd.aclcheck import Need, write_needs
 from jailsyncd.adapters.consul.transport import MAX_OUTPUT, OK, ConsulClient, StoreBase, text_body
+from jailsyncd.desired import MAX_META_PAIRS
 from jailsyncd.errors import ConsulDenied, ConsulError, ConsulRefused, ConsulRejected, JailsyncdError
-from jailsyncd.health import Target
-from jailsyncd.model import META_OWNER, SELF_CHECK_ID, SELF_SERVICE_ID, SERVICE_ID_PREFIX, Action, CheckSpec, Observed, Service
-from jailsyncd.settings import ConsulSettings
+from jailsyncd.health import PASSING, Target
+from jailsyncd.model import (
+    META_HOST,
+    META_JNAME,
+    META_OWNER,
+    META_SOURCE,
+    META_TOKEN,
+    SELF_CHECK_ID,
+    SELF_SERVICE_ID,
+    SELF_SERVICE_NAME,
+    SERVICE_ID_PREFIX,
+    Action,
+    CheckSpec,
+    Desired,
+    Observed,
+    Record,
+    Service,
+)
+from jailsyncd.settings import ConsulSettings, Settings
 
 
 class ConsulAgent(StoreBase):
@@ -33,10 +53,10 @@ class ConsulAgent(StoreBase):
         #: requests themselves.
         self._last: tuple[tuple[str, str, str, str], Observed] | None = None
 
-    def read(self, owner: str, wanted_nodes: frozenset[str] = frozenset()) -> Observed:
+    def read(self, owner: str, places: frozenset[str] = frozenset()) -> Observed:
         """Every service and check on the agent in two requests, whatever their number;
-        keep ours, and note foreign IDs that look like ours (``wanted_nodes``: catalog
-        mode only)."""
+        keep ours, and note foreign IDs that look like ours (agent records have no
+        ``places``)."""
         services = self._call("GET", "/v1/agent/services", text_body)
         checks = self._call("GET", "/v1/agent/checks", text_body)
         try:
@@ -64,7 +84,28 @@ class ConsulAgent(StoreBase):
             return ""
 
     @staticmethod
-    def acl_needs(desired: Sequence[Service] | None, owned: Sequence[Service] = ()) -> list[Need]:
+    def records(desired: Desired, settings: Settings) -> Desired:
+        """``desired`` with its agent records (pure): one per service, plus the
+        heartbeat service when health is on."""
+        return records(desired, settings)
+
+    @staticmethod
+    def settle(desired: Desired, observed: Observed, *, standalone: bool, settings: Settings) -> tuple[Desired, bool]:
+        """The records made final with what only Consul tells: the token in use
+        (``mark_token``) and, for ``once``/``plan`` (``standalone``) with health on,
+        whether a daemon's heartbeat is alive (docs/architecture.md, "once and the
+        daemon"): then its heartbeat service is kept exactly as it is; without one,
+        the heartbeat is wanted with ``health.ttl``. Returns the records and whether a
+        daemon runs."""
+        desired = mark_token(desired, observed.token_accessor)
+        if not standalone or not settings.health.enabled or not any(r.is_self for r in desired.records):
+            return desired, False
+        running = daemon_heartbeat(observed)
+        heartbeat = running if running is not None else self_record(desired.owner, desired.host, settings.health.ttl, standalone=True)
+        return replace(desired, records=tuple(heartbeat if r.is_self else r for r in desired.records)), running is not None
+
+    @staticmethod
+    def acl_needs(desired: Sequence[Record] | None, owned: Sequence[Record] = ()) -> list[Need]:
         """The ACL permissions agent mode needs for these services (``check-config
         --online``; ``desired`` None: this host's names are unknown).
 
@@ -94,7 +135,7 @@ class ConsulAgent(StoreBase):
                 return None
         return answers
 
-    def register(self, service: Service, statuses: dict[str, str] | None = None) -> None:
+    def register(self, service: Record, statuses: dict[str, str] | None = None) -> None:
         """Create or replace one service on the agent (the agent API is an upsert).
 
         ``statuses`` gives the initial status of new TTL checks (default critical);
@@ -179,7 +220,7 @@ def _observe_agent(owner: str, services_json: str, checks_json: str, accessor: s
     checks_by_service: dict[str, list[dict[str, Any]]] = {}
     for check in raw_checks.values():
         checks_by_service.setdefault(check.get("ServiceID", ""), []).append(check)
-    owned: list[Service] = []
+    owned: list[Record] = []
     foreign: set[str] = set()
     status: list[tuple[str, str, str]] = []
     for sid, entry in raw.items():
@@ -189,7 +230,7 @@ def _observe_agent(owner: str, services_json: str, checks_json: str, accessor: s
             foreign.add(sid)
             continue
         checks = checks_by_service.get(sid, [])
-        owned.append(service_from_consul(entry, checks))
+        owned.append(record_from_consul(entry, checks))
         status += [(c["CheckID"], c.get("Status", ""), c.get("Output", "")) for c in checks]
     return Observed(
         owned=tuple(sorted(owned, key=lambda s: s.service_id)),
@@ -199,41 +240,181 @@ def _observe_agent(owner: str, services_json: str, checks_json: str, accessor: s
     )
 
 
-def check_payload(check: CheckSpec, status: str) -> dict[str, Any]:
-    if check.kind == "alias":
-        return {"CheckID": check.check_id, "Name": check.name, "Notes": check.notes, "AliasService": check.alias_of}
-    return {"CheckID": check.check_id, "Name": check.name, "Notes": check.notes, "TTL": f"{check.ttl:g}s", "Status": status}
+# -- agent records: jailsyncd's services as the agent API holds them -----------------------
+
+#: What the alias check on the heartbeat is called, and its notes.
+ALIAS_NAME = "jailsyncd alive"
+ALIAS_NOTES = f"jailsyncd alias={SELF_SERVICE_ID}"
+#: Marks the notes of a heartbeat that ``once`` registered with no daemon running.
+STANDALONE_MARK = "by=once"
 
 
-def service_payload(service: Service, statuses: dict[str, str] | None = None) -> dict[str, Any]:
-    """The agent API body for ``service`` (with its checks, if any)."""
+def _ttl_text(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+def check_notes(spec: CheckSpec) -> str:
+    """A TTL check's notes: its probe and TTL, because the agent API does not return a
+    TTL check's TTL (a changed note re-registers it)."""
+    return f"jailsyncd probe={spec.probe} ttl={_ttl_text(spec.ttl)}"
+
+
+def tagged_addresses(addresses: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """Every address of the environment, by name.
+
+    The first address of each family is ``lan_ipv4``/``wan_ipv4`` (or ``_ipv6``), the
+    names Consul itself fills in from a service address (setting them keeps Consul
+    from adding them and the plan from seeing a difference); further ones are
+    ``cbsd_ipv4_2``, ``cbsd_ipv4_3``, ... in column order.
+    """
+    pairs: list[tuple[str, str]] = []
+    index = {"ipv4": 0, "ipv6": 0}
+    for addr in addresses:
+        family = "ipv6" if ":" in addr else "ipv4"
+        index[family] += 1
+        if index[family] == 1:
+            pairs += [(f"lan_{family}", addr), (f"wan_{family}", addr)]
+        else:
+            pairs.append((f"cbsd_{family}_{index[family]}", addr))
+    return tuple(sorted(pairs))
+
+
+def _fields(
+    name: str, address: str, port: int, tags: frozenset[str], meta: tuple[tuple[str, str], ...],
+    tagged: tuple[tuple[str, str], ...], checks: frozenset[tuple[str, str, str]],
+) -> tuple[tuple[str, object], ...]:
+    """An agent record's compared fields, in the order differences are reported."""
+    return (("name", name), ("address", address), ("port", port), ("tags", tags), ("meta", meta), ("tagged_addresses", tagged), ("checks", checks))
+
+
+def record_of(service: Service) -> Record:
+    """The agent record of one jail service: its checks as TTL checks, plus the alias
+    check on the heartbeat service when it has any."""
+    checks = {(c.check_id, "ttl", check_notes(c)) for c in service.checks}
+    if service.checks:
+        checks.add((f"{service.service_id}:alive", "alias", ALIAS_NOTES))
+    meta = dict(service.meta)
+    fields = _fields(service.name, service.address, service.port, service.tags, service.meta, tagged_addresses(service.addresses), frozenset(checks))
+    return Record(service.service_id, service.jail, fields, owner=meta.get(META_OWNER, ""), cbsd_host=meta.get(META_HOST, ""), checks=service.checks)
+
+
+def self_record(owner: str, host: str, ttl: float, *, standalone: bool = False) -> Record:
+    """jailsyncd's own service on the agent, carrying the heartbeat TTL check. Each
+    jail's alias check mirrors it: if the daemon dies, every jail turns critical
+    within one heartbeat TTL for the price of one write per refresh, not one per jail.
+
+    ``standalone``: as ``once`` registers it when no daemon runs: its TTL is
+    ``health.ttl``, the TTL of the jails' own checks, so that the alias checks of the
+    jails ``once`` found answering stay passing as long as their probe results do,
+    instead of ``heartbeat_ttl`` (seconds) after ``once`` exits. The notes say so,
+    which is how the next ``once`` tells it from a running daemon's heartbeat."""
+    spec = CheckSpec(SELF_CHECK_ID, "jailsyncd heartbeat", "heartbeat", ttl=ttl)
+    notes = f"jailsyncd heartbeat ttl={_ttl_text(ttl)}" + (f" {STANDALONE_MARK}" if standalone else "")
+    meta = tuple(sorted({META_SOURCE: "jailsyncd", META_OWNER: owner, META_HOST: host}.items()))
+    fields = _fields(SELF_SERVICE_NAME, "", 0, frozenset(), meta, (), frozenset({(SELF_CHECK_ID, "ttl", notes)}))
+    return Record(SELF_SERVICE_ID, SELF_SERVICE_ID, fields, owner=owner, cbsd_host=host, checks=(spec,))
+
+
+def records(desired: Desired, settings: Settings) -> Desired:
+    """``desired`` with its agent records: one per service, plus the heartbeat
+    service when health is on."""
+    out = tuple(record_of(s) for s in desired.services)
+    if settings.health.enabled:
+        out += (self_record(desired.owner, desired.host, settings.health.heartbeat_ttl),)
+    return replace(desired, records=out)
+
+
+def daemon_heartbeat(observed: Observed) -> Record | None:
+    """The heartbeat service of a daemon alive on this host, if Consul shows one: ours,
+    its TTL check passing (the daemon refreshes it every third of its TTL), and not
+    one that ``once`` registered. A daemon killed less than ``heartbeat_ttl`` ago
+    still counts as alive until its heartbeat expires."""
+    status = {check_id: st for check_id, st, _ in observed.check_status}
+    for record in observed.owned:
+        if not record.is_self:
+            continue
+        value = record.value("checks")
+        notes = {c[0]: c[2] for c in value if isinstance(c, tuple)} if isinstance(value, frozenset) else {}
+        if status.get(SELF_CHECK_ID) == PASSING and SELF_CHECK_ID in notes and STANDALONE_MARK not in notes[SELF_CHECK_ID]:
+            return record
+    return None
+
+
+def mark_token(desired: Desired, accessor: str) -> Desired:
+    """Record in each service which token registered it.
+
+    A Consul agent syncs a service to the catalog with the token it was registered
+    with. After a token rotation (old token deleted, new one in the token file) that
+    sync fails silently and the catalog goes stale. With the token's AccessorID in
+    the meta, a new token makes every service differ, so the next cycle re-registers
+    them all with it. The AccessorID is Consul's public name for a token, not a secret.
+    """
+    if not accessor:
+        return desired
+    marked = []
+    for record in desired.records:
+        meta = dict(record.meta)
+        if len(meta) < MAX_META_PAIRS or META_TOKEN in meta:
+            meta[META_TOKEN] = accessor
+        marked.append(record.with_values(meta=tuple(sorted(meta.items()))))
+    return replace(desired, records=tuple(marked))
+
+
+def service_payload(record: Record, statuses: dict[str, str] | None = None) -> dict[str, Any]:
+    """The agent API body for an agent record (with its checks, if any); the checks'
+    notes are those the record compares."""
     statuses = statuses or {}
-    checks = [check_payload(c, statuses.get(c.check_id, "critical")) for c in service.check_specs]
+    value = record.value("checks")
+    kinds = {c[0]: (c[1], c[2]) for c in value if isinstance(c, tuple)} if isinstance(value, frozenset) else {}
+    checks: list[dict[str, Any]] = [
+        {
+            "CheckID": c.check_id, "Name": c.name, "Notes": kinds.get(c.check_id, ("", check_notes(c)))[1],
+            "TTL": _ttl_text(c.ttl), "Status": statuses.get(c.check_id, "critical"),
+        }
+        for c in record.checks
+    ]
+    checks += [
+        {"CheckID": check_id, "Name": ALIAS_NAME, "Notes": notes, "AliasService": SELF_SERVICE_ID}
+        for check_id, (kind, notes) in sorted(kinds.items())
+        if kind == "alias"
+    ]
+    tagged = record.value("tagged_addresses")
     return {
-        "ID": service.service_id,
-        "Name": service.name,
-        "Address": service.address,
-        "Port": service.port,
-        "Tags": sorted(service.tags),
-        "Meta": dict(service.meta),
-        "TaggedAddresses": {name: {"Address": addr, "Port": service.port} for name, addr in service.tagged_addresses},
+        "ID": record.service_id,
+        "Name": record.name,
+        "Address": record.address,
+        "Port": record.port,
+        "Tags": sorted(record.tags),
+        "Meta": dict(record.meta),
+        "TaggedAddresses": {name: {"Address": addr, "Port": record.port} for name, addr in (tagged if isinstance(tagged, tuple) else ())},
         "EnableTagOverride": False,
         **({"Checks": checks} if checks else {}),
     }
 
 
-def service_from_consul(entry: dict[str, Any], checks: Sequence[dict[str, Any]] = ()) -> Service:
-    """A ``Service`` from one value of ``/v1/agent/services`` and its entries of
+def probed_checks(address: str, checks: Sequence[tuple[str, str, str]], kinds: Sequence[str]) -> tuple[CheckSpec, ...]:
+    """The definitions of the probed checks among what Consul returns of a service's
+    checks (ID, kind, notes ``jailsyncd probe=...``), for a record read back; their
+    TTL is set by whoever probes them (``health.with_ttl``)."""
+    specs = []
+    for check_id, kind, notes in sorted(checks):
+        probe = next((word.removeprefix("probe=") for word in notes.split() if word.startswith("probe=")), "")
+        if kind in kinds and probe and probe != "heartbeat":
+            specs.append(CheckSpec(check_id, f"{probe} {address}", probe, on_host=kind == "node" or (kind == "ttl" and probe == "ping")))
+    return tuple(specs)
+
+
+def record_from_consul(entry: dict[str, Any], checks: Sequence[dict[str, Any]] = ()) -> Record:
+    """An agent record from one value of ``/v1/agent/services`` and its entries of
     ``/v1/agent/checks``; absent fields become empty."""
     tagged = entry.get("TaggedAddresses") or {}
-    return Service(
-        service_id=entry["ID"],
-        name=entry.get("Service", ""),
-        address=entry.get("Address", ""),
-        port=int(entry.get("Port") or 0),
-        tags=frozenset(entry.get("Tags") or ()),
-        meta=tuple(sorted((entry.get("Meta") or {}).items())),
-        tagged_addresses=tuple(sorted((k, v.get("Address", "")) for k, v in tagged.items())),
-        checks=frozenset((c["CheckID"], c.get("Type", ""), c.get("Notes", "")) for c in checks),
+    meta = entry.get("Meta") or {}
+    sid = entry["ID"]
+    address = entry.get("Address", "")
+    triples = frozenset((c["CheckID"], c.get("Type", ""), c.get("Notes", "")) for c in checks)
+    fields = _fields(
+        entry.get("Service", ""), address, int(entry.get("Port") or 0), frozenset(entry.get("Tags") or ()),
+        tuple(sorted(meta.items())), tuple(sorted((k, v.get("Address", "")) for k, v in tagged.items())), triples,
     )
-
+    jail = meta.get(META_JNAME, sid.removeprefix(SERVICE_ID_PREFIX))
+    return Record(sid, jail, fields, owner=meta.get(META_OWNER, ""), cbsd_host=meta.get(META_HOST, ""), checks=probed_checks(address, tuple(triples), ("ttl",)))

@@ -1,28 +1,53 @@
 """Catalog mode: every jail an external node of its own (``ConsulCatalog``), written
-through ``/v1/txn``, and the catalog's records: a node, its service and its inert
-checks, to jailsyncd's ``Service`` and back.
+through ``/v1/txn``, and everything that is catalog mode's own: its records (a node
+with its meta, the service on it, its inert node and service checks), the node
+names and their clashes, the Consul quirks of its endpoints, its ACL needs, and the
+catalog's bodies to and from those records.
 
-Made once per process by ``app`` (``connect``); used by ``reconcile`` (``read``,
-``apply``) and ``healthloop`` (``write_checks``; catalog mode has no heartbeat
-service). Requests go through ``transport``.
+Made once per process by ``app`` (``connect``); used by ``reconcile`` (``records``,
+``read``, ``apply``) and ``healthloop`` (``write_checks``; catalog mode has no
+heartbeat service). Requests go through ``transport``.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable, Iterator, Sequence
 
 from jailsyncd.aclcheck import Need, write_needs
-from jailsyncd.adapters.consul.agent import service_from_consul, service_payload
+from jailsyncd.adapters.consul.agent import probed_checks
 from jailsyncd.adapters.consul.transport import MAX_OUTPUT, ConsulClient, StoreBase, strict_json, txn_result
+from jailsyncd.desired import MAX_META_PAIRS, NAMELESS
 from jailsyncd.errors import ConsulDenied, ConsulError, ConsulRejected, JailsyncdError
 from jailsyncd.health import Target
-from jailsyncd.model import META_OWNER, META_SERVICE_ID, SERVICE_ID_PREFIX, Action, CheckSpec, Observed, Service
-from jailsyncd.settings import ConsulSettings
+from jailsyncd.model import (
+    META_EMULATOR,
+    META_HOST,
+    META_JNAME,
+    META_OWNER,
+    SERVICE_ID_PREFIX,
+    Action,
+    CheckSpec,
+    Desired,
+    Observed,
+    Record,
+    Service,
+    Skip,
+)
+from jailsyncd.naming import dns_label
+from jailsyncd.settings import CatalogSettings, ConsulSettings, Settings
+from jailsyncd.tagspec import MAX_META_VALUE
 
 
 #: Consul applies at most 64 operations in one transaction.
 MAX_TXN_OPS = 64
 NOT_PROBED_OUTPUT = "not probed yet"
+#: Node meta naming the jail service on the node, so that one read-only transaction
+#: reads every service of this host (``ConsulCatalog.read``).
+META_SERVICE_ID = "jailsyncd-service-id"
+#: Service meta with every address of the jail (Consul 1.8's ``/v1/txn`` drops a
+#: service's ``TaggedAddresses``).
+META_ADDRESSES = "cbsd-addresses"
 
 
 class ConsulCatalog(StoreBase):
@@ -39,8 +64,8 @@ class ConsulCatalog(StoreBase):
         #: False once Consul answered 404 to /v1/catalog/node-services (before 1.7).
         self._node_services_endpoint = True
 
-    def read(self, owner: str, wanted_nodes: frozenset[str] = frozenset()) -> Observed:
-        """Our nodes with their services and checks, and which of ``wanted_nodes`` (the
+    def read(self, owner: str, places: frozenset[str] = frozenset()) -> Observed:
+        """Our nodes with their services and checks, and which of ``places`` (the
         node names this cycle wants) exist without being ours. Only public endpoints,
         answered by any server (``?stale``), and what is read depends on this host's
         jails only, never on the size of the cluster (docs/scaling.md):
@@ -69,18 +94,30 @@ class ConsulCatalog(StoreBase):
         for check in checks:
             if check.get("Node") in ours:
                 checks_by_node.setdefault(check["Node"], []).append(check)
-        owned: list[Service] = []
+        owned: list[Record] = []
         status: list[tuple[str, str, str]] = []
         for name, entries in self._node_services(ours).items():
             node_checks = checks_by_node.get(name, [])
             status += [(c["CheckID"], c.get("Status", ""), c.get("Output", "")) for c in node_checks]
-            owned += [service_from_catalog(ours[name], e, node_checks) for e in entries if e.get("ID", "").startswith(SERVICE_ID_PREFIX)]
-        foreign = self._taken(sorted(set(wanted_nodes) - set(ours)))
+            owned += [record_from_catalog(ours[name], e, node_checks) for e in entries if e.get("ID", "").startswith(SERVICE_ID_PREFIX)]
+        foreign = self._taken(sorted(set(places) - set(ours)))
         self._status = {check_id: (st, out) for check_id, st, out in status}
-        return Observed(owned=tuple(sorted(owned, key=lambda s: s.service_id)), foreign_nodes=foreign, check_status=tuple(sorted(status)))
+        return Observed(owned=tuple(sorted(owned, key=lambda s: s.service_id)), foreign_places=foreign, check_status=tuple(sorted(status)))
 
     @staticmethod
-    def acl_needs(desired: Sequence[Service] | None, owned: Sequence[Service] = ()) -> list[Need]:
+    def records(desired: Desired, settings: Settings) -> Desired:
+        """``desired`` with its catalog records (pure): each service on a node of its
+        own; a node name two jails would share goes to the first jname in sort order,
+        the other is skipped as ``conflict``."""
+        return records(desired, settings.catalog)
+
+    @staticmethod
+    def settle(desired: Desired, observed: Observed, *, standalone: bool, settings: Settings) -> tuple[Desired, bool]:
+        """Nothing to finish from Consul's answers: no token meta, no heartbeat."""
+        return desired, False
+
+    @staticmethod
+    def acl_needs(desired: Sequence[Record] | None, owned: Sequence[Record] = ()) -> list[Need]:
         """The ACL permissions catalog mode needs for these services (``check-config
         --online``; ``desired`` None: this host's names are unknown).
 
@@ -91,7 +128,7 @@ class ConsulCatalog(StoreBase):
         read, so the jail's write fails (exit 77) instead of being skipped as a
         ``conflict``: a note, not a failure."""
         services = {s.name for s in desired or () if s.name}
-        nodes = {s.node for s in (*(desired or ()), *owned) if s.node}
+        nodes = {s.place for s in (*(desired or ()), *owned) if s.place}
         needs = write_needs([("service", services), ("node", nodes)], known=desired is not None and bool(desired or owned))
         return [*needs, Need("node", "", "read", "node:read on every node", required=False)]
 
@@ -189,23 +226,23 @@ class ConsulCatalog(StoreBase):
     def _ops(self, action: Action) -> list[dict[str, Any]]:
         new, old = action.service, action.old
         if action.kind == "deregister":
-            return [{"Node": {"Verb": "delete", "Node": {"Node": new.node}}}]
+            return [{"Node": {"Verb": "delete", "Node": {"Node": new.place}}}]
         statuses = dict(action.statuses)
         ops: list[dict[str, Any]] = []
-        moved = old is not None and old.node != new.node
+        moved = old is not None and old.place != new.place
         if moved:
             assert old is not None
-            ops.append({"Node": {"Verb": "delete", "Node": {"Node": old.node}}})
+            ops.append({"Node": {"Verb": "delete", "Node": {"Node": old.place}}})
         if old is None or moved:
             # cas at index 0: create only if no such node exists by now.
             ops.append({"Node": {"Verb": "cas", "Node": {**_node_body(new), "ModifyIndex": 0}}})
-        elif (old.address, old.node_meta) != (new.address, new.node_meta):
+        elif (old.address, old.value("node_meta")) != (new.address, new.value("node_meta")):
             ops.append({"Node": {"Verb": "set", "Node": _node_body(new)}})
         if old is None or moved or _service_fields(old) != _service_fields(new):
-            ops.append({"Service": {"Verb": "set", "Node": new.node, "Service": _catalog_service(new)}})
-        have = old.checks if old is not None and not moved else frozenset()
-        for spec in new.check_specs:
-            if spec.observable in have:
+            ops.append({"Service": {"Verb": "set", "Node": new.place, "Service": _catalog_service(new)}})
+        have = _triples(old) if old is not None and not moved else frozenset()
+        for spec in new.checks:
+            if _triple(spec) in have:
                 continue
             # A changed definition keeps the status Consul holds; a new check starts
             # with the status probed just before registration (or critical).
@@ -215,12 +252,12 @@ class ConsulCatalog(StoreBase):
                 current, output = statuses[spec.check_id], f"first probe before registration: {statuses[spec.check_id]}"
             else:
                 current, output = "critical", NOT_PROBED_OUTPUT
-            ops.append(_check_op(new.node, spec, new.service_id, current, output))
+            ops.append(_check_op(new.place, spec, new.service_id, current, output))
         if old is not None and not moved:
-            wanted = {c.check_id for c in new.check_specs}
+            wanted = {c.check_id for c in new.checks}
             ops += [
-                {"Check": {"Verb": "delete", "Check": {"Node": new.node, "CheckID": check_id}}}
-                for check_id, _, _ in sorted(old.checks)
+                {"Check": {"Verb": "delete", "Check": {"Node": new.place, "CheckID": check_id}}}
+                for check_id, _, _ in sorted(_triples(old))
                 if check_id not in wanted
             ]
         return ops
@@ -292,7 +329,7 @@ def _quote(text: str) -> str:
 
 def _subject(item: Any) -> str:
     if isinstance(item, Action):
-        return f"node {item.service.node} of jail {item.service.jail}"
+        return f"node {item.service.place} of jail {item.service.jail}"
     return f"check {item[0].check_id}"
 
 
@@ -315,44 +352,139 @@ def _batches(items: list[tuple[Any, list[dict[str, Any]]]], limit: int) -> list[
     return batches
 
 
-def _node_body(service: Service) -> dict[str, Any]:
-    return {"Node": service.node, "Address": service.address, "Meta": dict(service.node_meta)}
+def _node_body(record: Record) -> dict[str, Any]:
+    node_meta = record.value("node_meta")
+    return {"Node": record.place, "Address": record.address, "Meta": dict(node_meta if isinstance(node_meta, tuple) else ())}
 
 
-def _service_fields(service: Service) -> tuple[object, ...]:
-    return (service.name, service.address, service.port, service.tags, service.meta, service.tagged_addresses)
+def _service_fields(record: Record) -> tuple[object, ...]:
+    return (record.name, record.address, record.port, record.tags, record.meta, record.value("tagged_addresses"))
 
 
-def _catalog_service(service: Service) -> dict[str, Any]:
-    body = service_payload(service)
-    body.pop("Checks", None)
-    body["Service"] = body.pop("Name")
-    return body
+def _catalog_service(record: Record) -> dict[str, Any]:
+    tagged = record.value("tagged_addresses")
+    return {
+        "ID": record.service_id,
+        "Address": record.address,
+        "Port": record.port,
+        "Tags": sorted(record.tags),
+        "Meta": dict(record.meta),
+        "TaggedAddresses": {name: {"Address": addr, "Port": record.port} for name, addr in (tagged if isinstance(tagged, tuple) else ())},
+        "EnableTagOverride": False,
+        "Service": record.name,
+    }
+
+
+def _notes(spec: CheckSpec) -> str:
+    return f"jailsyncd probe={spec.probe}"
+
+
+def _triple(spec: CheckSpec) -> tuple[str, str, str]:
+    """What Consul returns of a check: its ID, node or service check, its notes."""
+    return (spec.check_id, "node" if spec.on_host else "service", _notes(spec))
+
+
+def _triples(record: Record) -> frozenset[tuple[str, str, str]]:
+    value = record.value("checks")
+    return frozenset(c for c in value if isinstance(c, tuple)) if isinstance(value, frozenset) else frozenset()
 
 
 def _check_op(node: str, spec: CheckSpec, service_id: str, status: str, output: str) -> dict[str, Any]:
-    check = {"Node": node, "CheckID": spec.check_id, "Name": spec.name, "Notes": spec.notes, "Status": status, "Output": output[:MAX_OUTPUT]}
-    if spec.kind == "service":
+    """A node check for what is about the jail itself (the ping: a dead jail's node,
+    and every service on it, is critical), a service check for the rest."""
+    check = {"Node": node, "CheckID": spec.check_id, "Name": spec.name, "Notes": _notes(spec), "Status": status, "Output": output[:MAX_OUTPUT]}
+    if not spec.on_host:
         check["ServiceID"] = service_id
     return {"Check": {"Verb": "set", "Check": check}}
 
 
-def service_from_catalog(dump: dict[str, Any], entry: dict[str, Any], checks: list[dict[str, Any]]) -> Service:
-    """A ``Service`` from one of our nodes (as ``/v1/catalog/nodes`` lists it), one of
-    its services and the node's checks."""
+# -- catalog records: jailsyncd's services as external nodes ------------------------------
+
+
+def node_name(template: str, *, fqdn: str, jname: str, host: str) -> str:
+    """The catalog node name: the template filled in, each dot-separated label made
+    DNS-safe, so ``<node>.node.consul`` resolves (``Redis_1.My.Domain`` becomes
+    ``redis-1.my.domain``)."""
+    text = template.format(fqdn=fqdn, jname=jname, host=host)
+    return ".".join(dns_label(label) for label in text.split(".") if label)
+
+
+def _fields(
+    name: str, address: str, port: int, tags: frozenset[str], meta: tuple[tuple[str, str], ...], tagged: tuple[tuple[str, str], ...],
+    checks: frozenset[tuple[str, str, str]], node: str, node_meta: tuple[tuple[str, str], ...],
+) -> tuple[tuple[str, object], ...]:
+    """A catalog record's compared fields, in the order differences are reported."""
+    return (
+        ("name", name), ("address", address), ("port", port), ("tags", tags), ("meta", meta), ("tagged_addresses", tagged),
+        ("checks", checks), ("node", node), ("node_meta", node_meta),
+    )
+
+
+def record_of(service: Service, node: str, catalog: CatalogSettings, *, owner: str, host: str) -> Record:
+    """The catalog record of one jail service on its node ``node``."""
+    meta = dict(service.meta)
+    node_meta = tuple(sorted({
+        "external-node": "true",
+        "external-probe": "true" if catalog.external_probe else "false",
+        META_OWNER: owner,
+        META_SERVICE_ID: service.service_id,
+        META_HOST: host,
+        META_JNAME: service.jail,
+        META_EMULATOR: meta.get(META_EMULATOR, ""),
+    }.items()))
+    name, tags = (service.name, service.tags) if catalog.layout != "article" else ("jail", frozenset({catalog.host_tag, "jail"}))
+    # Consul 1.8's /v1/txn drops a service's TaggedAddresses, so every address goes
+    # into the meta value cbsd-addresses instead.
+    addresses = ",".join(service.addresses)
+    if len(addresses) <= MAX_META_VALUE and len(meta) < MAX_META_PAIRS:
+        meta[META_ADDRESSES] = addresses
+    # consul-esm pings the nodes with external-probe=true: no node check of ours then.
+    checks = tuple(c for c in service.checks if not (c.on_host and catalog.external_probe))
+    fields = _fields(name, service.address, service.port, tags, tuple(sorted(meta.items())), (), frozenset(_triple(c) for c in checks), node, node_meta)
+    # Ownership as a read finds it: the service's meta, else the node's.
+    owned_by, cbsd_host = meta.get(META_OWNER) or owner, meta.get(META_HOST) or host
+    return Record(service.service_id, service.jail, fields, place=node, owner=owned_by, cbsd_host=cbsd_host, checks=checks)
+
+
+def records(desired: Desired, catalog: CatalogSettings) -> Desired:
+    """``desired`` with its catalog records: each service on an external node of its
+    own (``catalog.node_name``); a node name two jails would share goes to the first
+    jname in sort order, the other is skipped as ``conflict``."""
+    nodes: dict[str, str] = {}  # node name -> jname
+    out: list[Record] = []
+    conflicts: list[Skip] = []
+    for service in desired.services:
+        node = node_name(catalog.node_name, fqdn=service.fqdn or service.jail, jname=service.jail, host=desired.host)
+        if node in nodes:
+            conflicts.append(Skip(service.jail, "conflict", f"node name {node} is already used by jail {nodes[node]}"))
+            continue
+        nodes[node] = service.jail
+        out.append(record_of(service, node, catalog, owner=desired.owner, host=desired.host))
+    if not conflicts:
+        return replace(desired, records=tuple(out))
+    # In jname order among the others (the row without a jname last), as if found on the way.
+    skipped = tuple(sorted((*desired.skipped, *conflicts), key=lambda k: (k.jail == NAMELESS, k.jail)))
+    lost = {k.jail for k in conflicts}
+    notes = tuple(n for n in desired.notes if not (n.jail in lost and n.kind == "check_ignored"))
+    return replace(desired, records=tuple(out), skipped=skipped, notes=notes)
+
+
+def record_from_catalog(dump: dict[str, Any], entry: dict[str, Any], checks: list[dict[str, Any]]) -> Record:
+    """A catalog record from one of our nodes (as ``/v1/catalog/nodes`` lists it), one
+    of its services and the node's checks."""
     sid = entry["ID"]
     mine = [c for c in checks if c.get("CheckID", "").startswith(sid + ":")]
-    kinds = frozenset((c["CheckID"], "service" if c.get("ServiceID") else "node", c.get("Notes", "")) for c in mine)
-    service = service_from_consul(entry)
-    return Service(
-        service_id=service.service_id,
-        name=service.name,
-        address=service.address,
-        port=service.port,
-        tags=service.tags,
-        meta=service.meta,
-        tagged_addresses=service.tagged_addresses,
-        checks=kinds,
-        node=dump["Node"],
-        node_meta=tuple(sorted((dump.get("Meta") or {}).items())),
+    triples = frozenset((c["CheckID"], "service" if c.get("ServiceID") else "node", c.get("Notes", "")) for c in mine)
+    meta = entry.get("Meta") or {}
+    node_meta = dump.get("Meta") or {}
+    tagged = entry.get("TaggedAddresses") or {}
+    address = entry.get("Address", "")
+    fields = _fields(
+        entry.get("Service", ""), address, int(entry.get("Port") or 0), frozenset(entry.get("Tags") or ()), tuple(sorted(meta.items())),
+        tuple(sorted((k, v.get("Address", "")) for k, v in tagged.items())), triples, dump["Node"], tuple(sorted(node_meta.items())),
+    )
+    return Record(
+        sid, meta.get(META_JNAME, sid.removeprefix(SERVICE_ID_PREFIX)), fields, place=dump["Node"],
+        owner=meta.get(META_OWNER) or node_meta.get(META_OWNER, ""), cbsd_host=meta.get(META_HOST) or node_meta.get(META_HOST) or "",
+        checks=probed_checks(address, tuple(triples), ("node", "service")),
     )
