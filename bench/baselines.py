@@ -7,8 +7,13 @@
 - ``tight_txn``: the same services through ``/v1/txn`` in batches of 64 operations
   (catalog mode's limit);
 - ``curl_hooks``: the usual CBSD hook scripts: one ``curl`` process per jail;
-- ``owned_in_catalog``/``wait_converged``: how many of this host's services clients
-  of the catalog can see (one request, whatever the mode).
+- ``wait_converged``: until clients of the catalog can see every one of this host's
+  services (``/v1/catalog/services``: one request per poll, whatever the mode), then
+  ``owned_in_catalog`` checks each is ours (``/v1/catalog/service/<name>``);
+- ``entry``/``drift``: one service as Consul holds it, and the hand edits an operator
+  makes (agent API, catalog API) for the drift-repair rows.
+
+Only Consul's public, documented HTTP API is used (issue 14, item 4).
 
 All traffic goes to the ``ConsulServer`` given, which listens on 127.0.0.1 (inside a
 private network namespace when the caller runs on that namespace's thread).
@@ -21,9 +26,10 @@ import json
 import shutil
 import subprocess
 import time
+import urllib.parse
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import consul.std as consul_std
 
@@ -90,28 +96,41 @@ def capture() -> Iterator[Captured]:
 # -- reading Consul ---------------------------------------------------------------------
 
 
-def owned_in_catalog(consul: ConsulServer, owner: str) -> int:
-    """Service instances with our ID prefix and owner meta, on any node of the catalog."""
-    nodes = consul.get("/v1/internal/ui/nodes") or []
+def names_in_catalog(consul: ConsulServer) -> set[str]:
+    """The service names the catalog lists (``/v1/catalog/services``: one request,
+    public API; what DNS and clients can look up)."""
+    return set(consul.get("/v1/catalog/services") or {})
+
+
+def owned_in_catalog(consul: ConsulServer, owner: str, names: Iterable[str]) -> int:
+    """Instances of the services ``names`` with our ID prefix and owner meta, on any
+    node of the catalog: one ``/v1/catalog/service/<name>`` each (public API)."""
     count = 0
-    for node in nodes:
-        for svc in node.get("Services") or []:
-            if svc.get("ID", "").startswith(SERVICE_PREFIX) and (svc.get("Meta") or {}).get("jailsyncd-owner") == owner:
+    for name in names:
+        for svc in consul.get(f"/v1/catalog/service/{urllib.parse.quote(name, safe='')}") or []:
+            if svc.get("ServiceID", "").startswith(SERVICE_PREFIX) and (svc.get("ServiceMeta") or {}).get("jailsyncd-owner") == owner:
                 count += 1
     return count
 
 
-def wait_converged(consul: ConsulServer, owner: str, expected: int, *, timeout: float) -> float:
-    """Seconds until the catalog shows ``expected`` owned services (raises after ``timeout``)."""
+def wait_converged(consul: ConsulServer, owner: str, names: Iterable[str], *, timeout: float) -> float:
+    """Seconds until the catalog lists every service of ``names`` (polled with one
+    ``/v1/catalog/services`` at a time; raises after ``timeout``). Then, off the
+    clock, every one is checked to be an instance of ours (ID prefix, owner meta)."""
+    wanted = set(names)
     started = time.monotonic()
     deadline = started + timeout
-    seen = -1
+    missing = len(wanted)
     while time.monotonic() < deadline:
-        seen = owned_in_catalog(consul, owner)
-        if seen >= expected:
-            return time.monotonic() - started
-        time.sleep(0.1)
-    raise TimeoutError(f"catalog shows {seen} of {expected} services after {timeout:.0f}s")
+        missing = len(wanted - names_in_catalog(consul))
+        if not missing:
+            took = time.monotonic() - started
+            owned = owned_in_catalog(consul, owner, wanted)
+            if owned < len(wanted):
+                raise RuntimeError(f"the catalog lists all {len(wanted)} names but only {owned} instances are ours")
+            return took
+        time.sleep(0.05)
+    raise TimeoutError(f"catalog lacks {missing} of {len(wanted)} services after {timeout:.0f}s")
 
 
 def index(consul: ConsulServer) -> tuple[int, int, int]:
@@ -127,6 +146,70 @@ def present(consul: ConsulServer, name: str, service_id: str) -> bool:
     """Whether the catalog (what DNS and clients see) has this instance."""
     status, body, _ = consul.request("GET", f"/v1/catalog/service/{name}")
     return status == 200 and any(e.get("ServiceID") == service_id for e in body or [])
+
+
+# -- hand edits (the drift-repair rows) ------------------------------------------------
+
+
+def entry(consul: ConsulServer, mode: str, name: str, service_id: str) -> tuple | None:
+    """The service ``service_id`` as Consul holds it now, reduced to what jailsyncd
+    decides (tags, address, port, meta), or None when it is not there. Agent mode
+    asks the agent (``/v1/agent/service/<id>``: what jailsyncd writes; the catalog
+    follows by the agent's anti-entropy); catalog mode asks the catalog."""
+    if mode == "agent":
+        status, body, _ = consul.request("GET", f"/v1/agent/service/{urllib.parse.quote(service_id, safe='')}")
+        if status != 200 or not isinstance(body, dict):
+            return None
+        return (tuple(sorted(body.get("Tags") or ())), body.get("Address"), body.get("Port"), tuple(sorted((body.get("Meta") or {}).items())))
+    status, body, _ = consul.request("GET", f"/v1/catalog/service/{urllib.parse.quote(name, safe='')}")
+    for e in (body or []) if status == 200 else []:
+        if e.get("ServiceID") == service_id:
+            return (
+                tuple(sorted(e.get("ServiceTags") or ())), e.get("ServiceAddress"), e.get("ServicePort"),
+                tuple(sorted((e.get("ServiceMeta") or {}).items())), e.get("Node"),
+            )
+    return None
+
+
+HAND_TAG = "edited-by-hand"
+
+
+def hand_deregister(consul: ConsulServer, mode: str, name: str, service_id: str) -> None:
+    """What an operator does to remove it: the agent API (agent mode), or the
+    whole external node through ``/v1/catalog/deregister`` (catalog mode)."""
+    if mode == "agent":
+        consul.put(f"/v1/agent/service/deregister/{urllib.parse.quote(service_id, safe='')}")
+        return
+    node = next(e["Node"] for e in consul.get(f"/v1/catalog/service/{urllib.parse.quote(name, safe='')}") if e.get("ServiceID") == service_id)
+    consul.put("/v1/catalog/deregister", {"Node": node})
+
+
+def hand_edit(consul: ConsulServer, mode: str, name: str, service_id: str) -> None:
+    """Register it again by hand with other tags (one more, one less), keeping its
+    ID, address, port and meta: the agent API (agent mode) or ``/v1/catalog/register``
+    on its node (catalog mode)."""
+    if mode == "agent":
+        svc = consul.get(f"/v1/agent/service/{urllib.parse.quote(service_id, safe='')}")
+        body = {
+            "ID": svc["ID"], "Name": svc["Service"], "Tags": [*(svc.get("Tags") or [])[1:], HAND_TAG],
+            "Address": svc.get("Address", ""), "Port": svc.get("Port", 0), "Meta": svc.get("Meta") or {},
+        }
+        if svc.get("TaggedAddresses"):
+            body["TaggedAddresses"] = svc["TaggedAddresses"]
+        consul.put("/v1/agent/service/register", body)
+        return
+    e = next(e for e in consul.get(f"/v1/catalog/service/{urllib.parse.quote(name, safe='')}") if e.get("ServiceID") == service_id)
+    consul.put(
+        "/v1/catalog/register",
+        {
+            "Node": e["Node"], "Address": e["Address"], "SkipNodeUpdate": True,
+            "Service": {
+                "ID": service_id, "Service": e["ServiceName"], "Tags": [*(e.get("ServiceTags") or [])[1:], HAND_TAG],
+                "Address": e.get("ServiceAddress", ""), "Port": e.get("ServicePort", 0), "Meta": e.get("ServiceMeta") or {},
+                **({"TaggedAddresses": e["ServiceTaggedAddresses"]} if e.get("ServiceTaggedAddresses") else {}),
+            },
+        },
+    )
 
 
 # -- the baselines ----------------------------------------------------------------------

@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import shlex
 import signal
 import sqlite3
@@ -122,14 +123,26 @@ class Options:
     health: tuple[str, ...] = ("off", "on")
     health_max: int = 1000
     noops: int = 5
-    changes: int = 5
-    idle: float = 3.0
+    #: Trials of each CBSD change (stopped, started, added).
+    changes: int = 10
+    #: The daemon's idle window at N = 1,000 (writes, CPU, no-op cycles), and at other N.
+    idle: float = 60.0
+    idle_other: float = 3.0
+    #: Trials of each Consul-side drift, and the largest N they run at.
+    drift_trials: int = 10
+    drift_max: int = 1000
+    #: Deadline of one CBSD change trial (a drift trial adds sync.interval + jitter).
+    change_timeout: float = 10.0
+    #: Random pause before each trial, seconds (low, high).
+    spacing: tuple[float, float] = (1.0, 2.0)
+    #: Lines for the daemon's ``[sync]`` section; none: jailsyncd's defaults.
+    sync: tuple[str, ...] = ()
     rounds: int = 3
     cold_repeat: int = 3
     cold_repeat_max: int = 1000
     curl: bool = True
-    curl_max: int = 5000
-    budget: float = 1800.0
+    curl_max: int = 1000
+    budget: float = 3600.0
     profile: Path | None = None
     consul_bin: str = ""
     started: float = field(default_factory=time.monotonic)
@@ -227,9 +240,18 @@ class Daemon:
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
 
-    def events(self, name: str) -> list[dict]:
+    def mark(self) -> int:
+        """How many lines the log has now: ``events(name, mark)`` reads only later ones."""
+        return len(self.log.read_text().splitlines())
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the daemon so far, every thread (``/proc/<pid>/stat``)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def events(self, name: str, mark: int = 0) -> list[dict]:
         found = []
-        for line in self.log.read_text().splitlines():
+        for line in self.log.read_text().splitlines()[mark:]:
             try:
                 obj = json.loads(line)
             except ValueError:
@@ -302,13 +324,13 @@ def cold_converge(opts: Options, load: workload.Workload, tmp: Path, mode: str, 
         result, wall, cpu = timed(reconciler.cycle)
     if result.error is not None or result.failures:
         raise RuntimeError(f"cold cycle failed: {result.error or result.failures[0]}")
-    catch_up = baselines.wait_converged(consul, workload.OWNER, len(load.registered), timeout=60 + load.n * 0.02)
+    catch_up = baselines.wait_converged(consul, workload.OWNER, load.registered, timeout=60 + load.n * 0.02)
     return config, reconciler, healthloop, captured, result, wall + catch_up, cpu, catch_up
 
 
 def limit_run(opts: Options, load: workload.Workload, mode: str, netns: NetNS | None, captured: baselines.Captured) -> tuple[float, str]:
     """Consul's own limit for the mode, with the very payloads jailsyncd sent: (seconds, how)."""
-    n, expected = load.n, len(load.registered)
+    n = load.n
     with fresh_consul(opts, netns) as consul:
         if mode == "catalog":
             ops = captured.txn_ops() or baselines.catalog_ops(captured.registrations(), workload.OWNER)
@@ -317,7 +339,7 @@ def limit_run(opts: Options, load: workload.Workload, mode: str, netns: NetNS | 
         else:
             sent = baselines.tight_agent(consul, captured.registrations())
             how = "tight agent-API client, one keep-alive connection"
-        return sent + baselines.wait_converged(consul, workload.OWNER, expected, timeout=60 + n * 0.02), how
+        return sent + baselines.wait_converged(consul, workload.OWNER, load.registered, timeout=60 + n * 0.02), how
 
 
 def scenario(opts: Options, load: workload.Workload, tmp: Path, mode: str, health: bool, netns: NetNS | None) -> list[Row]:
@@ -412,7 +434,7 @@ def scenario(opts: Options, load: workload.Workload, tmp: Path, mode: str, healt
                 data={"writes": sum(s.writes for s in stats), "seconds": stats[-1].duration},
             )
 
-        rows += daemon_phase(opts, load, tmp, config, consul, mode, hl)
+        rows += daemon_phase(opts, load, tmp, consul, mode, hl)
 
     # Consul's own limit for the mode, with the very payloads jailsyncd sent; then more
     # cold converges, interleaved with it, to take medians on a noisy machine.
@@ -435,7 +457,8 @@ def scenario(opts: Options, load: workload.Workload, tmp: Path, mode: str, healt
     if len(colds) > 1:
         cold_row.notes += f"; runs {', '.join(ms(c) for c in colds)} vs limit {', '.join(ms(x) for x in limits)}"
     cold_row.data.update(seconds=cold, limit=limit, runs=colds, limits=limits)
-    if is_target:
+    # Issue 7: both modes at N = 1,000; issue 13: catalog mode at 1,000 and 5,000.
+    if is_target or (mode == "catalog" and n == 5000):
         cold_row.target = "≤ 1.3x Consul's limit"
         cold_row.met = verdict(cold <= 1.3 * limit)
 
@@ -451,82 +474,238 @@ def scenario(opts: Options, load: workload.Workload, tmp: Path, mode: str, healt
             bodies = captured.registrations()
             with fresh_consul(opts, netns) as consul:
                 took = baselines.curl_hooks(consul, bodies, deadline=time.monotonic() + max(opts.left(), 60))
-                took += baselines.wait_converged(consul, workload.OWNER, expected, timeout=60 + n * 0.02)
+                took += baselines.wait_converged(consul, workload.OWNER, load.registered, timeout=60 + n * 0.02)
             hook.baseline = f"{len(bodies):,} curl processes: {ms(took)}"
             hook.ratio = f"jailsyncd {ratio(cold, took)} of it; curl {ratio(took, limit)} Consul's limit"
             hook.data["seconds"] = took
     return rows
 
 
-def daemon_phase(opts: Options, load: workload.Workload, tmp: Path, config: Path, consul: ConsulServer, mode: str, hl: str) -> list[Row]:
-    """``jailsyncd run`` against the converged Consul: idle writes, change latency, RSS."""
+#: Events the daemon logs for a cycle with nothing to do: a cycle that ran and wrote
+#: nothing (``cycle_finished`` with ``writes = 0``), or one it skipped because
+#: neither CBSD nor Consul changed (``cycle_skipped``). Each carries ``duration_ms``,
+#: ``requests`` and ``bytes_read`` (missing ones count as 0: a skip reads nothing).
+NOOP_EVENTS = ("cycle_finished", "cycle_skipped")
+
+
+def daemon_config(path: Path, *, workdir: Path, consul: ConsulServer, mode: str, health: bool, sync: tuple[str, ...]) -> Path:
+    """The daemon's settings: jailsyncd's defaults (``sync.interval = 30s``, ...)
+    except what the bench must set, and ``--sync`` lines if given."""
+    mode_line = f'mode = "{mode}"\n' if mode != "agent" else ""
+    sync_section = "[sync]\n" + "".join(f"{line}\n" for line in sync) + "\n" if sync else ""
+    path.write_text(
+        f'[host]\nname = "{workload.OWNER}"\n\n[cbsd]\nworkdir = "{workdir}"\n\n'
+        f'[consul]\naddress = "{consul.address}"\n{mode_line}\n{sync_section}'
+        f"[health]\nenabled = {'true' if health else 'false'}\n"
+    )
+    return path
+
+
+def spaced(rng: random.Random, opts: Options) -> None:
+    """A random pause between two trials, so that each starts at an independent
+    phase of whatever the daemon runs periodically (its stat poll, its interval, a
+    blocking query's rate limit)."""
+    time.sleep(rng.uniform(*opts.spacing))
+
+
+def latency_row(n: int, mode: str, hl: str, measure: str, values: list[float], timeout: float, target: tuple[float, float | None] | None, notes: str) -> Row:
+    med, worst = statistics.median(values), max(values)
+    shown = f"{ms(med)} / {ms(worst)}" if worst != float("inf") else f"{ms(med)} / > {timeout:g} s (not repaired)"
+    if target is None:
+        return Row(n, mode, hl, measure, shown, notes=notes, data={"median": med, "worst": worst, "runs": values})
+    tmed, tworst = target
+    ok = med <= tmed and (tworst is None or worst <= tworst)
+    return Row(
+        n, mode, hl, measure, shown,
+        target=f"≤ {ms(tmed)}" + (f" / ≤ {ms(tworst)}" if tworst is not None else " median"),
+        met=verdict(ok), notes=notes, data={"median": med, "worst": worst, "runs": values},
+    )
+
+
+def reasons_of(daemon: "Daemon", mark: int) -> str:
+    """The reasons of the cycles that wrote after ``mark`` (``cycle_started`` is
+    logged at debug level before its ``cycle_finished``), counted: what triggered the
+    repairs."""
+    started: dict[int, list[str]] = {e["cycle"]: e.get("reasons") or [] for e in daemon.events("cycle_started", mark)}
+    counts: dict[str, int] = {}
+    for e in daemon.events("cycle_finished", mark):
+        if e.get("writes"):
+            key = "+".join(started.get(e.get("cycle"), ["?"])) or "?"
+            counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"
+
+
+def written_cycles_ms(daemon: "Daemon", mark: int) -> str:
+    took = [e["duration_ms"] for e in daemon.events("cycle_finished", mark) if e.get("writes")]
+    return f"{statistics.median(took):.0f} ms" if took else "—"
+
+
+#: The drift an operator makes by hand, per mode: (label, baselines function).
+DRIFTS = {
+    "agent": (
+        ("service deregistered by hand (agent API)", baselines.hand_deregister),
+        ("service edited by hand: other tags (agent API)", baselines.hand_edit),
+    ),
+    "catalog": (
+        ("node deregistered by hand (`/v1/catalog/deregister`)", baselines.hand_deregister),
+        ("service edited by hand: other tags (`/v1/catalog/register`)", baselines.hand_edit),
+    ),
+}
+
+
+def daemon_phase(opts: Options, load: workload.Workload, tmp: Path, consul: ConsulServer, mode: str, hl: str) -> list[Row]:
+    """``jailsyncd run`` with default settings against the converged Consul: idle
+    cost (writes, CPU, no-op cycles), CBSD change -> Consul, Consul-side drift
+    repair, peak RSS."""
     n = load.n
     is_target = n == TARGET_N
     rows: list[Row] = []
+    rng = random.Random(n * 7 + len(mode) + len(hl))
+    config = daemon_config(tmp / f"daemon-{mode}-{hl}.toml", workdir=load.workdir.root, consul=consul, mode=mode, health=hl == "on", sync=opts.sync)
+    settings = settings_module.load_settings(config, env={})
+    interval = settings.sync.interval + settings.sync.jitter
     daemon = Daemon(config, tmp / f"daemon-{mode}-{hl}.log")
     try:
         first = wait_until(lambda: bool(daemon.events("cycle_finished") or daemon.events("cycle_failed")), timeout=60 + n * 0.01, interval=0.05)
         if first is None or daemon.events("cycle_failed"):
             raise RuntimeError(f"daemon's first cycle did not finish cleanly (log: {daemon.log})")
         startup = daemon.events("cycle_finished")[0]
+        sync_note = "sync: " + (", ".join(opts.sync) if opts.sync else f"defaults (interval {settings.sync.interval:g} s, jitter {settings.sync.jitter:g} s, watch_interval {settings.sync.watch_interval:g} s)")
 
-        # Idle: nothing changes, so nothing may be written (after the first health round
-        # and heartbeat, which settle the statuses once).
+        # Idle: nothing changes on either side. Nothing may be written (after the first
+        # health round and heartbeat, which settle the statuses once); what the daemon
+        # costs meanwhile is its CPU time and its no-op cycles.
         time.sleep(1.5 if hl == "on" else 0)
-        before = baselines.index(consul)
-        cycles_before = len(daemon.events("cycle_started"))
-        time.sleep(opts.idle)
-        after = baselines.index(consul)
-        extra_cycles = len(daemon.events("cycle_started")) - cycles_before
+        idle = opts.idle if is_target else opts.idle_other
+        before, cpu_before, mark = baselines.index(consul), daemon.cpu_seconds(), daemon.mark()
+        time.sleep(idle)
+        after, cpu = baselines.index(consul), daemon.cpu_seconds() - cpu_before
         idle_ok = before == after
+        noops = [e for name in NOOP_EVENTS for e in daemon.events(name, mark) if not e.get("writes")]
+        ran = len(daemon.events("cycle_finished", mark))
         rows.append(
             Row(
-                n, mode, hl, f"daemon idle {opts.idle:g} s: catalog writes", "0" if idle_ok else "some (raft index moved)",
+                n, mode, hl, f"daemon idle {idle:g} s: catalog writes", "0" if idle_ok else "some (raft index moved)",
                 target="0" if is_target else "—", met=verdict(idle_ok) if is_target else "—",
-                notes=f"{extra_cycles} cycles ran; start-up cycle (a no-op, cold cache) {startup['duration_ms']:.0f} ms, {startup['requests']} requests, {startup['writes']} writes (daemon log `cycle_finished`)",
+                notes=f"{ran} cycles ran; start-up cycle (a no-op, cold cache) {startup['duration_ms']:.0f} ms, {startup['requests']} requests, {startup['writes']} writes (daemon log `cycle_finished`); {sync_note}",
                 data={"idle_ok": idle_ok},
             )
         )
-
-        # Change latency: stop a jail in the DB until it is gone from the catalog, start it
-        # until it is back. Jails whose address answers (health on) are used.
-        candidates = [(j, jid) for j, jid in load.plain_jails if load.probe_addresses.get(load.registered[j], True)]
-        step = max(1, len(candidates) // max(1, opts.changes))
-        chosen = candidates[::step][: opts.changes]
-        gone: list[float] = []
-        back: list[float] = []
-        timeout = 10.0
-        for jname, jid in chosen:
-            sid = f"jailsyncd-{jname}"
-            start = time.monotonic()
-            load.workdir.stop(jname)
-            took = wait_until(lambda: not baselines.present(consul, jname, sid), timeout)
-            gone.append(took if took is not None else float("inf"))
-            start = time.monotonic()
-            load.workdir.start(jname, jid)
-            took = wait_until(lambda: baselines.present(consul, jname, sid), timeout)
-            back.append(took if took is not None else float("inf"))
-            del start
-        cycles = [e for e in daemon.events("cycle_finished")[1:] if e.get("writes")]
-        cycle_ms = statistics.median(e["duration_ms"] for e in cycles) if cycles else 0
-        for label, values in (("stopped until gone", gone), ("started until present", back)):
-            med, worst = statistics.median(values), max(values)
+        share = cpu / idle * 100
+        cpu_target = is_target and hl == "off"
+        rows.append(
+            Row(
+                n, mode, hl, f"daemon idle {idle:g} s: CPU, % of one core", f"{share:.2f} %",
+                target="≤ 1 %" if cpu_target else "—", met=verdict(share <= 1.0) if cpu_target else "—",
+                notes=f"{cpu * 1000:.0f} ms of CPU (user + system, all threads, /proc/<pid>/stat)" + ("; health rounds every 10 s included" if hl == "on" else ""),
+                data={"percent": share, "cpu": cpu, "window": idle},
+            )
+        )
+        if noops:
+            durations = sorted(e.get("duration_ms", 0.0) / 1000 for e in noops)
+            requests = [e.get("requests", 0) for e in noops]
+            read = [e.get("bytes_read", 0) for e in noops]
+            kinds = ", ".join(f"{sum(1 for e in noops if e['event'] == k)} `{k}`" for k in NOOP_EVENTS if any(e["event"] == k for e in noops))
+            med = statistics.median(durations)
             rows.append(
                 Row(
-                    n, mode, hl, f"change latency in `run`: {label} (median / worst of {len(values)})",
-                    f"{ms(med)} / {ms(worst)}" if worst != float("inf") else f"{ms(med)} / > {timeout:g} s",
-                    target="≤ 2 s / 3 s" if is_target else "—",
-                    met=verdict(med <= 2 and worst <= 3) if is_target else "—",
-                    notes=f"watch_interval 1 s; those cycles took {cycle_ms:.0f} ms (median, daemon log)",
-                    data={"median": med, "worst": worst},
+                    n, mode, hl, f"no-op cycle in `run`, nothing changed (median / worst of {len(noops)})", f"{ms(med)} / {ms(durations[-1])}",
+                    target="≤ 5 ms" if is_target else "—", met=verdict(med <= 0.005) if is_target else "—",
+                    notes=f"{kinds} during the idle window (daemon log `duration_ms`)",
+                    data={"median": med, "worst": durations[-1], "count": len(noops)},
                 )
             )
+            rows.append(
+                Row(
+                    n, mode, hl, "no-op cycle in `run`: Consul requests / bytes read (per cycle, worst)", f"{max(requests)} / {max(read):,} B",
+                    target="0 / 0" if is_target else "—", met=verdict(max(requests) == 0 and max(read) == 0) if is_target else "—",
+                    notes=f"median {statistics.median(requests):g} requests, {statistics.median(read) / 1024:,.0f} KiB (daemon log `requests`, `bytes_read`)",
+                    data={"requests": max(requests), "bytes_read": max(read)},
+                )
+            )
+        else:
+            rows.append(Row(n, mode, hl, "no-op cycle in `run`, nothing changed", f"none in {idle:g} s (sync.interval {settings.sync.interval:g} s)"))
+
+        # CBSD change -> Consul: rows written the way CBSD writes them (one sqlite3
+        # write to the WAL DB), each timed from just before the write until the catalog
+        # (what DNS and clients see) shows it. Jails whose address answers (health on).
+        candidates = [(j, jid) for j, jid in load.plain_jails if load.probe_addresses.get(load.registered[j], True)]
+        trials = opts.changes
+        chosen = candidates[:: max(1, len(candidates) // max(1, 2 * trials))][:trials]
+        gone: list[float] = []
+        back: list[float] = []
+        added: list[float] = []
+        timeout = opts.change_timeout
+        mark = daemon.mark()
+
+        def timed_until(predicate: Callable[[], bool], act: Callable[[], Any], deadline: float = timeout) -> float:
+            started = time.monotonic()
+            act()
+            took = wait_until(predicate, deadline, interval=0.01)
+            return time.monotonic() - started if took is not None else float("inf")
+
+        for jname, jid in chosen:
+            sid = f"jailsyncd-{jname}"
+            spaced(rng, opts)
+            gone.append(timed_until(lambda: not baselines.present(consul, jname, sid), lambda: load.workdir.stop(jname)))
+            spaced(rng, opts)
+            back.append(timed_until(lambda: baselines.present(consul, jname, sid), lambda: load.workdir.start(jname, jid)))
+        for _ in range(trials):
+            spaced(rng, opts)
+            holder: list[str] = []
+            added.append(timed_until(lambda: bool(holder) and baselines.present(consul, holder[0], f"jailsyncd-{holder[0]}"), lambda: holder.append(load.add_jail()[0])))
+        if is_target:
+            change_target: tuple[float, float | None] | None = (0.2, 0.5)
+        elif n == 5000:
+            change_target = (0.4, None)
+        else:
+            change_target = None
+        notes = f"polled every 10 ms; cycles that wrote took {written_cycles_ms(daemon, mark)} (median), triggered by: {reasons_of(daemon, mark)}; {sync_note}"
+        for label, values in (("jail stopped until gone", gone), ("jail started until present", back), ("jail added until present", added)):
+            rows.append(latency_row(n, mode, hl, f"CBSD change -> Consul: {label} (median / worst of {len(values)})", values, timeout, change_target, notes))
+
+        # Consul-side drift: an operator (or a script, or a restored snapshot) removes
+        # or edits one of our entries; timed from just before the hand write until
+        # Consul holds the right entry again (agent mode: the agent, which jailsyncd
+        # writes and the catalog follows; catalog mode: the catalog).
+        if n <= opts.drift_max:
+            pool = [j for j, _ in candidates if j not in {c[0] for c in chosen}]
+            mark = daemon.mark()
+            drift_timeout = interval + opts.change_timeout
+            for k, (label, act) in enumerate(DRIFTS[mode]):
+                values = []
+                for t in range(opts.drift_trials):
+                    jname = pool[(k * opts.drift_trials + t) * max(1, len(pool) // (2 * opts.drift_trials + 1)) % len(pool)]
+                    sid = f"jailsyncd-{jname}"
+                    want = baselines.entry(consul, mode, jname, sid)
+                    if want is None:
+                        raise RuntimeError(f"{sid} is not in Consul before the drift trial")
+                    spaced(rng, opts)
+                    values.append(
+                        timed_until(
+                            lambda: baselines.entry(consul, mode, jname, sid) == want,
+                            lambda: act(consul, mode, jname, sid),
+                            drift_timeout,
+                        )
+                    )
+                    if values[-1] == float("inf"):
+                        break  # not repaired: the next trial would say the same
+                rows.append(
+                    latency_row(
+                        n, mode, hl, f"Consul drift repaired: {label} (median / worst of {len(values)})", values, drift_timeout,
+                        (1.0, 2.0) if is_target else None,
+                        f"polled every 10 ms, deadline {drift_timeout:g} s; cycles that wrote took {written_cycles_ms(daemon, mark)} (median), triggered by: {reasons_of(daemon, mark)}; {sync_note}",
+                    )
+                )
+                mark = daemon.mark()
+
         rss = daemon.peak_rss_kb()
+        rss_target = n in (TARGET_N, 5000)
         rows.append(
             Row(
                 n, mode, hl, "daemon peak RSS (VmHWM)", f"{rss / 1024:.0f} MB",
-                target="≤ 100 MB" if is_target else "—", met=verdict(rss <= 100 * 1024) if is_target else "—",
-                notes=f"after {len(daemon.events('cycle_finished'))} cycles",
+                target="≤ 100 MB" if rss_target else "—", met=verdict(rss <= 100 * 1024) if rss_target else "—",
+                notes=f"after {len(daemon.events('cycle_finished'))} cycles (the daemon started against the converged Consul)",
                 data={"kb": rss},
             )
         )
@@ -668,8 +847,18 @@ def summary(rows: list[Row]) -> list[str]:
     return out
 
 
+#: ``bench/cluster.py --write`` keeps its section of RESULTS.md between these
+#: markers; a rewrite here carries it over unchanged.
+CLUSTER_START, CLUSTER_END = "<!-- cluster.py:start -->", "<!-- cluster.py:end -->"
+
+
 def write_results(path: Path, command: str, machine_lines: list[str], rows: list[Row], took: float) -> str:
     table = render(rows)
+    kept = ""
+    if path.exists():
+        old = path.read_text()
+        if CLUSTER_START in old and CLUSTER_END in old:
+            kept = old[old.index(CLUSTER_START) : old.index(CLUSTER_END) + len(CLUSTER_END)] + "\n"
     text = "\n".join(
         [
             "# Benchmark results",
@@ -693,7 +882,7 @@ def write_results(path: Path, command: str, machine_lines: list[str], rows: list
             *(summary(rows) or ["- no target applies to the sizes run (targets are for N = 1,000 and 5,000)"]),
             "",
         ]
-    )
+    ) + (("\n" + kept) if kept else "")
     path.write_text(text)
     return table
 
@@ -705,14 +894,21 @@ def parse(argv: list[str] | None) -> tuple[Options, Path]:
     p.add_argument("--health", default="off,on", help="health settings to run: off, on or both (default %(default)s)")
     p.add_argument("--health-max", type=int, default=1000, help="largest N run with health on (default %(default)s)")
     p.add_argument("--noops", type=int, default=5, help="no-op cycles per scenario (default %(default)s)")
-    p.add_argument("--changes", type=int, default=5, help="stop/start pairs for change latency (default %(default)s)")
-    p.add_argument("--idle", type=float, default=3.0, help="seconds the daemon idles while writes are counted (default %(default)s)")
+    d = Options()
+    p.add_argument("--changes", type=int, default=d.changes, help="trials of each CBSD change: jail stopped, started, added (default %(default)s)")
+    p.add_argument("--idle", type=float, default=d.idle, help="seconds the daemon idles at N = 1,000 while writes, CPU and no-op cycles are counted (default %(default)s)")
+    p.add_argument("--idle-other", type=float, default=d.idle_other, help="the same at other N (default %(default)s)")
+    p.add_argument("--drift-trials", type=int, default=d.drift_trials, help="trials of each Consul-side drift (hand deregister, hand edit) (default %(default)s)")
+    p.add_argument("--drift-max", type=int, default=d.drift_max, help="largest N the drift trials run at (default %(default)s)")
+    p.add_argument("--change-timeout", type=float, default=d.change_timeout, help="deadline of one change trial, seconds; a drift trial adds sync.interval + jitter (default %(default)s)")
+    p.add_argument("--spacing", default=",".join(f"{x:g}" for x in d.spacing), help="random pause before each trial, LOW,HIGH seconds (default %(default)s)")
+    p.add_argument("--sync", action="append", default=[], metavar="LINE", help='a line for the daemon\'s [sync] section, e.g. --sync \'interval = "2s"\' (repeatable; default: none, jailsyncd\'s defaults)')
     p.add_argument("--rounds", type=int, default=3, help="health rounds per variant (default %(default)s)")
     p.add_argument("--cold-repeat", type=int, default=3, help="cold converges (and limits) per scenario, median taken (default %(default)s)")
     p.add_argument("--cold-repeat-max", type=int, default=1000, help="largest N repeated; larger ones run once (default %(default)s)")
     p.add_argument("--no-curl", action="store_true", help="skip the one-curl-per-jail baseline")
-    p.add_argument("--curl-max", type=int, default=5000, help="largest N for the curl baseline (default %(default)s)")
-    p.add_argument("--budget", type=float, default=1800, help="seconds; later phases are skipped past it (default %(default)s)")
+    p.add_argument("--curl-max", type=int, default=d.curl_max, help="largest N for the curl baseline (default %(default)s)")
+    p.add_argument("--budget", type=float, default=d.budget, help="seconds; later phases are skipped past it (default %(default)s)")
     p.add_argument("--profile", type=Path, help="write a pyinstrument profile of one no-op cycle per scenario here")
     p.add_argument("--out", type=Path, default=BENCH / "RESULTS.md", help="results file (default bench/RESULTS.md)")
     p.add_argument("--json", type=Path, help="also write every row, with its raw numbers, as JSON here")
@@ -725,6 +921,12 @@ def parse(argv: list[str] | None) -> tuple[Options, Path]:
         noops=a.noops,
         changes=a.changes,
         idle=a.idle,
+        idle_other=a.idle_other,
+        drift_trials=a.drift_trials,
+        drift_max=a.drift_max,
+        change_timeout=a.change_timeout,
+        spacing=tuple(float(x) for x in a.spacing.split(","))[:2],  # type: ignore[arg-type]
+        sync=tuple(a.sync),
         rounds=a.rounds,
         cold_repeat=a.cold_repeat,
         cold_repeat_max=a.cold_repeat_max,

@@ -65,11 +65,24 @@ class Workload:
     plain_jails: list[tuple[str, int]] = field(default_factory=list)
     #: Every address a registered environment is probed at (health on), and whether it is up.
     probe_addresses: dict[str, bool] = field(default_factory=dict)
+    #: The address of environment ``i`` (``host_address`` or ``netns_address``).
+    address: Callable[[int], str] = host_address
+    #: Environments added later by ``add_jail``.
+    added: int = 0
+
+    def add_jail(self) -> tuple[str, str]:
+        """A new running jail, inserted the way ``cbsd jcreate`` + ``jstart`` leave
+        its row (``Workdir.add``: one write to the WAL DB): (jname, registered address)."""
+        i = self.n + self.added
+        self.added += 1
+        jname, ip = f"new{i}", self.address(i)
+        self.workdir.add(jname, jid=i + 1, status=1, ip4_addr=f"em0#{ip}/24", tags="app")
+        return jname, ip
 
 
 def build(root: Path, n: int, address: Callable[[int], str] = host_address) -> Workload:
     wd = Workdir.create(root, nodename="bench1")
-    load = Workload(wd, n)
+    load = Workload(wd, n, address=address)
     rows: list[dict] = []
     vms: list[tuple[str, str]] = []
     for i in range(n):
