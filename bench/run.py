@@ -1,4 +1,4 @@
-"""jailsyncd's benchmark: one command, one table (issue 7).
+"""jailsyncd's benchmark: one command, one table (issues 7 and 13).
 
     scripts/setup && .venv/bin/python bench/run.py [--sizes 100,1000,5000] [--modes agent,catalog]
 
@@ -14,10 +14,12 @@ Consul dev agents on loopback (``scripts/get-consul``), and measures, per mode
 - steady state: no-op cycles run in this process (``Reconciler.cycle``, built exactly
   as ``jailsyncd once`` builds it): wall and CPU time, HTTP requests, writes, and
   whether Consul's raft indexes moved;
-- change latency: ``jailsyncd run`` as a subprocess (``sync.interval = 1h``, so only
-  the DB watcher reacts); a jail stopped in the DB until it is gone from the catalog,
-  and started until it is back;
-- peak RSS of that daemon (``VmHWM``);
+- ``jailsyncd run`` as a subprocess with jailsyncd's default settings (issue 13):
+  its idle cost (catalog writes, CPU % of one core, and the no-op cycles it ran or
+  skipped, as its own log reports them); CBSD change -> Consul (a jail stopped,
+  started, added in the WAL DB until the catalog shows it); Consul-side drift (an
+  entry deregistered or edited by hand through the agent or catalog API until Consul
+  holds the right one again); its peak RSS (``VmHWM``);
 - a health round: N addresses pinged by jailsyncd's ``Prober`` with 10% down, inside
   a private network namespace; and, with health on, whether a steady round writes.
 
@@ -28,7 +30,9 @@ created here.
 
 Every Consul phase gets a fresh dev agent (same binary, same flags), so each contender
 starts from the same empty Consul. Every wait has a deadline; ``--budget`` bounds the
-whole run (phases past it are reported as skipped).
+whole run (phases past it are reported as skipped). Each row with a target shows it,
+and whether it is met; ``RESULTS.md`` is rewritten whole, except the section that
+``bench/cluster.py --write`` keeps there.
 """
 
 from __future__ import annotations
