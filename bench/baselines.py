@@ -61,7 +61,13 @@ class Captured:
         return list(by_id.values())
 
     def txn_ops(self) -> list[dict]:
-        return [op for w in self.writes if w.path == "/v1/txn" and isinstance(w.body, list) for op in w.body]
+        """The writing operations of every ``/v1/txn`` sent, in order. Reads
+        (``get``: catalog mode reads its own nodes and services in read-only
+        transactions) are left out: the limit is what Consul needs to write."""
+        return [
+            op for w in self.writes if w.path == "/v1/txn" and isinstance(w.body, list) for op in w.body
+            if not any(isinstance(v, dict) and v.get("Verb") == "get" for v in op.values())
+        ]
 
 
 @contextmanager
