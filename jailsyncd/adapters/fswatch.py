@@ -103,17 +103,20 @@ class DbWatcher:
 
     # -- what to watch -----------------------------------------------------------
 
-    def targets(self) -> tuple[set[str], set[str]]:
-        """The directories and files to watch now (the link is followed each time:
-        it may be pointed at another file)."""
+    def targets(self) -> tuple[set[str], set[str], str]:
+        """The directories and files to watch now, and the link's own path, all
+        real paths (resolved each time: the link may be pointed at another file, and
+        the workdir itself may be reached through a link). The files are the one the
+        link names and its ``-wal``; the link itself is seen in its directory."""
+        link_dir = os.path.realpath(os.path.dirname(self.path))
         real = os.path.realpath(self.path)
-        files = {real, real + "-wal"}
-        return {os.path.dirname(self.path), os.path.dirname(real)}, files
+        return {link_dir, os.path.dirname(real)}, {real, real + "-wal"}, os.path.join(link_dir, os.path.basename(self.path))
 
-    def _relevant(self, event: FileEvent, dirs: set[str], files: set[str]) -> bool:
-        # The link's own name (replaced), the real files, or a directory itself
-        # (kqueue: an entry changed; inotify: the directory went away).
-        return event.path == self.path or event.path in files or event.path in dirs
+    @staticmethod
+    def _relevant(event: FileEvent, dirs: set[str], files: set[str], link: str) -> bool:
+        # One of the files, the link, or a directory itself (kqueue: a name in it
+        # changed; inotify: it went away). Events name what was watched: real paths.
+        return event.path in files or event.path == link or event.path in dirs
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -130,7 +133,8 @@ class DbWatcher:
             events: FileEvents | None = None
             try:
                 events = self._make_events()
-                events.watch(*self.targets())
+                dirs, files, _link = self.targets()
+                events.watch(dirs, files)
             except Exception as exc:  # noqa: BLE001 - any failure means "poll", never "no watcher"
                 self.fallback = f"{type(exc).__name__}: {exc}"
                 if events is not None:
@@ -176,8 +180,8 @@ class DbWatcher:
         The thread's loop body; tests call it directly."""
         batch = self._wait(timeout)
         if batch is not None:
-            dirs, files = self.targets()
-            relevant = any(e.overflow or self._relevant(e, dirs, files) for e in batch)
+            dirs, files, link = self.targets()
+            relevant = any(e.overflow or self._relevant(e, dirs, files, link) for e in batch)
             overflow = any(e.overflow for e in batch)
             if relevant:
                 end = time.monotonic() + SETTLE_MAX
@@ -214,7 +218,8 @@ class DbWatcher:
         self._next_check = time.monotonic() + self.interval
         if self._events is not None:
             try:
-                self._events.watch(*self.targets())
+                dirs, files, _link = self.targets()
+                self._events.watch(dirs, files)
             except Exception as exc:  # noqa: BLE001 - e.g. ENOSPC re-adding a watch
                 self._fall_back(exc)
         stamp = content_stamp(self.path)

@@ -152,3 +152,20 @@ def test_without_file_events_the_poll_still_sees_every_change(sample: Workdir) -
         wait_for(lambda: len(w.reports) == 2, timeout=3, what="the poll's second report")
     finally:
         w.watcher.stop()
+
+
+def test_a_workdir_reached_through_a_symlink_is_watched(tmp_path: Path) -> None:
+    """cbsd.workdir may name a link (e.g. /usr/jails -> a dataset mounted elsewhere):
+    the events come for the real directory, and must still be recognised."""
+    from testing.sample import create_sample
+
+    real = create_sample(tmp_path / "data" / "jails")
+    (tmp_path / "usr").mkdir()
+    (tmp_path / "usr" / "jails").symlink_to(tmp_path / "data" / "jails")
+    w = Watch(node_db_path(tmp_path / "usr" / "jails"))
+    w.watcher.setup()
+    try:
+        real.start("web1", jid=9)
+        w.until(1)
+    finally:
+        w.watcher.stop()

@@ -452,3 +452,27 @@ def test_inotify_out_of_watches_is_an_error_and_a_missing_directory_is_not(tmp_p
     assert events._wds == {}
     events.close()
     os.close(libc.w)
+
+
+def test_kqueue_with_cbsds_link_watches_the_real_file_once(tmp_path: Path) -> None:
+    """CBSD's local.sqlite is a link to inv.<node>.sqlite: the file is opened once,
+    through its real name; a link pointed elsewhere is seen in the directory."""
+    (tmp_path / "db").mkdir()
+    real = tmp_path / "db" / "inv.node1.sqlite"
+    real.write_bytes(b"SQLite format 3\0")
+    link = tmp_path / "db" / "local.sqlite"
+    link.symlink_to(real.name)
+    w = Watched(link)
+    try:
+        assert set(w.watcher._events._fds) == {str(real), str(tmp_path / "db")}  # type: ignore[union-attr]
+        other = tmp_path / "db" / "inv.node2.sqlite"
+        other.write_bytes(b"SQLite format 3\0 another")
+        tmp_link = tmp_path / "db" / "local.sqlite.tmp"
+        tmp_link.symlink_to(other.name)
+        os.replace(tmp_link, link)
+        w.kq.post(w.fd(tmp_path / "db"), K.KQ_NOTE_WRITE)  # vop_rename_post on the directory
+        w.watcher.step(1.0)
+        assert w.changes == 1
+        assert set(w.watcher._events._fds) == {str(other), str(tmp_path / "db")}  # type: ignore[union-attr]
+    finally:
+        w.watcher.stop()
