@@ -11,8 +11,11 @@ heartbeat service). Requests go through ``transport``.
 
 from __future__ import annotations
 
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from jailsyncd.aclcheck import Need, write_needs
 from jailsyncd.adapters.consul.agent import probed_checks
@@ -87,8 +90,11 @@ class ConsulCatalog(StoreBase):
         """
         params = {"node-meta": f"{META_OWNER}:{owner}", "stale": ""}
         nodes = self._call("GET", "/v1/catalog/nodes", strict_json, params=params) or []
-        # The node-meta filter is Consul's; ownership is checked here as well.
-        ours = {n["Node"]: n for n in nodes if (n.get("Meta") or {}).get(META_OWNER) == owner}
+        # The node-meta filter is Consul's; ownership is checked here as well. Only the
+        # name and meta of each node are kept: the answers of a large host are held
+        # one at a time, never all at once (peak memory, docs/performance.md).
+        ours = {n["Node"]: {"Node": n["Node"], "Meta": n.get("Meta") or {}} for n in nodes if (n.get("Meta") or {}).get(META_OWNER) == owner}
+        del nodes
         checks = self._call("GET", "/v1/health/state/any", strict_json, params=params) or []
         checks_by_node: dict[str, list[dict[str, Any]]] = {}
         for check in checks:
@@ -96,7 +102,7 @@ class ConsulCatalog(StoreBase):
                 checks_by_node.setdefault(check["Node"], []).append(check)
         owned: list[Record] = []
         status: list[tuple[str, str, str]] = []
-        for name, entries in self._node_services(ours).items():
+        for name, entries in self._node_services(ours):
             node_checks = checks_by_node.get(name, [])
             status += [(c["CheckID"], c.get("Status", ""), c.get("Output", "")) for c in node_checks]
             owned += [record_from_catalog(ours[name], e, node_checks) for e in entries if e.get("ID", "").startswith(SERVICE_ID_PREFIX)]
@@ -176,10 +182,11 @@ class ConsulCatalog(StoreBase):
             taken.update(n["Node"] for n in found if n.get("Node") in chunk)
         return frozenset(taken)
 
-    def _node_services(self, ours: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-        """The service entries of each of our nodes: batched ``Service get`` reads where
-        the node names its service ID, single-node reads otherwise."""
-        result: dict[str, list[dict[str, Any]]] = {}
+    def _node_services(self, ours: dict[str, dict[str, Any]]) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+        """The service entries of each of our nodes, one transaction's worth at a time
+        (the caller turns them into values before the next is read): batched
+        ``Service get`` reads where the node names its service ID, single-node reads
+        otherwise."""
         alone: list[str] = []
         known = [(n, (ours[n].get("Meta") or {}).get(META_SERVICE_ID, "")) for n in sorted(ours)]
         alone += [n for n, sid in known if not sid]
@@ -193,10 +200,9 @@ class ConsulCatalog(StoreBase):
                 alone += [n for n, _ in chunk]  # a service changed by hand: read those nodes whole
                 continue
             for (name, _), item in zip(chunk, results):
-                result[name] = [item.get("Service") or {}]
+                yield name, [item.get("Service") or {}]
         for name in alone:
-            result[name] = self._one_node(name)
-        return result
+            yield name, self._one_node(name)
 
     def _one_node(self, name: str) -> list[dict[str, Any]]:
         """Every service of one node: ``/v1/catalog/node-services`` (Consul 1.7 and
@@ -213,10 +219,21 @@ class ConsulCatalog(StoreBase):
         return list((answer.get("Services") or {}).values())
 
     def apply(self, actions: list[Action], should_stop: Callable[[], bool]) -> Iterator[tuple[Action, JailsyncdError | None]]:
-        for batch in _batches([(a, self._ops(a)) for a in actions], MAX_TXN_OPS):
-            if should_stop():
-                return
-            yield from self._txn(batch)
+        """Write the actions in transactions of at most 64 operations, one after the
+        other, in order. From the second on, each is sent by a helper thread while
+        the caller handles (logs) the results of the one before: Consul's work on one
+        transaction overlaps jailsyncd's on the last, and a cold start of thousands
+        of jails costs about Consul's own time (docs/performance.md). Still only one
+        transaction is in flight at a time, the next is sent only after the last one
+        succeeded, and ``should_stop`` is asked just before each is sent."""
+        batches = _batches([(a, self._ops(a)) for a in actions], MAX_TXN_OPS)
+        if len(batches) <= 1:
+            for batch in batches:
+                if should_stop():
+                    return
+                yield from self._txn(batch)
+            return
+        yield from _one_after_another(batches, lambda batch: list(self._txn(batch)), should_stop)
 
     def write_checks(self, writes: list[tuple[Target, str, str]]) -> Iterator[tuple[tuple[Target, str, str], JailsyncdError | None]]:
         ops = [(w, [_check_op(w[0].node, w[0].spec, w[0].service_id, w[1], w[2])]) for w in writes if w[0].spec is not None]
@@ -320,6 +337,45 @@ def taken_in(chunk: list[str], answer: Any) -> set[str] | None:
             return None
         missing.add(index)
     return {name for i, name in enumerate(chunk) if i not in missing}
+
+
+_Batch = TypeVar("_Batch")
+_Result = TypeVar("_Result")
+
+
+def _one_after_another(
+    batches: list[_Batch], send: Callable[[_Batch], list[_Result]], should_stop: Callable[[], bool]
+) -> Iterator[_Result]:
+    """``send(batch)`` for each batch, in order, on one helper thread, yielding each
+    batch's results while the next is being sent. The helper runs one batch at a
+    time; after a batch raised, or once ``should_stop()`` (asked on the helper, just
+    before each send), nothing more is sent, and the error is raised here in its turn.
+    Leaving early (the caller stops iterating) waits for the batch being sent."""
+    halted = threading.Event()
+
+    def run(batch: _Batch) -> list[_Result] | None:
+        if halted.is_set() or should_stop():
+            halted.set()
+            return None
+        try:
+            return send(batch)
+        except BaseException:
+            halted.set()  # set on the helper itself: the next queued batch sees it
+            raise
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="consul-txn")
+    try:
+        queued = deque([pool.submit(run, batches[0])])
+        for batch in batches[1:] + [None]:
+            if batch is not None:
+                queued.append(pool.submit(run, batch))  # sent as soon as the one before is done
+            results = queued.popleft().result()
+            if results is None:
+                return
+            yield from results
+    finally:
+        halted.set()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _quote(text: str) -> str:
