@@ -11,6 +11,7 @@ Made once per process by ``app`` (``connect``); used by ``reconcile`` (``records
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import replace
 from typing import Any, Callable, Iterator, Sequence
@@ -48,10 +49,11 @@ class ConsulAgent(StoreBase):
 
     def __init__(self, client: ConsulClient | ConsulSettings) -> None:
         super().__init__(client)
-        #: The last answers read and what they say: in a steady state they repeat byte
-        #: for byte, and turning a thousand services into values costs more than the
-        #: requests themselves.
-        self._last: tuple[tuple[str, str, str, str], Observed] | None = None
+        #: A digest of the last answers read, and what they say: in a steady state they
+        #: repeat byte for byte, and turning a thousand services into values costs more
+        #: than the requests themselves. The answers themselves (0.9 KiB per service)
+        #: are not kept.
+        self._last: tuple[tuple[str, bytes, bytes, str], Observed] | None = None
 
     def read(self, owner: str, places: frozenset[str] = frozenset()) -> Observed:
         """Every service and check on the agent in two requests, whatever their number;
@@ -60,11 +62,13 @@ class ConsulAgent(StoreBase):
         services = self._call("GET", "/v1/agent/services", text_body)
         checks = self._call("GET", "/v1/agent/checks", text_body)
         try:
-            key = (owner, services, checks, self._token_accessor())
+            accessor = self._token_accessor()
+            key = (owner, _digest(services), _digest(checks), accessor)
             if self._last is not None and self._last[0] == key:
                 observed = self._last[1]
             else:
-                observed = _observe_agent(*key)
+                self._last = None  # the old values go before the new ones are made
+                observed = _observe_agent(owner, services, checks, accessor)
                 self._last = (key, observed)
             self._owned_names = {s.name for s in observed.owned}
             return observed
@@ -208,6 +212,12 @@ class ConsulAgent(StoreBase):
                 yield write, exc
                 continue
             yield write, None
+
+
+def _digest(text: str) -> bytes:
+    """A digest of an answer, to tell whether it repeats the last one (BLAKE2b: a
+    chance collision would hide a change for as long as it lasts)."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=32).digest()
 
 
 def _observe_agent(owner: str, services_json: str, checks_json: str, accessor: str) -> Observed:
