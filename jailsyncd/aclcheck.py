@@ -70,6 +70,7 @@ def write_needs(names: Sequence[tuple[str, Iterable[str]]], known: bool) -> list
 _CONSEQUENCE = {
     "service:write on the name of a jail created later": "a new jail is refused unless the policy gets its name too",
     "node:write on the node name of a jail created later": "a new jail is refused unless the policy gets its node name too",
+    "agent:read and node:read for the Consul watch": "sync.watch_consul cannot run: a change made in Consul by hand waits for the periodic cycle",
     "node:read on every node": "a node name held by another owner is not seen, so that jail's write fails (exit 77) instead of being skipped as a conflict",
 }
 

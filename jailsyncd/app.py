@@ -16,7 +16,7 @@ from typing import Callable
 
 from jailsyncd import platform as platform_module
 from jailsyncd.adapters.cbsd import CbsdSource
-from jailsyncd.adapters.consul import ConsulAgent, ConsulCatalog, ConsulClient, TokenProvider, connect, consul_answers
+from jailsyncd.adapters.consul import ConsulAgent, ConsulCatalog, ConsulChangeFeed, ConsulClient, TokenProvider, connect, consul_answers
 from jailsyncd.adapters.discovery import AddressDiscovery
 from jailsyncd.adapters.probe import Prober
 from jailsyncd.healthloop import HealthLoop
@@ -39,6 +39,8 @@ class App:
         self.source = _source(settings)
         self.prober: Prober | None = None
         self._health: HealthLoop | None = None
+        #: Consul's change feed (``run`` only, built by ``consul_watch``).
+        self.watch: ConsulChangeFeed | None = None
 
     def health_loop(self) -> HealthLoop | None:
         """The health loop when health is on (built once; fails now, with
@@ -74,6 +76,13 @@ class App:
     def consul_answers(self, timeout: float) -> bool:
         """Whether Consul answers again (the daemon's backoff probe), over the one client."""
         return consul_answers(self.client, self.settings.consul.mode, timeout)
+
+    def consul_watch(self) -> ConsulChangeFeed:
+        """Consul's change feed over the one client (``daemon``'s Consul-watch thread;
+        the mode is the one the app was built with)."""
+        if self.watch is None:
+            self.watch = ConsulChangeFeed(self.client, self.settings.consul.mode)
+        return self.watch
 
     def close(self) -> None:
         self.client.close()

@@ -339,6 +339,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         startup=startup,
         drop_privileges=drop_privileges,
         probe=lambda _consul: app.consul_answers(PROBE_TIMEOUT),
+        watch=app.consul_watch(),
     )
     if metrics is not None:
         metrics.watch(lambda: daemon.settings, health)

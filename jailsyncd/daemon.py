@@ -10,6 +10,11 @@ everything else only *asks* for a cycle:
   (``sync.watch = "auto"``) and in any case by a stat every ``sync.watch_interval``
   (``adapters.cbsd.db_stamp``, the same change detector the per-VM cache uses; CBSD
   writes only on events, so a changed stamp means "re-read now");
+- the Consul-watch thread (``sync.watch_consul``) asks when Consul says that what
+  this host owns changed there (``adapters.consul.watch``: one blocking query at a
+  time, at most one return every ``WATCH_MIN_GAP`` seconds, backing off 1, 2, 4, ...
+  up to ``WATCH_BACKOFF_MAX`` seconds while Consul cannot answer; its first answer
+  after an outage counts as a change, and ends a retry wait like a kick);
 - ``SIGUSR1`` and ``jailsyncd kick`` ask at once;
 - the first cycle is asked for at start-up, and one more when ``sync.startup_grace``
   ends (for the deregistrations it held back), and one ``sync.confirm_after`` after
@@ -48,6 +53,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from jailsyncd.adapters.cbsd import node_db_path
 from jailsyncd.adapters.fswatch import DbWatcher
 from jailsyncd.errors import ConsulError, JailsyncdError
+from jailsyncd.ports import ConsulWatch
 from jailsyncd.logs import configure, get_logger
 from jailsyncd.pidfile import Pidfile
 from jailsyncd.platform import current as current_platform
@@ -70,6 +76,14 @@ def wait_event(event: threading.Event, timeout: float) -> bool:
     return event.wait(timeout)
 
 
+#: The Consul watch's rate limit: at least this long between two blocking queries, so
+#: that a burst of changes (a thousand registrations syncing one by one) costs a few
+#: requests a second, not one per change; short beside the one-second repair target.
+WATCH_MIN_GAP = 0.25
+#: The Consul watch's retry delay while Consul cannot answer doubles up to this.
+WATCH_BACKOFF_MAX = 10.0
+
+
 def backoff_delay(failures: int, cap: float) -> float:
     """1, 2, 4, ... seconds after 1, 2, 3, ... consecutive failures, at most ``cap``."""
     return min(2.0 ** (failures - 1), cap) if failures > 0 else 0.0
@@ -90,6 +104,7 @@ class Daemon:
         probe: Callable[[ConsulSettings], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wait: Callable[[threading.Event, float], bool] = wait_event,
+        watch: ConsulWatch | None = None,
     ) -> None:
         self.settings = settings
         self._make_reconciler = reconciler_factory
@@ -111,6 +126,9 @@ class Daemon:
         #: a virtual time in the unit tests (the backoff is tested in milliseconds).
         self._clock = clock
         self._wait = wait
+        #: Consul's change feed (``sync.watch_consul``), run by its own thread.
+        self.watch = watch
+        self.consul_watcher: threading.Thread | None = None
         self.log = get_logger()
         self._stop = threading.Event()
         self._wanted = threading.Event()  # a cycle was asked for
@@ -173,6 +191,45 @@ class Daemon:
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher = None
+
+    # -- the Consul watch ---------------------------------------------------------
+
+    def _consul_watch(self) -> None:
+        """The Consul-watch thread: one blocking query after another; a change asks
+        for a cycle (a kick while the worker waits to retry: Consul is back). Ends by
+        itself once the daemon stops (at the latest when the query in flight returns:
+        the thread is a daemon thread, so a stopping process never waits for it)."""
+        assert self.watch is not None
+        failures = 0
+        while not self._stop.is_set():
+            owner = self._reconciler.owner
+            if not self.settings.sync.watch_consul or not owner:
+                self._stop.wait(0.5)  # off (a reload may turn it on), or before the first read
+                continue
+            started = time.monotonic()
+            try:
+                changed = self.watch.wait_change(owner)
+            except JailsyncdError as exc:
+                failures += 1
+                delay = WATCH_BACKOFF_MAX if not exc.retryable else min(2.0 ** (failures - 1), WATCH_BACKOFF_MAX)
+                (self.log.warning if failures == 1 else self.log.debug)("consul_watch_failed", error=str(exc), failures=failures, retry_in_s=delay)
+                self._stop.wait(delay)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a bug here must not end the watch for good
+                failures += 1
+                self.log.exception("consul_watch_crashed", error=f"{type(exc).__name__}: {exc}")
+                self._stop.wait(WATCH_BACKOFF_MAX)
+                continue
+            if failures:
+                self.log.info("consul_watch_recovered", failures=failures)
+                failures = 0
+            if changed and not self._stop.is_set():
+                self.log.debug("consul_changed", generation=self.watch.generation)
+                if self.failures:
+                    self.kick("consul")
+                else:
+                    self.request("consul")
+            self._stop.wait(max(0.0, WATCH_MIN_GAP - (time.monotonic() - started)))
 
     # -- the worker -------------------------------------------------------------
 
@@ -382,6 +439,9 @@ class Daemon:
             raise
         self.worker = threading.Thread(target=self._worker, name="reconcile", daemon=True)
         self.worker.start()
+        if self.watch is not None:
+            self.consul_watcher = threading.Thread(target=self._consul_watch, name="consul-watch", daemon=True)
+            self.consul_watcher.start()
         if lock is not None:
             lock.write()
         self.log.info(

@@ -8,6 +8,7 @@ implemented once per outside system:
 - ``ConsulStore`` and ``CheckWriter``: ``adapters.consul.ConsulAgent`` or
   ``ConsulCatalog`` (the mode chosen once at start-up, ``app``);
 - ``Prober``: ``adapters.probe.Prober`` (ICMP, TCP, HTTP);
+- ``ConsulWatch``: ``adapters.consul.ConsulChangeFeed`` (one blocking query per call);
 - ``AddressFinder``: ``adapters.discovery.AddressDiscovery`` (DHCP leases, neighbours);
 
 and in memory by the unit tests of the loop (``tests/unit/memory.py``). ``app`` wires
@@ -95,6 +96,22 @@ class CheckWriter(Protocol):
 
     def heartbeat(self, output: str) -> None:
         """Set jailsyncd's heartbeat check passing (nothing where the mode has none)."""
+        ...
+
+
+class ConsulWatch(Protocol):
+    """Consul's change feed (``daemon``'s Consul-watch thread calls ``wait_change``;
+    the reconciler reads ``generation`` and ``healthy``)."""
+
+    #: Moves each time ``wait_change`` reports a change.
+    generation: int
+    #: The last ``wait_change`` got an answer (False before the first one, and after a failure).
+    healthy: bool
+
+    def wait_change(self, owner: str, timeout: float | None = None) -> bool:
+        """Block until Consul answers or ``timeout`` passes; True when what ``owner``
+        holds may have changed since the last answer. Raises ``ConsulError`` when
+        Consul cannot answer; never sleeps (backoff and rate limit are the caller's)."""
         ...
 
 

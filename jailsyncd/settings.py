@@ -137,6 +137,10 @@ class SyncSettings:
     #: How often ``run`` checks the CBSD node DB and its ``-wal`` for changes (a stat
     #: of two files; a change starts a cycle at once).
     watch_interval: float = 1.0
+    #: ``run`` watches Consul with a blocking query (one long poll to the servers per
+    #: change, or per 5 minutes when nothing changes) and repairs a change made there
+    #: by hand within about a second; false: only the periodic cycle notices it.
+    watch_consul: bool = True
     #: After consecutive failed cycles the retry delay doubles from 1 s up to this.
     backoff_max: float = 120.0
     #: Deregister everything this host owns when ``run`` stops (SIGTERM/SIGINT).

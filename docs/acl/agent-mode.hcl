@@ -23,11 +23,19 @@
 #   PUT /v1/agent/check/update/ID         service:write on the name of the check's
 #                                         service (health on: jail checks and the
 #                                         "jailsyncd" heartbeat service)
+#   GET /v1/agent/self                    agent:read (once: the agent's node name,
+#                                         for the Consul watch, sync.watch_consul)
+#   GET /v1/catalog/node-services/NODE    node:read on the agent's node (the Consul
+#                                         watch's blocking query; without node:read
+#                                         Consul answers with no node at all)
 #
-# No node rule is needed: jailsyncd never reads or writes node entries in agent mode,
-# and the agent syncs services and their checks to the catalog with the token that
+# No node write is needed: jailsyncd never writes node entries in agent mode, and
+# the agent syncs services and their checks to the catalog with the token that
 # registered them, for which service:write is enough (the agent's own node entry is
-# synced with the agent's token, acl.tokens.agent, not with this one).
+# synced with the agent's token, acl.tokens.agent, not with this one). The two read
+# rules below are for the Consul watch only: without them it logs
+# consul_watch_failed and a change made in Consul by hand waits for the periodic
+# cycle. To narrow them, name the agent's node: agent "NODE" and node "NODE".
 #
 # Service names are not known in advance (jail names, consul.name=, [[rule]] names),
 # hence the empty prefix. To narrow it, replace the prefix with one block per name
@@ -38,4 +46,12 @@
 
 service_prefix "" {
   policy = "write"
+}
+
+agent_prefix "" {
+  policy = "read"
+}
+
+node_prefix "" {
+  policy = "read"
 }

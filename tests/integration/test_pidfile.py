@@ -127,8 +127,8 @@ def test_kick_signals_a_jailsyncd_run(consul: ConsulServer, tmp_path: Path, work
     wait_for(lambda: daemon.pidfile.exists() and daemon.pidfile.read_text().strip(), timeout=5, what="the pidfile")
     proc = _kick(daemon.pidfile)
     assert proc.returncode == 0, proc.stderr
-    wait_for(lambda: daemon.finished_cycles() >= 2, timeout=5, what="the kicked cycle")
-    assert [e["reasons"] for e in daemon.events("cycle_started")][1] == ["signal"]
+    # The kicked cycle (the Consul watch may ask for one of its own before it).
+    wait_for(lambda: any("signal" in e["reasons"] for e in daemon.events("cycle_started")[1:]), timeout=5, what="the kicked cycle")
 
 
 def test_under_daemon8_p_run_leaves_the_supervisors_pidfile_alone(consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:

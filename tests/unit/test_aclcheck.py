@@ -21,7 +21,7 @@ def asked(found: list[Need]) -> list[tuple[str, str, str, bool]]:
     return [(n.resource, n.segment, n.access, n.required) for n in found]
 
 
-def test_agent_mode_needs_service_write_on_every_name_and_no_node_rule():
+def test_agent_mode_needs_service_write_on_every_name_and_no_node_write():
     found = ConsulAgent.acl_needs([svc("web1"), svc("www"), svc("jailsyncd")], owned=[svc("old1"), svc("www")])
     assert asked(found) == [
         ("service", "jailsyncd", "write", True),
@@ -29,8 +29,10 @@ def test_agent_mode_needs_service_write_on_every_name_and_no_node_rule():
         ("service", "web1", "write", True),
         ("service", "www", "write", True),
         ("service", EXAMPLE_SERVICE, "write", False),  # a jail created later: a note
+        ("agent", "", "read", False),  # the Consul watch: a note
+        ("node", "", "read", False),
     ]
-    assert not [n for n in found if n.resource == "node"]
+    assert not [n for n in found if n.resource == "node" and n.access == "write"]
 
 
 def test_catalog_mode_needs_node_write_and_service_write_and_notes_node_read():
@@ -49,7 +51,7 @@ def test_catalog_mode_needs_node_write_and_service_write_and_notes_node_read():
 
 @pytest.mark.parametrize("desired", [None, []])
 def test_unknown_or_no_names_ask_for_example_names_as_required(desired):
-    assert asked(ConsulAgent.acl_needs(desired)) == [("service", EXAMPLE_SERVICE, "write", True)]
+    assert asked(ConsulAgent.acl_needs(desired)) == [("service", EXAMPLE_SERVICE, "write", True), ("agent", "", "read", False), ("node", "", "read", False)]
     assert asked(ConsulCatalog.acl_needs(desired)) == [
         ("service", EXAMPLE_SERVICE, "write", True),
         ("node", EXAMPLE_NODE, "write", True),

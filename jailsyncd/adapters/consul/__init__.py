@@ -5,7 +5,8 @@
 - ``agent``: agent mode (``ConsulAgent``): its records (tagged addresses, TTL and
   alias checks), the heartbeat service, the token meta, its ACL needs;
 - ``catalog``: catalog mode (``ConsulCatalog``), one external node per jail: its
-  records (nodes, node meta, node and service checks), its ACL needs.
+  records (nodes, node meta, node and service checks), its ACL needs;
+- ``watch``: the change feed (``ConsulChangeFeed``), one blocking query per call.
 
 ``connect`` chooses the mode's store, once, at start-up (``app``).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from jailsyncd.adapters.consul.agent import ConsulAgent, record_from_consul, service_payload
 from jailsyncd.adapters.consul.catalog import MAX_TXN_OPS, NOT_PROBED_OUTPUT, ConsulCatalog, record_from_catalog
+from jailsyncd.adapters.consul.watch import ConsulChangeFeed
 from jailsyncd.adapters.consul.transport import JSON, MAX_OUTPUT, ConsulClient, StoreBase, TokenProvider, rejects_payload
 from jailsyncd.errors import JailsyncdError
 from jailsyncd.settings import ConsulSettings
@@ -22,7 +24,7 @@ from jailsyncd.settings import ConsulSettings
 _rejects_payload = rejects_payload
 
 __all__ = [
-    "MAX_OUTPUT", "MAX_TXN_OPS", "NOT_PROBED_OUTPUT", "ConsulAgent", "ConsulCatalog", "ConsulClient", "StoreBase", "TokenProvider",
+    "MAX_OUTPUT", "MAX_TXN_OPS", "NOT_PROBED_OUTPUT", "ConsulAgent", "ConsulCatalog", "ConsulChangeFeed", "ConsulClient", "StoreBase", "TokenProvider",
     "connect", "consul_answers", "rejects_payload", "record_from_catalog", "record_from_consul", "service_payload",
 ]
 

@@ -115,11 +115,17 @@ class ConsulAgent(StoreBase):
 
         ``service:write`` on the name of every service it registers, updates or
         deregisters (deregistering needs the old name's write; the heartbeat service
-        ``jailsyncd`` included when health is on). No node rule: the agent syncs the
-        services to the catalog with the token that registered them, and jailsyncd
-        reads no node."""
+        ``jailsyncd`` included when health is on). No node write: the agent syncs the
+        services to the catalog with the token that registered them. The Consul watch
+        (``sync.watch_consul``) needs ``agent:read`` (the node name, ``/v1/agent/self``)
+        and ``node:read`` on the agent's node (its blocking query): without them it
+        cannot run, a note, not a failure."""
         names = {s.name for s in (*(desired or ()), *owned) if s.name}
-        return write_needs([("service", names)], known=desired is not None and bool(desired or owned))
+        watch = "agent:read and node:read for the Consul watch"
+        return write_needs([("service", names)], known=desired is not None and bool(desired or owned)) + [
+            Need("agent", "", "read", watch, required=False),
+            Need("node", "", "read", watch, required=False),
+        ]
 
     def _may_write(self, names: list[str]) -> dict[str, bool] | None:
         """Which service names the token may write (``service:write``), in one request

@@ -271,7 +271,8 @@ class ConsulClient:
     ) -> Any:
         """One request. The path is quoted by python-consul2; query values go in
         ``params``. ``read_bytes[0]`` grows by the size of the answer's body;
-        ``timeout`` shortens ``consul.timeout`` for this request (the backoff probe)."""
+        ``timeout`` replaces ``consul.timeout`` for this request: shorter for the
+        backoff probe, longer for a blocking query's GET (the watch)."""
         timeout = self.timeout if timeout is None else timeout
         what = f"{method} {self.endpoint}{path}"
         params = {**(params or {}), **({"dc": self.datacenter} if self.datacenter and dc_scoped else {})}
@@ -281,7 +282,13 @@ class ConsulClient:
         counting = _READ_BYTES.set(read_bytes)
         try:
             with self._deadline(timeout):
-                if method == "GET":
+                if method == "GET" and timeout > self.timeout:
+                    # A blocking query (``watch``): the socket may stay silent for the
+                    # whole wait, so requests' read timeout must cover it too.
+                    http = self._http
+                    answer = http.session.get(http.uri(path, params or None), headers=headers, verify=http.verify, cert=http.cert, timeout=(self.timeout, timeout))
+                    result = callback(http.response(answer))
+                elif method == "GET":
                     result = self._http.get(callback, path, params=params or None, headers=headers)
                 else:
                     data = json.dumps(body) if body is not None else ""
@@ -459,6 +466,18 @@ def strict_json(response: Any) -> Any:
     """Like python-consul2's JSON callback, but a 404 is an error here, not "nothing"."""
     consul_base.CB._status(response, allow_404=False)
     return json.loads(response.body)
+
+
+def indexed_body(response: Any) -> tuple[int, str]:
+    """A blocking query's answer: its ``X-Consul-Index`` (0 when absent or not a
+    number) and its text, checked like ``text_body`` (a 404 is an error)."""
+    consul_base.CB._status(response, allow_404=False)
+    raw = (response.headers or {}).get("X-Consul-Index", "")
+    try:
+        index = int(raw)
+    except (TypeError, ValueError):
+        index = 0
+    return index, str(response.body)
 
 
 def txn_result(response: Any) -> Any:

@@ -1,0 +1,161 @@
+"""Consul's change feed: one blocking query that returns when what this host owns in
+Consul may have changed (``ConsulChangeFeed``, the ``ports.ConsulWatch`` of both modes).
+
+Made once per process by ``app`` over the process's one ``ConsulClient``; called by
+``daemon``'s Consul-watch thread (``wait_change`` in a loop), never by a cycle. What
+each mode blocks on was chosen against Consul 1.8.7 (docs/architecture.md, "Watching
+Consul"):
+
+- agent mode: ``GET /v1/catalog/node-services/<node>`` for the local agent's node
+  (its name read once from ``/v1/agent/self``). The agent syncs a service registered,
+  edited or deregistered through its API to the catalog at once, and that wakes this
+  query; a TTL check update (the health rounds, the heartbeat) does not, and neither
+  does a change on another node. ``/v1/agent/services`` itself cannot block in 1.8
+  (no index, no content hash). A change is reported only when the entries with
+  jailsyncd's IDs differ from the last answer, so other services of the agent and
+  spurious wake-ups cost one request and no cycle;
+- catalog mode: ``GET /v1/catalog/services?node-meta=jailsyncd-owner:<owner>``, whose
+  index moves when a service of one of our nodes is registered, edited or removed,
+  or one of our nodes is deregistered (with its services); checks written by the
+  health rounds do not wake it. Its answer (names and tags) cannot show an edited
+  port or address, so a moved index is the change.
+
+Blocking-query hygiene as Consul documents it (docs/reliability.md): a bounded
+``wait`` (``WAIT``, randomised by up to a tenth, on top of the up to wait/16 Consul
+adds), ``?stale`` (any server answers; a follower lags by milliseconds, and the cycle
+the change asks for reads again), an index that goes backwards (a snapshot restore, a
+new dev agent) resets to 0 and counts as a change, an index below 1 is taken as 1.
+The rate limit between two returns and the backoff while Consul is down are the
+caller's (``daemon``): this module makes one request per call and never sleeps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from typing import Callable
+
+from jailsyncd.adapters.consul.transport import ConsulClient, indexed_body, strict_json
+from jailsyncd.errors import ConsulError, ConsulRefused
+from jailsyncd.model import META_OWNER, SELF_SERVICE_ID, SERVICE_ID_PREFIX
+
+#: Seconds a blocking query waits for a change (Consul's own default; at most 10 m).
+WAIT = 300.0
+
+
+class ConsulChangeFeed:
+    """One blocking query per call over the process's client (``ports.ConsulWatch``).
+
+    ``generation`` moves each time a change is reported (the reconciler compares it
+    with the one its last read of Consul was made at); ``healthy`` says the last call
+    got an answer; ``requests`` counts what it sent (the benchmark's cost figures)."""
+
+    def __init__(self, client: ConsulClient, mode: str, *, wait: float = WAIT, rand: Callable[[], float] = random.random) -> None:
+        self._client = client
+        self.mode = mode
+        self.wait = wait
+        self._rand = rand
+        self.generation = 0
+        self.healthy = False
+        self.requests = 0
+        #: The last index seen (0: none yet, or reset) and what the answer said.
+        self.index = 0
+        self._seen: str | None = None
+        self._node = ""
+        self._watched_owner = ""
+
+    def wait_change(self, owner: str, timeout: float | None = None) -> bool:
+        """Block until Consul answers: True when what ``owner`` (the owner identity:
+        catalog mode's node-meta filter) holds may have changed since the last answer
+        (the first answer, one after a failed call, or one after the index went
+        backwards count as changes). ``timeout``: the longest wait (by default
+        ``WAIT``). Raises ``ConsulError`` when Consul cannot answer (then
+        ``healthy`` is False and the next answer counts as a change)."""
+        try:
+            path, params = self._query(owner)
+            wait = min(self.wait if timeout is None else timeout, self.wait)
+            wait = max(1.0, wait * (1.0 - 0.1 * self._rand()))
+            started = time.monotonic()
+            index, body = self._get(path, params, self.index, wait)
+            if self.index and index == self.index and time.monotonic() - started < wait / 2:
+                # Woken early with nothing new: Consul abandons its blocking queries
+                # when a snapshot is restored, and may answer them once more from the
+                # state it drops. Ask again without blocking: a restored index is
+                # below ours, and a query with ours would hang for the whole wait.
+                index, body = self._get(path, params, 0, 0.0)
+            seen = self._digest(body)
+        except ConsulError:
+            # Start again from index 0: the Consul that answers next may be a new one
+            # whose index is below ours, and a query with ours would hang for the
+            # whole wait before telling (the first answer after this counts as a change).
+            self.healthy, self.index, self._seen = False, 0, None
+            raise
+        was_healthy, self.healthy = self.healthy, True
+        changed = not was_healthy or self._seen is None
+        if index < self.index:
+            # A restored snapshot or a new cluster: start again from the index of this
+            # answer (a read made now; Consul documents a reset to 0, whose answer
+            # would be the same read once more).
+            changed = True
+        elif self.mode == "catalog":
+            changed = changed or index != self.index
+        else:
+            changed = changed or seen != self._seen
+        self.index = max(index, 1)  # Consul documents an index below 1 as a bug: take it as 1
+        self._seen = seen
+        if changed:
+            self.generation += 1
+        return changed
+
+    def _get(self, path: str, params: dict[str, str], index: int, wait: float) -> tuple[int, str]:
+        """One GET: blocking for up to ``wait`` seconds past ``index`` (0: at once)."""
+        query = {**params, "stale": ""}
+        if index:
+            query.update({"index": str(index), "wait": f"{wait:.0f}s"})
+        self.requests += 1
+        # The deadline covers the wait, Consul's jitter (up to wait/16) and a reply.
+        return self._client.call("GET", path, indexed_body, params=query, dc_scoped=self.mode == "catalog", timeout=wait * 1.1 + self._client.timeout)  # type: ignore[no-any-return]
+
+    def _query(self, owner: str) -> tuple[str, dict[str, str]]:
+        if self.mode == "catalog":
+            if not owner:
+                raise ConsulError("the Consul watch needs the owner identity (host.name, or CBSD's node name after a cycle)")
+            if owner != self._watched_owner:  # a reload that changed host.name: start again
+                self._watched_owner, self.index, self._seen = owner, 0, None
+            return "/v1/catalog/services", {"node-meta": f"{META_OWNER}:{owner}"}
+        if not self._node:
+            me = self._client.call("GET", "/v1/agent/self", strict_json, timeout=self._client.timeout)
+            self.requests += 1
+            try:
+                self._node = str(me["Config"]["NodeName"])
+            except (KeyError, TypeError):
+                raise ConsulError(f"GET {self._client.endpoint}/v1/agent/self: the answer names no node (is this a Consul agent?)") from None
+        return f"/v1/catalog/node-services/{self._node}", {}
+
+    def _digest(self, body: str) -> str:
+        """What an answer says about what jailsyncd owns. Catalog mode: the answer
+        itself (its index is what counts). Agent mode: the entries with jailsyncd's IDs
+        (ours, and others' that look like ours), with their ModifyIndex: every edit of
+        one moves it."""
+        if self.mode == "catalog":
+            return body
+        try:
+            answer = json.loads(body)
+            node = answer.get("Node")
+            services = answer.get("Services") or []
+        except (ValueError, AttributeError):
+            raise ConsulError(f"GET {self._client.endpoint}/v1/catalog/node-services/{self._node}: the answer is not Consul's") from None
+        if node is None:
+            # Consul answers 200 with no node to a token without node:read on it.
+            raise ConsulRefused(
+                f"GET {self._client.endpoint}/v1/catalog/node-services/{self._node}: no node in the answer; "
+                f"the Consul watch needs node:read on {self._node} and agent:read (docs/acl/agent-mode.hcl)"
+            )
+        ours = sorted(
+            (s.get("ID", ""), s.get("ModifyIndex", 0))
+            for s in services
+            if isinstance(s, dict) and (str(s.get("ID", "")).startswith(SERVICE_ID_PREFIX) or s.get("ID") == SELF_SERVICE_ID)
+        )
+        return hashlib.sha1(json.dumps(ours).encode()).hexdigest()
