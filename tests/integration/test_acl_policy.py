@@ -39,7 +39,8 @@ def test_the_documented_policy_covers_a_full_cycle(acl_consul: ConsulServer, tmp
     acl_consul.wipe()
     rules = POLICY_FILE.read_text()
     active = [line for line in rules.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    assert active == ['service_prefix "" {', '  policy = "write"', "}"]  # nothing else is needed (see the file)
+    # service write for the cycles; agent and node read for the Consul watch of run (see the file)
+    assert active == ['service_prefix "" {', '  policy = "write"', "}", 'agent_prefix "" {', '  policy = "read"', "}", 'node_prefix "" {', '  policy = "read"', "}"]
     token = make_token(acl_consul, rules)
     workdir.add("web1", jid=1, status=1, ip4_addr="127.0.80.1", tags="consul.port=80,prod,team=web")
     workdir.add("db1", jid=2, status=1, ip4_addr="127.0.80.2", tags="consul.name=postgres")

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 POLICIES = {"agent": REPO / "docs" / "acl" / "agent-mode.hcl", "catalog": REPO / "docs" / "acl" / "catalog-mode.hcl"}
 HEALTH = 'interval = "2s"\ntimeout = "300ms"\ncount = 1\nfailures_before_critical = 1\nttl = "1m"\nheartbeat_ttl = "6s"'
 #: Events that mean a write or read was refused or failed somewhere.
-FAILURES = {"cycle_failed", "cycle_crashed", "action_failed", "health_round_failed", "heartbeat_failed"}
+FAILURES = {"cycle_failed", "cycle_crashed", "action_failed", "health_round_failed", "heartbeat_failed", "consul_watch_failed"}
 
 
 def _icmp() -> str | None:
@@ -133,7 +133,7 @@ def test_shipped_policy_rules_are_exactly_these(mode: str) -> None:
     text = POLICIES[mode].read_text()
     rules = " ".join(line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
     expected = {
-        "agent": 'service_prefix "" { policy = "write" }',
+        "agent": 'service_prefix "" { policy = "write" } agent_prefix "" { policy = "read" } node_prefix "" { policy = "read" }',
         "catalog": 'node_prefix "" { policy = "write" } service_prefix "" { policy = "write" }',
     }
     assert rules == expected[mode]
