@@ -58,10 +58,12 @@ class App:
         health: bool = False,
         startup: StartupWindow | None = None,
         standalone: bool = True,
+        watch: bool = False,
     ) -> Reconciler:
         """A reconciler over this process's parts; ``settings`` are the reloaded ones
         (``daemon``), by default those the app was built with. ``health``: with the
-        health loop (when health is on)."""
+        health loop (when health is on); ``watch``: with the Consul watch (``run``,
+        when ``sync.watch_consul``), so that cycles may reuse an unchanged read."""
         settings = settings or self.settings
         same = (settings.cbsd, settings.sync.discover_addresses) == (self.settings.cbsd, self.settings.sync.discover_addresses)
         source = self.source if same else _source(settings)
@@ -71,6 +73,7 @@ class App:
         return Reconciler(
             settings, source, self.store, should_stop=should_stop, quiet_noop=quiet_noop,
             health=self.health_loop() if health else None, startup=startup, standalone=standalone, discovery=discovery,
+            watch=self.consul_watch() if watch and settings.sync.watch_consul else None,
         )
 
     def consul_answers(self, timeout: float) -> bool:

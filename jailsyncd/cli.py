@@ -331,7 +331,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
     daemon = Daemon(
         settings,
-        lambda s, should_stop: app.reconciler(s, should_stop, quiet_noop=True, health=True, startup=startup, standalone=False),
+        lambda s, should_stop: app.reconciler(s, should_stop, quiet_noop=True, health=True, startup=startup, standalone=False, watch=True),
         load,
         log_overrides=(args.log_format, args.log_level),
         metrics=metrics,

@@ -315,14 +315,17 @@ class Daemon:
         reconciler = self._reconciler
         self.log.debug("cycle_started", cycle=reconciler.cycles + 1, reasons=reasons)
         try:
-            result = reconciler.cycle()
+            result = reconciler.cycle(reasons=reasons)
         except Exception as exc:  # noqa: BLE001 - the daemon must outlive a bug in one cycle
             self.log.exception("cycle_crashed", cycle=reconciler.cycles, error=f"{type(exc).__name__}: {exc}")
             if self.metrics:
                 self.metrics.record_crash()
             return None
         if self.metrics:
-            self.metrics.record(result)
+            if result.skipped:
+                self.metrics.record_skipped()
+            else:
+                self.metrics.record(result)
         return result
 
     # -- reload -------------------------------------------------------------------

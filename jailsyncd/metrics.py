@@ -123,7 +123,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.cycles = Counter("jailsyncd_cycles", "Reconcile cycles run, by result (ok, failed, crashed).", ["result"], registry=r)
+        self.cycles = Counter("jailsyncd_cycles", "Reconcile cycles run, by result (ok, failed, crashed; skipped: nothing changed on either side, nothing read).", ["result"], registry=r)
         self.duration = Histogram(
             "jailsyncd_cycle_duration_seconds", "Wall time of reconcile cycles.", registry=r,
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
@@ -280,6 +280,11 @@ class Metrics:
         self.pending.set(len(summary.drift))
         self._streaks = drift_streaks(self._streaks, summary.drift)
         self.repeated.set(max(self._streaks.values(), default=0))
+
+    def record_skipped(self) -> None:
+        """A cycle with nothing changed on either side: counted, the gauges stay as the
+        last cycle that ran left them."""
+        self.cycles.labels("skipped").inc()
 
     def record_crash(self) -> None:
         self.cycles.labels("crashed").inc()

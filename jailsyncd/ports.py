@@ -41,6 +41,11 @@ class CbsdReader(Protocol):
         """CBSD's node name, read now; raises ``SourceError`` when it cannot be read."""
         ...
 
+    def unchanged(self) -> bool:
+        """Whether a read now would return what the last complete read did (cheap: no
+        DB is opened); False when it cannot tell."""
+        ...
+
 
 class ConsulStore(Protocol):
     """Consul as a reconcile cycle sees it, in the mode's records: the desired

@@ -33,7 +33,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from jailsyncd import events
 from jailsyncd.desired import build_desired
@@ -44,7 +44,7 @@ from jailsyncd.logs import get_logger
 from jailsyncd.model import Action, CbsdState, Confirmation, Desired, Observed, Pending, Plan, Record, Startup
 from jailsyncd.plan import autostart_stopped, field_changes, purge_plan, track_burst
 from jailsyncd.plan import plan as make_plan
-from jailsyncd.ports import AddressFinder, CbsdReader, ConsulStore
+from jailsyncd.ports import AddressFinder, CbsdReader, ConsulStore, ConsulWatch
 from jailsyncd.settings import Settings
 
 if TYPE_CHECKING:  # the health loop is handed in; reconcile never builds one
@@ -93,6 +93,14 @@ class Observation:
     #: ``standalone`` reconcilers with health on in agent mode: whether a daemon's
     #: heartbeat is alive in Consul, so that its health is left to it.
     daemon_running: bool = False
+    #: ``observed`` is the last cycle's read of Consul, kept because the Consul watch
+    #: saw no change since (its check statuses may be older than the health loop's).
+    cached: bool = False
+
+
+#: Reasons for a cycle that always read both sides (``run``): everything but the
+#: periodic tick and the two change feeds, whose cycles may reuse what is known.
+INCREMENTAL_REASONS = frozenset({"interval", "change", "consul"})
 
 
 @dataclass(frozen=True)
@@ -127,6 +135,11 @@ class CycleResult:
     writes: int = 0
     #: Bytes of the answers' bodies (uncompressed), reads and writes.
     bytes_read: int = 0
+    #: Nothing changed on either side since the last cycle: nothing was read, planned
+    #: or written (``run``'s periodic and change-feed cycles only).
+    skipped: bool = False
+    #: Consul was not read: the last cycle's read was reused (the watch saw no change).
+    consul_cached: bool = False
     #: Services this host owns in Consul after the cycle (from the observed state
     #: plus what was applied).
     managed: int = 0
@@ -173,8 +186,21 @@ class Reconciler:
         standalone: bool = False,
         discovery: AddressFinder | None = None,
         wall: Callable[[], float] = time.time,
+        watch: ConsulWatch | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        #: ``run`` with ``sync.watch_consul``: Consul's change feed, whose generation
+        #: tells whether the last read of Consul still holds (``cycle``'s ``reasons``).
+        self.watch = watch
+        self.clock = clock
+        #: The last read of Consul: owner, what it said, the watch generation it was
+        #: made at, and when (``clock``).
+        self._consul: tuple[str, Observed, int, float] | None = None
+        #: The last cycle succeeded, wrote nothing and left nothing waiting on time
+        #: (a held or confirming deregistration, discovered addresses that expire):
+        #: with nothing changed since, the next one would do nothing.
+        self._quiet = False
         self.source = source
         #: The mode's store, made once per process (``app``); its counters are read
         #: before and after a cycle.
@@ -213,11 +239,13 @@ class Reconciler:
 
     # -- the operations ------------------------------------------------------------
 
-    def observe(self) -> Observation:
+    def observe(self, *, reuse_consul: bool = False) -> Observation:
         """Read CBSD (a failed or partial read raises before Consul is touched), build
         the desired state and the mode's records of it, read what this host owns in
         Consul, and let the mode finish the records with what only Consul can tell
-        (agent mode: the token's accessor, a running daemon's heartbeat)."""
+        (agent mode: the token's accessor, a running daemon's heartbeat).
+        ``reuse_consul``: take the last read of Consul instead, if it was made for the
+        same owner at the watch's current generation."""
         state = self.source.read()  # raises (retryable) while CBSD's node name cannot be read
         # The owner is never guessed: host.name, else the node name read with this state.
         owner = self.owner = self.settings.host.name or state.nodename or ""
@@ -238,9 +266,19 @@ class Reconciler:
             )
             desired = self.store.records(desired, self.settings)
             self._memo = (state, desired, discovered)
-        observed = self.store.read(owner, frozenset(r.place for r in desired.records if r.place))
+        places = frozenset(r.place for r in desired.records if r.place)
+        last = self._consul
+        cached = reuse_consul and last is not None and self.watch is not None and last[0] == owner and last[2] == self.watch.generation
+        if cached and last is not None and not places - {r.place for r in last[1].owned} - last[1].foreign_places:
+            observed = last[1]
+        else:
+            cached = False
+            # The generation before the read: a change during it is read next time.
+            generation = self.watch.generation if self.watch is not None else 0
+            observed = self.store.read(owner, places)
+            self._consul = (owner, observed, generation, self.clock())
         desired, daemon_running = self.store.settle(desired, observed, standalone=self.standalone, settings=self.settings)
-        return Observation(owner, observed, state, desired, desired.host, daemon_running)
+        return Observation(owner, observed, state, desired, desired.host, daemon_running, cached=cached)
 
     def plan(self, observation: Observation, *, force: bool = False) -> Plan:
         """The changes that make Consul match the desired state, with the safety rails
@@ -317,7 +355,9 @@ class Reconciler:
             log.warning("cycle_abandoned", remaining=len(actions) - done)
             return Applied(tuple(counts.items()), tuple(failed), abandoned=True)
         if self.health is not None and observation.desired is not None:
-            consul_status = {check_id: status for check_id, status, _ in observation.observed.check_status}
+            # A reused read's statuses may be older than what the health loop wrote since:
+            # it keeps its own record then.
+            consul_status = {} if observation.cached else {check_id: status for check_id, status, _ in observation.observed.check_status}
             held = tuple(with_ttl(s, self.settings.health.ttl) for s in plan.held)  # still probed
             failed_ids = {a.service.service_id for a, _ in failed}
             self.health.sync(health_services(observation.desired, observation.observed, plan, failed_ids) + held, consul_status, registered)
@@ -325,14 +365,46 @@ class Reconciler:
 
     # -- one cycle -----------------------------------------------------------------
 
-    def cycle(self, *, apply: bool = True, force: bool = False, purge: bool = False) -> CycleResult:
+    def incremental(self, reasons: Sequence[str] | None) -> bool:
+        """Whether a cycle asked for by ``reasons`` may reuse what the last one knew:
+        only in ``run`` (``reasons`` given) with the Consul watch answering, for the
+        periodic tick and the change feeds, after a quiet cycle, and while a full read
+        of Consul is younger than ``sync.resync`` (the safety net)."""
+        last = self._consul
+        return (
+            reasons is not None
+            and set(reasons) <= INCREMENTAL_REASONS
+            and not self.standalone
+            and self.watch is not None
+            and self.watch.healthy
+            and self._quiet
+            and last is not None
+            and self.clock() - last[3] < self.settings.sync.resync
+        )
+
+    def cycle(self, *, apply: bool = True, force: bool = False, purge: bool = False, reasons: Sequence[str] | None = None) -> CycleResult:
         """observe, plan and (with ``apply``) apply, or the same for ``purge``; logs the
-        drift and one summary; never raises a ``JailsyncdError`` (it is in ``error``)."""
+        drift and one summary; never raises a ``JailsyncdError`` (it is in ``error``).
+
+        ``reasons`` (``run`` only: why the daemon asked) lets a cycle work in proportion
+        to what changed (docs/architecture.md, "Work in proportion to what changed"):
+        with nothing changed on either side (CBSD's files keep their stamps, the
+        Consul watch's generation has not moved) it is skipped, reading nothing;
+        with only CBSD changed it reuses the last read of Consul."""
+        incremental = apply and not purge and not force and self.incremental(reasons)
+        if incremental and self._consul is not None and self.watch is not None and self._consul[2] == self.watch.generation and self.source.unchanged():
+            self.cycles += 1
+            self.log.debug("cycle_skipped", cycle=self.cycles, reasons=list(reasons or ()))
+            return CycleResult(self.cycles, skipped=True, owner=self.owner)
         self.cycles += 1
         result = CycleResult(self.cycles)
         log = self.log.bind(cycle=self.cycles)
         started = time.monotonic()
         requests, writes, read_bytes = self.store.requests, self.store.writes, self.store.bytes_read
+        # Catalog mode keeps the check statuses of its last read to write a changed
+        # check's definition with: with health on those must be fresh.
+        reuse = incremental and not (self.settings.consul.mode == "catalog" and self.settings.health.enabled)
+        self._quiet = False
         try:
             if purge:
                 observation = self.observe_owned()
@@ -340,7 +412,8 @@ class Reconciler:
                 result.plan = self.purge_plan(observation)
                 self._report_collisions(log, result.plan, observation.host)
             else:
-                observation = self.observe()
+                observation = self.observe(reuse_consul=reuse)
+                result.consul_cached = observation.cached
                 result.owner = observation.owner
                 result.plan = self.plan(observation, force=force)
                 result.desired, result.state, result.daemon_running = observation.desired, observation.state, observation.daemon_running
@@ -358,6 +431,14 @@ class Reconciler:
             result.duration = time.monotonic() - started
             result.requests, result.writes = self.store.requests - requests, self.store.writes - writes
             result.bytes_read = self.store.bytes_read - read_bytes
+        plan = result.plan
+        self._quiet = bool(
+            apply and not purge and result.error is None and not result.failed and result.writes == 0 and plan is not None
+            and not (plan.held or plan.confirming or plan.refused or plan.burst) and self._pending is None
+            and not (self._memo is not None and self._memo[2])  # discovered addresses expire: look again
+        )
+        if result.error is not None or result.failed:
+            self._consul = None  # read again next time
         self._summarise(log, result, apply)
         return result
 

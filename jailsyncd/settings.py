@@ -141,6 +141,11 @@ class SyncSettings:
     #: change, or per 5 minutes when nothing changes) and repairs a change made there
     #: by hand within about a second; false: only the periodic cycle notices it.
     watch_consul: bool = True
+    #: With the Consul watch running, a periodic cycle reads Consul again only when
+    #: the watch saw a change there, or at least this long after the last full read
+    #: (the safety net); a periodic cycle with nothing changed on either side reads
+    #: nothing at all.
+    resync: float = 300.0
     #: After consecutive failed cycles the retry delay doubles from 1 s up to this.
     backoff_max: float = 120.0
     #: Deregister everything this host owns when ``run`` stops (SIGTERM/SIGINT).
@@ -275,6 +280,7 @@ MIN_DURATION = {
     "sync.interval": 1.0,
     "sync.backoff_max": 1.0,  # the first retry waits 1 s anyway
     "sync.watch_interval": 0.1,
+    "sync.resync": 1.0,
     "health.interval": 1.0,
     "health.timeout": 0.1,
     "consul.timeout": 0.1,

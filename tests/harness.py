@@ -42,7 +42,7 @@ class RunningDaemon:
         return [e for e in events if name is None or e["event"] == name]
 
     def finished_cycles(self) -> int:
-        return len(self.events("cycle_finished")) + len(self.events("cycle_failed"))
+        return len(self.events("cycle_finished")) + len(self.events("cycle_failed")) + len(self.events("cycle_skipped"))
 
     def kick(self) -> None:
         subprocess.run([sys.executable, "-m", "jailsyncd", "kick", "--pidfile", str(self.pidfile)], check=True, cwd=str(REPO))

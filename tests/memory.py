@@ -33,9 +33,14 @@ class MemorySource:
 
     def read(self) -> CbsdState:
         self.reads += 1
+        self._read = None
         if self.fail is not None:
             raise self.fail
+        self._read = self.state
         return self.state
+
+    def unchanged(self) -> bool:
+        return getattr(self, "_read", None) is self.state and self.fail is None
 
     def nodename(self) -> str:
         assert self.state.nodename is not None
@@ -129,3 +134,15 @@ class MemoryProber:
     def run_round(self, probes: list[Probe], *, count: int, timeout: float, rate: float | None = None) -> RoundReport:
         self.rounds += 1
         return RoundReport(results={p.key: ProbeResult(p.address in self.up, "up" if p.address in self.up else "down") for p in probes})
+
+
+class MemoryWatch:
+    """Consul's change feed as the reconciler sees it (``ports.ConsulWatch``): the test
+    moves ``generation`` when "Consul changed" and sets ``healthy``."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self.healthy = True
+
+    def wait_change(self, owner: str, timeout: float | None = None) -> bool:
+        return False

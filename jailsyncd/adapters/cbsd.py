@@ -103,6 +103,10 @@ class CbsdSource:
         self._vm_cache: dict[str, tuple[tuple[_FileStamp | None, _FileStamp | None], dict[str, Any]]] = {}
         #: Per-VM DBs actually opened by the last ``read()`` (the others came from cache).
         self.vm_reads = 0
+        #: The per-VM DBs the last read used, and the stamps ``unchanged`` compares
+        #: (None: the last read cannot vouch for itself).
+        self._vm_paths: frozenset[str] = frozenset()
+        self._last: tuple[frozenset[str], tuple[Any, ...]] | None = None
 
     def nodename(self) -> str:
         """CBSD's node name, from ``$workdir/nodename`` (written by ``cbsd initenv``),
@@ -124,9 +128,37 @@ class CbsdSource:
             raise SourceCorrupt(f"{path}: CBSD's node name file is empty")
         return name
 
+    def unchanged(self) -> bool:
+        """Whether a read now would return what the last complete read did, told by a
+        few stats and no DB open (``reconcile`` skips a periodic cycle on it): the node
+        DB and its ``-wal``, the node name file and the per-VM DBs that read used keep
+        the stamps they had around it. False after a failed read, when a file changed
+        during the read, or was written within ``RACY_WINDOW`` of it (a second write
+        in the same timestamp granule would leave the same stamp)."""
+        if self._last is None:
+            return False
+        return self._stamps(self._last[0]) == self._last
+
+    def _stamps(self, vm_paths: frozenset[str]) -> tuple[frozenset[str], tuple[Any, ...]]:
+        return vm_paths, (db_stamp(str(self.node_db)), _file_stamp(str(nodename_path(self.workdir))), tuple(db_stamp(p) for p in sorted(vm_paths)))
+
     def read(self) -> CbsdState:
         """A complete, consistent read of CBSD's node name, the node DB and the per-VM
         DBs of running VMs."""
+        self._last = None
+        before = self._stamps(frozenset())
+        read_at = time.time_ns()
+        state = self._read()
+        after = self._stamps(self._vm_paths)
+        # A per-VM DB is vouched for by the stamp taken before its settings were read
+        # (the cache's), or by being absent; one read but not cached was racy.
+        vms = tuple(self._vm_cache[p][0] if p in self._vm_cache else (None, None) for p in sorted(self._vm_paths))
+        node, name = after[1][0], after[1][1]
+        if before[1][:2] == after[1][:2] and vms == after[1][2] and node[0] is not None and not _racy(node, read_at) and not _racy((name, None), read_at):
+            self._last = after
+        return state
+
+    def _read(self) -> CbsdState:
         raw_rows = self._read_db(self.node_db, self._read_node)  # first: a missing workdir names the DB
         nodename = self.nodename()
         environments: list[Environment] = []
@@ -154,6 +186,7 @@ class CbsdSource:
                 except SourceError as exc:
                     unreadable.append((env.jname, str(exc)))
             environments.append(env)
+        self._vm_paths = frozenset(running_vms)
         for gone in self._vm_cache.keys() - running_vms:
             del self._vm_cache[gone]  # stopped or destroyed: read afresh when it runs again
         return CbsdState(nodename, tuple(environments), tuple(unreadable), nameless)

@@ -162,3 +162,48 @@ def test_no_handle_is_kept_between_reads(tmp_path: Path) -> None:
         source.read()
     fds = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}")]
     assert not [fd for fd in fds if "cbsd dir" in fd]
+
+
+def test_unchanged_tells_whether_a_read_now_would_repeat_the_last(workdir: Workdir, no_racy_window: None) -> None:
+    """``CbsdSource.unchanged()`` (issue 13, target 3: a periodic cycle with nothing
+    changed skips everything on it): True after a read while the node DB, its
+    ``-wal``, the node name file and the running VMs' DBs keep their stamps; False
+    before any read, after a write to any of them, and after a failed read. Our own
+    read may create an empty ``-wal`` that the writer had removed: such a read cannot
+    vouch for itself, the next one does (``reread``)."""
+    workdir.add("j1", jid=3, status=1, ip4_addr="127.0.0.3")
+    workdir.add("vm1", jid=4242, status=1, emulator="bhyve", ip4_addr="127.0.0.50")
+    source = CbsdSource(workdir.root)
+    assert not source.unchanged()
+
+    def reread() -> None:
+        source.read()
+        if not source.unchanged():
+            source.read()
+        assert source.unchanged()
+
+    reread()
+    assert source.unchanged()
+    workdir.set("j1", ip4_addr="127.0.0.4")  # the node DB
+    assert not source.unchanged()
+    reread()
+    workdir.set_vm("vm1", ip4_addr="127.0.0.51")  # a running VM's own DB
+    assert not source.unchanged()
+    reread()
+    (workdir.root / "nodename").write_text("node2\n")  # the owner may follow it
+    assert not source.unchanged()
+    reread()
+    assert source.read().nodename == "node2"
+    workdir.node_db.rename(workdir.node_db.with_suffix(".gone"))
+    with pytest.raises(cbsd.SourceError):
+        source.read()
+    assert not source.unchanged()
+
+
+def test_unchanged_distrusts_files_written_just_before_the_read(workdir: Workdir) -> None:
+    """Within ``RACY_WINDOW`` of a write a second write could keep the same stamp:
+    such a read cannot vouch for itself."""
+    workdir.add("j1", jid=3, status=1, ip4_addr="127.0.0.3")
+    source = CbsdSource(workdir.root)
+    source.read()
+    assert not source.unchanged()

@@ -68,7 +68,7 @@ class FailingReconciler:
         self.times: list[float] = []
         self._clock = clock
 
-    def cycle(self) -> CycleResult:
+    def cycle(self, reasons: object = None) -> CycleResult:
         self.cycles += 1
         self.times.append(self._clock())
         result = CycleResult(self.cycles)

@@ -19,7 +19,7 @@ from jailsyncd.settings import Settings, load_settings
 class IdleReconciler:
     cycles = 0
 
-    def cycle(self) -> CycleResult:
+    def cycle(self, reasons: object = None) -> CycleResult:
         raise AssertionError("no cycle runs in these tests")
 
 
