@@ -72,9 +72,10 @@ def test_agent_settle_marks_the_token_and_keeps_a_running_daemons_heartbeat():
     observed = Observed((alive,), check_status=(("jailsyncd.heartbeat:ttl", "passing", ""),))
     kept, running = agent.ConsulAgent.settle(desired, observed, standalone=True, settings=settings)
     assert running and [r for r in kept.records if r.is_self] == [alive]
-    alone, running = agent.ConsulAgent.settle(desired, Observed(()), standalone=True, settings=settings)
+    alone, running = agent.ConsulAgent.settle(desired, Observed((), token_accessor="acc-1"), standalone=True, settings=settings)
     [heartbeat] = [r for r in alone.records if r.is_self]
     assert not running and heartbeat.checks[0].ttl == settings.health.ttl and "by=once" in str(heartbeat.value("checks"))
+    assert dict(heartbeat.meta)["jailsyncd-token-accessor"] == "acc-1"  # registered with the token in use, like the rest
 
 
 # -- catalog mode -------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from jailsyncd.adapters.consul import _rejects_payload
 from jailsyncd.adapters.probe import RoundReport
 from jailsyncd.errors import ConsulError, ConsulRejected
 from jailsyncd.adapters.consul import agent
-from jailsyncd.adapters.consul.agent import STANDALONE_MARK, daemon_heartbeat, self_record
+from jailsyncd.adapters.consul.agent import STANDALONE_MARK, daemon_heartbeat, self_record, standalone_self_record
 from jailsyncd.health import PASSING, ProbeResult
 from jailsyncd.healthloop import HealthLoop
 from jailsyncd.metrics import Metrics
@@ -73,7 +73,7 @@ def observed_heartbeat(notes_of: Record, status: str) -> Observed:
 
 def test_a_running_daemons_heartbeat_is_recognised():
     daemon = self_record("n1", "node1", 30)
-    standalone = self_record("n1", "node1", 3600, standalone=True)
+    standalone = standalone_self_record(daemon, 3600)
     assert daemon_heartbeat(observed_heartbeat(daemon, PASSING)) == daemon
     assert daemon_heartbeat(observed_heartbeat(daemon, "critical")) is None  # dead (expired)
     assert daemon_heartbeat(observed_heartbeat(standalone, PASSING)) is None  # once's, not a daemon's

@@ -102,10 +102,11 @@ class ConsulAgent(StoreBase):
         the heartbeat is wanted with ``health.ttl``. Returns the records and whether a
         daemon runs."""
         desired = mark_token(desired, observed.token_accessor)
-        if not standalone or not settings.health.enabled or not any(r.is_self for r in desired.records):
+        mine = [r for r in desired.records if r.is_self]
+        if not standalone or not settings.health.enabled or not mine:
             return desired, False
         running = daemon_heartbeat(observed)
-        heartbeat = running if running is not None else self_record(desired.owner, desired.host, settings.health.ttl, standalone=True)
+        heartbeat = running if running is not None else standalone_self_record(mine[0], settings.health.ttl)
         return replace(desired, records=tuple(heartbeat if r.is_self else r for r in desired.records)), running is not None
 
     @staticmethod
@@ -314,21 +315,25 @@ def record_of(service: Service) -> Record:
     return Record(service.service_id, service.jail, fields, owner=meta.get(META_OWNER, ""), cbsd_host=meta.get(META_HOST, ""), checks=service.checks)
 
 
-def self_record(owner: str, host: str, ttl: float, *, standalone: bool = False) -> Record:
+def self_record(owner: str, host: str, ttl: float) -> Record:
     """jailsyncd's own service on the agent, carrying the heartbeat TTL check. Each
     jail's alias check mirrors it: if the daemon dies, every jail turns critical
-    within one heartbeat TTL for the price of one write per refresh, not one per jail.
+    within one heartbeat TTL for the price of one write per refresh, not one per jail."""
+    spec = CheckSpec(SELF_CHECK_ID, "jailsyncd heartbeat", "heartbeat", ttl=ttl)
+    meta = tuple(sorted({META_SOURCE: "jailsyncd", META_OWNER: owner, META_HOST: host}.items()))
+    fields = _fields(SELF_SERVICE_NAME, "", 0, frozenset(), meta, (), frozenset({(SELF_CHECK_ID, "ttl", f"jailsyncd heartbeat ttl={_ttl_text(ttl)}")}))
+    return Record(SELF_SERVICE_ID, SELF_SERVICE_ID, fields, owner=owner, cbsd_host=host, checks=(spec,))
 
-    ``standalone``: as ``once`` registers it when no daemon runs: its TTL is
+
+def standalone_self_record(heartbeat: Record, ttl: float) -> Record:
+    """The heartbeat service as ``once`` registers it when no daemon runs: its TTL is
     ``health.ttl``, the TTL of the jails' own checks, so that the alias checks of the
     jails ``once`` found answering stay passing as long as their probe results do,
     instead of ``heartbeat_ttl`` (seconds) after ``once`` exits. The notes say so,
     which is how the next ``once`` tells it from a running daemon's heartbeat."""
-    spec = CheckSpec(SELF_CHECK_ID, "jailsyncd heartbeat", "heartbeat", ttl=ttl)
-    notes = f"jailsyncd heartbeat ttl={_ttl_text(ttl)}" + (f" {STANDALONE_MARK}" if standalone else "")
-    meta = tuple(sorted({META_SOURCE: "jailsyncd", META_OWNER: owner, META_HOST: host}.items()))
-    fields = _fields(SELF_SERVICE_NAME, "", 0, frozenset(), meta, (), frozenset({(SELF_CHECK_ID, "ttl", notes)}))
-    return Record(SELF_SERVICE_ID, SELF_SERVICE_ID, fields, owner=owner, cbsd_host=host, checks=(spec,))
+    spec = replace(heartbeat.checks[0], ttl=ttl)
+    notes = f"jailsyncd heartbeat ttl={_ttl_text(ttl)} {STANDALONE_MARK}"
+    return replace(heartbeat.with_values(checks=frozenset({(SELF_CHECK_ID, "ttl", notes)})), checks=(spec,))
 
 
 def records(desired: Desired, settings: Settings) -> Desired:
@@ -408,15 +413,16 @@ def service_payload(record: Record, statuses: dict[str, str] | None = None) -> d
     }
 
 
-def probed_checks(address: str, checks: Sequence[tuple[str, str, str]], kinds: Sequence[str]) -> tuple[CheckSpec, ...]:
-    """The definitions of the probed checks among what Consul returns of a service's
-    checks (ID, kind, notes ``jailsyncd probe=...``), for a record read back; their
-    TTL is set by whoever probes them (``health.with_ttl``)."""
+def _probed_checks(address: str, checks: Sequence[tuple[str, str, str]]) -> tuple[CheckSpec, ...]:
+    """The definitions of the probed TTL checks among what the agent returns of a
+    service's checks (ID, type, the notes ``check_notes`` wrote), for a record read
+    back; the alias and the heartbeat are not probed. Their TTL is set by whoever
+    probes them (``health.with_ttl``)."""
     specs = []
     for check_id, kind, notes in sorted(checks):
         probe = next((word.removeprefix("probe=") for word in notes.split() if word.startswith("probe=")), "")
-        if kind in kinds and probe and probe != "heartbeat":
-            specs.append(CheckSpec(check_id, f"{probe} {address}", probe, on_host=kind == "node" or (kind == "ttl" and probe == "ping")))
+        if kind == "ttl" and probe:
+            specs.append(CheckSpec(check_id, f"{probe} {address}", probe, on_host=probe == "ping"))
     return tuple(specs)
 
 
@@ -433,4 +439,4 @@ def record_from_consul(entry: dict[str, Any], checks: Sequence[dict[str, Any]] =
         tuple(sorted(meta.items())), tuple(sorted((k, v.get("Address", "")) for k, v in tagged.items())), triples,
     )
     jail = meta.get(META_JNAME, sid.removeprefix(SERVICE_ID_PREFIX))
-    return Record(sid, jail, fields, owner=meta.get(META_OWNER, ""), cbsd_host=meta.get(META_HOST, ""), checks=probed_checks(address, tuple(triples), ("ttl",)))
+    return Record(sid, jail, fields, owner=meta.get(META_OWNER, ""), cbsd_host=meta.get(META_HOST, ""), checks=_probed_checks(address, tuple(triples)))
