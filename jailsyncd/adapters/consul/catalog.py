@@ -18,7 +18,6 @@ from dataclasses import replace
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from jailsyncd.aclcheck import Need, write_needs
-from jailsyncd.adapters.consul.agent import probed_checks
 from jailsyncd.adapters.consul.transport import MAX_OUTPUT, ConsulClient, StoreBase, strict_json, txn_result
 from jailsyncd.desired import MAX_META_PAIRS, NAMELESS
 from jailsyncd.errors import ConsulDenied, ConsulError, ConsulRejected, JailsyncdError
@@ -440,6 +439,18 @@ def _triple(spec: CheckSpec) -> tuple[str, str, str]:
     return (spec.check_id, "node" if spec.on_host else "service", _notes(spec))
 
 
+def _probed_checks(address: str, checks: Sequence[tuple[str, str, str]]) -> tuple[CheckSpec, ...]:
+    """The definitions of the checks among what the catalog returns of a node's
+    checks (ID, node or service check, the notes ``_notes`` wrote), for a record read
+    back. Their TTL is set by whoever probes them (``health.with_ttl``)."""
+    specs = []
+    for check_id, kind, notes in sorted(checks):
+        probe = next((word.removeprefix("probe=") for word in notes.split() if word.startswith("probe=")), "")
+        if probe:
+            specs.append(CheckSpec(check_id, f"{probe} {address}", probe, on_host=kind == "node"))
+    return tuple(specs)
+
+
 def _triples(record: Record) -> frozenset[tuple[str, str, str]]:
     value = record.value("checks")
     return frozenset(c for c in value if isinstance(c, tuple)) if isinstance(value, frozenset) else frozenset()
@@ -542,5 +553,5 @@ def record_from_catalog(dump: dict[str, Any], entry: dict[str, Any], checks: lis
     return Record(
         sid, meta.get(META_JNAME, sid.removeprefix(SERVICE_ID_PREFIX)), fields, place=dump["Node"],
         owner=meta.get(META_OWNER) or node_meta.get(META_OWNER, ""), cbsd_host=meta.get(META_HOST) or node_meta.get(META_HOST) or "",
-        checks=probed_checks(address, tuple(triples), ("node", "service")),
+        checks=_probed_checks(address, tuple(triples)),
     )
