@@ -100,3 +100,26 @@ def test_a_caller_that_stops_early_leaves_nothing_running() -> None:
     sent = list(rec.sent)
     assert sent in ([0], [0, 1])
     assert not [t for t in threading.enumerate() if t.name.startswith("consul-txn")], "the helper thread is gone"
+
+
+def test_one_batch_is_sent_by_the_caller_and_batches_are_built_as_they_are_needed() -> None:
+    rec = Recorder()
+    assert list(_one_after_another(BATCHES[:1], rec.send, lambda: False)) == [(0, "ok"), (1, "ok"), (2, "ok")]
+    assert rec.threads == {threading.get_ident()}, "one transaction: no helper thread"
+
+    built: list[int] = []
+    built_when_sent: list[int] = []
+
+    def batches():
+        for batch in BATCHES:
+            built.append(batch[0] // 10)
+            yield batch
+
+    def send(batch: list[int]) -> list[tuple[int, str]]:
+        built_when_sent.append(len(built))
+        return [(item, "ok") for item in batch]
+
+    assert len(list(_one_after_another(batches(), send, lambda: False))) == 18
+    # The operations of a batch are built while the one before it is out, never all first.
+    assert all(count <= sent + 3 for sent, count in enumerate(built_when_sent)), built_when_sent
+    assert built_when_sent[0] <= 2

@@ -15,7 +15,7 @@ import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from jailsyncd.aclcheck import Need, write_needs
 from jailsyncd.adapters.consul.transport import MAX_OUTPUT, ConsulClient, StoreBase, strict_json, txn_result
@@ -225,13 +225,8 @@ class ConsulCatalog(StoreBase):
         of jails costs about Consul's own time (docs/performance.md). Still only one
         transaction is in flight at a time, the next is sent only after the last one
         succeeded, and ``should_stop`` is asked just before each is sent."""
-        batches = _batches([(a, self._ops(a)) for a in actions], MAX_TXN_OPS)
-        if len(batches) <= 1:
-            for batch in batches:
-                if should_stop():
-                    return
-                yield from self._txn(batch)
-            return
+        # Each transaction's operations are built while the one before is out.
+        batches = _batches(((a, self._ops(a)) for a in actions), MAX_TXN_OPS)
         yield from _one_after_another(batches, lambda batch: list(self._txn(batch)), should_stop)
 
     def write_checks(self, writes: list[tuple[Target, str, str]]) -> Iterator[tuple[tuple[Target, str, str], JailsyncdError | None]]:
@@ -343,13 +338,15 @@ _Result = TypeVar("_Result")
 
 
 def _one_after_another(
-    batches: list[_Batch], send: Callable[[_Batch], list[_Result]], should_stop: Callable[[], bool]
+    batches: Iterable[_Batch], send: Callable[[_Batch], list[_Result]], should_stop: Callable[[], bool]
 ) -> Iterator[_Result]:
-    """``send(batch)`` for each batch, in order, on one helper thread, yielding each
-    batch's results while the next is being sent. The helper runs one batch at a
-    time; after a batch raised, or once ``should_stop()`` (asked on the helper, just
-    before each send), nothing more is sent, and the error is raised here in its turn.
-    Leaving early (the caller stops iterating) waits for the batch being sent."""
+    """``send(batch)`` for each batch, in order, yielding each batch's results. With
+    more than one batch, the sends run on one helper thread, and the next batch is
+    taken from ``batches`` (built) and queued while the one before is being sent and
+    its results handed over. The helper runs one batch at a time; after a batch
+    raised, or once ``should_stop()`` (asked just before each send), nothing more is
+    sent, and the error is raised here in its turn. Leaving early (the caller stops
+    iterating) waits for the batch being sent."""
     halted = threading.Event()
 
     def run(batch: _Batch) -> list[_Result] | None:
@@ -362,16 +359,25 @@ def _one_after_another(
             halted.set()  # set on the helper itself: the next queued batch sees it
             raise
 
+    it = iter(batches)
+    first = next(it, None)
+    upcoming = next(it, None) if first is not None else None
+    if first is None or upcoming is None:  # one transaction at most: no helper thread
+        yield from (run(first) or []) if first is not None else []
+        return
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="consul-txn")
     try:
-        queued = deque([pool.submit(run, batches[0])])
-        for batch in batches[1:] + [None]:
-            if batch is not None:
-                queued.append(pool.submit(run, batch))  # sent as soon as the one before is done
-            results = queued.popleft().result()
+        current = pool.submit(run, first)
+        while True:
+            queued = pool.submit(run, upcoming) if upcoming is not None else None  # sent once `current` is done
+            upcoming = next(it, None) if queued is not None else None
+            results = current.result()
             if results is None:
                 return
             yield from results
+            if queued is None:
+                return
+            current = queued
     finally:
         halted.set()
         pool.shutdown(wait=True, cancel_futures=True)
@@ -388,23 +394,22 @@ def _subject(item: Any) -> str:
     return f"check {item[0].check_id}"
 
 
-def _batches(items: list[tuple[Any, list[dict[str, Any]]]], limit: int) -> list[list[tuple[Any, list[dict[str, Any]]]]]:
+def _batches(items: Iterable[tuple[Any, list[dict[str, Any]]]], limit: int) -> Iterator[list[tuple[Any, list[dict[str, Any]]]]]:
     """Pack items into batches of at most ``limit`` operations, never splitting one
-    item's operations (an item with more than ``limit`` gets a batch of its own)."""
-    batches: list[list[tuple[Any, list[dict[str, Any]]]]] = []
+    item's operations (an item with more than ``limit`` gets a batch of its own);
+    each batch is made when asked for, from as many items as it takes."""
     current: list[tuple[Any, list[dict[str, Any]]]] = []
     size = 0
     for item, ops in items:
         if not ops:
             continue
         if current and size + len(ops) > limit:
-            batches.append(current)
+            yield current
             current, size = [], 0
         current.append((item, ops))
         size += len(ops)
     if current:
-        batches.append(current)
-    return batches
+        yield current
 
 
 def _node_body(record: Record) -> dict[str, Any]:
