@@ -198,8 +198,8 @@ class Reconciler:
         #: made at, and when (``clock``).
         self._consul: tuple[str, Observed, int, float] | None = None
         #: The last cycle succeeded, wrote nothing and left nothing waiting on time
-        #: (a held or confirming deregistration, discovered addresses that expire):
-        #: with nothing changed since, the next one would do nothing.
+        #: (a held or confirming deregistration, a refused burst): with nothing
+        #: changed since, the next one would do nothing.
         self._quiet = False
         self.source = source
         #: The mode's store, made once per process (``app``); its counters are read
@@ -388,11 +388,15 @@ class Reconciler:
 
         ``reasons`` (``run`` only: why the daemon asked) lets a cycle work in proportion
         to what changed (docs/architecture.md, "Work in proportion to what changed"):
-        with nothing changed on either side (CBSD's files keep their stamps, the
-        Consul watch's generation has not moved) it is skipped, reading nothing;
+        with nothing changed on either side (CBSD's files keep their stamps, address
+        discovery finds what it found, the Consul watch's generation has not moved)
+        it is skipped, reading no DB and nothing from Consul;
         with only CBSD changed it reuses the last read of Consul."""
         incremental = apply and not purge and not force and self.incremental(reasons)
-        if incremental and self._consul is not None and self.watch is not None and self._consul[2] == self.watch.generation and self.source.unchanged():
+        if (
+            incremental and self._consul is not None and self.watch is not None and self._consul[2] == self.watch.generation
+            and self.source.unchanged() and self._discovery_unchanged()
+        ):
             self.cycles += 1
             self.log.debug("cycle_skipped", cycle=self.cycles, reasons=list(reasons or ()))
             return CycleResult(self.cycles, skipped=True, owner=self.owner)
@@ -435,12 +439,22 @@ class Reconciler:
         self._quiet = bool(
             apply and not purge and result.error is None and not result.failed and result.writes == 0 and plan is not None
             and not (plan.held or plan.confirming or plan.refused or plan.burst) and self._pending is None
-            and not (self._memo is not None and self._memo[2])  # discovered addresses expire: look again
         )
         if result.error is not None or result.failed:
             self._consul = None  # read again next time
         self._summarise(log, result, apply)
         return result
+
+    def _discovery_unchanged(self) -> bool:
+        """Whether address discovery, asked again for the environments of the last
+        state, finds what it found then (lease files are stat'ed, not parsed, while
+        unchanged; an expired lease or a new neighbor entry makes it differ)."""
+        if self.discovery is None:
+            return True
+        if self._memo is None:
+            return False
+        state, _, discovered = self._memo
+        return self._discover(state, self.cycles) == discovered
 
     def _nodename(self) -> str:
         """The CBSD node name for ``purge`` ('' when it cannot be read)."""

@@ -12,6 +12,7 @@ import pytest
 from memory import MemorySource, MemoryStore, MemoryWatch, jail
 
 from jailsyncd.errors import SourceLocked
+from jailsyncd.leases import Discovered
 from jailsyncd.reconcile import Reconciler
 from jailsyncd.settings import CbsdSettings, HealthSettings, HostSettings, Settings, SyncSettings
 
@@ -121,3 +122,33 @@ def test_a_refused_burst_is_never_skipped(tmp_path: Path) -> None:
     first = reconciler.cycle(reasons=["change"])
     assert first.plan is not None and first.plan.confirming and first.writes == 0
     assert not reconciler.cycle(reasons=["interval"]).skipped
+
+
+class MemoryFinder:
+    """Address discovery as the reconciler sees it (``ports.AddressFinder``): answers
+    ``found`` for every target."""
+
+    def __init__(self) -> None:
+        self.found: dict[str, Discovered] = {}
+        self.calls = 0
+
+    def discover(self, wanted, now: float) -> dict[str, Discovered]:
+        self.calls += 1
+        return {t.jname: self.found.get(t.jname, Discovered(detail="no lease")) for t in wanted}
+
+
+def test_a_skip_asks_address_discovery_again(tmp_path: Path) -> None:
+    """A DHCP jail's address comes from discovery, which can change while CBSD does
+    not (a new lease): the skip asks discovery again, and a different answer is a
+    full cycle that registers the address."""
+    settings = Settings(host=HostSettings(name="n1"), cbsd=CbsdSettings(workdir=tmp_path), health=HealthSettings(enabled=False))
+    source, store, watch, finder = MemorySource(jail("a", 1), jail("d", 2, "DHCP")), MemoryStore(), MemoryWatch(), MemoryFinder()
+    reconciler = Reconciler(settings, source, store, watch=watch, discovery=finder)
+    reconciler.cycle(reasons=["startup"])
+    reconciler.cycle(reasons=["interval"])
+    calls = finder.calls
+    assert reconciler.cycle(reasons=["interval"]).skipped and finder.calls == calls + 1
+    assert "jailsyncd-d" not in store.services
+    finder.found["d"] = Discovered(addresses=("10.0.0.77",), source="dhclient")
+    result = reconciler.cycle(reasons=["interval"])
+    assert not result.skipped and result.applied["register"] == 1 and store.services["jailsyncd-d"].address == "10.0.0.77"
