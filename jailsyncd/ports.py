@@ -72,6 +72,12 @@ class ConsulStore(Protocol):
         ours."""
         ...
 
+    def places_taken(self, places: frozenset[str]) -> frozenset[str]:
+        """Which of ``places`` exist and are not ours, asked alone (what ``read``
+        tells in ``foreign_places``): a cycle that reuses the last read asks only
+        for the places it did not cover (a new jail's node name)."""
+        ...
+
     def settle(self, desired: Desired, observed: Observed, *, standalone: bool, settings: Settings) -> tuple[Desired, bool]:
         """The records made final with what only Consul's answers tell (agent mode:
         the token in use; for ``once``/``plan`` with health on, a running daemon's

@@ -269,8 +269,13 @@ class Reconciler:
         places = frozenset(r.place for r in desired.records if r.place)
         last = self._consul
         cached = reuse_consul and last is not None and self.watch is not None and last[0] == owner and last[2] == self.watch.generation
-        if cached and last is not None and not places - {r.place for r in last[1].owned} - last[1].foreign_places:
+        if cached and last is not None:
             observed = last[1]
+            # A place the last read did not cover (a new jail's node name): ask only
+            # whether it is taken, as the read would have.
+            missing = places - {r.place for r in observed.owned} - observed.foreign_places
+            if missing:
+                observed = replace(observed, foreign_places=observed.foreign_places | self.store.places_taken(frozenset(missing)))
         else:
             cached = False
             # The generation before the read: a change during it is read next time.

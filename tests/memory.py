@@ -83,6 +83,9 @@ class MemoryStore:
     def settle(desired: Desired, observed: Observed, *, standalone: bool, settings: Settings) -> tuple[Desired, bool]:
         return desired, False
 
+    def places_taken(self, places: frozenset[str]) -> frozenset[str]:
+        return frozenset()
+
     def apply(self, actions: list[Action], should_stop: Callable[[], bool]) -> Iterator[tuple[Action, JailsyncdError | None]]:
         for action in actions:
             if should_stop():

@@ -163,3 +163,25 @@ def test_an_index_that_goes_backwards_after_a_snapshot_restore(catalog: ConsulSe
         pass
     wait_for(lambda: node_names(catalog) == {"web1.my.domain", "db1.my.domain"}, timeout=REPAIRED_WITHIN * 2, what="db1 registered again after the restore")
     assert consul_cycles(daemon) >= 1
+
+
+@pytest.mark.parametrize("mode", ["agent", "catalog"])
+def test_a_cbsd_change_costs_its_writes_and_no_re_read_of_consul(mode: str, catalog: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
+    """Issue 13, target 3: with the watch up and nothing changed in Consul, the cycle
+    a new jail asks for writes it and reads nothing of Consul back (catalog mode asks
+    only whether the new node name is taken). Before, every cycle read everything
+    (agent mode 2 requests, catalog mode 3 and more) before writing."""
+    for i in range(40):
+        workdir.add(f"j{i}", jid=i + 1, status=1, ip4_addr=f"127.0.32.{i + 1}")
+    extra = '[sync]\ninterval = "1h"\njitter = "0s"\n'  # CBSD's file events do start cycles
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=catalog, consul_extra=f'mode = "{mode}"', extra=extra)
+    daemon = start_daemon(config)
+    settle(daemon)
+    workdir.add("new1", jid=99, status=1, ip4_addr="127.0.32.99")
+    wait_for(lambda: [e for e in daemon.events("service_registered") if e["jail"] == "new1"], timeout=10, what="new1 registered")
+    [registered] = [e for e in daemon.events("service_registered") if e["jail"] == "new1"]
+    [finished] = [e for e in daemon.events("cycle_finished") if e["cycle"] == registered["cycle"]]
+    assert finished["writes"] == 1
+    # Agent mode: the registration alone. Catalog mode: one transaction, and one read-only
+    # one asking whether the node name is taken. A full read would add 3 or more.
+    assert finished["requests"] == (1 if mode == "agent" else 2), finished

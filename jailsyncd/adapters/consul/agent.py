@@ -55,6 +55,10 @@ class ConsulAgent(StoreBase):
         #: are not kept.
         self._last: tuple[tuple[str, bytes, bytes, str], Observed] | None = None
 
+    def places_taken(self, places: frozenset[str]) -> frozenset[str]:
+        """Agent mode has no places (node names): nothing to look up."""
+        return frozenset()
+
     def read(self, owner: str, places: frozenset[str] = frozenset()) -> Observed:
         """Every service and check on the agent in two requests, whatever their number;
         keep ours, and note foreign IDs that look like ours (agent records have no

@@ -143,6 +143,11 @@ class ConsulCatalog(StoreBase):
     #: Names per filtered clash-check request (keeps the URL short).
     TAKEN_BATCH = 32
 
+    def places_taken(self, places: frozenset[str]) -> frozenset[str]:
+        """Which of ``places`` (node names none of ours holds) are nodes already:
+        ``read``'s clash check alone, for a cycle that reuses the last read."""
+        return self._taken(sorted(places))
+
     def _taken(self, names: list[str]) -> frozenset[str]:
         """Which of ``names`` are nodes in the catalog (none of them is ours). Asked
         only for names a cycle wants and does not own: new jails, persistent conflicts.
