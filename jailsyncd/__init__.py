@@ -4,7 +4,7 @@ The package is layered; each module's docstring says its role and who calls it:
 
 - pure core: ``model``, ``addresses``, ``naming``, ``tagspec``, ``desired``, ``plan``
 - adapters (one per outside system): ``adapters.cbsd``, ``adapters.consul``
-- orchestration: ``reconcile`` (one cycle), ``cli`` (the only place that exits)
+- orchestration: ``reconcile`` (one cycle), ``cli`` (the only place that exits) with ``commands``
 - support: ``settings``, ``errors``, ``logs``, ``sample`` (example CBSD workdirs)
 """
 

@@ -16,7 +16,7 @@ import pytest
 from freebsd_kernel import SB_MAX_ADJ, FreeBSDKernel
 from harness import ConsulServer, log_events, write_config
 
-from jailsyncd import cli
+from jailsyncd import cli, commands
 from jailsyncd import platform as platform_module
 from jailsyncd.adapters.cbsd import CbsdSource
 from jailsyncd.adapters.consul import connect
@@ -204,7 +204,7 @@ def test_freebsd_rate_limit_default_read_from_icmplim_at_start(icmplim, setting,
     logged = io.StringIO()
     configure("json", "info", stream=logged)
     settings = load_settings(write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul, health=f"{HEALTH}\n{setting}"), env={})
-    loop = cli._health(settings)
+    loop = commands._health(settings)
     assert loop is not None and loop.rate == rate
     started = [e for e in log_events(logged.getvalue()) if e["event"] == "health_rate_limit"]
     assert len(started) == 1 and started[0]["rate_limit"] == rate and started[0]["kernel_limit"] == kernel_limit

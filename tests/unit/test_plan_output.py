@@ -10,7 +10,7 @@ import json
 import pytest
 from records import agent_record, catalog_record
 
-from jailsyncd.cli import plan_as_json, plan_as_text
+from jailsyncd.commands import plan_as_json, plan_as_text
 from jailsyncd.model import Desired, Note, Observed, Plan, Record, Skip, Update
 from jailsyncd.plan import plan
 

@@ -128,7 +128,7 @@ def test_held_service_checks_are_rebuilt_from_what_consul_returns() -> None:
 
 
 def test_plan_text_and_json_show_held_deregistrations() -> None:
-    from jailsyncd.cli import plan_as_json, plan_as_text
+    from jailsyncd.commands import plan_as_json, plan_as_text
     from jailsyncd.model import Plan
 
     held = Plan(held=(svc("a"),), held_until="2026-11-29T16:05:00Z")
