@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Any, Callable, Iterator, Sequence
 
 from jailsyncd.aclcheck import Need, write_needs
-from jailsyncd.adapters.consul.transport import MAX_OUTPUT, OK, ConsulClient, StoreBase, text_body
+from jailsyncd.adapters.consul.transport import MAX_OUTPUT, OK, ConsulClient, Sharing, StoreBase, text_body
 from jailsyncd.desired import MAX_META_PAIRS
 from jailsyncd.errors import ConsulDenied, ConsulError, ConsulRefused, ConsulRejected, JailsyncdError
 from jailsyncd.health import PASSING, Target
@@ -242,6 +242,7 @@ def _observe_agent(owner: str, services_json: str, checks_json: str, accessor: s
     for check in raw_checks.values():
         checks_by_service.setdefault(check.get("ServiceID", ""), []).append(check)
     owned: list[Record] = []
+    share = Sharing()
     foreign: set[str] = set()
     status: list[tuple[str, str, str]] = []
     for sid, entry in raw.items():
@@ -251,7 +252,7 @@ def _observe_agent(owner: str, services_json: str, checks_json: str, accessor: s
             foreign.add(sid)
             continue
         checks = checks_by_service.get(sid, [])
-        owned.append(record_from_consul(entry, checks))
+        owned.append(share(record_from_consul(entry, checks)))
         status += [(c["CheckID"], c.get("Status", ""), c.get("Output", "")) for c in checks]
     return Observed(
         owned=tuple(sorted(owned, key=lambda s: s.service_id)),
@@ -343,7 +344,8 @@ def standalone_self_record(heartbeat: Record, ttl: float) -> Record:
 def records(desired: Desired, settings: Settings) -> Desired:
     """``desired`` with its agent records: one per service, plus the heartbeat
     service when health is on."""
-    out = tuple(record_of(s) for s in desired.services)
+    share = Sharing()
+    out = tuple(share(record_of(s)) for s in desired.services)
     if settings.health.enabled:
         out += (self_record(desired.owner, desired.host, settings.health.heartbeat_ttl),)
     return replace(desired, records=out)

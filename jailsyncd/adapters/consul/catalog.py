@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from jailsyncd.aclcheck import Need, write_needs
-from jailsyncd.adapters.consul.transport import MAX_OUTPUT, ConsulClient, StoreBase, strict_json, txn_result
+from jailsyncd.adapters.consul.transport import MAX_OUTPUT, ConsulClient, Sharing, StoreBase, strict_json, txn_result
 from jailsyncd.desired import MAX_META_PAIRS, NAMELESS
 from jailsyncd.errors import ConsulDenied, ConsulError, ConsulRejected, JailsyncdError
 from jailsyncd.health import Target
@@ -100,11 +100,12 @@ class ConsulCatalog(StoreBase):
             if check.get("Node") in ours:
                 checks_by_node.setdefault(check["Node"], []).append(check)
         owned: list[Record] = []
+        share = Sharing()
         status: list[tuple[str, str, str]] = []
         for name, entries in self._node_services(ours):
             node_checks = checks_by_node.get(name, [])
             status += [(c["CheckID"], c.get("Status", ""), c.get("Output", "")) for c in node_checks]
-            owned += [record_from_catalog(ours[name], e, node_checks) for e in entries if e.get("ID", "").startswith(SERVICE_ID_PREFIX)]
+            owned += [share(record_from_catalog(ours[name], e, node_checks)) for e in entries if e.get("ID", "").startswith(SERVICE_ID_PREFIX)]
         foreign = self._taken(sorted(set(places) - set(ours)))
         self._status = {check_id: (st, out) for check_id, st, out in status}
         return Observed(owned=tuple(sorted(owned, key=lambda s: s.service_id)), foreign_places=foreign, check_status=tuple(sorted(status)))
@@ -529,6 +530,7 @@ def records(desired: Desired, catalog: CatalogSettings) -> Desired:
     jname in sort order, the other is skipped as ``conflict``."""
     nodes: dict[str, str] = {}  # node name -> jname
     out: list[Record] = []
+    share = Sharing()
     conflicts: list[Skip] = []
     for service in desired.services:
         node = node_name(catalog.node_name, fqdn=service.fqdn or service.jail, jname=service.jail, host=desired.host)
@@ -536,7 +538,7 @@ def records(desired: Desired, catalog: CatalogSettings) -> Desired:
             conflicts.append(Skip(service.jail, "conflict", f"node name {node} is already used by jail {nodes[node]}"))
             continue
         nodes[node] = service.jail
-        out.append(record_of(service, node, catalog, owner=desired.owner, host=desired.host))
+        out.append(share(record_of(service, node, catalog, owner=desired.owner, host=desired.host)))
     if not conflicts:
         return replace(desired, records=tuple(out))
     # In jname order among the others (the row without a jname last), as if found on the way.
