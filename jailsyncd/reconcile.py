@@ -280,6 +280,7 @@ class Reconciler:
             cached = False
             # The generation before the read: a change during it is read next time.
             generation = self.watch.generation if self.watch is not None else 0
+            last = self._consul = None  # the last read goes before the next is made (peak memory)
             observed = self.store.read(owner, places)
             self._consul = (owner, observed, generation, self.clock())
         desired, daemon_running = self.store.settle(desired, observed, standalone=self.standalone, settings=self.settings)
