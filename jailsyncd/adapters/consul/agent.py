@@ -233,10 +233,11 @@ def _digest(text: str) -> bytes:
 
 def _observe_agent(owner: str, services_json: str, checks_json: str, accessor: str) -> Observed:
     """What the agent's answers say this host owns (``ConsulAgent.read`` keeps the
-    last one)."""
-    raw = json.loads(services_json)
+    last one). Each service entry is turned into what is kept of it (a record, a
+    foreign ID, or nothing) as soon as the JSON parser has made it, so the parsed
+    answer is never held whole: at 5,000 jails it would be some 15 MB."""
     raw_checks = json.loads(checks_json)
-    if not isinstance(raw, dict) or not isinstance(raw_checks, dict):
+    if not isinstance(raw_checks, dict):
         raise ValueError("not a JSON object")
     checks_by_service: dict[str, list[dict[str, Any]]] = {}
     for check in raw_checks.values():
@@ -245,21 +246,42 @@ def _observe_agent(owner: str, services_json: str, checks_json: str, accessor: s
     share = Sharing()
     foreign: set[str] = set()
     status: list[tuple[str, str, str]] = []
-    for sid, entry in raw.items():
+
+    def take(sid: str, entry: dict[str, Any]) -> None:
         if not (sid.startswith(SERVICE_ID_PREFIX) or sid == SELF_SERVICE_ID):
-            continue
+            return
         if (entry.get("Meta") or {}).get(META_OWNER) != owner:
             foreign.add(sid)
-            continue
+            return
         checks = checks_by_service.get(sid, [])
         owned.append(share(record_from_consul(entry, checks)))
-        status += [(c["CheckID"], c.get("Status", ""), c.get("Output", "")) for c in checks]
+        status.extend((c["CheckID"], c.get("Status", ""), c.get("Output", "")) for c in checks)
+
+    def entry_hook(obj: dict[str, Any]) -> Any:
+        # Called for every JSON object, innermost first: a service entry (its own
+        # string ID and name) is taken at once; any other object is left as it is.
+        sid = obj.get("ID")
+        if isinstance(sid, str) and isinstance(obj.get("Service"), str):
+            take(sid, obj)
+            return _TAKEN
+        return obj
+
+    raw = json.loads(services_json, object_hook=entry_hook)
+    if not isinstance(raw, dict):
+        raise ValueError("not a JSON object")
+    for sid, entry in raw.items():
+        if entry is not _TAKEN:  # not shaped like an entry: as before, by its key
+            take(sid, entry)
     return Observed(
         owned=tuple(sorted(owned, key=lambda s: s.service_id)),
         foreign_ids=frozenset(foreign),
         check_status=tuple(sorted(status)),
         token_accessor=accessor,
     )
+
+
+#: What ``_observe_agent`` leaves in the parsed answer in place of an entry it took.
+_TAKEN = object()
 
 
 # -- agent records: jailsyncd's services as the agent API holds them -----------------------
