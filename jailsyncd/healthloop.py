@@ -24,7 +24,6 @@ from jailsyncd import events
 from jailsyncd.errors import JailsyncdError
 from jailsyncd.health import (
     CRITICAL,
-    PASSING,
     CheckState,
     Pace,
     Probe,
@@ -40,7 +39,7 @@ from jailsyncd.health import (
     targets_of,
 )
 from jailsyncd.logs import get_logger
-from jailsyncd.model import SELF_CHECK_ID, Record
+from jailsyncd.model import Record
 from jailsyncd.ports import CheckWriter, Prober
 from jailsyncd.settings import HealthSettings
 
@@ -155,7 +154,7 @@ class HealthLoop:
         with a real status instead of a write later. Also records that state."""
         targets = targets_of(services)
         results = self.probe(targets) if targets else {}
-        statuses = {SELF_CHECK_ID: PASSING}
+        statuses: dict[str, str] = {}
         with self._lock:
             for t in targets:
                 if t.check_id not in results:  # not probed (the prober failed): registered critical

@@ -59,6 +59,7 @@ def test_agent_records_add_the_heartbeat_with_health_only():
     assert [r.service_id for r in on.records] == ["jailsyncd-web1", SELF_SERVICE_ID]
     [heartbeat] = [r for r in on.records if r.is_self]
     assert heartbeat.value("checks") == {("jailsyncd.heartbeat:ttl", "ttl", "jailsyncd heartbeat ttl=30s")}
+    assert [c["Status"] for c in agent.service_payload(heartbeat)["Checks"]] == ["passing"]  # registered by a live process
     off = agent.records(desired_of(env("web1")), Settings(health=HealthSettings(enabled=False)))
     assert [r.service_id for r in off.records] == ["jailsyncd-web1"] and off.records[0].value("checks") == frozenset()
 

@@ -415,10 +415,13 @@ def service_payload(record: Record, statuses: dict[str, str] | None = None) -> d
     statuses = statuses or {}
     value = record.value("checks")
     kinds = {c[0]: (c[1], c[2]) for c in value if isinstance(c, tuple)} if isinstance(value, frozenset) else {}
+    # A new check starts critical unless probed just before; the heartbeat's own check
+    # starts passing: the process registering it is alive.
+    first = PASSING if record.is_self else "critical"
     checks: list[dict[str, Any]] = [
         {
             "CheckID": c.check_id, "Name": c.name, "Notes": kinds.get(c.check_id, ("", check_notes(c)))[1],
-            "TTL": _ttl_text(c.ttl), "Status": statuses.get(c.check_id, "critical"),
+            "TTL": _ttl_text(c.ttl), "Status": statuses.get(c.check_id, first),
         }
         for c in record.checks
     ]
