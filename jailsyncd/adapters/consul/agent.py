@@ -63,11 +63,11 @@ class ConsulAgent(StoreBase):
         """Every service and check on the agent in two requests, whatever their number;
         keep ours, and note foreign IDs that look like ours (agent records have no
         ``places``)."""
-        services = self._call("GET", "/v1/agent/services", text_body)
-        checks = self._call("GET", "/v1/agent/checks", text_body)
+        services, services_digest = self._call("GET", "/v1/agent/services", _text_and_digest)
+        checks, checks_digest = self._call("GET", "/v1/agent/checks", _text_and_digest)
         try:
             accessor = self._token_accessor()
-            key = (owner, _digest(services), _digest(checks), accessor)
+            key = (owner, services_digest, checks_digest, accessor)
             if self._last is not None and self._last[0] == key:
                 observed = self._last[1]
             else:
@@ -225,10 +225,10 @@ class ConsulAgent(StoreBase):
             yield write, None
 
 
-def _digest(text: str) -> bytes:
-    """A digest of an answer, to tell whether it repeats the last one (BLAKE2b: a
-    chance collision would hide a change for as long as it lasts)."""
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=32).digest()
+def _text_and_digest(response: Any) -> tuple[str, bytes]:
+    """An answer's text and a digest of its bytes, to tell whether it repeats the last
+    one (BLAKE2b: a chance collision would hide a change for as long as it lasts)."""
+    return text_body(response), hashlib.blake2b(response.content, digest_size=32).digest()
 
 
 def _observe_agent(owner: str, services_json: str, checks_json: str, accessor: str) -> Observed:

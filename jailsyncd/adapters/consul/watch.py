@@ -35,7 +35,7 @@ import hashlib
 import json
 import random
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from jailsyncd.adapters.consul.transport import ConsulClient, indexed_body, strict_json
 from jailsyncd.errors import ConsulError, ConsulRefused
@@ -142,7 +142,7 @@ class ConsulChangeFeed:
         if self.mode == "catalog":
             return body
         try:
-            answer = json.loads(body)
+            answer = json.loads(body, object_hook=_slim)
             node = answer.get("Node")
             services = answer.get("Services") or []
         except (ValueError, AttributeError):
@@ -159,3 +159,14 @@ class ConsulChangeFeed:
             if isinstance(s, dict) and (str(s.get("ID", "")).startswith(SERVICE_ID_PREFIX) or s.get("ID") == SELF_SERVICE_ID)
         )
         return hashlib.sha1(json.dumps(ours).encode()).hexdigest()
+
+
+def _slim(obj: dict[str, Any]) -> dict[str, Any]:
+    """json object hook for the agent-mode answer: each service entry (its own string
+    ID and name) shrinks to its ID and ModifyIndex as soon as it is parsed, and what it
+    held (meta, tagged addresses, weights...) goes with it; any other object is left
+    as it is. The answer lists every service of the agent: at 5,000 jails, whole, it
+    would be some 15 MB of dicts for a digest of a few KB (docs/performance.md)."""
+    if isinstance(obj.get("ID"), str) and isinstance(obj.get("Service"), str):
+        return {"ID": obj["ID"], "ModifyIndex": obj.get("ModifyIndex", 0)}
+    return obj
