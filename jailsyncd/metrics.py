@@ -282,9 +282,14 @@ class Metrics:
         self.repeated.set(max(self._streaks.values(), default=0))
 
     def record_skipped(self) -> None:
-        """A cycle with nothing changed on either side: counted, the gauges stay as the
-        last cycle that ran left them."""
+        """A cycle with nothing changed on either side: counted, and, since it follows
+        a quiet cycle (a success that left nothing to do), a cycle that ended and a
+        success now (the staleness alerts stay quiet while every periodic cycle is
+        skipped); the other gauges stay as the last cycle that ran left them."""
         self.cycles.labels("skipped").inc()
+        now = time.time()
+        self.last_cycle.set(now)
+        self.last_success.set(now)
 
     def record_crash(self) -> None:
         self.cycles.labels("crashed").inc()

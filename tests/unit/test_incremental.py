@@ -152,3 +152,17 @@ def test_a_skip_asks_address_discovery_again(tmp_path: Path) -> None:
     finder.found["d"] = Discovered(addresses=("10.0.0.77",), source="dhclient")
     result = reconciler.cycle(reasons=["interval"])
     assert not result.skipped and result.applied["register"] == 1 and store.services["jailsyncd-d"].address == "10.0.0.77"
+
+
+def test_a_skipped_cycle_keeps_the_staleness_gauges_fresh(tmp_path: Path) -> None:
+    """With every periodic cycle skipped for minutes, the alerts on
+    ``jailsyncd_last_cycle_timestamp_seconds`` and ``..._last_success_...`` must not
+    fire: a skip ends a cycle and follows a success."""
+    from jailsyncd.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.last_cycle.set(1.0)
+    metrics.last_success.set(1.0)
+    metrics.record_skipped()
+    assert metrics.last_cycle._value.get() > 1.0 and metrics.last_success._value.get() > 1.0
+    assert metrics.cycles.labels("skipped")._value.get() == 1
