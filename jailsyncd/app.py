@@ -78,7 +78,7 @@ class App:
 
     def consul_answers(self, timeout: float) -> bool:
         """Whether Consul answers again (the daemon's backoff probe), over the one client."""
-        return consul_answers(self.client, self.settings.consul.mode, timeout)
+        return consul_answers(self.client, self.store.needs_leader, timeout)
 
     def consul_watch(self) -> ConsulChangeFeed:
         """Consul's change feed over the one client (``daemon``'s Consul-watch thread;

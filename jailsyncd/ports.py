@@ -60,6 +60,9 @@ class ConsulStore(Protocol):
     bytes_read: int
     #: Whether the mode has jailsyncd's heartbeat service (agent mode).
     has_heartbeat: bool
+    #: Whether ``apply`` writes a changed check's definition with the status of the
+    #: store's last ``read`` (catalog mode), so that read must be fresh when checks are on.
+    applies_read_statuses: bool
 
     def records(self, desired: Desired, settings: Settings) -> Desired:
         """``desired`` with its records in this mode (``Desired.records``; pure), and

@@ -411,9 +411,9 @@ class Reconciler:
         log = self.log.bind(cycle=self.cycles)
         started = time.monotonic()
         requests, writes, read_bytes = self.store.requests, self.store.writes, self.store.bytes_read
-        # Catalog mode keeps the check statuses of its last read to write a changed
-        # check's definition with: with health on those must be fresh.
-        reuse = incremental and not (self.settings.consul.mode == "catalog" and self.settings.health.enabled)
+        # A mode that writes a changed check's definition with the statuses of its
+        # last read (catalog mode) needs that read fresh when health is on.
+        reuse = incremental and not (self.store.applies_read_statuses and self.settings.health.enabled)
         self._quiet = False
         try:
             if purge:

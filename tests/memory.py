@@ -61,6 +61,7 @@ class MemoryStore:
     order; ``refuse`` holds service IDs whose writes are rejected (that action alone)."""
 
     has_heartbeat = True
+    applies_read_statuses = False
 
     def __init__(self) -> None:
         self.services: dict[str, Record] = {}

@@ -125,3 +125,27 @@ def test_catalog_node_name_template(template, node):
     desired = desired_of(env("Redis_1", host_hostname="Redis_1.My.Domain"))
     [record] = catalog.records(desired, CatalogSettings(node_name=template)).records
     assert record.place == node
+
+
+# -- what the loop asks of a mode, not its name -------------------------------------------
+
+
+@pytest.mark.parametrize("applies_read_statuses", [False, True])
+def test_a_mode_writing_the_statuses_it_read_gets_a_fresh_read_when_health_is_on(tmp_path, applies_read_statuses):
+    """Catalog mode writes a changed check's definition with the status of its last read:
+    with health on, a cycle for a CBSD change reads Consul again instead of reusing the
+    last read. The loop asks the store (``applies_read_statuses``), not the mode's name."""
+    from memory import MemorySource, MemoryStore, MemoryWatch, jail
+
+    from jailsyncd.reconcile import Reconciler
+    from jailsyncd.settings import CbsdSettings, HostSettings
+
+    settings = Settings(host=HostSettings(name="n1"), cbsd=CbsdSettings(workdir=tmp_path))
+    source, store, watch = MemorySource(jail("a", 1)), MemoryStore(), MemoryWatch()
+    store.applies_read_statuses = applies_read_statuses
+    reconciler = Reconciler(settings, source, store, watch=watch, clock=lambda: 1000.0)
+    reconciler.cycle(reasons=["startup"])
+    assert reconciler.cycle(reasons=["consul"]).writes == 0
+    source.set(jail("a", 1), jail("b", 2))
+    result = reconciler.cycle(reasons=["change"])
+    assert result.applied["register"] == 1 and result.consul_cached is not applies_read_statuses

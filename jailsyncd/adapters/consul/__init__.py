@@ -29,16 +29,16 @@ __all__ = [
 ]
 
 
-def consul_answers(client: ConsulClient, mode: str, timeout: float = 1.0) -> bool:
+def consul_answers(client: ConsulClient, needs_leader: bool, timeout: float = 1.0) -> bool:
     """Whether Consul answers again (``daemon``'s backoff probe, through ``app``): one
-    ``GET /v1/status/leader`` over the process's client, bounded by ``timeout``. In
-    catalog mode the answer must name a leader (reads and writes need one); agent mode
-    needs only the local agent. False on any error."""
+    ``GET /v1/status/leader`` over the process's client, bounded by ``timeout``. When
+    the mode ``needs_leader`` (catalog mode: reads and writes go to the servers) the
+    answer must name one; agent mode needs only the local agent. False on any error."""
     try:
         leader = client.call("GET", "/v1/status/leader", JSON, timeout=min(client.timeout, timeout))
     except JailsyncdError:
         return False
-    return mode != "catalog" or bool(leader)
+    return not needs_leader or bool(leader)
 
 
 def connect(settings: ConsulSettings, client: ConsulClient | None = None) -> ConsulAgent | ConsulCatalog:

@@ -59,6 +59,9 @@ class ConsulCatalog(StoreBase):
     since the read (another host, an agent) is never overwritten; a node's
     operations never straddle two transactions, so nothing is left half-written."""
 
+    applies_read_statuses = True
+    needs_leader = True
+
     def __init__(self, client: ConsulClient | ConsulSettings) -> None:
         super().__init__(client)
         self._dc_scoped = True

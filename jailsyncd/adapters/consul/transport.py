@@ -336,6 +336,12 @@ class StoreBase:
     #: Whether the checks this mode writes expire by themselves (agent mode: TTL
     #: checks). Catalog checks are inert: they keep their last status until written.
     checks_expire = False
+    #: Whether ``apply`` writes a changed check's definition with the status of this
+    #: store's last ``read`` (catalog mode; the agent keeps a check's status itself).
+    applies_read_statuses = False
+    #: Whether Consul answers this mode only with a cluster leader (catalog reads and
+    #: writes go to the servers; agent mode needs only the local agent).
+    needs_leader = False
 
     def __init__(self, client: ConsulClient | ConsulSettings) -> None:
         #: Built from settings (tests, ``connect``): the store owns its client and
