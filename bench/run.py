@@ -612,7 +612,7 @@ def daemon_phase(opts: Options, load: workload.Workload, tmp: Path, consul: Cons
             Row(
                 n, mode, hl, f"daemon idle {idle:g} s: catalog writes", "0" if idle_ok else "some (raft index moved)",
                 target="0" if is_target else "—", met=verdict(idle_ok) if is_target else "—",
-                notes=f"{ran} cycles ran; start-up cycle (a no-op, cold cache) {startup['duration_ms']:.0f} ms, {startup['requests']} requests, {startup['writes']} writes (daemon log `cycle_finished`); {sync_note}",
+                notes=f"{ran} cycles ran, {len(daemon.events('cycle_skipped', mark))} skipped; start-up cycle (a no-op, cold cache) {startup['duration_ms']:.0f} ms, {startup['requests']} requests, {startup['writes']} writes (daemon log `cycle_finished`); {sync_note}",
                 data={"idle_ok": idle_ok},
             )
         )
