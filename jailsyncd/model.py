@@ -277,11 +277,16 @@ class Confirmation:
     ``previous``, the service IDs of the burst an earlier read of this ``run`` planned
     (None: none), and ``age``, the seconds since the first read that planned it (or
     one that differed from it by at most ``max_deregistrations``). ``after`` 0 turns
-    confirmation off. Built by ``reconcile`` from ``Pending``: the clock stays there."""
+    confirmation off. ``recent``: deregistrations this ``run`` applied without a
+    confirmation within the last ``sync.interval``; they count towards the limit, so
+    that a burst spread over several event-driven cycles is still a burst. Built by
+    ``reconcile`` from ``Pending`` and its log of deregistrations: the clock stays
+    there."""
 
     after: float
     previous: frozenset[str] | None = None
     age: float = 0.0
+    recent: int = 0
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,10 @@ def plan(
       number, unless ``force``: an empty table looks like a replaced or broken DB.
       Rows with every jail stopped deregister normally.
     - More than ``max_deregistrations`` deregistrations (a *burst*: a maintenance
-      window, or a broken read) need a confirming read unless ``force``. Under
+      window, or a broken read), counting under ``run`` those applied without a
+      confirmation within the last ``sync.interval`` (``confirm.recent``: cycles
+      follow events, so one burst can be read in several steps), need a confirming
+      read unless ``force``. Under
       ``run`` (``confirm`` given, ``confirm.after`` > 0) the first read that plans
       a burst holds it (``Plan.confirming``, due in ``Plan.confirm_in``); a read at
       least ``confirm.after`` seconds later whose burst differs from it by at most
@@ -121,7 +124,7 @@ def plan(
                 f"CBSD's jails table is empty while Consul holds {len(deregister)} entries of this host "
                 "(a replaced or broken DB?); check the CBSD state, then use --force"
             )
-        elif len(deregister) > max_deregistrations:
+        elif len(deregister) + (confirm.recent if confirm is not None else 0) > max_deregistrations:
             burst = frozenset(s.service_id for s in deregister)
             why, confirm_in = _confirm_burst(burst, confirm, max_deregistrations)
             if confirm_in:

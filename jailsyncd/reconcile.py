@@ -236,6 +236,9 @@ class Reconciler:
         self._reported: set[tuple[str, str, str]] = set()
         #: ``run``: the deregistration burst waiting for its confirming read.
         self._pending: Pending | None = None
+        #: ``run``: when deregistrations were applied without a confirmation, and how
+        #: many (the last ``sync.interval`` of them count towards the bulk rail).
+        self._deregistered: list[tuple[float, int]] = []
 
     # -- the operations ------------------------------------------------------------
 
@@ -293,11 +296,18 @@ class Reconciler:
         assert observation.state is not None and observation.desired is not None, "plan needs observe(), not observe_owned()"
         startup = self.startup.observe(observation.state, self.settings.sync.startup_grace) if self.startup is not None else None
         limit = self.settings.sync.max_deregistrations
-        now = time.monotonic()
+        now = self.clock()
         confirm = None
         if not self.standalone:  # only run has an earlier read to confirm a burst with
             pending = self._pending
-            confirm = Confirmation(self.settings.sync.confirm_after, pending.ids if pending else None, now - pending.since if pending else 0.0)
+            window = now - self.settings.sync.interval
+            self._deregistered = [(t, n) for t, n in self._deregistered if t > window]
+            confirm = Confirmation(
+                self.settings.sync.confirm_after,
+                pending.ids if pending else None,
+                now - pending.since if pending else 0.0,
+                recent=sum(n for _, n in self._deregistered),
+            )
         plan = make_plan(observation.desired, observation.observed, max_deregistrations=limit, force=force, startup=startup, confirm=confirm)
         if not self.standalone:
             self._pending = track_burst(self._pending, plan.burst, applied=bool(plan.burst and plan.deregister), now=now, limit=limit)
@@ -357,6 +367,8 @@ class Reconciler:
                 continue
             counts[act.kind] += 1
             log.info(events.APPLIED[act.kind], jail=svc.jail, service_id=svc.service_id, **extra)
+        if counts["deregister"] and not plan.burst and not self.standalone:
+            self._deregistered.append((self.clock(), counts["deregister"]))
         if done < len(actions):
             log.warning("cycle_abandoned", remaining=len(actions) - done)
             return Applied(tuple(counts.items()), tuple(failed), abandoned=True)

@@ -25,11 +25,11 @@ def ids(names):
     return frozenset(f"jailsyncd-{n}" for n in names)
 
 
-def bulk(stopped, *, previous=None, age=0.0, after=10.0, limit=10, empty=False, force=False, confirm=True):
+def bulk(stopped, *, previous=None, age=0.0, after=10.0, limit=10, empty=False, force=False, confirm=True, recent=0):
     """A 30-jail host whose jails ``stopped`` are no longer desired."""
     desired = Desired((), empty_source=empty, records=tuple(svc(j) for j in ALL if j not in stopped))
     observed = Observed(tuple(svc(j) for j in ALL))
-    conf = Confirmation(after=after, previous=ids(previous) if previous is not None else None, age=age) if confirm else None
+    conf = Confirmation(after=after, previous=ids(previous) if previous is not None else None, age=age, recent=recent) if confirm else None
     return plan(desired, observed, max_deregistrations=limit, force=force, confirm=conf)
 
 
@@ -52,6 +52,12 @@ STOP20 = ALL[:20]
         ("force", dict(stopped=STOP20, force=True), "apply"),
         ("limit 0: one deregistration is a burst", dict(stopped=ALL[:1], limit=0), "confirming"),
         ("limit 0: confirmed by an identical read", dict(stopped=ALL[:1], previous=ALL[:1], age=10.0, limit=0), "apply"),
+        # Cycles follow events: one burst may be read in steps. What this run applied
+        # unconfirmed within the last sync.interval counts towards the limit.
+        ("a step of a burst read in steps: over the limit with the recent ones", dict(stopped=ALL[:6], recent=6), "confirming"),
+        ("a step that stays within the limit with the recent ones", dict(stopped=ALL[:4], recent=6), "apply"),
+        ("a step of a burst, confirmed by the next read", dict(stopped=ALL[:6], previous=ALL[:6], age=10.0, recent=6), "apply"),
+        ("recent ones count under run only (once, plan: no history)", dict(stopped=ALL[:4], recent=6, confirm=False), "apply"),
     ],
 )
 def test_bulk_rule(case, kwargs, outcome):
@@ -100,3 +106,59 @@ def test_the_plan_reports_its_burst_for_tracking():
     assert bulk(stopped=STOP20).burst == ids(STOP20)
     assert bulk(stopped=ALL[:10]).burst == frozenset()
     assert bulk(stopped=ALL, empty=True).burst == frozenset()  # the empty-table rail, not a burst
+
+
+# -- the rail over several cycles of one run (reconcile keeps the window) ---------------
+
+
+def _run_of_30(tmp_path):
+    from memory import MemorySource, MemoryStore, jail
+
+    from jailsyncd.reconcile import Reconciler
+    from jailsyncd.settings import CbsdSettings, HealthSettings, HostSettings, Settings, SyncSettings
+
+    clock = type("Clock", (), {"now": 1000.0, "__call__": lambda self: self.now})()
+    settings = Settings(
+        host=HostSettings(name="n1"), cbsd=CbsdSettings(workdir=tmp_path), health=HealthSettings(enabled=False),
+        sync=SyncSettings(interval=30.0, max_deregistrations=10, confirm_after=10.0),
+    )
+    jails = [jail(f"j{i:02d}", i + 1) for i in range(30)]
+    source, store = MemorySource(*jails), MemoryStore()
+    reconciler = Reconciler(settings, source, store, clock=clock)
+    assert reconciler.cycle(reasons=["startup"]).applied["register"] == 30
+
+    def stop(count: int) -> None:
+        running = [e for e in source.state.environments if e.status == 1]
+        stopped = {e.jname for e in running[:count]}
+        source.set(*(jail(e.jname, int(e.jname[1:]) + 1, running=e.jname not in stopped and e.status == 1) for e in source.state.environments))
+
+    return reconciler, store, clock, stop
+
+
+def test_a_burst_read_in_steps_is_still_a_burst(tmp_path) -> None:
+    """Cycles follow CBSD's file events: 20 stops written one by one are read as
+    4, 6 and 10 (seen in a daemon test). The third step takes this run past 10
+    deregistrations within one sync.interval: it waits for a confirming read."""
+    reconciler, store, clock, stop = _run_of_30(tmp_path)
+    stop(4)
+    assert reconciler.cycle(reasons=["change"]).applied["deregister"] == 4
+    clock.now += 1
+    stop(6)
+    assert reconciler.cycle(reasons=["change"]).applied["deregister"] == 6
+    clock.now += 1
+    stop(10)
+    held = reconciler.cycle(reasons=["change"])
+    assert held.applied["deregister"] == 0 and len(held.plan.confirming) == 10 and held.plan.confirm_in == 10.0
+    clock.now += 10
+    confirmed = reconciler.cycle(reasons=["confirm"])
+    assert confirmed.applied["deregister"] == 10 and not confirmed.plan.refused
+    assert len(store.services) == 10
+
+
+def test_steps_further_apart_than_sync_interval_are_not_one_burst(tmp_path) -> None:
+    reconciler, _, clock, stop = _run_of_30(tmp_path)
+    stop(8)
+    assert reconciler.cycle(reasons=["change"]).applied["deregister"] == 8
+    clock.now += 31  # older than sync.interval: no longer counted
+    stop(8)
+    assert reconciler.cycle(reasons=["change"]).applied["deregister"] == 8
