@@ -57,8 +57,20 @@ def test_a_cbsd_change_reaches_consul_through_file_events(consul: ConsulServer, 
     wait_for(lambda: "jailsyncd-web1" in consul.services(), timeout=3, what="web1 registered")
     wait_for(lambda: daemon.finished_cycles() >= 2, timeout=3, what="the change's cycle to finish")
     daemon.kick()  # a marker: every request before it has been served once it is
-    wait_for(lambda: ["signal"] in [e["reasons"] for e in daemon.events("cycle_started")], timeout=5, what="the kicked cycle")
-    assert [e["reasons"] for e in daemon.events("cycle_started")] == [["startup"], ["change"], ["signal"]]
+    signals = lambda: [e for e in daemon.events("cycle_started") if e["reasons"] == ["signal"]]  # noqa: E731
+    wait_for(lambda: len(signals()) == 1, timeout=5, what="the kicked cycle")
+    reasons = [e["reasons"] for e in daemon.events("cycle_started")]
+    # One write: its commit and, when the writer closes, its checkpoint (which changes
+    # the files again). Within the watcher's settle time that is one request; on a
+    # loaded machine the checkpoint may come later and be a second one, never more.
+    assert reasons[0] == ["startup"] and reasons[-1] == ["signal"], reasons
+    assert 1 <= len(reasons[1:-1]) <= 2 and all(r == ["change"] for r in reasons[1:-1]), reasons
+    # Our own reads are no change: nothing between the kicked cycle and a second kick.
+    wait_for(lambda: daemon.finished_cycles() == len(reasons), timeout=5, what="the kicked cycle to finish")
+    daemon.kick()
+    wait_for(lambda: len(signals()) == 2, timeout=5, what="the second kicked cycle")
+    after = [e["reasons"] for e in daemon.events("cycle_started")][len(reasons):]
+    assert after == [["signal"]], after
 
 
 def test_kick_and_sigusr1_during_a_slow_cycle_are_served_after_it(consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
