@@ -112,3 +112,17 @@ def restore_logging():
     saved = structlog.get_config()
     yield
     structlog.configure(**saved)
+
+
+@pytest.fixture
+def nobody():
+    """The user ``nobody`` as a ``privileges.Identity`` (skips where there is none)."""
+    from jailsyncd import privileges
+    from jailsyncd.errors import ConfigError
+
+    try:
+        identity = privileges.resolve("nobody", "", "test.toml")
+    except ConfigError:
+        pytest.skip("no user nobody here")
+    assert identity is not None
+    return identity

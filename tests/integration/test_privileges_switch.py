@@ -17,20 +17,10 @@ from pathlib import Path
 import pytest
 
 from jailsyncd import privileges
-from jailsyncd.errors import ConfigError, ExitCode, JailsyncdError, PrivilegeError
+from jailsyncd.errors import ExitCode, JailsyncdError, PrivilegeError
 from jailsyncd.privileges import Identity
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
-
-
-@pytest.fixture
-def nobody() -> Identity:
-    try:
-        identity = privileges.resolve("nobody", "", "test.toml")
-    except ConfigError:
-        pytest.skip("no user nobody here")
-    assert identity is not None
-    return identity
 
 
 def in_child(fn) -> str:

@@ -18,16 +18,6 @@ from jailsyncd.errors import ConfigError, ExitCode
 from jailsyncd.privileges import Identity
 
 
-@pytest.fixture
-def nobody() -> Identity:
-    try:
-        identity = privileges.resolve("nobody", "", "test.toml")
-    except ConfigError:
-        pytest.skip("no user nobody here")
-    assert identity is not None
-    return identity
-
-
 def test_no_user_means_no_identity() -> None:
     assert privileges.resolve("", "", "x.toml") is None
 
