@@ -81,10 +81,10 @@ class App:
         return consul_answers(self.client, self.store.needs_leader, timeout)
 
     def consul_watch(self) -> ConsulChangeFeed:
-        """Consul's change feed over the one client (``daemon``'s Consul-watch thread;
-        the mode is the one the app was built with)."""
+        """Consul's change feed over the one client (``daemon``'s Consul-watch thread),
+        blocking on what the mode's store says."""
         if self.watch is None:
-            self.watch = ConsulChangeFeed(self.client, self.settings.consul.mode)
+            self.watch = ConsulChangeFeed(self.client, self.store.watch_query())
         return self.watch
 
     def close(self) -> None:

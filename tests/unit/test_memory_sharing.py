@@ -13,7 +13,7 @@ from records import catalog_record
 
 from jailsyncd.adapters.consul import agent
 from jailsyncd.adapters.consul.transport import Sharing
-from jailsyncd.adapters.consul.watch import _slim
+from jailsyncd.adapters.consul.agent import _slim
 from jailsyncd.model import SERVICE_ID_PREFIX, SELF_SERVICE_ID
 
 

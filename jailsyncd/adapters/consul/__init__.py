@@ -3,10 +3,13 @@
 - ``transport``: the one HTTP client per process, the token provider, the deadline,
   the errors (the only module that imports python-consul2);
 - ``agent``: agent mode (``ConsulAgent``): its records (tagged addresses, TTL and
-  alias checks), the heartbeat service, the token meta, its ACL needs;
+  alias checks), the heartbeat service, the token meta, its ACL needs, what its
+  Consul watch blocks on;
 - ``catalog``: catalog mode (``ConsulCatalog``), one external node per jail: its
-  records (nodes, node meta, node and service checks), its ACL needs;
-- ``watch``: the change feed (``ConsulChangeFeed``), one blocking query per call.
+  records (nodes, node meta, node and service checks), its ACL needs, what its
+  Consul watch blocks on;
+- ``watch``: the change feed (``ConsulChangeFeed``), one blocking query per call on
+  what the mode's ``watch_query`` names, with the hygiene both modes share.
 
 ``connect`` chooses the mode's store, once, at start-up (``app``).
 """

@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Any, Callable, Iterator, Sequence
 
 from jailsyncd.aclcheck import Need, write_needs
-from jailsyncd.adapters.consul.transport import MAX_OUTPUT, OK, ConsulClient, Sharing, StoreBase, text_body
+from jailsyncd.adapters.consul.transport import MAX_OUTPUT, OK, ConsulClient, Sharing, StoreBase, strict_json, text_body
 from jailsyncd.desired import MAX_META_PAIRS
 from jailsyncd.errors import ConsulDenied, ConsulError, ConsulRefused, ConsulRejected, JailsyncdError
 from jailsyncd.health import PASSING, Target
@@ -90,6 +90,10 @@ class ConsulAgent(StoreBase):
             return str(json.loads(body).get("AccessorID") or "")
         except ValueError:
             return ""
+
+    def watch_query(self) -> AgentWatch:
+        """What the Consul watch blocks on in agent mode (``watch.ConsulChangeFeed``)."""
+        return AgentWatch(self._client)
 
     @staticmethod
     def records(desired: Desired, settings: Settings) -> Desired:
@@ -471,3 +475,65 @@ def record_from_consul(entry: dict[str, Any], checks: Sequence[dict[str, Any]] =
     )
     jail = meta.get(META_JNAME, sid.removeprefix(SERVICE_ID_PREFIX))
     return Record(sid, jail, fields, owner=meta.get(META_OWNER, ""), cbsd_host=meta.get(META_HOST, ""), checks=_probed_checks(address, tuple(triples)))
+
+
+# -- what agent mode watches (adapters.consul.watch) ------------------------------------
+
+
+class AgentWatch:
+    """Agent mode's ``watch.WatchQuery``: ``/v1/catalog/node-services/<node>`` of the
+    local agent's node (its name read once from ``/v1/agent/self``). The agent syncs a
+    service registered, edited or deregistered through its API to the catalog at once,
+    which wakes the query; TTL check updates and other nodes do not. The index also
+    moves for the agent's other services: the change is in the entries with
+    jailsyncd's IDs (ours, and others' that look like ours) and their ModifyIndex."""
+
+    dc_scoped = False
+    index_is_change = False
+
+    def __init__(self, client: ConsulClient) -> None:
+        self._client = client
+        self._node = ""
+        self.requests = 0
+
+    def query(self, owner: str) -> tuple[str, dict[str, str]]:
+        if not self._node:
+            self.requests += 1
+            me = self._client.call("GET", "/v1/agent/self", strict_json, timeout=self._client.timeout)
+            try:
+                self._node = str(me["Config"]["NodeName"])
+            except (KeyError, TypeError):
+                raise ConsulError(f"GET {self._client.endpoint}/v1/agent/self: the answer names no node (is this a Consul agent?)") from None
+        return f"/v1/catalog/node-services/{self._node}", {}
+
+    def digest(self, body: str) -> str:
+        where = f"GET {self._client.endpoint}/v1/catalog/node-services/{self._node}"
+        try:
+            answer = json.loads(body, object_hook=_slim)
+            node = answer.get("Node")
+            services = answer.get("Services") or []
+        except (ValueError, AttributeError):
+            raise ConsulError(f"{where}: the answer is not Consul's") from None
+        if node is None:
+            # Consul answers 200 with no node to a token without node:read on it.
+            raise ConsulRefused(
+                f"{where}: no node in the answer; "
+                f"the Consul watch needs node:read on {self._node} and agent:read (docs/acl/agent-mode.hcl)"
+            )
+        ours = sorted(
+            (s.get("ID", ""), s.get("ModifyIndex", 0))
+            for s in services
+            if isinstance(s, dict) and (str(s.get("ID", "")).startswith(SERVICE_ID_PREFIX) or s.get("ID") == SELF_SERVICE_ID)
+        )
+        return hashlib.sha1(json.dumps(ours).encode()).hexdigest()
+
+
+def _slim(obj: dict[str, Any]) -> dict[str, Any]:
+    """json object hook for the watch's answer: each service entry (its own string ID
+    and name) shrinks to its ID and ModifyIndex as soon as it is parsed, and what it
+    held (meta, tagged addresses, weights...) goes with it; any other object is left
+    as it is. The answer lists every service of the agent: at 5,000 jails, whole, it
+    would be some 15 MB of dicts for a digest of a few KB (docs/performance.md)."""
+    if isinstance(obj.get("ID"), str) and isinstance(obj.get("Service"), str):
+        return {"ID": obj["ID"], "ModifyIndex": obj.get("ModifyIndex", 0)}
+    return obj

@@ -113,6 +113,10 @@ class ConsulCatalog(StoreBase):
         self._status = {check_id: (st, out) for check_id, st, out in status}
         return Observed(owned=tuple(sorted(owned, key=lambda s: s.service_id)), foreign_places=foreign, check_status=tuple(sorted(status)))
 
+    def watch_query(self) -> CatalogWatch:
+        """What the Consul watch blocks on in catalog mode (``watch.ConsulChangeFeed``)."""
+        return CatalogWatch()
+
     @staticmethod
     def records(desired: Desired, settings: Settings) -> Desired:
         """``desired`` with its catalog records (pure): each service on a node of its
@@ -570,3 +574,26 @@ def record_from_catalog(dump: dict[str, Any], entry: dict[str, Any], checks: lis
         owner=meta.get(META_OWNER) or node_meta.get(META_OWNER, ""), cbsd_host=meta.get(META_HOST) or node_meta.get(META_HOST) or "",
         checks=_probed_checks(address, tuple(triples)),
     )
+
+
+# -- what catalog mode watches (adapters.consul.watch) ----------------------------------
+
+
+class CatalogWatch:
+    """Catalog mode's ``watch.WatchQuery``: ``/v1/catalog/services`` filtered by our
+    node meta (``jailsyncd-owner:<owner>``). Its index moves when a service of one of
+    our nodes is registered, edited or removed, or one of our nodes is deregistered;
+    the health rounds' check writes do not move it. The answer (names and tags)
+    cannot show an edited port or address: the moved index is the change."""
+
+    dc_scoped = True
+    index_is_change = True
+    requests = 0
+
+    def query(self, owner: str) -> tuple[str, dict[str, str]]:
+        if not owner:
+            raise ConsulError("the Consul watch needs the owner identity (host.name, or CBSD's node name after a cycle)")
+        return "/v1/catalog/services", {"node-meta": f"{META_OWNER}:{owner}"}
+
+    def digest(self, body: str) -> str:
+        return body

@@ -2,8 +2,11 @@
 Consul may have changed (``ConsulChangeFeed``, the ``ports.ConsulWatch`` of both modes).
 
 Made once per process by ``app`` over the process's one ``ConsulClient``; called by
-``daemon``'s Consul-watch thread (``wait_change`` in a loop), never by a cycle. What
-each mode blocks on was chosen against Consul 1.8.7 (docs/architecture.md, "Watching
+``daemon``'s Consul-watch thread (``wait_change`` in a loop), never by a cycle. This
+module holds what both modes share (the index, the hygiene, the generation); what a
+mode blocks on and how its answers are compared is its own ``WatchQuery``, made by its
+store (``ConsulAgent.watch_query`` in ``agent``, ``ConsulCatalog.watch_query`` in
+``catalog``). They were chosen against Consul 1.8.7 (docs/architecture.md, "Watching
 Consul"):
 
 - agent mode: ``GET /v1/catalog/node-services/<node>`` for the local agent's node
@@ -31,18 +34,36 @@ caller's (``daemon``): this module makes one request per call and never sleeps.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 import time
-from typing import Any, Callable
+from typing import Callable, Protocol
 
-from jailsyncd.adapters.consul.transport import ConsulClient, indexed_body, strict_json
-from jailsyncd.errors import ConsulError, ConsulRefused
-from jailsyncd.model import META_OWNER, SELF_SERVICE_ID, SERVICE_ID_PREFIX
+from jailsyncd.adapters.consul.transport import ConsulClient, indexed_body
+from jailsyncd.errors import ConsulError
 
 #: Seconds a blocking query waits for a change (Consul's own default; at most 10 m).
 WAIT = 300.0
+
+
+class WatchQuery(Protocol):
+    """What one mode blocks on, and what in an answer counts as a change."""
+
+    #: Whether the endpoint takes ``?dc`` (the catalog's do; the agent's do not).
+    dc_scoped: bool
+    #: True: a moved index is the change (the answer cannot show every edit); False:
+    #: the answers' ``digest`` is (the index also moves for what is not ours).
+    index_is_change: bool
+    #: Requests the query made itself (agent mode reads its node name once).
+    requests: int
+
+    def query(self, owner: str) -> tuple[str, dict[str, str]]:
+        """The path and parameters to block on for ``owner``; may raise ``ConsulError``."""
+        ...
+
+    def digest(self, body: str) -> str:
+        """What an answer says about what jailsyncd owns; raises ``ConsulError`` (or
+        ``ConsulRefused``) for an answer that cannot be Consul's or that a token hid."""
+        ...
 
 
 class ConsulChangeFeed:
@@ -52,29 +73,35 @@ class ConsulChangeFeed:
     with the one its last read of Consul was made at); ``healthy`` says the last call
     got an answer; ``requests`` counts what it sent (the benchmark's cost figures)."""
 
-    def __init__(self, client: ConsulClient, mode: str, *, wait: float = WAIT, rand: Callable[[], float] = random.random) -> None:
+    def __init__(self, client: ConsulClient, what: WatchQuery, *, wait: float = WAIT, rand: Callable[[], float] = random.random) -> None:
         self._client = client
-        self.mode = mode
+        self.what = what
         self.wait = wait
         self._rand = rand
         self.generation = 0
         self.healthy = False
-        self.requests = 0
-        #: The last index seen (0: none yet, or reset) and what the answer said.
+        self._gets = 0
+        #: The last index seen (0: none yet, or reset), what the answer said, and the
+        #: query it answered (another query, e.g. after a reload changed host.name,
+        #: starts again from 0).
         self.index = 0
         self._seen: str | None = None
-        self._node = ""
-        self._watched_owner = ""
+        self._asked: tuple[str, dict[str, str]] | None = None
+
+    @property
+    def requests(self) -> int:
+        return self._gets + self.what.requests
 
     def wait_change(self, owner: str, timeout: float | None = None) -> bool:
-        """Block until Consul answers: True when what ``owner`` (the owner identity:
-        catalog mode's node-meta filter) holds may have changed since the last answer
-        (the first answer, one after a failed call, or one after the index went
-        backwards count as changes). ``timeout``: the longest wait (by default
-        ``WAIT``). Raises ``ConsulError`` when Consul cannot answer (then
+        """Block until Consul answers: True when what ``owner`` holds may have changed
+        since the last answer (the first answer, one after a failed call, or one after
+        the index went backwards count as changes). ``timeout``: the longest wait (by
+        default ``WAIT``). Raises ``ConsulError`` when Consul cannot answer (then
         ``healthy`` is False and the next answer counts as a change)."""
         try:
-            path, params = self._query(owner)
+            path, params = asked = self.what.query(owner)
+            if asked != self._asked:
+                self._asked, self.index, self._seen = asked, 0, None
             wait = min(self.wait if timeout is None else timeout, self.wait)
             wait = max(1.0, wait * (1.0 - 0.1 * self._rand()))
             started = time.monotonic()
@@ -85,7 +112,7 @@ class ConsulChangeFeed:
                 # state it drops. Ask again without blocking: a restored index is
                 # below ours, and a query with ours would hang for the whole wait.
                 index, body = self._get(path, params, 0, 0.0)
-            seen = self._digest(body)
+            seen = self.what.digest(body)
         except ConsulError:
             # Start again from index 0: the Consul that answers next may be a new one
             # whose index is below ours, and a query with ours would hang for the
@@ -99,7 +126,7 @@ class ConsulChangeFeed:
             # answer (a read made now; Consul documents a reset to 0, whose answer
             # would be the same read once more).
             changed = True
-        elif self.mode == "catalog":
+        elif self.what.index_is_change:
             changed = changed or index != self.index
         else:
             changed = changed or seen != self._seen
@@ -114,59 +141,8 @@ class ConsulChangeFeed:
         query = {**params, "stale": ""}
         if index:
             query.update({"index": str(index), "wait": f"{wait:.0f}s"})
-        self.requests += 1
+        self._gets += 1
         # The deadline covers the wait, Consul's jitter (up to wait/16) and a reply.
-        return self._client.call("GET", path, indexed_body, params=query, dc_scoped=self.mode == "catalog", timeout=wait * 1.1 + self._client.timeout)  # type: ignore[no-any-return]
-
-    def _query(self, owner: str) -> tuple[str, dict[str, str]]:
-        if self.mode == "catalog":
-            if not owner:
-                raise ConsulError("the Consul watch needs the owner identity (host.name, or CBSD's node name after a cycle)")
-            if owner != self._watched_owner:  # a reload that changed host.name: start again
-                self._watched_owner, self.index, self._seen = owner, 0, None
-            return "/v1/catalog/services", {"node-meta": f"{META_OWNER}:{owner}"}
-        if not self._node:
-            me = self._client.call("GET", "/v1/agent/self", strict_json, timeout=self._client.timeout)
-            self.requests += 1
-            try:
-                self._node = str(me["Config"]["NodeName"])
-            except (KeyError, TypeError):
-                raise ConsulError(f"GET {self._client.endpoint}/v1/agent/self: the answer names no node (is this a Consul agent?)") from None
-        return f"/v1/catalog/node-services/{self._node}", {}
-
-    def _digest(self, body: str) -> str:
-        """What an answer says about what jailsyncd owns. Catalog mode: the answer
-        itself (its index is what counts). Agent mode: the entries with jailsyncd's IDs
-        (ours, and others' that look like ours), with their ModifyIndex: every edit of
-        one moves it."""
-        if self.mode == "catalog":
-            return body
-        try:
-            answer = json.loads(body, object_hook=_slim)
-            node = answer.get("Node")
-            services = answer.get("Services") or []
-        except (ValueError, AttributeError):
-            raise ConsulError(f"GET {self._client.endpoint}/v1/catalog/node-services/{self._node}: the answer is not Consul's") from None
-        if node is None:
-            # Consul answers 200 with no node to a token without node:read on it.
-            raise ConsulRefused(
-                f"GET {self._client.endpoint}/v1/catalog/node-services/{self._node}: no node in the answer; "
-                f"the Consul watch needs node:read on {self._node} and agent:read (docs/acl/agent-mode.hcl)"
-            )
-        ours = sorted(
-            (s.get("ID", ""), s.get("ModifyIndex", 0))
-            for s in services
-            if isinstance(s, dict) and (str(s.get("ID", "")).startswith(SERVICE_ID_PREFIX) or s.get("ID") == SELF_SERVICE_ID)
+        return self._client.call(  # type: ignore[no-any-return]
+            "GET", path, indexed_body, params=query, dc_scoped=self.what.dc_scoped, timeout=wait * 1.1 + self._client.timeout
         )
-        return hashlib.sha1(json.dumps(ours).encode()).hexdigest()
-
-
-def _slim(obj: dict[str, Any]) -> dict[str, Any]:
-    """json object hook for the agent-mode answer: each service entry (its own string
-    ID and name) shrinks to its ID and ModifyIndex as soon as it is parsed, and what it
-    held (meta, tagged addresses, weights...) goes with it; any other object is left
-    as it is. The answer lists every service of the agent: at 5,000 jails, whole, it
-    would be some 15 MB of dicts for a digest of a few KB (docs/performance.md)."""
-    if isinstance(obj.get("ID"), str) and isinstance(obj.get("Service"), str):
-        return {"ID": obj["ID"], "ModifyIndex": obj.get("ModifyIndex", 0)}
-    return obj
