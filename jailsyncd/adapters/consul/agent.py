@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Any, Callable, Iterator, Sequence
 
 from jailsyncd.aclcheck import Need, write_needs
-from jailsyncd.adapters.consul.transport import MAX_OUTPUT, OK, ConsulClient, Sharing, StoreBase, strict_json, text_body
+from jailsyncd.adapters.consul.transport import MAX_OUTPUT, OK, ConsulClient, Sharing, StoreBase, service_body, strict_json, text_body
 from jailsyncd.desired import MAX_META_PAIRS
 from jailsyncd.errors import ConsulDenied, ConsulError, ConsulRefused, ConsulRejected, JailsyncdError
 from jailsyncd.health import PASSING, Target
@@ -434,18 +434,7 @@ def service_payload(record: Record, statuses: dict[str, str] | None = None) -> d
         for check_id, (kind, notes) in sorted(kinds.items())
         if kind == "alias"
     ]
-    tagged = record.value("tagged_addresses")
-    return {
-        "ID": record.service_id,
-        "Name": record.name,
-        "Address": record.address,
-        "Port": record.port,
-        "Tags": sorted(record.tags),
-        "Meta": dict(record.meta),
-        "TaggedAddresses": {name: {"Address": addr, "Port": record.port} for name, addr in (tagged if isinstance(tagged, tuple) else ())},
-        "EnableTagOverride": False,
-        **({"Checks": checks} if checks else {}),
-    }
+    return {**service_body(record), "Name": record.name, **({"Checks": checks} if checks else {})}
 
 
 def _probed_checks(address: str, checks: Sequence[tuple[str, str, str]]) -> tuple[CheckSpec, ...]:

@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from jailsyncd.aclcheck import Need, write_needs
-from jailsyncd.adapters.consul.transport import MAX_OUTPUT, ConsulClient, Sharing, StoreBase, strict_json, txn_result
+from jailsyncd.adapters.consul.transport import MAX_OUTPUT, ConsulClient, Sharing, StoreBase, service_body, strict_json, txn_result
 from jailsyncd.desired import MAX_META_PAIRS, NAMELESS
 from jailsyncd.errors import ConsulDenied, ConsulError, ConsulRejected, JailsyncdError
 from jailsyncd.health import Target
@@ -435,17 +435,7 @@ def _service_fields(record: Record) -> tuple[object, ...]:
 
 
 def _catalog_service(record: Record) -> dict[str, Any]:
-    tagged = record.value("tagged_addresses")
-    return {
-        "ID": record.service_id,
-        "Address": record.address,
-        "Port": record.port,
-        "Tags": sorted(record.tags),
-        "Meta": dict(record.meta),
-        "TaggedAddresses": {name: {"Address": addr, "Port": record.port} for name, addr in (tagged if isinstance(tagged, tuple) else ())},
-        "EnableTagOverride": False,
-        "Service": record.name,
-    }
+    return {**service_body(record), "Service": record.name}
 
 
 def _notes(spec: CheckSpec) -> str:

@@ -475,6 +475,22 @@ class Sharing:
 _PAYLOAD_500 = ("Service ", "Check ", "CheckID ", "Invalid ", "Unknown service", "Unknown check", "Unknown node")
 
 
+def service_body(record: Record) -> dict[str, Any]:
+    """The fields of a service entry that the agent API and the catalog API spell
+    alike; each mode adds its own (the name's key, checks). Tagged addresses come as
+    the record holds them, ``(name, address)`` pairs, with the service's port."""
+    tagged = record.value("tagged_addresses")
+    return {
+        "ID": record.service_id,
+        "Address": record.address,
+        "Port": record.port,
+        "Tags": sorted(record.tags),
+        "Meta": dict(record.meta),
+        "TaggedAddresses": {name: {"Address": addr, "Port": record.port} for name, addr in (tagged if isinstance(tagged, tuple) else ())},
+        "EnableTagOverride": False,
+    }
+
+
 def rejects_payload(message: str) -> bool:
     """Whether an error answer to a write refuses that write's payload, not Consul's
     state: a 4xx other than 408/429 (python-consul2's ``ClientError``), or a 500
