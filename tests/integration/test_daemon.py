@@ -183,6 +183,17 @@ def settle_changes(daemon, quiet: float = 2.5, timeout: float = 15) -> None:
         time.sleep(0.1)
 
 
+def drive_backoff_up(daemon, to: float = 16.0) -> None:
+    """Make the failing daemon's backoff wait reach ``to`` seconds quickly: each SIGUSR1
+    cuts the current wait, and the cycle it starts fails again, doubling the next."""
+    deadline = time.monotonic() + 30
+    while not daemon.events("backoff") or daemon.events("backoff")[-1]["delay_s"] < to:
+        assert time.monotonic() < deadline, "the backoff did not grow"
+        seen = len(daemon.events("backoff"))
+        daemon.proc.send_signal(signal.SIGUSR1)
+        wait_for(lambda: len(daemon.events("backoff")) > seen, timeout=10, what="one more failed cycle")
+
+
 def test_consul_answering_again_ends_a_long_backoff_wait(consul_bin: str, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
     """Issue 14, item 2: the local agent restarts while the backoff wait has grown to
     16 s or more; the wait probes the agent (GET /v1/status/leader, twice a second at
@@ -198,12 +209,7 @@ def test_consul_answering_again_ends_a_long_backoff_wait(consul_bin: str, tmp_pa
         # let that settle, so that no watcher kick ends the wait measured below.
         settle_changes(daemon)
         server.stop()
-        deadline = time.monotonic() + 30
-        while not daemon.events("backoff") or daemon.events("backoff")[-1]["delay_s"] < 16:
-            assert time.monotonic() < deadline, "the backoff did not grow"
-            seen = len(daemon.events("backoff"))
-            daemon.proc.send_signal(signal.SIGUSR1)
-            wait_for(lambda: len(daemon.events("backoff")) > seen, timeout=10, what="one more failed cycle")
+        drive_backoff_up(daemon)
         server.start()  # returns once the agent answers with a leader
         back = time.monotonic()
         # The dev agent comes back empty: web1 must be registered again.
@@ -227,14 +233,7 @@ def test_a_db_change_ends_a_backoff_wait(consul: ConsulServer, tmp_path: Path, w
     real = workdir.node_db.resolve()
     away = real.with_name(real.name + ".away")
     real.rename(away)
-    # Drive the backoff up quickly: each SIGUSR1 cuts the current wait, and the cycle
-    # it starts fails again, doubling the next wait.
-    deadline = time.monotonic() + 30
-    while not daemon.events("backoff") or daemon.events("backoff")[-1]["delay_s"] < 16:
-        assert time.monotonic() < deadline, "the backoff did not grow"
-        seen = len(daemon.events("backoff"))
-        daemon.proc.send_signal(signal.SIGUSR1)
-        wait_for(lambda: len(daemon.events("backoff")) > seen, timeout=10, what="one more failed cycle")
+    drive_backoff_up(daemon)
     assert daemon.events("cycle_failed")[-1]["error_kind"] == "SourceMissing"
     finished = len(daemon.events("cycle_finished"))
     started = len(daemon.events("cycle_started"))
