@@ -80,6 +80,17 @@ class StartupWindow:
 
 
 @dataclass(frozen=True)
+class ConsulRead:
+    """The last read of Consul a ``run`` keeps: for which owner, what it said, the
+    Consul watch's generation before it was made, and when (``Reconciler.clock``)."""
+
+    owner: str
+    observed: Observed
+    generation: int
+    at: float
+
+
+@dataclass(frozen=True)
 class Observation:
     """What ``Reconciler.observe`` read: the owner identity, what Consul holds for it,
     and (not for purge) CBSD's state and the final desired state built from it."""
@@ -196,7 +207,7 @@ class Reconciler:
         self.clock = clock
         #: The last read of Consul: owner, what it said, the watch generation it was
         #: made at, and when (``clock``).
-        self._consul: tuple[str, Observed, int, float] | None = None
+        self._consul: ConsulRead | None = None
         #: The last cycle succeeded, wrote nothing and left nothing waiting on time
         #: (a held or confirming deregistration, a refused burst): with nothing
         #: changed since, the next one would do nothing.
@@ -270,10 +281,10 @@ class Reconciler:
             desired = self.store.records(desired, self.settings)
             self._memo = (state, desired, discovered)
         places = frozenset(r.place for r in desired.records if r.place)
-        last = self._consul
-        cached = reuse_consul and last is not None and self.watch is not None and last[0] == owner and last[2] == self.watch.generation
+        last = self._current_read()
+        cached = reuse_consul and last is not None and last.owner == owner
         if cached and last is not None:
-            observed = last[1]
+            observed = last.observed
             # A place the last read did not cover (a new jail's node name): ask only
             # whether it is taken, as the read would have.
             missing = places - {r.place for r in observed.owned} - observed.foreign_places
@@ -285,7 +296,7 @@ class Reconciler:
             generation = self.watch.generation if self.watch is not None else 0
             last = self._consul = None  # the last read goes before the next is made (peak memory)
             observed = self.store.read(owner, places)
-            self._consul = (owner, observed, generation, self.clock())
+            self._consul = ConsulRead(owner, observed, generation, self.clock())
         desired, daemon_running = self.store.settle(desired, observed, standalone=self.standalone, settings=self.settings)
         return Observation(owner, observed, state, desired, desired.host, daemon_running, cached=cached)
 
@@ -397,8 +408,13 @@ class Reconciler:
             and self.watch.healthy
             and self._quiet
             and last is not None
-            and self.clock() - last[3] < self.settings.sync.resync
+            and self.clock() - last.at < self.settings.sync.resync
         )
+
+    def _current_read(self) -> ConsulRead | None:
+        """The last read of Consul if the watch saw no change since it was made."""
+        last = self._consul
+        return last if last is not None and self.watch is not None and last.generation == self.watch.generation else None
 
     def cycle(self, *, apply: bool = True, force: bool = False, purge: bool = False, reasons: Sequence[str] | None = None) -> CycleResult:
         """observe, plan and (with ``apply``) apply, or the same for ``purge``; logs the
@@ -412,8 +428,7 @@ class Reconciler:
         with only CBSD changed it reuses the last read of Consul."""
         incremental = apply and not purge and not force and self.incremental(reasons)
         if (
-            incremental and self._consul is not None and self.watch is not None and self._consul[2] == self.watch.generation
-            and self.source.unchanged() and self._discovery_unchanged()
+            incremental and self._current_read() is not None and self.source.unchanged() and self._discovery_unchanged()
         ):
             self.cycles += 1
             self.log.debug("cycle_skipped", cycle=self.cycles, reasons=list(reasons or ()))
