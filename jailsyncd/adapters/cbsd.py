@@ -360,7 +360,10 @@ def db_stamp(path: str) -> tuple[_FileStamp | None, _FileStamp | None]:
     a checkpoint, or a write in another journal mode, changes the DB file itself.
 
     The ``-wal``'s ctime is left out: SQLite running as root re-owns the ``-wal`` on
-    every open (``fchown``), even a read-only one, which moves its ctime each time."""
+    every open (``fchown``), even a read-only one, which moves its ctime each time.
+    An empty ``-wal`` counts as none: it holds no commit, and our own read-only
+    connection creates one when CBSD's writer has just removed it (and cannot remove
+    it again), which must not look like a change."""
     try:
         st = os.lstat(path)
     except OSError:
@@ -370,7 +373,8 @@ def db_stamp(path: str) -> tuple[_FileStamp | None, _FileStamp | None]:
         db = _file_stamp(path)
     else:
         db = _file_stamp(path, st=st)
-    return (db, _file_stamp(path + "-wal", ctime=False))
+    wal = _file_stamp(path + "-wal", ctime=False)
+    return (db, None if wal is not None and wal[2] == 0 else wal)
 
 
 def _racy(stamp: tuple[_FileStamp | None, _FileStamp | None], read_at_ns: int) -> bool:

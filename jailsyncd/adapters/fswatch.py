@@ -11,11 +11,9 @@ Linux, kqueue on FreeBSD) are in ``platform``; this module is the portable logic
   or deleted are all seen; ``-shm`` and other names in them are ignored unread;
 - whether it changed: only a different ``db_stamp`` (``adapters.cbsd``, the one
   change detector) is a change, so our own reads and anything else that touches
-  the files without a commit ask for nothing. One more rule here: a ``-wal`` of size
-  0 counts as no ``-wal`` (it holds no commit). Our own read-only connection creates
-  an empty ``-wal`` when CBSD's writer has just removed it (a read-only connection
-  cannot remove it again), and that must not look like a change, or every CBSD write
-  would cost a second, empty cycle;
+  the files without a commit ask for nothing (an empty ``-wal``, which our own
+  read-only connection creates after CBSD's writer removed it, is none: otherwise
+  every CBSD write would cost a second, empty cycle);
 - bursts: one CBSD write creates the ``-wal``, appends to it, checkpoints into the
   DB and removes the ``-wal`` within a few milliseconds. Events are gathered until
   none came for ``SETTLE`` (at most ``SETTLE_MAX`` in all), then the stamp is compared
@@ -52,14 +50,6 @@ SETTLE_MAX = 0.1
 Stamp = tuple[Any, Any]
 
 
-def content_stamp(path: str) -> Stamp:
-    """``db_stamp`` with an empty ``-wal`` counted as none (see the module docstring)."""
-    db, wal = db_stamp(path)
-    if wal is not None and wal[2] == 0:
-        wal = None
-    return (db, wal)
-
-
 class DbWatcher:
     """Calls ``on_change()`` (from its own thread) when the node DB at ``path``
     changed. ``events``: makes the platform's file event queue (``Platform.file_events``),
@@ -94,7 +84,7 @@ class DbWatcher:
         self.changes = 0
         #: Batches of events read and handled (tests wait on it).
         self.batches = 0
-        self._stamp = content_stamp(self.path)
+        self._stamp = db_stamp(self.path)
         self._next_check = time.monotonic() + interval
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -222,7 +212,7 @@ class DbWatcher:
                 self._events.watch(dirs, files)
             except Exception as exc:  # noqa: BLE001 - e.g. ENOSPC re-adding a watch
                 self._fall_back(exc)
-        stamp = content_stamp(self.path)
+        stamp = db_stamp(self.path)
         self.checks += 1
         if stamp != self._stamp or force:
             self._stamp = stamp

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from jailsyncd.adapters.fswatch import DbWatcher, content_stamp
+from jailsyncd.adapters.cbsd import db_stamp
+from jailsyncd.adapters.fswatch import DbWatcher
 from jailsyncd.platform import IN_DELETE_SELF, IN_IGNORED, IN_MODIFY, IN_Q_OVERFLOW, FileEvent, Inotify, Kqueue, Platform
 
 
@@ -341,11 +342,11 @@ def test_a_backend_failing_later_falls_back_to_poll_and_says_so(db: Path) -> Non
 
 def test_an_empty_wal_is_no_wal(db: Path) -> None:
     """Our read-only reader creates an empty -wal after CBSD's writer removed it."""
-    before = content_stamp(str(db))
+    before = db_stamp(str(db))
     Path(f"{db}-wal").write_bytes(b"")
-    assert content_stamp(str(db)) == before
+    assert db_stamp(str(db)) == before
     Path(f"{db}-wal").write_bytes(b"\1" * 32)
-    assert content_stamp(str(db)) != before
+    assert db_stamp(str(db)) != before
 
 
 def test_file_events_are_chosen_by_system() -> None:
