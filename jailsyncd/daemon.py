@@ -211,7 +211,7 @@ class Daemon:
                 changed = self.watch.wait_change(owner)
             except JailsyncdError as exc:
                 failures += 1
-                delay = WATCH_BACKOFF_MAX if not exc.retryable else min(2.0 ** (failures - 1), WATCH_BACKOFF_MAX)
+                delay = backoff_delay(failures, WATCH_BACKOFF_MAX) if exc.retryable else WATCH_BACKOFF_MAX
                 (self.log.warning if failures == 1 else self.log.debug)("consul_watch_failed", error=str(exc), failures=failures, retry_in_s=delay)
                 self._stop.wait(delay)
                 continue
