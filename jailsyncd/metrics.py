@@ -236,6 +236,9 @@ class Metrics:
         )
         self.health_probes = Counter("jailsyncd_health_probes", "Probes of health rounds that got a result, by result (ok, failed).", ["result"], registry=r)
         self.health_writes = Counter("jailsyncd_health_writes", "Check statuses health rounds wrote to Consul.", registry=r)
+        self.health_write_failures = Counter(
+            "jailsyncd_health_write_failures", "Check writes of health rounds Consul refused, each alone (the round went on; retried next round).", registry=r
+        )
         for result in ("ok", "failed"):
             self.health_rounds.labels(result)
             self.health_probes.labels(result)
@@ -251,6 +254,7 @@ class Metrics:
         self.health_probes.labels("ok").inc(stats.probes_ok)
         self.health_probes.labels("failed").inc(stats.probes_failed)
         self.health_writes.inc(stats.writes)
+        self.health_write_failures.inc(stats.failed)
 
     def _record_state(self, result: CycleResult) -> None:
         self.last_cycle.set(time.time())

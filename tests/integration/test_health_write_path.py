@@ -20,6 +20,7 @@ from jailsyncd.adapters.consul import connect
 from jailsyncd.adapters.probe import Prober
 from testing.devnet import NetNS, available
 from jailsyncd.healthloop import HealthLoop
+from jailsyncd.metrics import Metrics
 from jailsyncd.reconcile import Reconciler
 from testing.sample import Workdir
 from jailsyncd.settings import load_settings
@@ -72,7 +73,9 @@ def test_one_refused_check_write_does_not_stop_the_round(netns: NetNS, ns_consul
         netns.add_address(address)
     workdir.add("a1", jid=1, status=1, ip4_addr=UP)
     workdir.add("b1", jid=2, status=1, ip4_addr=OTHER)
-    reconciler, health = in_process(write_config(tmp_path / "c.toml", workdir=workdir.root, consul=ns_consul, health=HEALTH))
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=ns_consul, health=HEALTH)
+    settings = load_settings(config, env={})
+    reconciler, health = in_process(config)
 
     def body() -> None:
         assert reconciler.cycle().ok
@@ -85,6 +88,16 @@ def test_one_refused_check_write_does_not_stop_the_round(netns: NetNS, ns_consul
         assert (stats.writes, stats.failed) == (1, 1)
         assert status(ns_consul)["jailsyncd-b1:ping"] == "critical"
         assert "jailsyncd-a1:ping" not in status(ns_consul)
+        # The daemon's metrics count the refused write (issue 10, item 19: failures)
+        # apart from the written ones, in a round that still counts as ok.
+        metrics = Metrics()
+        metrics.watch(lambda: settings, health)
+        netns.add_address(OTHER)  # b1 answers again: its status must be written
+        health.safe_round()
+        sample = metrics.registry.get_sample_value
+        assert sample("jailsyncd_health_rounds_total", {"result": "ok"}) == 1
+        assert sample("jailsyncd_health_writes_total") == 1
+        assert sample("jailsyncd_health_write_failures_total") == 1
 
     netns.call(body)
 

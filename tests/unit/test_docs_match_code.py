@@ -148,3 +148,26 @@ def test_every_exit_status_is_in_the_readme_and_the_man_page() -> None:
     man = {int(n) for n in re.findall(r"^\.It (\d+)$", _man_blocks("EXIT STATUS"), re.M)}
     assert readme == codes, f"README exit table: missing {sorted(codes - readme)}, extra {sorted(readme - codes)}"
     assert man == codes, f"jailsyncd(8) EXIT STATUS: missing {sorted(codes - man)}, extra {sorted(man - codes)}"
+
+
+def _metric_names() -> set[str]:
+    """Every metric jailsyncd.metrics defines, as a scrape shows it (a counter with
+    ``_total``), read from the source so that the health-only metrics are included."""
+    tree = ast.parse((ROOT / "jailsyncd" / "metrics.py").read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)):
+            continue
+        kind = node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id if isinstance(node.func, ast.Name) else ""
+        name = node.args[0].value
+        if isinstance(name, str) and name.startswith("jailsyncd_") and kind in ("Counter", "Gauge", "Histogram", "G"):
+            names.add(f"{name}_total" if kind == "Counter" else name)
+    return names
+
+
+def test_every_metric_is_in_the_operations_metrics_table_and_no_other() -> None:
+    text = OPERATIONS.read_text()
+    documented = set(re.findall(r"^\| `(jailsyncd_[a-z0-9_]+)` \| (?:counter|gauge|histogram) \|", text, re.M))
+    names = _metric_names()
+    assert {"jailsyncd_cycles_total", "jailsyncd_health_writes_total", "jailsyncd_consul_up"} <= names  # the scan finds them
+    assert (sorted(names - documented), sorted(documented - names)) == ([], [])
