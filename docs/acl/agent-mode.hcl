@@ -40,9 +40,10 @@
 # Service names are not known in advance (jail names, consul.name=, [[rule]] names),
 # hence the empty prefix. To narrow it, replace the prefix with one block per name
 # (service "www" { policy = "write" }) or a common prefix, and keep
-# service "jailsyncd" { policy = "write" } when [health] is enabled. Be aware that a
-# jail whose name the token may not write makes every cycle stop at that jail (exit
-# 77; see docs/reliability.md).
+# service "jailsyncd" { policy = "write" } when [health] is enabled. A jail whose
+# name the token may not write fails alone: its registration is refused
+# (action_failed; once exits 77 naming it), every other jail is still written
+# (see docs/reliability.md). check-config --online names the names it lacks.
 
 service_prefix "" {
   policy = "write"

@@ -16,6 +16,11 @@
 #   PUT /v1/txn (read-only Service get)   service:read on their services (Consul
 #                                         silently leaves out what the token may
 #                                         not read)
+#   GET /v1/catalog/node-services/NODE    node:read and service:read: one of our
+#                                         nodes read alone (a node changed by hand)
+#   GET /v1/catalog/services?node-meta=.. node:read and service:read: run's Consul
+#                                         watch (sync.watch_consul), a blocking
+#                                         query on our nodes' services
 #   PUT /v1/txn (read-only Node get)      nothing more: whether each name a cycle
 #                                         wants to create is held by someone else
 #                                         (Consul 1.8 answers a get whatever the

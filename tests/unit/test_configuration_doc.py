@@ -197,3 +197,39 @@ def test_match_is_marked_required() -> None:
     text = CONFIGURATION.read_text()
     assert "match" in rule_rows
     assert re.search(r"^\| `match` \(required\) \|", text, re.M)
+
+
+def _durations_paragraph(text: str) -> str:
+    return text.split("Durations are", 1)[1].split("\n\n", 1)[0]
+
+
+def _man_durations_paragraph() -> str:
+    man = (CONFIGURATION.parent / "man" / "jailsyncd.toml.5").read_text()
+    return man.split("Durations are", 1)[1].split("\n.Pp", 1)[0]
+
+
+def test_the_durations_paragraph_names_every_minimum_and_every_zero() -> None:
+    """The configuration doc and jailsyncd.toml(5) name each duration that may be 0 and
+    each minimum (``settings._MAY_BE_ZERO``, ``settings.MIN_DURATION``), in one
+    sentence per minimum: ``key, key and key at least VALUE``."""
+    zero = settings_module._MAY_BE_ZERO  # noqa: SLF001
+    by_minimum: dict[float, set[str]] = {}
+    for key, minimum in settings_module.MIN_DURATION.items():
+        by_minimum.setdefault(minimum, set()).add(key)
+    for name, paragraph, key_pattern, value_pattern in (
+        ("configuration.md", _durations_paragraph(CONFIGURATION.read_text()), r"`([a-z_]+\.[a-z_]+)`", r"`(\d+m?s)`"),
+        ("jailsyncd.toml.5", _man_durations_paragraph(), r"\.Cm ([a-z_]+\.[a-z_]+)", r"\\\(dq(\d+m?s)\\\(dq"),
+    ):
+        # The keys before "arrive:" may be zero; after it, each "at least VALUE" closes
+        # the group of keys named since the previous one.
+        zero_part, minimums = paragraph.split("arrive:", 1)
+        found: dict[float, set[str]] = {}
+        for group in re.split(r"[;.]\s", minimums):
+            if not re.search(r"at\s+least", group):
+                continue
+            value = re.search(r"at\s+least\s+(?:\.Ql\s+)?" + value_pattern, group)
+            assert value, f"{name}: 'at least' without a duration: {group!r}"
+            found[parse_duration(value.group(1), lambda m: ConfigError(m))] = set(re.findall(key_pattern, group))
+        assert found == by_minimum, name
+        zeros = set(re.findall(key_pattern, zero_part))
+        assert zeros == zero, name
