@@ -331,8 +331,23 @@ def plan_as_text(plan: Plan) -> str:
     for n in plan.notes:
         lines.append(f"# {n.jail:<20} note       {n.kind}: {n.detail}")
     if not plan.writes:
-        lines.append(f"no changes now: {len(plan.held)} deregistrations held (=)" if plan.held else "no changes: Consul matches CBSD")
+        lines.append(_nothing_to_write(plan))
     return "\n".join(lines)
+
+
+def _nothing_to_write(plan: Plan) -> str:
+    """The last line of a plan without writes: "Consul matches CBSD" only when it does;
+    otherwise what is left undone and why (the rows marked ``=`` or ``!`` above)."""
+    conflicts = sum(1 for k in plan.skipped if k.reason == "conflict")
+    undone = [
+        f"{count} {what}" for count, what in (
+            (len(plan.held), "deregistrations held (=)"),
+            (len(plan.refused), "deregistrations refused (!)"),
+            (len(plan.collisions), "collisions with another CBSD node (!)"),
+            (conflicts, "conflicts with another owner (!)"),
+        ) if count
+    ]
+    return "no changes now: " + "; ".join(undone) if undone else "no changes: Consul matches CBSD"
 
 
 def _json_value(value: object) -> Any:

@@ -112,6 +112,21 @@ def test_refused_rows_and_no_changes():
     assert plan_as_json(Plan())["update"] == []
 
 
+def test_the_last_line_never_says_consul_matches_while_something_is_held_back():
+    """A plan with no writes but refused deregistrations (the empty-table rail),
+    collisions or conflicts ends with a line saying what is left undone, not
+    "Consul matches CBSD" (which sent the operator the wrong way: it does not)."""
+    stale = [svc(f"j{i}") for i in range(3)]
+    refused = plan(Desired((), host="node1", empty_source=True), Observed(tuple(stale)), max_deregistrations=10)
+    assert plan_as_text(refused).splitlines()[-1] == "no changes now: 3 deregistrations refused (!)"
+    collided = svc("other1", meta={"cbsd-host": "node2"})
+    conflict = (Skip("x", "conflict", "jailsyncd-x belongs to owner someone-else"),)
+    both = plan(Desired((), skipped=conflict, host="node1"), Observed((collided,)), max_deregistrations=10)
+    assert plan_as_text(both).splitlines()[-1] == "no changes now: 1 collisions with another CBSD node (!); 1 conflicts with another owner (!)"
+    unaddressable = (Skip("d1", "unaddressable", "DHCP"), Skip("p1", "opted_out", "consul=off"))
+    assert plan_as_text(plan(Desired((), skipped=unaddressable, host="node1"), Observed(()), max_deregistrations=10)).splitlines()[-1] == "no changes: Consul matches CBSD"
+
+
 def test_update_row_with_empty_values():
     new = OLD["agent"].with_values(tags=frozenset(), meta=())
     text = plan_as_text(Plan(update=(Update(OLD["agent"], new, ("tags", "meta")),)))
