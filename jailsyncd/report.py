@@ -697,7 +697,7 @@ def run(args: argparse.Namespace, stdin: IO[str] | None = None, stdout: IO[str] 
     report = aggregate(lines, since=since, jails=getattr(args, "jails", None))
     report = replace(report, unreadable=tuple(unreadable))
     if collector is not None:
-        _write_html(Path(html_path), collector, stdout)
+        _write_html(Path(html_path), collector, stdout, report.unreadable)
     if getattr(args, "json", False):
         stdout.write(json.dumps(report_as_json(report), indent=2) + "\n")
     elif collector is None:
@@ -709,12 +709,12 @@ def run(args: argparse.Namespace, stdin: IO[str] | None = None, stdout: IO[str] 
     return ExitCode.OK
 
 
-def _write_html(path: Path, collector: Any, stdout: IO[str]) -> None:
+def _write_html(path: Path, collector: Any, stdout: IO[str], unreadable: tuple[tuple[str, str], ...]) -> None:
     """``--html``: the page for the collected events, written whole or not at all."""
     from jailsyncd import reporthtml
 
     timeline = collector.timeline()
-    page = reporthtml.render(timeline, generated=datetime.now(timezone.utc))
+    page = reporthtml.render(timeline, generated=datetime.now(timezone.utc), unreadable=unreadable)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         tmp.write_text(page, encoding="utf-8")

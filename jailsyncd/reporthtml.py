@@ -159,11 +159,19 @@ svg text{font:11px system-ui,sans-serif;fill:#333}
 """
 
 
-def render(timeline: Timeline, *, title: str = "jailsyncd drift report", generated: datetime | None = None) -> str:
-    """The page: a complete HTML document with everything inline."""
+def render(
+    timeline: Timeline, *, title: str = "jailsyncd drift report", generated: datetime | None = None, unreadable: Iterable[tuple[str, str]] = ()
+) -> str:
+    """The page: a complete HTML document with everything inline. ``unreadable``:
+    ``(file, reason)`` for each log file that could not be read completely; the page
+    says it lacks them (it travels without the error line ``report`` printed)."""
     events = timeline.events
     kinds = timeline.kinds
     head = f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<h1>{_e(title)}</h1>\n'
+    missing = list(unreadable)
+    if missing:
+        items = "".join(f"<li>{_e(name)}: {_e(reason)}</li>" for name, reason in missing)
+        head += f'<div class="meta" id="unreadable"><p>Incomplete: {len(missing)} log file(s) could not be read completely; this page shows the rest.</p><ul>{items}</ul></div>\n'
     when = f" Generated {generated.strftime('%Y-%m-%d %H:%M:%S')} UTC." if generated else ""
     if not events:
         return head + f'<p class="meta" id="summary">No drift in the selected log lines.{when}</p>\n</body>\n</html>\n'

@@ -573,3 +573,20 @@ def test_all_files_readable_exits_0_with_an_empty_unreadable_list(tmp_path: Path
     assert main(["report", "--json", *map(str, _rotated_set(tmp_path))]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["totals"]["unreadable"] == [] and captured.err == ""
+
+
+def test_html_page_says_which_files_it_lacks(tmp_path: Path, capsys):
+    """``--html`` with one truncated rotated log: the page is written from the rest,
+    exit 66 names the file, and the page itself says it is incomplete and why (a page
+    is passed around without the terminal that showed the error line)."""
+    from jailsyncd.cli import main
+
+    live, middle, oldest = _rotated_set(tmp_path)
+    middle.write_bytes(middle.read_bytes()[:-12])
+    page = tmp_path / "drift.html"
+    assert main(["report", "--html", str(page), str(live), str(middle), str(oldest)]) == ExitCode.SOURCE_UNAVAILABLE
+    assert f"{middle}: corrupt or truncated" in capsys.readouterr().err
+    html = page.read_text()
+    assert 'id="unreadable"' in html and "Incomplete" in html and f"{middle}: corrupt or truncated" in html
+    assert main(["report", "--html", str(page), str(live), str(oldest)]) == ExitCode.OK
+    assert 'id="unreadable"' not in page.read_text()
