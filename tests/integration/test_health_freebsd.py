@@ -295,3 +295,52 @@ def test_concurrent_rounds_on_kept_sockets_lose_no_reply(netns: NetNS) -> None:
     with ThreadPoolExecutor(2) as pool:
         futures = [pool.submit(one_round) for _ in range(2)]
     assert [f.result(timeout=30) for f in futures] == [[], []]
+
+
+def test_freebsd_round_too_long_names_the_sysctl_at_start_and_in_every_round(netns: NetNS, ns_consul: ConsulServer, tmp_path: Path, workdir: Workdir, monkeypatch) -> None:
+    """A host whose ``net.inet.icmp.icmplim`` (recorded ``sysctl -n`` answers; the
+    default 200 and jitter 16 are in sys/netinet/ip_icmp.c, where badport_bandlim()
+    drops echo replies above it) is too low for its jails: jailsyncd paces below it,
+    says at start (the first cycle's ``health_round_too_long``) and in every round
+    (``health_round``, the ``jailsyncd_health_round_over_interval`` gauge) that a round
+    cannot fit in ``health.interval``, naming the sysctl and a value that is enough,
+    and no jail turns critical because of the pace. Wired as ``run`` wires it (``App``)."""
+    from jailsyncd.app import App
+    from jailsyncd.metrics import Metrics
+
+    kernel = FreeBSDKernel(root=True)
+    # icmplim 20, jitter 16: jailsyncd sends at most (20 - 16) x 0.9 = 3 requests/s.
+    monkeypatch.setattr(platform_module, "current", lambda: kernel.platform({"net.inet.icmp.icmplim": "20"}))
+    addresses = [f"10.77.2.{i}" for i in range(1, 6)]
+    for n, address in enumerate(addresses):
+        netns.add_address(address)
+        workdir.add(f"j{n}", jid=n + 1, status=1, ip4_addr=address)
+    logged = io.StringIO()
+    configure("json", "info", stream=logged)
+    health = 'interval = "1s"\ntimeout = "300ms"\ncount = 1\nfailures_before_critical = 1'
+    settings = load_settings(write_config(tmp_path / "c.toml", workdir=workdir.root, consul=ns_consul, health=health), env={})
+
+    def body() -> None:
+        app = App(settings)
+        loop = app.health_loop()
+        assert loop is not None and loop.rate == 3
+        metrics = Metrics()
+        metrics.watch(lambda: settings, loop)
+        assert app.reconciler(health=True).cycle().ok
+        loop.safe_round()
+        events = log_events(logged.getvalue())
+        warned = [e for e in events if e["event"] == "health_round_too_long"]
+        assert len(warned) == 1 and warned[0]["addresses"] == len(addresses) and warned[0]["rate_limit"] == 3
+        rounds = [e for e in events if e["event"] == "health_round" and e["probed"]]
+        assert rounds and rounds[-1]["over_interval"] is True
+        for fix in (warned[0]["fix"], rounds[-1]["fix"]):
+            assert fix.startswith("sysctl net.inet.icmp.icmplim=") and "/etc/sysctl.conf" in fix, fix
+            value = fix.split("=", 1)[1].split()[0]
+            enough = kernel.platform({"net.inet.icmp.icmplim": value}).default_rate_limit()
+            assert enough >= warned[0]["needed_rate"], (value, enough)
+        assert metrics.registry.get_sample_value("jailsyncd_health_round_over_interval") == 1.0
+        assert metrics.registry.get_sample_value("jailsyncd_health_rate_limit") == 3.0
+        pings = {c: s for c, (s, _) in checks(ns_consul).items() if c.endswith(":ping")}
+        assert len(pings) == len(addresses) and set(pings.values()) == {"passing"}, pings
+
+    netns.call(body)
