@@ -203,14 +203,18 @@ def test_run_switches_to_the_user_for_good_and_keeps_working(netns: NetNS, ns_co
     assert proc.returncode == 0, log_path.read_text()
 
 
-@pytest.mark.parametrize("what", ["token", "db"])
+@pytest.mark.parametrize("what", ["token", "db", "config"])
 def test_a_file_the_user_cannot_read_stops_run_and_configtest(what: str, netns: NetNS, ns_consul: ConsulServer, base: Path, target) -> None:
     """``run`` exits 77 at start naming the file, and ``check-config --service`` (what
-    ``service jailsyncd configtest`` runs, as root) says the same beforehand."""
+    ``service jailsyncd configtest`` runs, as root) says the same beforehand: the token
+    file, CBSD's node DB, and the settings file (read again on SIGHUP, as the user)."""
     user, uid, group, gid = target
     workdir, config = setup_host(base, gid, ns_consul, token_mode=0o600 if what == "token" else 0o640)
-    group_owned(workdir.root, gid, file_mode=0o660 if what == "token" else 0o640, dir_mode=0o770 if what == "token" else 0o750)
-    culprit = str(base / "jailsyncd.token") if what == "token" else str(workdir.root / "var" / "db" / "local.sqlite")
+    db_unreadable = what == "db"
+    group_owned(workdir.root, gid, file_mode=0o640 if db_unreadable else 0o660, dir_mode=0o750 if db_unreadable else 0o770)
+    if what == "config":
+        config.chmod(0o600)  # root's alone
+    culprit = {"token": str(base / "jailsyncd.token"), "db": str(workdir.root / "var" / "db" / "local.sqlite"), "config": str(config)}[what]
     for args in (["check-config", "--service"], ["run"]):
         argv = jailsyncd_argv(netns, base, uid, gid, "--config", str(config), "--user", user, *args)
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=str(REPO))
