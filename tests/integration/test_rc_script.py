@@ -321,6 +321,24 @@ def test_rc_user_and_group_go_to_jailsyncd_not_to_daemon8(rc: RcHarness) -> None
     assert checks[-1] == [*expected, "check-config", "--service"]
 
 
+def test_rc_command_lines_are_accepted_by_jailsyncds_own_parser(rc: RcHarness) -> None:
+    """What daemon(8) runs and what configtest runs, with the documented
+    ``sysrc jailsyncd_flags="--log-level debug"``, a user, a group and a settings path
+    with a blank, parse with jailsyncd's real command line (the fake jailsyncd above
+    does not): global options before the command, which takes only its own."""
+    from jailsyncd.cli import build_parser
+
+    conf = rc.tmp / "my etc" / "jailsyncd.toml"
+    knobs = {"jailsyncd_config": str(conf), "jailsyncd_flags": "--log-level debug --log-format console", "jailsyncd_user": "jailsyncd", "jailsyncd_group": "cbsd"}
+    argv = rc.daemon_argv(**knobs)
+    checks = [call for call in rc.jailsyncd_calls() if "check-config" in call]
+    for words, command in ((argv[argv.index(str(rc.bin)) + 1 :], "run"), (checks[-1], "check-config")):
+        args = build_parser().parse_args(words)
+        assert (args.command, args.config, args.log_level, args.log_format) == (command, conf, "debug", "console")
+        assert (args.user, args.group) == ("jailsyncd", "cbsd")
+    assert build_parser().parse_args(checks[-1]).service is True
+
+
 def test_rc_knobs_reach_daemon8(rc: RcHarness) -> None:
     argv = rc.daemon_argv(
         jailsyncd_config="/etc/other.toml",
