@@ -497,6 +497,15 @@ def _fill_from_env(consul: ConsulSettings, in_file: set[str], env: Mapping[str, 
         updates["datacenter"] = datacenter
     if updates:
         consul = ConsulSettings(**{**consul.__dict__, **updates})
+    if env.get("CONSUL_CAPATH") and consul.address.startswith("https://") and consul.verify and consul.ca_file is None:
+        # The Consul CLI trusts every CA file of that folder; requests (OpenSSL's
+        # capath) would need hashed file names. Ignoring it would verify against the
+        # system's CAs instead of the ones named, so it is refused, as the CLI would
+        # use it (CONSUL_CACERT wins over it there too; without TLS it is unused).
+        raise ConfigError(
+            "CONSUL_CAPATH (environment variable): a folder of CA certificates is not supported;"
+            " give the CA bundle as one file in CONSUL_CACERT or consul.ca_file"
+        )
     return consul
 
 

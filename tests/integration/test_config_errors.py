@@ -105,3 +105,17 @@ def test_unix_socket_address_is_refused_naming_the_variable(tmp_path: Path, work
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith("jailsyncd: CONSUL_HTTP_ADDR (environment variable for consul.address") and "unix sockets are not supported" in line
     assert log_events(proc.stderr) == []
+
+
+def test_consul_capath_is_refused_naming_the_variable(tmp_path: Path, workdir: Workdir) -> None:
+    """``CONSUL_CAPATH`` (a folder of CA files, which the Consul CLI reads) with an
+    https address and no CA file: refused at load, one line, before any request,
+    rather than verifying against the system's CAs instead of the ones named."""
+    dead = ConsulServer(binary="unused")
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=dead)
+    config.write_text("\n".join(line for line in config.read_text().splitlines() if not line.startswith("address")))
+    proc = run_cli("once", config=config, env={"CONSUL_HTTP_ADDR": "https://127.0.0.1:8501", "CONSUL_CAPATH": str(tmp_path)})
+    assert proc.returncode == ExitCode.CONFIG, proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("jailsyncd: CONSUL_CAPATH (environment variable): ") and "CONSUL_CACERT" in line
+    assert log_events(proc.stderr) == []

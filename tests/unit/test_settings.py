@@ -888,6 +888,38 @@ def test_tls_variables_are_honoured(cfg):
     assert (c.ca_file, c.cert_file, c.key_file, c.tls_server_name) == (Path("/e/ca.pem"), Path("/e/c.pem"), Path("/e/k.pem"), "server.dc1.consul")
 
 
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"CONSUL_HTTP_ADDR": "https://127.0.0.1:8501", "CONSUL_CAPATH": "/etc/consul.d/ca"},
+        {"CONSUL_HTTP_SSL": "true", "CONSUL_CAPATH": "/etc/consul.d/ca"},
+    ],
+)
+def test_consul_capath_that_would_be_ignored_is_refused_naming_it(cfg, env):
+    """The Consul CLI trusts every CA file in ``CONSUL_CAPATH``; jailsyncd takes a CA
+    bundle file only. Ignoring the variable would verify Consul's certificate against
+    the system's CAs instead of the ones the operator named, so it is refused, naming
+    the variable and what to use instead."""
+    with pytest.raises(ConfigError) as exc:
+        cfg("", env)
+    message = str(exc.value)
+    assert message.startswith("CONSUL_CAPATH (environment variable): ") and "CONSUL_CACERT" in message and "consul.ca_file" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "env"),
+    [
+        ("", {"CONSUL_HTTP_ADDR": "127.0.0.1:8500", "CONSUL_CAPATH": "/d"}),  # no TLS: the CLI ignores it too
+        ("", {"CONSUL_HTTP_ADDR": "https://127.0.0.1:8501", "CONSUL_CAPATH": "/d", "CONSUL_CACERT": "/ca.pem"}),  # CACERT wins, as in the CLI
+        ("[consul]\nca_file = '/ca.pem'\n", {"CONSUL_HTTP_ADDR": "https://127.0.0.1:8501", "CONSUL_CAPATH": "/d"}),
+        ("", {"CONSUL_HTTP_ADDR": "https://127.0.0.1:8501", "CONSUL_CAPATH": "/d", "CONSUL_HTTP_SSL_VERIFY": "false"}),
+        ("[consul]\naddress = 'https://127.0.0.1:8501'\nverify = false\n", {"CONSUL_CAPATH": "/d"}),
+    ],
+)
+def test_consul_capath_that_changes_nothing_is_accepted(cfg, text, env):
+    assert cfg(text, env).consul is not None
+
+
 def test_bad_tls_server_name_from_env_is_named(cfg):
     message = error_of(cfg, "", {"CONSUL_TLS_SERVER_NAME": "server dc1"})
     assert message.startswith("CONSUL_TLS_SERVER_NAME (environment variable for consul.tls_server_name")
