@@ -5,9 +5,10 @@ follow the real programs where the script depends on them: ``STANDIN_RC_SUBR`` f
 /etc/rc.subr (libexec/rc/rc.subr: ``${name}_flags``/``$flags`` put between
 ``$command`` and ``$command_args`` and the whole line run through ``eval``;
 ``check_pidfile`` matching ``procname`` against the first word ps(1) shows; the default
-stop's SIGTERM and ``wait_for_pids``, which waits with no timeout; custom ``*_cmd`` and
-``*_precmd``) and ``standin_daemon8.py`` for daemon(8) (usr.sbin/daemon/daemon.c of
-FreeBSD 14: its options, pidfiles, restarts and the SIGTERM it ignores while it sleeps
+stop's SIGTERM and ``wait_for_pids``, which waits with no timeout, and its silence under
+``faststop`` when nothing runs; ``restart`` as a stop then a start in subshells; the
+``fast`` prefix of /etc/rc and rc.shutdown; custom ``*_cmd`` and ``*_precmd``) and
+``standin_daemon8.py`` for daemon(8) (usr.sbin/daemon/daemon.c of FreeBSD 14: its options, pidfiles, restarts and the SIGTERM it ignores while it sleeps
 before a restart). The programs they start are small fakes of ``jailsyncd`` that record
 their arguments and the signals they get, including one installed the way pip does
 when the interpreter's path has a blank (a ``#!/bin/sh`` exec wrapper).
@@ -72,6 +73,16 @@ wait_for_pids() {
 }
 run_rc_command() {
 	rc_arg=$1
+	# The prefixes: rc.shutdown stops every script with "faststop", /etc/rc starts
+	# them with "faststart" (rc_fast: no pid check before start); "one" and "force"
+	# only matter for ${rcvar}, which this stand-in does not check.
+	_rc_prefix=
+	case "$rc_arg" in
+	fast*) rc_arg=${rc_arg#fast}; rc_fast=yes; rc_quiet=yes ;;
+	force*) _rc_prefix=force; rc_arg=${rc_arg#force}; rc_force=yes ;;
+	one*) _rc_prefix=one; rc_arg=${rc_arg#one} ;;
+	quiet*) _rc_prefix=quiet; rc_arg=${rc_arg#quiet}; rc_quiet=yes ;;
+	esac
 	if [ -n "$flags" ]; then rc_flags=$flags; else eval rc_flags=\$${name}_flags; fi
 	eval _user=\$${name}_user
 	_procname=${procname:-${command}}
@@ -92,20 +103,25 @@ run_rc_command() {
 	fi
 	case "$rc_arg" in
 	start)
-		if [ -n "$rc_pid" ]; then echo "${name} already running? (pid=$rc_pid)." >&2; return 1; fi
+		if [ -z "$rc_fast" ] && [ -n "$rc_pid" ]; then echo "${name} already running? (pid=$rc_pid)." >&2; return 1; fi
 		if [ -n "$_precmd" ] && ! eval "$_precmd"; then warn "failed precmd routine for ${name}"; return 1; fi
 		[ -z "$_user" ] || { echo "would su(1) to $_user" >&2; return 1; }
 		echo "Starting ${name}."
 		eval "$command $rc_flags $command_args"
 		;;
 	stop)
-		if [ -z "$rc_pid" ]; then echo "${name} not running? (check $pidfile)." >&2; return 1; fi
+		if [ -z "$rc_pid" ]; then [ -n "$rc_fast" ] && return 0; echo "${name} not running? (check $pidfile)." >&2; return 1; fi
 		echo "Stopping ${name}."
 		kill -TERM $rc_pid
 		wait_for_pids $rc_pid
 		;;
 	status)
 		if [ -n "$rc_pid" ]; then echo "${name} is running as pid $rc_pid."; else echo "${name} is not running."; return 1; fi
+		;;
+	restart)
+		# Both halves in subshells, the start whatever the stop returned.
+		( run_rc_command ${_rc_prefix}stop )
+		( run_rc_command ${_rc_prefix}start )
 		;;
 	*)
 		echo "unknown directive $rc_arg" >&2; return 1
@@ -509,3 +525,36 @@ def test_rc_stop_is_bounded_and_says_so(rc: RcHarness) -> None:
     assert 2 <= took < 8
     assert not alive(supervisor) and not alive(child)
     assert not rc.child_pidfile.exists() and not rc.supervisor_pidfile.exists()
+
+
+def test_rc_stop_when_nothing_runs(rc: RcHarness) -> None:
+    """As rc.subr's own stop (libexec/rc/rc.subr, run_rc_command): ``stop`` says
+    "not running?" and fails; ``faststop``, what rc.shutdown runs for every script
+    with ``KEYWORD: shutdown`` (libexec/rc/rc.shutdown), is silent and succeeds, so
+    an enabled jailsyncd that is not running adds no error to the shutdown."""
+    stop = rc.run("stop")
+    assert stop.returncode != 0 and f"jailsyncd not running? (check {rc.supervisor_pidfile})." in stop.stderr
+    fast = rc.run("faststop")
+    assert (fast.returncode, fast.stdout, fast.stderr) == (0, "", "")
+
+
+def test_rc_restart_stops_then_starts_again(rc: RcHarness) -> None:
+    """rc.subr's restart runs ``stop`` (here the bounded stop_cmd) and then ``start``
+    (configtest first, then daemon(8)): a new supervisor and a new jailsyncd, the old
+    ones gone."""
+    assert rc.run("start").returncode == 0
+    first = rc.supervisor()
+    assert first and rc.signals(1) == ["STARTED"]
+    first_child = int(rc.child_pidfile.read_text())
+    proc = rc.run("restart", timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert "Stopping jailsyncd." in proc.stdout and "Starting jailsyncd." in proc.stdout
+    second = rc.supervisor()
+    assert second and second != first
+    rc.started.append(second)
+    assert rc.signals(2) == ["STARTED", "STARTED"]
+    assert not alive(first) and not alive(first_child)
+    checks = [call for call in rc.jailsyncd_calls() if "check-config" in call]
+    assert len(checks) == 2
+    assert rc.run("stop", timeout=20).returncode == 0
+    assert not alive(second)
