@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import REPO, ConsulServer, log_events, run_cli, write_config
+from harness import REPO, ConsulServer, log_events, run_cli, wait_for, write_config
 
 from jailsyncd.adapters.cbsd import CbsdSource
 from jailsyncd.adapters.discovery import AddressDiscovery
@@ -246,3 +246,37 @@ def test_a_lease_file_that_goes_missing_freezes_the_vm(consul: ConsulServer, tmp
     leases.write_text("")  # back, and empty: now the VM really has no address
     done = run_cli("once", config=config)
     assert done.returncode == 0 and "jailsyncd-win10" not in consul.services()
+
+
+def test_run_sees_a_new_lease_and_an_expired_one_without_a_cbsd_write(consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
+    """``jailsyncd run`` skips a periodic cycle when CBSD's files and Consul (the
+    watch) are unchanged (docs/architecture.md, "Work in proportion to what
+    changed"), but a lease is neither: no file event asks for a cycle when a lease
+    file changes or a lease runs out. The skip asks discovery again, so a lease that
+    appears after CBSD wrote the VM's row (the guest's DHCP comes after its start) is
+    registered by the next periodic cycle, and one that expires, with no write to any
+    file, is deregistered by a later one; cycles in between are skipped."""
+    workdir.add("win10", jid=48377, status=0, emulator="bhyve", ip4_addr="DHCP")
+    workdir.add_nic("win10", VM_MAC)
+    workdir.add("web1", jid=3, status=1, ip4_addr="127.0.78.10")
+    leases = tmp_path / "dnsmasq.leases"
+    leases.write_text("")
+    config = write_config(
+        tmp_path / "jailsyncd.toml", workdir=workdir.root, consul=consul,
+        extra=f'[sync]\ninterval = "1s"\njitter = "0s"\ndhcp_leases = ["{leases}"]\n',
+    )
+    daemon = start_daemon(config)
+    wait_for(lambda: len(daemon.events("cycle_skipped")) >= 2, timeout=20, what="periodic cycles skipped with nothing changed")
+    assert "jailsyncd-win10" not in consul.services()
+    expires = int(time.time()) + 8
+    leases.write_text(f"{expires} {VM_MAC} 127.0.78.50 win10 *\n")
+    wait_for(lambda: "jailsyncd-win10" in consul.services(), timeout=10, what="the new lease registered")
+    service = consul.services()["jailsyncd-win10"]
+    assert (service["Address"], service["Meta"]["cbsd-address-source"]) == ("127.0.78.50", "dhcp-server")
+    registered = len(daemon.events("cycle_skipped"))
+    wait_for(lambda: "jailsyncd-win10" not in consul.services(), timeout=max(expires - time.time(), 0) + 10, what="the expired lease deregistered")
+    assert time.time() >= expires
+    assert len(daemon.events("cycle_skipped")) > registered, "cycles between the two changes were not skipped"
+    gone = [e for e in daemon.events("jail_skipped") if e["jail"] == "win10"]
+    assert gone and gone[-1]["reason"] == "unaddressable"
+    assert not [e for e in daemon.events() if e["event"] in ("cycle_started",) and "change" in e.get("reasons", [])], "a CBSD file change was seen"
