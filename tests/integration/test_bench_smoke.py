@@ -93,7 +93,7 @@ def test_discovery_bench_smoke_n20() -> None:
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in proc.stdout.splitlines() if line.startswith("| ") and "scenario" not in line}
     assert rows["workload (10% DHCP, no MAC)"][:2] == ["2", "0"]
     leases = rows["leases (N/2 dhclient, N/2 dnsmasq)"]
-    assert leases[:2] == ["20", "20"] and leases[5:] == ["11/0", "0/0"]
+    assert leases[:2] == ["20", "20"] and leases[6:] == ["11/0", "0/0"] and float(leases[5]) > 0
     neighbor = rows["neighbor (N VMs, ip -json neigh)"]
     if available() is None:
-        assert neighbor[:2] == ["20", "20"] and neighbor[5:] == ["0/0", "1/1"]
+        assert neighbor[:2] == ["20", "20"] and neighbor[6:] == ["0/0", "1/1"] and float(neighbor[5]) > 0
