@@ -1,5 +1,6 @@
 """The metrics of a live ``jailsyncd run`` pass ``promtool check metrics``, carry the
-numbers the alert rules and ``jailsyncd status`` rely on, and are all documented.
+numbers the alert rules and ``jailsyncd status`` rely on, and are all documented
+(docs/operations.md, "Metrics and alerts": name, type and labels).
 
 A real daemon against a real Consul dev agent and the sample CBSD workdir (one
 environment of every kind, including a running bhyve VM, an opted-out jail and
@@ -141,3 +142,42 @@ def test_every_live_metric_is_documented_with_its_type(live_health) -> None:
         shown = name + "_total" if kind == "counter" and not name.endswith("_total") else name
         assert shown in rows, f"{shown} is not in docs/operations.md's metrics table"
         assert rows[shown] == kind, f"{shown}: documented as {rows[shown]}, exposed as {kind}"
+
+
+def documented_labels(doc: str) -> dict[str, set[str]]:
+    """``{metric: label names}`` from the labels column of docs/operations.md's metrics
+    table: the backquoted names before the first colon (after it come their values)."""
+    out = {}
+    for name, labels in re.findall(r"^\| `(jailsyncd_\w+)` \| (?:gauge|counter|histogram|summary) \|([^|]*)\|", doc, re.M):
+        out[name] = set(re.findall(r"`(\w+)`", labels.split(":", 1)[0]))
+    return out
+
+
+def live_labels(text: str) -> dict[str, set[str]]:
+    """``{family: label names}`` of every sample (a histogram's ``le`` is its own)."""
+    kinds = families(text)
+    out: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        m = re.match(r"^(jailsyncd_\w+?)(?:\{(.*)\})? \S+$", line)
+        if not m:
+            continue
+        family = next((f for f in (m[1], m[1].removesuffix("_total"), m[1].removesuffix("_bucket"), m[1].removesuffix("_count"), m[1].removesuffix("_sum")) if f in kinds), None)
+        if family is None or family.endswith("_created") or m[1].endswith("_created"):
+            continue
+        shown = family + "_total" if kinds[family] == "counter" and not family.endswith("_total") else family
+        out.setdefault(shown, set()).update(set(re.findall(r'(\w+)="', m[2] or "")) - {"le"})
+    return out
+
+
+@pytest.mark.parametrize("which", ["live", "live_health"])
+def test_every_live_metric_is_documented_with_its_labels(which: str, request) -> None:
+    """The labels column of the metrics table names exactly the labels a live daemon
+    puts on each metric (between them the two daemons expose every labelled metric
+    with at least one series: skips and a conflict, health checks)."""
+    _, port = request.getfixturevalue(which)
+    seen = live_labels(scrape(port))
+    documented = documented_labels(OPERATIONS.read_text())
+    assert any(seen.values()), "no labelled metric seen"
+    for name, labels in sorted(seen.items()):
+        assert name in documented, f"{name} is not in docs/operations.md's metrics table"
+        assert documented[name] == labels, f"{name}: documented labels {sorted(documented[name])}, exposed {sorted(labels)}"
