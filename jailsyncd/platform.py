@@ -132,6 +132,26 @@ class Platform:
             return None
         return out.split()
 
+    def process_age(self, pid: int) -> float | None:
+        """Seconds since process ``pid`` started; None when it is gone or unreadable.
+
+        Linux: field 22 of /proc/PID/stat (its start, in clock ticks after boot) against
+        /proc/uptime. FreeBSD: ps(1)'s ``etimes`` keyword (bin/ps/keyword.c: elapsed
+        time in whole seconds), ``=`` for no header line."""
+        if self.system == "linux":
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                uptime = Path("/proc/uptime").read_text()
+                # The command name (field 2) may hold blanks and parentheses: fields
+                # after it are counted from its closing parenthesis.
+                start = int(stat.rpartition(")")[2].split()[19])
+                return max(float(uptime.split()[0]) - start / os.sysconf("SC_CLK_TCK"), 0.0)
+            except (OSError, ValueError, IndexError):
+                return None
+        out = self.run(["ps", "-o", "etimes=", "-p", str(pid)])
+        text = (out or "").strip()
+        return float(text) if text.isdigit() else None
+
     # -- neighbor table -------------------------------------------------------------
 
     def neighbor_table(self) -> tuple[Neighbor, ...] | None:

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
+from jailsyncd import __version__
 from jailsyncd.errors import DaemonUnreachable, NotRunning
 from jailsyncd.metrics import read_endpoint, scrape_url
 from jailsyncd.pidfile import running_jailsyncd
@@ -116,6 +117,16 @@ def not_running(*, pid_file: str, why: str | None, url: str | None, problem: str
     return {"running": False, "pid": None, "pidfile": pid_file, "pidfile_problem": why, "metrics_url": url, "problem": problem}
 
 
+def process_only(pid: int, pidfile: Path, platform: Platform, *, now: float, url: str | None, problem: str) -> dict[str, Any]:
+    """What is known of a running daemon whose metrics cannot be read: its process
+    (pid, and its age from the process table) and the version installed here, which
+    is the running one unless the package was upgraded since it started."""
+    age = platform.process_age(pid)
+    started = None if age is None else now - age
+    return {"running": True, "pid": pid, "pidfile": str(pidfile), "metrics_url": url, "problem": problem,
+            "installed_version": __version__, "started_at": _iso(started), "uptime_s": _age(started, now)}
+
+
 def gather(listen: str, pidfile: Path, platform: Platform, *, now: float, timeout: float = 3.0) -> dict[str, Any]:
     """Ask the running daemon. Returns the status dict; ``running`` False when
     neither its pidfile names a live ``jailsyncd run`` nor its metrics answer."""
@@ -124,14 +135,14 @@ def gather(listen: str, pidfile: Path, platform: Platform, *, now: float, timeou
     if url is None:
         if pid is None:
             return not_running(pid_file=str(pidfile), why=why, url=None, problem=None)
-        return {"running": True, "pid": pid, "pidfile": str(pidfile), "metrics_url": None,
-                "problem": "[metrics] listen is not set: only the process is known; set it to see cycles, jails and health"}
+        return process_only(pid, pidfile, platform, now=now, url=None,
+                            problem="[metrics] listen is not set: only the process is known; set it to see cycles, jails and health")
     try:
         samples = read_endpoint(url, timeout)
     except DaemonUnreachable as exc:
         if pid is None:
             return not_running(pid_file=str(pidfile), why=why, url=url, problem=str(exc))
-        return {"running": True, "pid": pid, "pidfile": str(pidfile), "metrics_url": url, "problem": f"metrics unreachable: {exc}"}
+        return process_only(pid, pidfile, platform, now=now, url=url, problem=f"metrics unreachable: {exc}")
     if _value(samples, "jailsyncd_start_time_seconds") is None:
         return not_running(pid_file=str(pidfile), why=why, url=url, problem=f"{url}: answers, but not with jailsyncd's metrics")
     return summarise(samples, now=now, pid=pid, pid_file=str(pidfile), url=url)
@@ -165,8 +176,9 @@ def as_text(status: dict[str, Any]) -> str:
             lines.append(f"  and {status['problem']}")
         return "\n".join(lines)
     pid = status["pid"] if status["pid"] is not None else f"? (no live process in {status['pidfile']})"
-    if status.get("metrics_url") is None or "version" not in status:
-        return f"jailsyncd: running, pid {pid}\n  {status['problem']}"
+    if "version" not in status:
+        up = "" if status.get("uptime_s") is None else f", up {_duration(status['uptime_s'])} (since {_when(status['started_at'])})"
+        return f"jailsyncd {status['installed_version']} (installed): running, pid {pid}{up}\n  {status['problem']}"
     lines = [f"jailsyncd {status['version'] or '?'}: running, pid {pid}, up {_duration(status['uptime_s'])} (since {_when(status['started_at'])})"]
     last = status["last_cycle"]
     if last is None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from harness import ConsulServer, free_port, run_cli, wait_for, write_config
 
+from jailsyncd import __version__
 from jailsyncd.errors import ExitCode
 from testing.sample import Workdir
 
@@ -123,6 +124,10 @@ def test_status_without_metrics_knows_only_the_process(consul: ConsulServer, tmp
     daemon = start_daemon(config)
     proc = status(config, daemon.pidfile)
     assert proc.returncode == 0
-    assert f"running, pid {daemon.proc.pid}" in proc.stdout and "[metrics] listen is not set" in proc.stdout
+    assert f"running, pid {daemon.proc.pid}, up " in proc.stdout and "[metrics] listen is not set" in proc.stdout
+    # The process's own age (the platform's process table), the version of this install.
+    s = json.loads(status(config, daemon.pidfile, "--json").stdout)
+    assert s["running"] and s["metrics_url"] is None and 0 <= s["uptime_s"] < 120 and s["started_at"].endswith("Z")
+    assert s["installed_version"] == __version__ and "version" not in s
     daemon.stop()
     assert status(config, daemon.pidfile).returncode == 3

@@ -132,3 +132,37 @@ def test_freebsd_neighbor_table_runs_arp_with_libxo_and_ndp() -> None:
     linux: list[list[str]] = []
     Platform("linux", run=lambda argv: linux.append(argv) or "[]").neighbor_table()
     assert linux == [["ip", "-json", "neigh", "show"]]
+
+
+# -- processes ------------------------------------------------------------------------
+
+
+def test_freebsd_process_age_asks_ps_for_etimes() -> None:
+    """FreeBSD mounts no procfs by default: ps(1)'s ``etimes`` keyword (bin/ps/keyword.c,
+    printed by print.c's ``elapseds``: whole seconds since the process started) with
+    ``=`` for no header. A process that is gone (ps prints nothing, fails) has no age."""
+    asked: list[list[str]] = []
+
+    def run(argv: list[str]) -> str | None:
+        asked.append(argv)
+        return "   7384\n"
+
+    assert Platform("freebsd", run=run).process_age(812) == 7384.0
+    assert asked == [["ps", "-o", "etimes=", "-p", "812"]]
+    assert Platform("freebsd", run=lambda argv: None).process_age(812) is None
+    assert Platform("freebsd", run=lambda argv: "\n").process_age(812) is None
+    assert Platform("freebsd", run=lambda argv: "garbage\n").process_age(812) is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads this Linux kernel's /proc")
+def test_linux_process_age_of_a_live_and_a_missing_process() -> None:
+    """Linux: /proc/PID/stat's start time (field 22, clock ticks after boot) against
+    /proc/uptime. This test process started less than an hour ago, and after its
+    interpreter: its age is positive and below the whole machine's uptime."""
+    import os
+
+    age = Platform("linux").process_age(os.getpid())
+    assert age is not None and 0 <= age < 3600
+    with open("/proc/uptime") as fh:
+        assert age <= float(fh.read().split()[0])
+    assert Platform("linux").process_age(2**22 + 1) is None  # above pid_max's ceiling

@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 
 from jailsyncd.metrics import scrape_url
-from jailsyncd.platform import current
-from jailsyncd.status import as_text, not_running, pid_state, summarise
+from jailsyncd import __version__
+from jailsyncd.platform import Platform, current
+from jailsyncd.status import as_text, not_running, pid_state, process_only, summarise
 
 NOW = 1_800_000_000.0
 
@@ -70,6 +71,19 @@ def test_health_part() -> None:
 def test_not_running_text() -> None:
     text = as_text(not_running(pid_file="/run/j.pid", why="/run/j.pid: process 9 is not running (a stale pidfile)", url="u", problem="u: Connection refused"))
     assert text == "jailsyncd is not running: /run/j.pid: process 9 is not running (a stale pidfile)\n  and u: Connection refused"
+
+
+def test_process_only_text() -> None:
+    """Metrics off or unreachable: the process's age from the platform (here FreeBSD's
+    ps answering 2 h 3 min), the installed version, and why nothing more is shown."""
+    freebsd = Platform("freebsd", run=lambda argv: "7380\n")
+    status = process_only(812, Path("/var/run/jailsyncd.pid"), freebsd, now=NOW, url=None, problem="[metrics] listen is not set")
+    assert as_text(status) == (
+        f"jailsyncd {__version__} (installed): running, pid 812, up 2h03m (since 2027-01-15 05:57:00 UTC)\n  [metrics] listen is not set"
+    )
+    gone = process_only(812, Path("/p"), Platform("freebsd", run=lambda argv: None), now=NOW, url="u", problem="metrics unreachable: u")
+    assert (gone["uptime_s"], gone["started_at"]) == (None, None)
+    assert as_text(gone) == f"jailsyncd {__version__} (installed): running, pid 812\n  metrics unreachable: u"
 
 
 def test_pid_state(tmp_path: Path) -> None:
