@@ -245,6 +245,10 @@ def test_a_db_change_ends_a_backoff_wait(consul: ConsulServer, tmp_path: Path, w
     # started since the DB came back, not only the last.
     assert any("change" in e["reasons"] for e in daemon.events("cycle_started")[started:]), daemon.events("cycle_started")[started:]
     assert "jailsyncd-web1" in consul.services()
+    # Recovery from CBSD's side is visible too (item 18), naming what had failed.
+    [recovered] = wait_for(lambda: daemon.events("cycle_recovered"), timeout=5, what="cycle_recovered")
+    assert recovered["level"] == "info" and recovered["last_error_kind"] == "SourceMissing"
+    assert recovered["failed_cycles"] == len(daemon.events("cycle_failed"))
 
 
 def test_metrics_match_what_happened(consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
