@@ -280,6 +280,107 @@ def test_a_trickling_answer_is_cut_at_the_timeout(tmp_path: Path, workdir: Workd
     assert elapsed < 8
 
 
+class TrickleRelay:
+    """A TCP relay on 127.0.0.1 in front of a real Consul: requests pass at once, and
+    while ``slow`` is set every answer comes back one byte every ``delay`` seconds (a
+    congested or lossy link, a proxy buffering badly); cleared, answers pass at once.
+    Bounded: every thread stops at ``close``."""
+
+    def __init__(self, target_port: int, delay: float = 0.3) -> None:
+        self.target_port = target_port
+        self.delay = delay
+        self.slow = threading.Event()
+        self.stopped = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            self.conns += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, answers: bool) -> None:
+        try:
+            while not self.stopped.is_set():
+                data = source.recv(65536)
+                if not data:
+                    break
+                if not (answers and self.slow.is_set()):
+                    sink.sendall(data)
+                    continue
+                for byte in data:
+                    if self.stopped.wait(self.delay):
+                        return
+                    sink.sendall(bytes([byte]))
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+def test_a_real_consuls_answer_trickled_by_the_link_is_cut_at_the_timeout(consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
+    """Issue 10, item 16, against a real Consul 1.8.7: its answers reach jailsyncd
+    through a link that passes one byte every 0.3 s. ``once`` fails after about
+    ``consul.timeout`` (1 s) with the same line as a silent agent, and writes nothing;
+    ``run`` fails its cycles in about 1 s each (its one worker is never held for
+    the minutes a trickled answer takes), and converges as soon as the link is fast
+    again, logging ``cycle_recovered``."""
+    workdir.add("web1", jid=1, status=1, ip4_addr="127.0.52.1")
+    relay = TrickleRelay(consul.http_port, delay=0.3)
+    try:
+        config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=ConsulServer("unused", http_port=relay.port))
+        config.write_text(config.read_text().replace('timeout = "5s"', 'timeout = "1s"'))
+        proc = run_cli("once", config=config)  # a fast link first: the relay is a working path to Consul
+        assert proc.returncode == 0, proc.stderr
+        assert "jailsyncd-web1" in consul.services()
+        workdir.add("web2", jid=2, status=1, ip4_addr="127.0.52.2")
+        relay.slow.set()
+        started = time.monotonic()
+        proc = run_cli("once", config=config, timeout=60)
+        elapsed = time.monotonic() - started
+        assert proc.returncode == ExitCode.CONSUL_UNAVAILABLE, proc.stderr
+        assert error_line(proc.stderr) == f"jailsyncd: GET http://127.0.0.1:{relay.port}/v1/agent/services: no answer within 1s"
+        [failed] = [e for e in log_events(proc.stderr) if e["event"] == "cycle_failed"]
+        assert failed["duration_ms"] < 2500 and elapsed < 8, (failed, elapsed)
+        assert set(consul.services()) == {"jailsyncd-web1"}
+
+        daemon = start_daemon(config)
+        wait_for(lambda: len(daemon.events("cycle_failed")) >= 2, timeout=20, what="two failed cycles over the slow link")
+        durations = [e["duration_ms"] for e in daemon.events("cycle_failed")]
+        assert all(d < 2500 for d in durations), durations
+        assert all("no answer within 1s" in e["error"] for e in daemon.events("cycle_failed"))
+        relay.slow.clear()
+        wait_for(lambda: "jailsyncd-web2" in consul.services(), timeout=30, what="convergence once the link is fast")
+        wait_for(lambda: daemon.events("cycle_recovered"), timeout=5, what="cycle_recovered")
+        assert daemon.events("service_deregistered") == []
+        assert daemon.stop() == 0
+    finally:
+        relay.close()
+
+
 class NotConsul(http.server.ThreadingHTTPServer):
     """A web server on 127.0.0.1 that is not Consul at all (a wrong address, a proxy,
     a captive portal): every request gets the same status and body."""
