@@ -144,6 +144,30 @@ def test_a_name_the_token_may_not_write_fails_that_jail_only(acl_consul: ConsulS
     assert services["jailsyncd-web1"]["Address"] == "127.0.80.9"
 
 
+def test_under_run_a_name_the_token_may_not_write_blocks_nothing_else(acl_consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
+    """The same narrowed policy under ``run`` (issue 10, item 1: before the fix the
+    403 ended every cycle, forever): the denied jail fails on each cycle, alone; the
+    daemon does not back off, and later changes of the other jails are applied."""
+    acl_consul.wipe()
+    workdir.add("web1", jid=1, status=1, ip4_addr="127.0.80.1")
+    workdir.add("old1", jid=3, status=1, ip4_addr="127.0.80.3")
+    workdir.add("aaa", jid=2, status=1, ip4_addr="127.0.80.2")  # denied, sorts first
+    rules = 'service_prefix "" { policy = "read" }\nservice "web1" { policy = "write" }\nservice "old1" { policy = "write" }\n'
+    config = config_with_token(acl_consul, tmp_path, workdir, make_token(acl_consul, rules))
+    config.write_text(config.read_text() + '\n[sync]\ninterval = "1h"\njitter = "0s"\n')
+    daemon = start_daemon(config)
+    assert set(acl_consul.services()) == {"jailsyncd-web1", "jailsyncd-old1"}
+    workdir.set("web1", ip4_addr="127.0.80.9")
+    workdir.stop("old1")
+    wait_for(lambda: set(acl_consul.services()) == {"jailsyncd-web1"}, timeout=10, what="the next change applied")
+    assert acl_consul.services()["jailsyncd-web1"]["Address"] == "127.0.80.9"
+    wait_for(lambda: len(daemon.events("cycle_finished")) >= 2, timeout=5, what="the second cycle's summary")
+    assert {e["jail"] for e in daemon.events("action_failed")} == {"aaa"}
+    assert all(e["failed"] == 1 for e in daemon.events("cycle_finished"))
+    assert not daemon.events("backoff") and not daemon.events("cycle_failed")
+    assert daemon.proc.poll() is None
+
+
 def test_a_token_that_may_write_nothing_this_host_needs_stops_the_cycle(acl_consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
     """Read-only on every name, with services of this host already in Consul: the
     first 403 is the token's, not one name's: the cycle stops there (exit 77, one

@@ -125,6 +125,30 @@ def test_backoff_doubles_up_to_its_cap_and_one_success_resets_it(tmp_path: Path)
     assert d.run_requested() == 1.0  # the backoff starts over
 
 
+def test_under_run_a_refused_action_neither_backs_off_nor_blocks_later_changes(tmp_path: Path) -> None:
+    """Issue 10, item 1, under ``run``: a write Consul refuses fails that action on
+    every cycle, alone: the daemon does not back off (nothing is wrong with Consul),
+    each later cycle applies every other change and tries the refused one again, and
+    it lands once Consul takes it."""
+    source, store = MemorySource(jail("a", 1), jail("b", 2)), MemoryStore()
+    store.refuse = {"jailsyncd-b"}
+    d = daemon(tmp_path, source, store)
+    with capture_logs() as logs:
+        d.request("startup")
+        assert d.run_requested() == 0.0 and d.failures == 0
+        source.set(jail("b", 2), jail("c", 3))  # a gone, c new; b still refused
+        d.request("change")
+        assert d.run_requested() == 0.0 and d.failures == 0
+        assert sorted(store.services) == ["jailsyncd-c"]
+        store.refuse.clear()
+        d.request("interval")
+        assert d.run_requested() == 0.0
+    assert sorted(store.services) == ["jailsyncd-b", "jailsyncd-c"]
+    assert [e["jail"] for e in events(logs, "action_failed")] == ["b", "b"]
+    assert [e["failed"] for e in events(logs, "cycle_finished")] == [1, 1, 0]
+    assert not events(logs, "backoff")
+
+
 def test_requests_coalesce_into_one_cycle_and_one_during_a_cycle_into_one_more(tmp_path: Path) -> None:
     source = MemorySource(jail("a", 1))
     d = daemon(tmp_path, source, MemoryStore())
