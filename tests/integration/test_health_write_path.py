@@ -102,6 +102,34 @@ def test_one_refused_check_write_does_not_stop_the_round(netns: NetNS, ns_consul
     netns.call(body)
 
 
+def test_catalog_mode_one_refused_check_write_does_not_stop_the_round(netns: NetNS, ns_consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    """The same in catalog mode, where a round's check writes go in one transaction:
+    a1's node is removed by hand after the cycle, so the operation writing its check
+    is refused; the transaction is tried again without it and b1's check lands."""
+    for address in (UP, OTHER):
+        netns.add_address(address)
+    workdir.add("a1", jid=1, status=1, ip4_addr=UP, host_hostname="a1.my.domain")
+    workdir.add("b1", jid=2, status=1, ip4_addr=OTHER, host_hostname="b1.my.domain")
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=ns_consul, health=HEALTH, consul_extra='mode = "catalog"')
+    reconciler, health = in_process(config)
+
+    def node_checks() -> dict[str, str]:
+        return {c["CheckID"]: c["Status"] for c in ns_consul.get("/v1/health/state/any") if c["CheckID"].startswith("jailsyncd-")}
+
+    def body() -> None:
+        assert reconciler.cycle().ok
+        health.round()
+        assert node_checks() == {"jailsyncd-a1:ping": "passing", "jailsyncd-b1:ping": "passing"}
+        ns_consul.put("/v1/catalog/deregister", {"Node": "a1.my.domain"})
+        netns.del_address(UP)
+        netns.del_address(OTHER)
+        stats = health.round()
+        assert (stats.writes, stats.failed) == (1, 1)
+        assert node_checks() == {"jailsyncd-b1:ping": "critical"}
+
+    netns.call(body)
+
+
 def test_a_conflicts_checks_are_never_written(netns: NetNS, ns_consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
     """``jailsyncd-x`` belongs to another owner and has a TTL check with jailsyncd's
     check ID. CBSD's jail ``x`` (down) is a conflict: no round may write that check.
