@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import urllib.request
 from pathlib import Path
 
 import pytest
-from harness import ConsulServer, log_events, run_cli, write_config
+from harness import ConsulServer, free_port, log_events, run_cli, wait_for, write_config
 
 from jailsyncd.adapters.consul import connect
 from jailsyncd.adapters.consul.agent import record_of
@@ -156,6 +157,30 @@ def test_two_cbsd_nodes_with_one_host_name_never_deregister_each_other(mode: str
     purge = run_cli("purge", "--yes", config=cb)  # purges its own entry only
     assert purge.returncode == ExitCode.SAFETY_REFUSED, purge.stderr
     assert held() == first
+
+
+def test_under_run_a_collision_is_an_error_every_cycle_and_counted_in_metrics(catalog: ConsulServer, tmp_path: Path, start_daemon) -> None:
+    """Item 6 under ``run`` (catalog mode): the daemon of CBSD node ``cbsd-b`` never
+    removes ``cbsd-a``'s node, logs ``owner_collision`` naming both nodes on every
+    cycle, and ``jailsyncd_drift_total{kind="collision"}`` counts it once (drift
+    counts transitions)."""
+    a, b = Workdir.create(tmp_path / "a", nodename="cbsd-a"), Workdir.create(tmp_path / "b", nodename="cbsd-b")
+    a.add("ja", jid=1, status=1, ip4_addr="127.0.33.1", host_hostname="ja.my.domain")
+    ca = write_config(tmp_path / "a.toml", workdir=a.root, consul=catalog, host="shared", consul_extra='mode = "catalog"')
+    assert once(ca)[0] == 0
+    port = free_port()
+    extra = f'[sync]\ninterval = "1h"\njitter = "0s"\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+    cb = write_config(tmp_path / "b.toml", workdir=b.root, consul=catalog, host="shared", consul_extra='mode = "catalog"', extra=extra)
+    daemon = start_daemon(cb)
+    daemon.kick()
+    wait_for(lambda: len(daemon.events("cycle_finished")) >= 2, timeout=10, what="a second cycle")
+    collisions = daemon.events("owner_collision")
+    assert len(collisions) >= 2 and {(e["other_cbsd_node"], e["this_cbsd_node"], e["node"]) for e in collisions} == {("cbsd-a", "cbsd-b", "ja.my.domain")}
+    assert all(e["level"] == "error" for e in collisions)
+    assert not daemon.events("service_deregistered")
+    assert "ja.my.domain" in {n["Node"] for n in catalog.get("/v1/catalog/nodes")}
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'jailsyncd_drift_total{kind="collision"} 1.0' in text.splitlines()
 
 
 # -- item 7 and 20: plan rows with checks; the heartbeat is not a jail ---------------------
