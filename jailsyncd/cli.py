@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--service", action="store_true",
         help="also check, as daemon.user, what run needs at start: files readable, metrics.listen free (rc.d configtest)",
     )
+    p.add_argument(
+        "--pidfile", type=Path,
+        help="with --service: the pidfile of the running jailsyncd run; a metrics.listen that process holds is not busy (rc.d reload)",
+    )
     p = sub.add_parser("purge", help="deregister every service this host owns")
     p.add_argument("--yes", action="store_true", help="really do it")
     p = sub.add_parser("run", help="run as a service: reconcile every sync.interval and on CBSD changes")

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from jailsyncd import aclcheck, privileges
@@ -21,9 +23,10 @@ from jailsyncd.adapters.cbsd import CbsdSource
 from jailsyncd.app import App
 from jailsyncd.health import check_name, targets_of
 from jailsyncd.healthloop import HealthLoop
-from jailsyncd.errors import ConsulRefused, ExitCode, JailsyncdError, PrivilegeError, SafetyRefusal, SourceError, SourceUnreadable
+from jailsyncd.errors import ConfigError, ConsulRefused, ExitCode, JailsyncdError, NotRunning, PrivilegeError, SafetyRefusal, SourceError, SourceUnreadable
 from jailsyncd.logs import configure, get_logger, register_secret, route_library_logs
 from jailsyncd.model import META_ADDRESS_SOURCE, Plan, Record
+from jailsyncd.pidfile import running_jailsyncd
 from jailsyncd.plan import field_changes
 from jailsyncd.reconcile import CycleResult, StartupWindow
 from jailsyncd.settings import DEFAULT_CONFIG, DaemonSettings, Settings, load_settings, token_file_problem
@@ -61,10 +64,12 @@ def _identity(settings: Settings, args: argparse.Namespace) -> privileges.Identi
     return privileges.resolve(settings.daemon.user, settings.daemon.group, where)
 
 
-def _service_check(settings: Settings, *, bind_metrics: bool) -> None:
+def _service_check(settings: Settings, *, bind_metrics: bool, held_by: int | None = None) -> None:
     """What ``run`` needs once it runs as ``daemon.user`` (call as that user): every file
     it reads (CBSD's node DB opened read-only the way each cycle does, which needs its
-    ``-shm``), and, for ``check-config --service``, the metrics address free to bind."""
+    ``-shm``), and, for ``check-config --service``, the metrics address free to bind.
+    ``held_by``: the PID of the running ``jailsyncd run`` this check is about (rc.d
+    ``reload``); the address in use is then that process's, said on stderr, not an error."""
     privileges.check_readable(privileges.needed_files(settings))
     try:
         CbsdSource(settings.cbsd.workdir, settings.cbsd.busy_timeout).read()
@@ -76,8 +81,26 @@ def _service_check(settings: Settings, *, bind_metrics: bool) -> None:
         from jailsyncd.metrics import Metrics  # imported by the caller already: see cmd_check_config
 
         metrics = Metrics()
-        metrics.start(settings.metrics.listen, lambda: True)
+        try:
+            metrics.start(settings.metrics.listen, lambda: True)
+        except ConfigError as exc:
+            cause = exc.__context__  # the OSError of the bind (raised "from None")
+            if held_by is None or not isinstance(cause, OSError) or cause.errno != errno.EADDRINUSE:
+                raise
+            print(f"jailsyncd: metrics.listen: {settings.metrics.listen} is held by the running jailsyncd (pid {held_by}); not bound again", file=sys.stderr, flush=True)
+            return
         metrics.stop()
+
+
+def _running(pidfile: Path | None) -> int | None:
+    """The PID of the ``jailsyncd run`` that ``pidfile`` names (read as root, before any
+    switch: daemon(8) writes it 0600), or None: no file, a stale one, not jailsyncd."""
+    if pidfile is None:
+        return None
+    try:
+        return running_jailsyncd(pidfile, platform_module.current())
+    except NotRunning:
+        return None
 
 
 def _health(settings: Settings) -> HealthLoop | None:
@@ -201,7 +224,8 @@ def cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
     if args.service:
         import jailsyncd.metrics  # noqa: F401 - before the switch: the interpreter's files may be root's alone
 
-        privileges.as_user(identity, lambda: _service_check(settings, bind_metrics=True))
+        held_by = _running(args.pidfile)
+        privileges.as_user(identity, lambda: _service_check(settings, bind_metrics=True, held_by=held_by))
     print(json.dumps(settings.redacted(), indent=2))
     if not args.online:
         return ExitCode.OK

@@ -250,3 +250,29 @@ def test_configtest_catches_a_metrics_port_run_could_not_bind(netns: NetNS, ns_c
     proc = configtest("127.0.0.1:80")
     assert proc.returncode == ExitCode.CONFIG, proc.stderr
     assert "metrics.listen: cannot listen on 127.0.0.1:80: Permission denied" in proc.stderr
+
+
+def test_configtest_while_run_holds_the_metrics_port(netns: NetNS, ns_consul: ConsulServer, base: Path, target, start_daemon) -> None:
+    """``service jailsyncd reload`` and ``configtest`` run ``check-config --service``
+    while jailsyncd runs and holds ``metrics.listen`` itself: that port is not "busy"
+    when ``--pidfile`` names the running ``jailsyncd run`` (the rc.d script passes its
+    child pidfile), so a reload is not refused for it. Without ``--pidfile`` (or with
+    a pidfile naming no running jailsyncd, as before a start) a held port still fails,
+    exit 78: a second jailsyncd could not bind it."""
+    user, uid, group, gid = target
+    workdir, config = setup_host(base, gid, ns_consul)
+    group_owned(workdir.root, gid)
+    daemon = start_daemon(config, netns.prefix())
+
+    def configtest(*extra: str) -> subprocess.CompletedProcess:
+        argv = jailsyncd_argv(netns, base, uid, gid, "--config", str(config), "--user", user, "check-config", "--service", *extra)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=str(REPO))
+
+    held = configtest("--pidfile", str(daemon.pidfile))
+    assert held.returncode == 0, held.stderr
+    assert f"metrics.listen: 127.0.0.1:{METRICS} is held by the running jailsyncd (pid {daemon.proc.pid})" in held.stderr
+    strict = configtest()
+    assert strict.returncode == ExitCode.CONFIG and f"metrics.listen: cannot listen on 127.0.0.1:{METRICS}" in strict.stderr
+    stale = base / "stale.pid"
+    stale.write_text("999999")
+    assert configtest("--pidfile", str(stale)).returncode == ExitCode.CONFIG

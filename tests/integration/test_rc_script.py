@@ -334,7 +334,7 @@ def test_rc_user_and_group_go_to_jailsyncd_not_to_daemon8(rc: RcHarness) -> None
     assert argv[program + 1 :] == [*expected, "run"]
     # configtest checks as the same user, with the same options.
     checks = [call for call in rc.jailsyncd_calls() if "check-config" in call]
-    assert checks[-1] == [*expected, "check-config", "--service"]
+    assert checks[-1] == [*expected, "check-config", "--service", "--pidfile", str(rc.child_pidfile)]
 
 
 def test_rc_command_lines_are_accepted_by_jailsyncds_own_parser(rc: RcHarness) -> None:
@@ -352,7 +352,8 @@ def test_rc_command_lines_are_accepted_by_jailsyncds_own_parser(rc: RcHarness) -
         args = build_parser().parse_args(words)
         assert (args.command, args.config, args.log_level, args.log_format) == (command, conf, "debug", "console")
         assert (args.user, args.group) == ("jailsyncd", "cbsd")
-    assert build_parser().parse_args(checks[-1]).service is True
+    parsed = build_parser().parse_args(checks[-1])
+    assert parsed.service is True and parsed.pidfile == rc.child_pidfile
 
 
 def test_rc_knobs_reach_daemon8(rc: RcHarness) -> None:
@@ -378,9 +379,9 @@ def test_rc_paths_with_blanks_and_quotes_arrive_whole(rc: RcHarness) -> None:
     assert argv[program + 1 : program + 3] == ["--config", str(odd)]
     assert argv[argv.index("-p") + 1] == str(child_pidfile)
     assert argv[argv.index("-T") + 1] == "js tag"
-    assert rc.jailsyncd_calls()[-1] == ["--config", str(odd), "check-config", "--service"]
+    assert rc.jailsyncd_calls()[-1] == ["--config", str(odd), "check-config", "--service", "--pidfile", str(child_pidfile)]
     assert rc.run("configtest", jailsyncd_config=str(odd)).returncode == 0
-    assert rc.jailsyncd_calls()[-1] == ["--config", str(odd), "check-config", "--service"]
+    assert rc.jailsyncd_calls()[-1] == ["--config", str(odd), "check-config", "--service", "--pidfile", str(rc.child_pidfile)]
 
 
 @pytest.mark.parametrize(
@@ -418,7 +419,7 @@ def test_rc_start_runs_configtest_first(rc: RcHarness) -> None:
     assert not record.exists()
     rc.daemon_argv()
     checks = [call for call in rc.jailsyncd_calls() if "check-config" in call]
-    assert checks == [["--config", DEFAULT_CONFIG, "check-config", "--service"]] * 2
+    assert checks == [["--config", DEFAULT_CONFIG, "check-config", "--service", "--pidfile", str(rc.child_pidfile)]] * 2
 
 
 def test_rc_configtest_prints_the_settings(rc: RcHarness) -> None:
