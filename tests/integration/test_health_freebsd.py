@@ -234,9 +234,11 @@ def test_once_registers_when_every_send_fails(netns: NetNS, ns_consul: ConsulSer
 
 def test_a_socket_kept_across_rounds_is_sized_once(netns: NetNS) -> None:
     """A socket reused by several rounds (opened as root, kept after privileges are
-    dropped) is sized by its first round only: asking again without root could only
-    shrink it (Linux: SO_RCVBUFFORCE needs CAP_NET_ADMIN; FreeBSD: RLIMIT_SBSIZE
-    applies to the new owner)."""
+    dropped) is sized by its first round only: on Linux asking again without root
+    could only shrink it (SO_RCVBUFFORCE needs CAP_NET_ADMIN); on FreeBSD it would get
+    the same again (no privilege is checked: sbreserve_locked in
+    sys/kern/uipc_sockbuf.c charges the size to the socket's creator against the
+    caller's RLIMIT_SBSIZE, which setuid(2) leaves as it was), so once is enough."""
     from jailsyncd.adapters.probe import RoundReport
 
     netns.add_address(UP)
