@@ -233,3 +233,20 @@ def test_operations_doc_covers_the_knobs_and_exit_codes() -> None:
     for code in {v for k, v in vars(ExitCode).items() if k.isupper()}:
         assert re.search(rf"^\| {code} \|", text, re.M), code
     assert "not tested on freebsd" in text.lower()
+
+
+def test_what_a_ping_means_is_said_where_operators_read_about_health() -> None:
+    """Issue 11 item 4: a non-VNET jail's address is an alias on the host (jail(8):
+    ``ip4.addr`` adds it to the host's interface, no stack of its own), so the host's
+    kernel answers its ping; a VNET jail or a bhyve VM answers from its own stack.
+    Said in the ``[health]`` section of jailsyncd.toml(5), in jailsyncd(8)'s
+    description, in configuration.md's ``health.enabled`` row and in operations.md's
+    FreeBSD section."""
+    health5 = MAN5.read_text().split(".Ss [health]", 1)[1].split(".Ss ", 1)[0]
+    description8 = MAN8.read_text().split(".Sh DESCRIPTION", 1)[1].split(".Sh ", 1)[0]
+    enabled = next(line for line in CONFIGURATION.read_text().splitlines() if line.startswith("| `health.enabled`"))
+    freebsd = OPERATIONS.read_text().split("## FreeBSD", 1)[1].split("\n## ", 1)[0]
+    for where, text in (("jailsyncd.toml(5) [health]", health5), ("jailsyncd(8)", description8), ("configuration.md", enabled), ("operations.md", freebsd)):
+        flat = " ".join(text.split())
+        assert "non-VNET jail" in flat and "alias on the" in flat, where
+        assert "VNET jail" in flat.replace("non-VNET jail", "") and "bhyve VM" in flat, where
