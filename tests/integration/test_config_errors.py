@@ -34,14 +34,17 @@ BAD = [
 
 @pytest.mark.parametrize(("name", "spoil", "named"), BAD, ids=[b[0] for b in BAD])
 def test_every_config_problem_is_exit_78_with_one_line(consul: ConsulServer, tmp_path: Path, workdir: Workdir, name, spoil, named) -> None:
+    """At start: ``check-config``, ``once`` and ``run`` (which the item names: it used
+    to exit 1) each exit 78 with one line; ``run`` leaves no pidfile."""
     config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul, extra=QUIET)
     config.write_bytes(spoil(config.read_text()))
-    for command in ("check-config", "once"):
-        proc = run_cli(command, config=config)
+    pidfile = tmp_path / "run.pid"
+    for command in (["check-config"], ["once"], ["run", "--pidfile", str(pidfile)]):
+        proc = run_cli(*command, config=config, timeout=20)
         assert proc.returncode == ExitCode.CONFIG, proc.stderr
         [line] = proc.stderr.strip().splitlines()
         assert line.startswith(f"jailsyncd: {config}: ") and named in line, line
-    assert consul.services() == {}
+    assert consul.services() == {} and not pidfile.exists()
 
 
 def test_sighup_with_any_config_problem_keeps_the_daemon_and_its_settings(consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
