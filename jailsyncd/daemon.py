@@ -50,7 +50,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from jailsyncd.adapters.cbsd import node_db_path
+from jailsyncd.adapters.cbsd import node_db_path, nodename_path
 from jailsyncd.adapters.fswatch import DbWatcher
 from jailsyncd.errors import ConsulError, JailsyncdError
 from jailsyncd.ports import ConsulWatch
@@ -180,6 +180,9 @@ class Daemon:
             sync.watch_interval,
             events=current_platform().file_events if sync.watch == "auto" else None,
             warn=lambda event, **fields: self.log.warning(event, **fields),
+            # The node name is read every cycle too (the owner, or cbsd-host): its
+            # file appearing or changing is a change like the DB's.
+            also=(nodename_path(self.settings.cbsd.workdir),),
         )
         watcher.start()
         self.watcher = watcher

@@ -140,7 +140,7 @@ class CbsdSource:
         return self._stamps(self._last[0]) == self._last
 
     def _stamps(self, vm_paths: frozenset[str]) -> tuple[frozenset[str], tuple[Any, ...]]:
-        return vm_paths, (db_stamp(str(self.node_db)), _file_stamp(str(nodename_path(self.workdir))), tuple(db_stamp(p) for p in sorted(vm_paths)))
+        return vm_paths, (db_stamp(str(self.node_db)), file_stamp(str(nodename_path(self.workdir))), tuple(db_stamp(p) for p in sorted(vm_paths)))
 
     def read(self) -> CbsdState:
         """A complete, consistent read of CBSD's node name, the node DB and the per-VM
@@ -349,6 +349,13 @@ def _file_stamp(path: str, *, ctime: bool = True, st: os.stat_result | None = No
         except OSError:
             return None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns if ctime else 0)
+
+
+def file_stamp(path: str) -> _FileStamp | None:
+    """Stamp of one plain file (identity, size, modification and change times), None
+    when it cannot be stat'ed: how the node name file is compared, here and by
+    ``daemon``'s watcher."""
+    return _file_stamp(path)
 
 
 def db_stamp(path: str) -> tuple[_FileStamp | None, _FileStamp | None]:

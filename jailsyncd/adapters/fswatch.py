@@ -1,4 +1,4 @@
-"""Watch CBSD's node DB and say at once when it changed.
+"""Watch CBSD's node DB (and the node name file) and say at once when it changed.
 
 Called by ``daemon``: one ``DbWatcher`` while ``run`` serves, whose ``on_change``
 asks for a cycle (``Daemon.kick("change")``). The OS-specific parts (inotify on
@@ -22,7 +22,11 @@ Linux, kqueue on FreeBSD) are in ``platform``; this module is the portable logic
   whatever the events said, so a lost event (an inotify queue overflow is reported
   and answered with a request at once; anything else) costs at most one interval.
   Without file events (``sync.watch = "poll"``, or none could be set up, or they
-  failed later) that comparison is the whole watcher, as before.
+  failed later) that comparison is the whole watcher, as before;
+- other files a cycle cannot do without (``also``: CBSD's ``nodename``, the owner
+  when ``host.name`` is unset) are watched the same way, their directory for events
+  and their ``file_stamp`` for the comparison: a node name file that appears after
+  a failed cycle ends the backoff wait like the DB coming back.
 
 The watcher is one daemon thread blocked in ``poll`` on the event descriptor and a
 wake-up pipe (so ``stop`` returns at once); it never reads the DB.
@@ -38,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from jailsyncd.adapters.cbsd import db_stamp
+from jailsyncd.adapters.cbsd import db_stamp, file_stamp
 from jailsyncd.platform import FileEvent, FileEvents
 
 #: Quiet time that ends a burst of events: a CBSD write (sqlite3 open, append to the
@@ -66,8 +70,11 @@ class DbWatcher:
         events: Callable[[], FileEvents] | None = None,
         warn: Callable[..., None] | None = None,
         settle: float = SETTLE,
+        also: tuple[Path | str, ...] = (),
     ) -> None:
         self.path = str(path)
+        #: Other single files whose change asks for a cycle too (CBSD's nodename).
+        self.also = tuple(str(p) for p in also)
         self.interval = interval
         self.settle = settle
         self._on_change = on_change
@@ -84,7 +91,7 @@ class DbWatcher:
         self.changes = 0
         #: Batches of events read and handled (tests wait on it).
         self.batches = 0
-        self._stamp = db_stamp(self.path)
+        self._stamp = self._current()
         self._next_check = time.monotonic() + interval
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -100,7 +107,16 @@ class DbWatcher:
         link names and its ``-wal``; the link itself is seen in its directory."""
         link_dir = os.path.realpath(os.path.dirname(self.path))
         real = os.path.realpath(self.path)
-        return {link_dir, os.path.dirname(real)}, {real, real + "-wal"}, os.path.join(link_dir, os.path.basename(self.path))
+        dirs, files = {link_dir, os.path.dirname(real)}, {real, real + "-wal"}
+        for other in self.also:
+            other_dir, other_real = os.path.realpath(os.path.dirname(other)), os.path.realpath(other)
+            dirs |= {other_dir, os.path.dirname(other_real)}
+            files |= {os.path.join(other_dir, os.path.basename(other)), other_real}
+        return dirs, files, os.path.join(link_dir, os.path.basename(self.path))
+
+    def _current(self) -> Stamp:
+        """What is compared: the DB's stamp and those of the ``also`` files."""
+        return db_stamp(self.path), tuple(file_stamp(p) for p in self.also)
 
     @staticmethod
     def _relevant(event: FileEvent, dirs: set[str], files: set[str], link: str) -> bool:
@@ -212,7 +228,7 @@ class DbWatcher:
                 self._events.watch(dirs, files)
             except Exception as exc:  # noqa: BLE001 - e.g. ENOSPC re-adding a watch
                 self._fall_back(exc)
-        stamp = db_stamp(self.path)
+        stamp = self._current()
         self.checks += 1
         if stamp != self._stamp or force:
             self._stamp = stamp

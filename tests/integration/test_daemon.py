@@ -251,6 +251,27 @@ def test_a_db_change_ends_a_backoff_wait(consul: ConsulServer, tmp_path: Path, w
     assert recovered["failed_cycles"] == len(daemon.events("cycle_failed"))
 
 
+def test_the_node_name_file_appearing_ends_a_backoff_wait(consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
+    """The same for the other file a cycle needs: with ``host.name`` unset, while
+    ``$workdir/nodename`` cannot be read (CBSD not initialised yet, a restore in
+    progress) nothing is written and the waits grow (item 5). The file coming back
+    ends the wait like the DB does: registered within seconds, not up to
+    ``sync.backoff_max`` later."""
+    workdir.add("web1", jid=3, status=1, ip4_addr="127.0.30.5")
+    nodename = workdir.root / "nodename"
+    nodename.unlink()
+    extra = '[sync]\ninterval = "1h"\njitter = "0s"\nbackoff_max = "60s"\n'
+    daemon = start_daemon(write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul, host="", extra=extra))
+    drive_backoff_up(daemon)
+    assert daemon.events("cycle_failed")[-1]["error_kind"] == "SourceMissing"
+    assert consul.services() == {}
+    nodename.write_text("node1\n")
+    restored = time.monotonic()
+    wait_for(lambda: "jailsyncd-web1" in consul.services(), timeout=30, what="registration after the node name came back")
+    assert time.monotonic() - restored < 4, "the node name file did not end the backoff wait"
+    assert consul.services()["jailsyncd-web1"]["Meta"]["jailsyncd-owner"] == "node1"
+
+
 def test_metrics_match_what_happened(consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
     port = free_port()
     workdir.add("web1", jid=3, status=1, ip4_addr="127.0.30.1")

@@ -169,3 +169,37 @@ def test_a_workdir_reached_through_a_symlink_is_watched(tmp_path: Path) -> None:
         w.until(1)
     finally:
         w.watcher.stop()
+
+
+@pytest.mark.parametrize("events", [True, False], ids=["inotify", "poll"])
+def test_the_node_name_file_is_watched_too(sample: Workdir, events: bool) -> None:
+    """``also``: CBSD's ``nodename`` (the owner when ``host.name`` is unset) coming
+    back, or changing, is a change like a DB write (issue 10, item 17's class: a
+    cycle that failed on it is retried at once); reading it is none."""
+    nodename = sample.root / "nodename"
+    nodename.unlink()
+    reports: list[float] = []
+    watcher = DbWatcher(
+        node_db_path(sample.root), lambda: reports.append(time.monotonic()), 0.05 if not events else 3600.0,
+        events=current().file_events if events else None, also=(nodename,),
+    )
+    watcher.setup()
+    try:
+        assert watcher.backend == ("inotify" if events else "poll"), watcher.fallback
+        end = time.monotonic() + 0.3
+        while time.monotonic() < end:
+            watcher.step(0.05)
+        assert reports == []
+        nodename.write_text("node1\n")
+        end = time.monotonic() + 2
+        while not reports and time.monotonic() < end:
+            watcher.step(end - time.monotonic())
+        assert len(reports) == 1
+        nodename.read_text()
+        CbsdSource(sample.root).read()
+        end = time.monotonic() + 0.3
+        while time.monotonic() < end:
+            watcher.step(0.05)
+        assert len(reports) == 1, "reading the files is no change"
+    finally:
+        watcher.stop()
