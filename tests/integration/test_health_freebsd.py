@@ -346,3 +346,22 @@ def test_freebsd_round_too_long_names_the_sysctl_at_start_and_in_every_round(net
         assert len(pings) == len(addresses) and set(pings.values()) == {"passing"}, pings
 
     netns.call(body)
+
+
+def test_run_sizes_its_kept_sockets_at_start_on_freebsd(netns: NetNS) -> None:
+    """``run`` opens its ICMP sockets once, as root, before it switches to daemon.user
+    (``Prober.keep_open``). On FreeBSD's kernel (ENOBUFS above sb_max_adj,
+    sbreserve_locked in sys/kern/uipc_sockbuf.c) each is sized there, halving until
+    accepted, and the rounds that follow use it as granted: no OSError escapes
+    (before: every cycle of ``run`` ended in cycle_crashed) and every reply is read."""
+    netns.add_address(UP)
+    kernel = FreeBSDKernel(root=True)
+    prober = Prober(platform=kernel.platform())
+    netns.call(prober.keep_open)
+    sized = {s.family: s.asked for s in kernel.opened[1:]}  # the first is check()'s
+    assert sized == {socket.AF_INET: [8 << 20, 4 << 20, 2 << 20, 1 << 20], socket.AF_INET6: [8 << 20, 4 << 20, 2 << 20, 1 << 20]}
+    for _ in range(2):
+        report = netns.call(prober.run_round, [Probe(UP, "ping", UP), Probe("::1", "ping", "::1")], count=2, timeout=0.5)
+        assert report.problems == [] and report.results[UP].ok and report.results["::1"].ok, report
+    assert len(kernel.opened) == 3, "no socket opened by the rounds"
+    assert all(len(s.asked) == 4 for s in kernel.opened[1:]), "not sized again"
