@@ -319,7 +319,8 @@ _COMMANDS = {"plan": cmd_plan, "once": cmd_once, "purge": cmd_purge, "check-conf
 def plan_as_json(plan: Plan) -> dict[str, Any]:
     def service(s: Record) -> dict[str, Any]:
         # Every field of the mode's records, as the mode names them.
-        return {"jail": s.jail, "service_id": s.service_id, **{name: _json_value(value) for name, value in s.fields}}
+        # The heartbeat is the daemon's own service, not a jail: no jail in its row.
+        return {"jail": None if s.is_self else s.jail, "service_id": s.service_id, **{name: _json_value(value) for name, value in s.fields}}
 
     return {
         "register": [service(s) for s in plan.register],
@@ -336,18 +337,27 @@ def plan_as_json(plan: Plan) -> dict[str, Any]:
     }
 
 
+def _who(s: Record) -> str:
+    """The first column of a plan row: the jail, or ``(heartbeat)`` for the daemon's own
+    service (it is not a jail)."""
+    return "(heartbeat)" if s.is_self else s.jail
+
+
 def plan_as_text(plan: Plan) -> str:
     lines: list[str] = []
     for s in plan.register:
+        if s.is_self:
+            lines.append(f"+ {_who(s):<20} register   {s.service_id} (the daemon's own service; the jails' alias checks follow it)")
+            continue
         port = f":{s.port}" if s.port else ""
         source = dict(s.meta).get(META_ADDRESS_SOURCE)
         found = f" address-source={source}" if source else ""
         lines.append(f"+ {s.jail:<20} register   {s.name} {s.address}{port} tags={','.join(sorted(s.tags))}{found}")
     for u in plan.update:
         changes = "; ".join(f"{f}: {_show(u.old.value(f))} -> {_show(u.new.value(f))}" for f in u.fields)
-        lines.append(f"~ {u.new.jail:<20} update     {changes}")
+        lines.append(f"~ {_who(u.new):<20} update     {changes}")
     for s in plan.deregister:
-        lines.append(f"- {s.jail:<20} deregister {s.service_id}")
+        lines.append(f"- {_who(s):<20} deregister {s.service_id}")
     for s in plan.held:
         lines.append(f"= {s.jail:<20} held       {s.service_id}: astart=1 and not started yet; sync.startup_grace until {plan.held_until}")
     for k in plan.skipped:

@@ -121,7 +121,8 @@ def plan(
     if deregister and not force:
         if desired.empty_source:
             why = (
-                f"CBSD's jails table is empty while Consul holds {len(deregister)} entries of this host "
+                f"CBSD's jails table is empty while Consul holds {len(deregister)} "
+                f"{'entry' if len(deregister) == 1 else 'entries'} of this host "
                 "(a replaced or broken DB?); check the CBSD state, then use --force"
             )
         elif len(deregister) + (confirm.recent if confirm is not None else 0) > max_deregistrations:

@@ -131,3 +131,26 @@ def test_update_row_with_empty_values():
     new = OLD["agent"].with_values(tags=frozenset(), meta=())
     text = plan_as_text(Plan(update=(Update(OLD["agent"], new, ("tags", "meta")),)))
     assert "tags: jail,web -> (none)" in text and "-> (none)" in text
+
+
+def test_the_heartbeat_is_shown_as_the_daemons_own_service_not_as_a_jail():
+    """Issue 10, item 20 (the heartbeat is not a jail), in ``plan``: its rows say what it
+    is, in text, and carry no jail in JSON."""
+    from jailsyncd.adapters.consul.agent import self_record
+
+    hb = self_record("node1", "node1", 30.0)
+    for result, kind in (
+        (plan(Desired((), host="node1", records=(hb,)), Observed(()), max_deregistrations=10), "register"),
+        (plan(Desired((), host="node1", records=()), Observed((hb,)), max_deregistrations=10), "deregister"),
+    ):
+        [line] = plan_as_text(result).splitlines()
+        assert line.split()[1] == "(heartbeat)" and kind in line and "jailsyncd.heartbeat" in line
+        [row] = plan_as_json(result)[kind]
+        assert row["jail"] is None and row["service_id"] == "jailsyncd.heartbeat"
+
+
+@pytest.mark.parametrize(("count", "words"), [(1, "holds 1 entry of"), (3, "holds 3 entries of")])
+def test_the_empty_table_refusal_counts_in_words(count, words):
+    owned = tuple(svc(f"web{i}") for i in range(count))
+    result = plan(Desired((), host="node1", empty_source=True, records=()), Observed(owned), max_deregistrations=10)
+    assert [k.detail for k in result.skipped if k.reason == "refused"] and all(words in k.detail for k in result.skipped if k.reason == "refused")
