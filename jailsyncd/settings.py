@@ -295,6 +295,8 @@ _FALSE = {"0", "f", "F", "FALSE", "false", "False"}
 #: A host name in an address: DNS letters, digits, '-', '.', and '_' (some resolvers'
 #: names have it); an IP literal is checked by ``ipaddress`` instead.
 _HOSTNAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})")
+#: A datacenter name as Consul accepts it (agent -datacenter: "use only [a-z0-9-_]").
+_DATACENTER = re.compile(r"[a-z0-9_-]+")
 #: Keys that only the environment may set (never a file: a token does not belong there).
 _ENV_ONLY = {("consul", "token")}
 _MODES = ("agent", "catalog")
@@ -620,6 +622,11 @@ def _validate(s: Settings, fail: _Fail) -> None:
         raise fail("consul.cert_file", "cert_file and key_file must be set together")
     if s.consul.tls_server_name is not None and not _valid_host(s.consul.tls_server_name):
         raise fail("consul.tls_server_name", f"expected a DNS name like server.dc1.consul, got {s.consul.tls_server_name!r}")
+    if s.consul.datacenter is not None and not _DATACENTER.fullmatch(s.consul.datacenter):
+        # Consul refuses other names at start and lowercases the rest, and answers
+        # ?dc=DC1 with 500 "No path to datacenter" when it is dc1: every catalog-mode
+        # request would fail later.
+        raise fail("consul.datacenter", f"Consul's datacenter names use only a-z, 0-9, - and _ (in lower case), got {s.consul.datacenter!r}")
     if s.consul.token_file is not None:
         try:
             s.consul.read_token()

@@ -29,6 +29,7 @@ BAD = [
     ("address-space", lambda good: good.replace('address = "127.0.0.1:', 'address = "127.0.0.1 :').encode(), "consul.address: white space"),
     ("interval-1ms", lambda good: good.replace('interval = "1h"', 'interval = "1ms"').encode(), "sync.interval: must be at least 1s"),
     ("backoff-10ms", lambda good: good.replace('jitter = "0s"', 'jitter = "0s"\nbackoff_max = "10ms"').encode(), "sync.backoff_max: must be at least 1s"),
+    ("datacenter-upper", lambda good: good.replace('timeout = "5s"', 'timeout = "5s"\ndatacenter = "DC1"').encode(), "consul.datacenter: Consul's datacenter names use only"),
 ]
 
 

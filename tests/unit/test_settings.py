@@ -776,6 +776,26 @@ def test_consul_address_must_be_usable(cfg, address, why):
     assert ": consul.address: " in message and why in message
 
 
+@pytest.mark.parametrize("dc", ["DC1", "dc 1", "dc.1", "dc1/x", "dc1?x", "dç1"])
+def test_datacenter_that_no_consul_can_have_is_refused(cfg, dc):
+    """Consul 1.8.7 refuses a datacenter outside [a-z0-9-_] at start and lowercases
+    the rest, and answers ``?dc=DC1`` with 500 "No path to datacenter" when it is
+    ``dc1``: such a value could only fail every catalog-mode request later."""
+    message = error_of(cfg, f"[consul]\ndatacenter = '{dc}'\n")
+    assert ": consul.datacenter: " in message and "a-z, 0-9, - and _" in message
+
+
+def test_datacenter_from_env_is_checked_and_named(cfg):
+    with pytest.raises(ConfigError) as exc:
+        cfg("", {"CONSUL_DATACENTER": "DC1"})
+    assert str(exc.value).startswith("CONSUL_DATACENTER (environment variable for consul.datacenter")
+
+
+@pytest.mark.parametrize("dc", ["dc1", "eu-west_2", "x"])
+def test_datacenter_names_consul_accepts(cfg, dc):
+    assert cfg(f"[consul]\ndatacenter = '{dc}'\n").consul.datacenter == dc
+
+
 @pytest.mark.parametrize("template", ["static", "{host}", "jails.{host}", ""])
 def test_node_name_template_needs_a_per_jail_field(cfg, template):
     message = error_of(cfg, f"[catalog]\nnode_name = '{template}'\n")
