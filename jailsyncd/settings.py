@@ -616,8 +616,10 @@ def _validate(s: Settings, fail: _Fail) -> None:
             raise fail(f"sync.dhcp_leases[{index}]", f"must be an absolute path, got {str(path)!r}")
     if s.sync.max_deregistrations < 0:
         raise fail("sync.max_deregistrations", "must be 0 or more")
-    if s.host.name != s.host.name.strip() or len(s.host.name) > 512:
-        raise fail("host.name", "must be at most 512 characters, without leading or trailing white space (empty: CBSD's node name)")
+    # Consul counts a meta value's limit (512) in bytes: a longer owner is refused with
+    # every registration (400 Invalid Service Meta), after check-config said it was fine.
+    if s.host.name != s.host.name.strip() or len(s.host.name.encode()) > 512:
+        raise fail("host.name", "must be at most 512 bytes in UTF-8 (Consul's limit for a meta value), without leading or trailing white space (empty: CBSD's node name)")
     if (s.consul.cert_file is None) != (s.consul.key_file is None):
         raise fail("consul.cert_file", "cert_file and key_file must be set together")
     if s.consul.tls_server_name is not None and not _valid_host(s.consul.tls_server_name):

@@ -556,7 +556,7 @@ def test_explicit_host_name_is_kept(cfg):
     assert cfg("[host]\nname = 'mine'\n", nodename="node7").host.name == "mine"
 
 
-@pytest.mark.parametrize("name", [" x", "x\n", "h" * 513])
+@pytest.mark.parametrize("name", [" x", "x\n", "h" * 513, "é" * 257])
 def test_bad_host_name(cfg, name):
     assert ": host.name: " in error_of(cfg, f"[host]\nname = {json.dumps(name)}\n")
 
