@@ -169,3 +169,40 @@ def test_without_a_rule_of_the_shipped_policy_check_config_and_once_fail(
     proc = run_cli("once", config=config)
     assert proc.returncode == 77 and broken in proc.stderr, proc.stderr
     assert owned_names(acl_consul, mode) == set()
+
+
+@pytest.mark.parametrize(
+    ("drop", "why"),
+    [('agent_prefix "" {\n  policy = "read"\n}', "/v1/agent/self"), ('node_prefix "" {\n  policy = "read"\n}', "no node in the answer")],
+    ids=["agent-read", "node-read"],
+)
+def test_without_a_read_rule_of_the_agent_policy_only_the_consul_watch_is_lost(
+    acl_consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon, drop: str, why: str
+) -> None:
+    """The agent policy's two read rules serve the Consul watch alone, as the file
+    and docs/reliability.md say: without either, ``check-config --online`` passes
+    with a note naming the watch, ``once`` works, and ``run`` registers but says
+    that its watch cannot run (``consul_watch_failed``) instead of silently seeing
+    no change in Consul."""
+    clean(acl_consul)
+    text = POLICIES["agent"].read_text()
+    assert drop in text
+    token_file = tmp_path / "token"
+    token_file.write_text(token_of(acl_consul, text.replace(drop, "")))
+    token_file.chmod(0o600)
+    workdir.add("web1", jid=1, status=1, ip4_addr="127.0.84.1")
+    config = write_config(
+        tmp_path / "c.toml", workdir=workdir.root, consul=acl_consul, consul_extra=f'token_file = "{token_file}"',
+        extra='[sync]\ninterval = "1h"\njitter = "0s"\n',
+    )
+    proc = run_cli("check-config", "--online", config=config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [line for line in proc.stdout.splitlines() if line.startswith("note: agent:read and node:read for the Consul watch")], proc.stdout
+    proc = run_cli("once", config=config)
+    assert proc.returncode == 0, proc.stderr
+    assert owned_names(acl_consul, "agent") == {"jailsyncd-web1"}
+    daemon = start_daemon(config)
+    [failed, *_] = wait_for(lambda: daemon.events("consul_watch_failed"), timeout=20, what="consul_watch_failed")
+    assert why in failed["error"], failed
+    assert not daemon.events("cycle_failed")
+    assert daemon.stop() == 0
