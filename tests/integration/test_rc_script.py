@@ -396,6 +396,11 @@ def test_rc_paths_with_blanks_and_quotes_arrive_whole(rc: RcHarness) -> None:
     ],
 )
 def test_rc_start_refuses_what_daemon8_or_rc_subr_would_get_wrong(rc: RcHarness, knob: str, value: str) -> None:
+    """Refused before daemon(8) starts, naming the knob: a restart delay daemon(8)
+    would refuse (usr.sbin/daemon/daemon.c: ``-R`` below 1 is ``errx(6, ...)``; the
+    script also wants plain digits), a stop timeout of 0, and a supervisor pidfile with
+    a blank, which rc.subr would split into words (libexec/rc/rc.subr: ``_pidcmd`` is
+    built from ``$pidfile`` unquoted and run through ``eval``)."""
     record = rc.tmp / "argv.json"
     proc = rc.run("start", env={"FAKE_DAEMON_ARGV": str(record)}, **{knob: value})
     assert proc.returncode != 0
@@ -498,6 +503,10 @@ def test_standin_daemon8_loses_sigterm_while_it_sleeps(rc: RcHarness) -> None:
 
 
 def test_rc_stop_ends_a_crash_loop(rc: RcHarness) -> None:
+    """The rc.d stop against the SIGTERM that daemon(8) loses while it sleeps before
+    a restart (usr.sbin/daemon/daemon.c of FreeBSD 14: ``daemon_sleep()`` with SIGTERM
+    at SIG_IGN): sent again until the supervisor is gone, it ends a crash loop within
+    about one restart delay, without SIGKILL."""
     delay = 2
     supervisor = crash_loop(rc, delay)
     started = time.monotonic()
