@@ -26,8 +26,14 @@ META_TOKEN = "jailsyncd-token-accessor"
 #: Where a discovered address came from (``leases.SOURCES``); absent when CBSD's
 #: ``ip4_addr`` gave the address.
 META_ADDRESS_SOURCE = "cbsd-address-source"
-#: Meta keys jailsyncd itself sets; the CBSD ``tags`` column cannot override them.
-RESERVED_META = frozenset({META_SOURCE, META_OWNER, META_JNAME, META_HOST, META_EMULATOR, META_FQDN, META_TOKEN, META_ADDRESS_SOURCE})
+#: Catalog mode: every address of the jail (Consul 1.8's ``/v1/txn`` drops a
+#: service's ``TaggedAddresses``).
+META_ADDRESSES = "cbsd-addresses"
+#: Meta keys jailsyncd itself sets: the CBSD ``tags`` column cannot override them (an
+#: item naming one is dropped with a note), and a ``[[rule]]`` naming one is refused.
+RESERVED_META = frozenset(
+    {META_SOURCE, META_OWNER, META_JNAME, META_HOST, META_EMULATOR, META_FQDN, META_TOKEN, META_ADDRESS_SOURCE, META_ADDRESSES}
+)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from jailsyncd.errors import ConfigError
+from jailsyncd.model import RESERVED_META
 from jailsyncd.tagspec import Rule, valid_check, valid_meta_key
 
 #: Builds the error for a settings key: ``fail(key, message)``.
@@ -558,6 +559,9 @@ def _decode_rules(raw: Any, fail: _Fail) -> tuple[Rule, ...]:
         for mk, mv in meta.items():
             if not valid_meta_key(mk):
                 raise fail(f"{key}.meta.{mk}", "meta keys must match [A-Za-z0-9_-]{1,128} and not start with consul-")
+            if mk in RESERVED_META:
+                # jailsyncd writes these itself: the value would be dropped on every cycle.
+                raise fail(f"{key}.meta.{mk}", f"reserved: jailsyncd sets it itself ({', '.join(sorted(RESERVED_META))})")
             if not isinstance(mv, str) or len(mv.encode()) > 512:
                 raise fail(f"{key}.meta.{mk}", "expected a string of at most 512 bytes")
         enabled = table.get("enabled")
@@ -670,6 +674,14 @@ def _valid_host(host: str) -> bool:
 
 
 def _split_address(address: str) -> tuple[str, int]:
+    if "@" in address:
+        # user:password@ (basic auth in the URL, as Go's HTTP client would send it):
+        # not supported, and the message never repeats the address, so a password in
+        # it does not end up on stderr or in syslog.
+        raise ValueError(
+            "user information (user@ or user:password@) is not supported in the address (not shown here, it may hold a "
+            "password): give host:port only; Consul's ACL token goes in consul.token_file"
+        )
     if address.startswith("unix://"):
         raise ValueError(
             f"unix sockets are not supported (got {address!r}): give Consul's HTTP API a TCP address "

@@ -107,6 +107,19 @@ def test_catalog_addresses_meta_only_when_it_fits():
     assert "cbsd-addresses" not in dict(record.meta)
 
 
+@pytest.mark.parametrize("many", [False, True], ids=["fits", "too-long"])
+def test_catalog_addresses_meta_is_never_the_tags_columns(many):
+    """``cbsd-addresses`` is catalog mode's own meta: a ``cbsd-addresses=`` item in the
+    tags column was silently replaced by the jail's addresses, and kept (a made-up
+    address list published as the jail's) when those did not fit in 512 bytes. It is
+    dropped and noted like every other key jailsyncd writes itself."""
+    ips = ",".join(f"10.0.{i // 250}.{i % 250 + 1}" for i in range(60)) if many else "10.0.0.5"
+    desired = catalog.records(desired_of(env("web1", ips, tags="cbsd-addresses=192.0.2.99,team=a")), CatalogSettings())
+    meta = dict(desired.records[0].meta)
+    assert meta["team"] == "a" and meta.get("cbsd-addresses") != "192.0.2.99"
+    assert Note("web1", "meta_dropped", "cbsd-addresses: reserved for jailsyncd") in desired.notes
+
+
 def test_catalog_node_names_and_a_shared_name_is_a_conflict_in_jname_order():
     desired = desired_of(
         env("b", "10.0.0.2", host_hostname="Same.Example"), env("a", "10.0.0.1", host_hostname="same.example"),

@@ -29,6 +29,7 @@ from jailsyncd.settings import (
     load_settings,
     parse_duration,
 )
+from jailsyncd.model import RESERVED_META
 from jailsyncd.tagspec import Rule
 
 TOKEN = "s3cr3t-7f1c9a52-token-value"
@@ -213,6 +214,16 @@ def test_token_in_the_file_is_rejected_and_not_echoed(cfg):
 def test_wrong_types_and_values(cfg, text, key_path):
     message = error_of(cfg, text)
     assert f": {key_path}: " in message
+
+
+@pytest.mark.parametrize("key", sorted(RESERVED_META))
+def test_rule_meta_with_a_key_jailsyncd_writes_itself_is_rejected(cfg, key):
+    """A rule's meta key that jailsyncd sets itself (``cbsd-jname``, ``jailsyncd-owner``,
+    catalog mode's ``cbsd-addresses``...) passed ``check-config`` and was then dropped on
+    every cycle for every matching jail (a ``meta_dropped`` note each time): a value
+    that can only fail later is a settings error naming the key."""
+    message = error_of(cfg, f"[[rule]]\nmatch = '*'\nmeta = {{ {key} = 'x' }}")
+    assert f": rule[0].meta.{key}: " in message and "reserved" in message
 
 
 def test_rule_meta_key_with_trailing_newline_is_rejected(cfg):
@@ -774,6 +785,25 @@ def test_metrics_listen_ipv4_ipv6_and_names(cfg, listen, expected):
 def test_consul_address_must_be_usable(cfg, address, why):
     message = error_of(cfg, f"[consul]\naddress = '{address}'\n")
     assert ": consul.address: " in message and why in message
+
+
+@pytest.mark.parametrize("source", ["file", "env"])
+@pytest.mark.parametrize(
+    "address",
+    ["http://admin:s3cret@127.0.0.1:8500", "admin:s3cret@127.0.0.1:8500", "https://admin:s3cret@[::1]:8501", "admin:s3cret@consul"],
+)
+def test_address_with_user_and_password_is_refused_without_echoing_them(cfg, address, source):
+    """``http://user:password@host:port`` (basic auth in the URL, which jailsyncd does
+    not do: ``CONSUL_HTTP_AUTH`` is not read either) was refused as "IPv6 addresses need
+    brackets", and the message (stderr, syslog under rc.d) showed the password."""
+    if source == "file":
+        message = error_of(cfg, f"[consul]\naddress = '{address}'\n")
+    else:
+        with pytest.raises(ConfigError) as exc:
+            cfg("", {"CONSUL_HTTP_ADDR": address})
+        message = str(exc.value)
+    assert "s3cret" not in message and "admin" not in message
+    assert "brackets" not in message and "user" in message
 
 
 @pytest.mark.parametrize("dc", ["DC1", "dc 1", "dc.1", "dc1/x", "dc1?x", "dç1"])

@@ -23,6 +23,7 @@ from jailsyncd.desired import MAX_META_PAIRS, NAMELESS
 from jailsyncd.errors import ConsulDenied, ConsulError, ConsulRejected, JailsyncdError
 from jailsyncd.health import Target
 from jailsyncd.model import (
+    META_ADDRESSES,
     META_EMULATOR,
     META_HOST,
     META_JNAME,
@@ -47,9 +48,6 @@ NOT_PROBED_OUTPUT = "not probed yet"
 #: Node meta naming the jail service on the node, so that one read-only transaction
 #: reads every service of this host (``ConsulCatalog.read``).
 META_SERVICE_ID = "jailsyncd-service-id"
-#: Service meta with every address of the jail (Consul 1.8's ``/v1/txn`` drops a
-#: service's ``TaggedAddresses``).
-META_ADDRESSES = "cbsd-addresses"
 
 
 class ConsulCatalog(StoreBase):
