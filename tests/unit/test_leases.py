@@ -297,6 +297,23 @@ def test_a_lease_for_a_mac_cbsd_does_not_know_is_ignored() -> None:
     assert found.addresses == () and found.source == "" and VM_MAC in found.detail
 
 
+@pytest.mark.parametrize(
+    ("own_leases", "macs", "detail"),
+    [
+        (True, (VM_MAC,), f"address discovery found none in its own dhclient leases; sync.dhcp_leases and the neighbor table for {VM_MAC}"),
+        (False, (VM_MAC,), f"address discovery found none in sync.dhcp_leases and the neighbor table for {VM_MAC}"),
+        (True, (), "address discovery found none in its own dhclient leases; no MAC in CBSD's bhyvenic/jailnic, so no DHCP server lease or neighbor entry can match"),
+        (False, (), "address discovery had nowhere to look: no MAC in CBSD's bhyvenic/jailnic, so no DHCP server lease or neighbor entry can match"),
+    ],
+    ids=["jail-with-mac", "vm-with-mac", "jail-without-mac", "vm-without-mac"],
+)
+def test_where_discovery_looked_reads_as_a_sentence(own_leases, macs, detail) -> None:
+    """A running DHCP VM without a NIC row in ``bhyvenic`` (no own leases, no MAC) was
+    skipped with "address discovery found none in no MAC in CBSD's bhyvenic/jailnic, ...":
+    the list of places looked in was empty."""
+    assert resolve(Target("env1", macs, own_leases), Observations(), NOW).detail == detail
+
+
 def test_newest_server_lease_per_mac_and_every_nic() -> None:
     target = Target("vm2", (VM_MAC, "58:9c:fc:00:00:02"), own_leases=False)
     server = (
