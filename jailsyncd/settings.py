@@ -615,9 +615,14 @@ def _validate(s: Settings, fail: _Fail) -> None:
         raise fail("health.rate_limit", f"must be between 0 (no limit) and 1000000 echo requests per second, got {h.rate_limit}")
     if h.heartbeat_ttl < 3:
         raise fail("health.heartbeat_ttl", "must be at least 3s")
-    for index, path in enumerate(s.sync.dhcp_leases):
-        if not path.is_absolute():
-            raise fail(f"sync.dhcp_leases[{index}]", f"must be an absolute path, got {str(path)!r}")
+    # A relative path names a file in the directory jailsyncd was started in: the
+    # admin's shell for check-config, / under rc.d. Every path must be absolute.
+    paths = [(f"sync.dhcp_leases[{index}]", path) for index, path in enumerate(s.sync.dhcp_leases)]
+    paths += [("cbsd.workdir", s.cbsd.workdir)]
+    paths += [(f"consul.{key}", getattr(s.consul, key)) for key in ("token_file", "ca_file", "cert_file", "key_file")]
+    for key, path in paths:
+        if path is not None and not path.is_absolute():
+            raise fail(key, f"must be an absolute path (it would be read from the directory jailsyncd runs in), got {str(path)!r}")
     if s.sync.max_deregistrations < 0:
         raise fail("sync.max_deregistrations", "must be 0 or more")
     # Consul counts a meta value's limit (512) in bytes: a longer owner is refused with

@@ -806,6 +806,43 @@ def test_address_with_user_and_password_is_refused_without_echoing_them(cfg, add
     assert "brackets" not in message and "user" in message
 
 
+@pytest.mark.parametrize(
+    ("text", "env", "key"),
+    [
+        ("[cbsd]\nworkdir = 'jails'\n", {}, "cbsd.workdir"),
+        ("[cbsd]\nworkdir = './usr/jails'\n", {}, "cbsd.workdir"),
+        ("[consul]\ntoken_file = 'consul.token'\n", {}, "consul.token_file"),
+        ("[consul]\nca_file = 'ca.pem'\n", {}, "consul.ca_file"),
+        ("[consul]\ncert_file = 'c.pem'\nkey_file = '/k.pem'\n", {}, "consul.cert_file"),
+        ("[consul]\ncert_file = '/c.pem'\nkey_file = 'k.pem'\n", {}, "consul.key_file"),
+        ("", {"CONSUL_CACERT": "ca.pem"}, "CONSUL_CACERT"),
+        ("", {"CONSUL_HTTP_TOKEN_FILE": "tok"}, "CONSUL_HTTP_TOKEN_FILE"),
+    ],
+)
+def test_relative_paths_are_refused(cfg, tmp_path, monkeypatch, text, env, key):
+    """A relative path is read from the directory jailsyncd was started in: it passed
+    ``check-config`` run from the admin's shell (where the file was) and then named
+    another file under rc.d, which runs the service from ``/`` (a relative
+    ``cbsd.workdir`` left ``run`` retrying "nodename not found" for ever). Every path
+    setting must be absolute, as ``sync.dhcp_leases`` already had to be."""
+    monkeypatch.chdir(tmp_path)  # the relative file exists here, as in the admin's shell
+    for name in ("consul.token", "tok", "ca.pem", "c.pem", "k.pem"):
+        (tmp_path / name).write_text("00000000-0000-0000-0000-000000000001\n")
+    (tmp_path / "jails").mkdir()
+    (tmp_path / "jails" / "nodename").write_text("node1\n")
+    if "[cbsd]" in text:
+        path = tmp_path / "jailsyncd.toml"
+        path.write_text(text)
+        with pytest.raises(ConfigError) as exc:
+            load_settings(path, env=env)
+        message = str(exc.value)
+    else:
+        with pytest.raises(ConfigError) as exc:
+            cfg(text, env)
+        message = str(exc.value)
+    assert key in message and "absolute path" in message
+
+
 @pytest.mark.parametrize("dc", ["DC1", "dc 1", "dc.1", "dc1/x", "dc1?x", "dç1"])
 def test_datacenter_that_no_consul_can_have_is_refused(cfg, dc):
     """Consul 1.8.7 refuses a datacenter outside [a-z0-9-_] at start and lowercases
