@@ -264,3 +264,28 @@ def test_many_taken_names_are_asked_for_64_per_read_only_transaction(catalog: Co
     # Ours (none), their checks, two transactions for the 100 names, and the
     # registrations of the 95 free ones (2 operations each: 3 transactions).
     assert (summary(events)["requests"], summary(events)["writes"]) == (2 + 2 + 3, 3), summary(events)
+
+
+def test_a_node_address_edited_by_hand_is_drift_and_repaired(catalog: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    """The node's own address is what ``<node>.node.consul`` answers in catalog mode:
+    one changed by hand (the node re-registered with another address, its meta kept)
+    is drift like the service's address: found (``node_address``), written back, and
+    then left alone. Before, only the service's address was compared, so the wrong
+    node address stayed for good while ``plan`` said Consul matched CBSD."""
+    workdir.add("web1", jid=3, status=1, ip4_addr="127.0.46.1", host_hostname="web1.my.domain")
+    config = catalog_config(tmp_path, workdir, catalog, "node1")
+    assert once(config)[0] == 0
+    node = nodes(catalog)["web1.my.domain"]
+    catalog.put("/v1/catalog/register", {"Node": "web1.my.domain", "Address": "127.0.46.99", "NodeMeta": node["Meta"]})
+    assert nodes(catalog)["web1.my.domain"]["Address"] == "127.0.46.99"
+    plan_out = run_cli("plan", "--json", config=config)
+    assert plan_out.returncode == 0, plan_out.stderr
+    [update] = json.loads(plan_out.stdout)["update"]
+    assert update["fields"] == ["node_address"] and update["changes"]["node_address"] == {"from": "127.0.46.99", "to": "127.0.46.1"}, update
+    rc, events, err = once(config)
+    assert rc == 0, err
+    [drift] = [e for e in events if e["event"] == "drift_detected"]
+    assert drift["kind"] == "changed" and list(drift["fields"]) == ["node_address"], drift
+    assert nodes(catalog)["web1.my.domain"]["Address"] == "127.0.46.1"
+    assert nodes(catalog)["web1.my.domain"]["Meta"] == node["Meta"]
+    assert summary(once(config)[1])["writes"] == 0

@@ -85,7 +85,8 @@ def test_agent_settle_marks_the_token_and_keeps_a_running_daemons_heartbeat():
 def test_catalog_record_is_a_node_with_its_meta_addresses_and_checks():
     svc = service("web1", address="10.0.0.5", addresses=("10.0.0.5", "fd00::5"), port=80, probes=("tcp",), meta={"cbsd-emulator": "jail"})
     record = catalog.record_of(svc, "web1.example", CatalogSettings(), owner="n1", host="node1")
-    assert [name for name, _ in record.fields][-3:] == ["checks", "node", "node_meta"]
+    assert [name for name, _ in record.fields][-4:] == ["checks", "node", "node_address", "node_meta"]
+    assert record.value("node_address") == "10.0.0.5"
     assert record.place == "web1.example" and record.value("tagged_addresses") == ()
     assert dict(record.meta)["cbsd-addresses"] == "10.0.0.5,fd00::5"
     assert dict(record.value("node_meta"))["jailsyncd-service-id"] == "jailsyncd-web1"  # type: ignore[arg-type]
@@ -95,7 +96,7 @@ def test_catalog_record_is_a_node_with_its_meta_addresses_and_checks():
     article = catalog.record_of(svc, "web1.example", CatalogSettings(layout="article", host_tag="h1"), owner="n1", host="node1")
     assert (article.name, article.tags) == ("jail", frozenset({"h1", "jail"}))
     # What the catalog returns for it reads back as the same record.
-    dump = {"Node": "web1.example", "Meta": dict(record.value("node_meta"))}  # type: ignore[arg-type]
+    dump = {"Node": "web1.example", "Address": "10.0.0.5", "Meta": dict(record.value("node_meta"))}  # type: ignore[arg-type]
     entry = {"ID": "jailsyncd-web1", "Service": record.name, "Address": record.address, "Port": 80, "Tags": sorted(record.tags), "Meta": dict(record.meta)}
     checks = [{"CheckID": c, "Notes": n, **({"ServiceID": "jailsyncd-web1"} if k == "service" else {})} for c, k, n in record.value("checks")]  # type: ignore[union-attr]
     assert catalog.record_from_catalog(dump, entry, checks) == record

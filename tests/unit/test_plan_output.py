@@ -39,6 +39,7 @@ CHANGES = {
     "tagged_addresses": {"tagged_addresses": (("x", "127.0.77.9"),)},
     "checks": None,
     "node": {"node": "web1.other"},
+    "node_address": {"node_address": "127.0.77.9"},
     "node_meta": {"node_meta": (("external-node", "true"),)},
 }
 CASES = [(mode, name) for mode, old in OLD.items() for name, _ in old.fields]

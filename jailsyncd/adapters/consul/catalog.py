@@ -91,9 +91,13 @@ class ConsulCatalog(StoreBase):
         params = {"node-meta": f"{META_OWNER}:{owner}", "stale": ""}
         nodes = self._call("GET", "/v1/catalog/nodes", strict_json, params=params) or []
         # The node-meta filter is Consul's; ownership is checked here as well. Only the
-        # name and meta of each node are kept: the answers of a large host are held
+        # name, address and meta of each node are kept: the answers of a large host are held
         # one at a time, never all at once (peak memory, docs/performance.md).
-        ours = {n["Node"]: {"Node": n["Node"], "Meta": n.get("Meta") or {}} for n in nodes if (n.get("Meta") or {}).get(META_OWNER) == owner}
+        ours = {
+            n["Node"]: {"Node": n["Node"], "Address": n.get("Address", ""), "Meta": n.get("Meta") or {}}
+            for n in nodes
+            if (n.get("Meta") or {}).get(META_OWNER) == owner
+        }
         del nodes
         checks = self._call("GET", "/v1/health/state/any", strict_json, params=params) or []
         checks_by_node: dict[str, list[dict[str, Any]]] = {}
@@ -258,7 +262,7 @@ class ConsulCatalog(StoreBase):
         if old is None or moved:
             # cas at index 0: create only if no such node exists by now.
             ops.append({"Node": {"Verb": "cas", "Node": {**_node_body(new), "ModifyIndex": 0}}})
-        elif (old.address, old.value("node_meta")) != (new.address, new.value("node_meta")):
+        elif (old.value("node_address"), old.value("node_meta")) != (new.value("node_address"), new.value("node_meta")):
             ops.append({"Node": {"Verb": "set", "Node": _node_body(new)}})
         if old is None or moved or _service_fields(old) != _service_fields(new):
             ops.append({"Service": {"Verb": "set", "Node": new.place, "Service": _catalog_service(new)}})
@@ -484,12 +488,14 @@ def node_name(template: str, *, fqdn: str, jname: str, host: str) -> str:
 
 def _fields(
     name: str, address: str, port: int, tags: frozenset[str], meta: tuple[tuple[str, str], ...], tagged: tuple[tuple[str, str], ...],
-    checks: frozenset[tuple[str, str, str]], node: str, node_meta: tuple[tuple[str, str], ...],
+    checks: frozenset[tuple[str, str, str]], node: str, node_address: str, node_meta: tuple[tuple[str, str], ...],
 ) -> tuple[tuple[str, object], ...]:
-    """A catalog record's compared fields, in the order differences are reported."""
+    """A catalog record's compared fields, in the order differences are reported. The
+    node's address is a field of its own: it is what ``<node>.node.consul`` answers,
+    and it can be changed by hand apart from the service's."""
     return (
         ("name", name), ("address", address), ("port", port), ("tags", tags), ("meta", meta), ("tagged_addresses", tagged),
-        ("checks", checks), ("node", node), ("node_meta", node_meta),
+        ("checks", checks), ("node", node), ("node_address", node_address), ("node_meta", node_meta),
     )
 
 
@@ -513,7 +519,9 @@ def record_of(service: Service, node: str, catalog: CatalogSettings, *, owner: s
         meta[META_ADDRESSES] = addresses
     # consul-esm pings the nodes with external-probe=true: no node check of ours then.
     checks = tuple(c for c in service.checks if not (c.on_host and catalog.external_probe))
-    fields = _fields(name, service.address, service.port, tags, tuple(sorted(meta.items())), (), frozenset(_triple(c) for c in checks), node, node_meta)
+    fields = _fields(
+        name, service.address, service.port, tags, tuple(sorted(meta.items())), (), frozenset(_triple(c) for c in checks), node, service.address, node_meta
+    )
     # Ownership as a read finds it: the service's meta, else the node's.
     owned_by, cbsd_host = meta.get(META_OWNER) or owner, meta.get(META_HOST) or host
     return Record(service.service_id, service.jail, fields, place=node, owner=owned_by, cbsd_host=cbsd_host, checks=checks)
@@ -555,7 +563,8 @@ def record_from_catalog(dump: dict[str, Any], entry: dict[str, Any], checks: lis
     address = entry.get("Address", "")
     fields = _fields(
         entry.get("Service", ""), address, int(entry.get("Port") or 0), frozenset(entry.get("Tags") or ()), tuple(sorted(meta.items())),
-        tuple(sorted((k, v.get("Address", "")) for k, v in tagged.items())), triples, dump["Node"], tuple(sorted(node_meta.items())),
+        tuple(sorted((k, v.get("Address", "")) for k, v in tagged.items())), triples, dump["Node"], dump.get("Address", ""),
+        tuple(sorted(node_meta.items())),
     )
     return Record(
         sid, meta.get(META_JNAME, sid.removeprefix(SERVICE_ID_PREFIX)), fields, place=dump["Node"],
