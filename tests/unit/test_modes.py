@@ -163,3 +163,15 @@ def test_a_mode_writing_the_statuses_it_read_gets_a_fresh_read_when_health_is_on
     source.set(jail("a", 1), jail("b", 2))
     result = reconciler.cycle(reasons=["change"])
     assert result.applied["register"] == 1 and result.consul_cached is not applies_read_statuses
+
+
+@pytest.mark.parametrize("fqdn", [".", "..", "...."])
+@pytest.mark.parametrize(("template", "node"), [("{fqdn}", "web-1"), ("{fqdn}.{host}", "web-1.node1")])
+def test_catalog_node_name_of_a_host_hostname_without_any_label_is_the_jname(fqdn, template, node):
+    """``host_hostname = "."`` gave the node name '' with ``{fqdn}``: Consul refused the
+    transaction ("Must provide node") on every cycle and ``once`` exited 1. A
+    host_hostname with no label names nothing, so it counts as unset (the jname), as
+    the docs say of ``{fqdn}``."""
+    desired = desired_of(env("web_1", host_hostname=fqdn))
+    [record] = catalog.records(desired, CatalogSettings(node_name=template)).records
+    assert record.place == node

@@ -481,7 +481,11 @@ def _check_op(node: str, spec: CheckSpec, service_id: str, status: str, output: 
 def node_name(template: str, *, fqdn: str, jname: str, host: str) -> str:
     """The catalog node name: the template filled in, each dot-separated label made
     DNS-safe, so ``<node>.node.consul`` resolves (``Redis_1.My.Domain`` becomes
-    ``redis-1.my.domain``)."""
+    ``redis-1.my.domain``). A ``fqdn`` without any label (``host_hostname = "."``)
+    names nothing and counts as unset: the jname, as when there is no host_hostname
+    (an empty node name fails every transaction with "Must provide node")."""
+    if not any(fqdn.split(".")):
+        fqdn = jname
     text = template.format(fqdn=fqdn, jname=jname, host=host)
     return ".".join(dns_label(label) for label in text.split(".") if label)
 
