@@ -3,7 +3,8 @@
 An admin already sets per-jail text with ``cbsd jset jname=www1 tags="..."``; CBSD
 never parses it. jailsyncd reads it as comma-separated items:
 
-- ``consul.name=www`` sets the service name, ``consul.port=80`` the port,
+- ``consul.name=www`` sets the service name, ``consul.port=80`` the port (directive
+  names and the ``on``/``off`` values are read without regard to case),
   ``consul=off`` (or ``false``/``no``/``0``... see ``_OFF``) opts the jail out;
 - ``consul.check=tcp`` or ``consul.check=http:/path`` adds a TCP or HTTP probe of
   the service port (besides the ping every jail gets); may be given more than once;
@@ -87,6 +88,10 @@ def directives_for(jname: str, tags_column: str | None, rules: tuple[Rule, ...])
     for item in _items(tags_column):
         key, eq, value = item.partition("=")
         key, value = key.strip(), value.strip()
+        # Directive names are read without regard to case, like their values: else
+        # CONSUL=OFF would become a meta pair and leave the jail registered.
+        if key.lower() == "consul" or key.lower().startswith("consul."):
+            key = key.lower()
         if not eq:
             if item not in tags:
                 tags.append(item)

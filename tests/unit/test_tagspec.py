@@ -140,6 +140,24 @@ def test_consul_garbage_is_ignored_and_keeps_state(value):
     assert d(f"consul=off,consul={value}").enabled is False
 
 
+@pytest.mark.parametrize(
+    ("column", "expected"),
+    [
+        ("CONSUL=OFF", Directives(enabled=False)),
+        ("Consul=off", Directives(enabled=False)),
+        ("consul=off,CONSUL=on", Directives(enabled=True)),
+        ("Consul.Name=www", Directives(name="www")),
+        ("CONSUL.PORT=80", Directives(port=80)),
+        ("Consul.Check=tcp", Directives(checks=("tcp",))),
+    ],
+)
+def test_directive_names_are_read_without_regard_to_case(column, expected):
+    """Like their values (``consul=OFF``): ``CONSUL=OFF`` registered the jail, with a
+    meta pair ``CONSUL: OFF``, and ``Consul.Port=80`` was dropped as a bad meta key
+    (the dot), not read as the port the admin wrote."""
+    assert d(column) == expected
+
+
 # --- meta ------------------------------------------------------------------------------
 
 
@@ -186,7 +204,7 @@ def test_overlong_meta_value_is_ignored_without_echoing_the_value():
     assert str(MAX_META_VALUE) in result.ignored[0]
 
 
-@pytest.mark.parametrize("item", ["consul.foo=1", "consul.tags=a", "consul.=x", "consul.Name=www"])
+@pytest.mark.parametrize("item", ["consul.foo=1", "consul.tags=a", "consul.=x", "Consul.Foo=1", "CONSUL.TAGS=a"])
 def test_unknown_consul_directive_is_ignored(item):
     result = d(item)
     assert result == Directives(ignored=result.ignored)
