@@ -57,9 +57,14 @@ class Directives:
     checks: tuple[str, ...] = ()
 
 
+_HTTP_PATH = re.compile(r"/[!-~]*")
+
+
 def valid_check(value: str) -> bool:
-    """``tcp``, or ``http:`` followed by an absolute path."""
-    return value == "tcp" or (value.startswith("http:/") and " " not in value and len(value) <= 512)
+    """``tcp``, or ``http:`` followed by an absolute path an HTTP request line can carry:
+    printable ASCII without spaces (anything else percent-encoded), else every probe
+    of it would fail inside the prober, not at the jail."""
+    return value == "tcp" or (value.startswith("http:") and len(value) <= 512 and bool(_HTTP_PATH.fullmatch(value[5:])))
 
 
 def valid_meta_key(key: str) -> bool:

@@ -226,6 +226,12 @@ def test_rule_meta_with_a_key_jailsyncd_writes_itself_is_rejected(cfg, key):
     assert f": rule[0].meta.{key}: " in message and "reserved" in message
 
 
+def test_rule_http_check_with_a_non_ascii_path_is_rejected(cfg):
+    """A path no HTTP request line can carry could only fail later, in every health round."""
+    message = error_of(cfg, "[[rule]]\nmatch = '*'\nport = 80\nchecks = ['http:/ü']")
+    assert ": rule[0].checks: " in message
+
+
 def test_rule_meta_key_with_trailing_newline_is_rejected(cfg):
     with pytest.raises(ConfigError):
         cfg("[[rule]]\nmatch = '*'\nmeta = { \"a\\n\" = 'x' }")

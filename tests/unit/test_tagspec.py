@@ -158,6 +158,17 @@ def test_directive_names_are_read_without_regard_to_case(column, expected):
     assert d(column) == expected
 
 
+@pytest.mark.parametrize("path", ["/ü", "/a\tb", "/a\x7fb", "/caf\u00e9/status", "/\u200b"])
+def test_http_check_whose_path_no_request_line_can_carry_is_ignored(path):
+    """``consul.check=http:/ü`` was accepted: every health round then failed inside the
+    prober (UnicodeEncodeError, a ``health_probe_failed`` warning each round) and the
+    check stayed critical with no output. The path must be printable ASCII (percent-
+    encode anything else), as an HTTP request line carries it."""
+    result = d(f"consul.port=80,consul.check=http:{path},consul.check=http:/ok%C3%BC?a=1")
+    assert result.checks == ("http:/ok%C3%BC?a=1",)
+    assert len(result.ignored) == 1 and "consul.check=http:/path" in result.ignored[0]
+
+
 # --- meta ------------------------------------------------------------------------------
 
 
