@@ -60,6 +60,9 @@ def plan(
       ``desired.host`` is a ``collision``: two hosts configured with one
       ``host.name`` (or a renamed CBSD node). It is never updated nor deregistered,
       and reported as a ``collision`` skip naming both nodes.
+    - A registration (or an update moving its node) whose node is held by another of
+      this host's entries that stays this cycle (its deregistration refused or held
+      back, a collision) is skipped as ``conflict`` until the node is freed.
     - Any deregistration is refused (moved to ``Plan.refused``) when CBSD's
       ``jails`` table has no row at all (``desired.empty_source``), whatever their
       number, unless ``force``: an empty table looks like a replaced or broken DB.
@@ -133,6 +136,7 @@ def plan(
     if why:
         refused, deregister = deregister, []
         skipped.extend(Skip(s.jail, "refused", why) for s in refused)
+    register, update = _wait_for_places(register, update, deregister, [*owned.values(), *collisions.values()], skipped)
     return Plan(
         register=tuple(register),
         update=tuple(update),
@@ -148,6 +152,31 @@ def plan(
         confirm_in=confirm_in,
         burst=burst,
     )
+
+
+def _wait_for_places(
+    register: list[Record], update: list[Update], deregister: list[Record], held: list[Record], skipped: list[Skip]
+) -> tuple[list[Record], list[Update]]:
+    """Registrations and moving updates whose place (catalog mode's node) is held by
+    another of this host's entries that stays there this cycle (its deregistration
+    refused or held back by a rail, an update not moving it, a collision) become
+    ``conflict`` skips: the place is created only if it does not exist, so Consul
+    could only refuse them on every cycle. Agent mode has no places."""
+    leaving = {r.service_id for r in deregister} | {u.old.service_id for u in update if u.old.place != u.new.place}
+    staying = {r.place: r for r in held if r.place and r.service_id not in leaving}
+    if not staying:
+        return register, update
+
+    def blocked(new: Record) -> bool:
+        other = staying.get(new.place)
+        if other is None or other.service_id == new.service_id:
+            return False
+        skipped.append(Skip(new.jail, "conflict", f"node {new.place} is still held by jail {other.jail}, which is not deregistered this cycle"))
+        return True
+
+    kept_register = [r for r in register if not blocked(r)]
+    kept_update = [u for u in update if u.old.place == u.new.place or not blocked(u.new)]
+    return kept_register, kept_update
 
 
 # -- the bulk rail (sync.max_deregistrations, sync.confirm_after) ----------------------

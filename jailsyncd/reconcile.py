@@ -339,7 +339,8 @@ class Reconciler:
 
     def apply(self, observation: Observation, plan: Plan, log: Any = None) -> Applied:
         """Write ``plan``: register, then update, then deregister (new instances appear
-        before old ones go); with health on, new checks are probed first so they start
+        before old ones go), except that an action freeing a place another action of
+        the plan takes goes first (``frees_first``); with health on, new checks are probed first so they start
         with a real status, and the health loop is told afterwards which checks exist.
         A rejected action fails alone; errors that would fail every action raise."""
         log = log if log is not None else self.log.bind(cycle=self.cycles)
@@ -355,6 +356,7 @@ class Reconciler:
         actions = [action("register", s) for s in plan.register]
         actions += [action("update", u.new, u.old) for u in plan.update]
         actions += [action("deregister", s, s) for s in plan.deregister]
+        actions = frees_first(actions)
         fields = {u.new.service_id: list(u.fields) for u in plan.update}
         counts = {"register": 0, "update": 0, "deregister": 0}
         registered: dict[str, str] = {}
@@ -631,3 +633,20 @@ def health_services(desired: Desired, observed: Observed, plan: Plan, failed: se
             out.append(svc)
     return tuple(out)
 
+
+
+def frees_first(actions: list[Action]) -> list[Action]:
+    """``actions`` with those that free a place (catalog mode's node: a deregistration,
+    or an update moving its service elsewhere) that another action takes moved to the
+    front, the order otherwise kept. A node is created only if it does not exist
+    (``cas`` at index 0), so a jail given the node of one that stopped, was renamed
+    or changed its host_hostname in the same cycle would otherwise be refused
+    ("index is stale") until the next cycle. Agent mode has no places: unchanged."""
+    taken = {a.service.place for a in actions if a.kind != "deregister" and a.service.place and (a.old is None or a.old.place != a.service.place)}
+    if not taken:
+        return actions
+
+    def frees(a: Action) -> bool:
+        return a.old is not None and a.old.place in taken and (a.kind == "deregister" or a.service.place != a.old.place)
+
+    return [a for a in actions if frees(a)] + [a for a in actions if not frees(a)]

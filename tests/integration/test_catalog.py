@@ -289,3 +289,33 @@ def test_a_node_address_edited_by_hand_is_drift_and_repaired(catalog: ConsulServ
     assert nodes(catalog)["web1.my.domain"]["Address"] == "127.0.46.1"
     assert nodes(catalog)["web1.my.domain"]["Meta"] == node["Meta"]
     assert summary(once(config)[1])["writes"] == 0
+
+
+@pytest.mark.parametrize("change", ["stop", "rename"])
+def test_a_node_name_handed_to_another_jail_in_one_cycle(catalog: ConsulServer, tmp_path: Path, workdir: Workdir, change: str) -> None:
+    """Two jails share a host_hostname (a clone, or ``cbsd jrename``, which keeps it):
+    the node goes to the first jname, the other is a conflict. When the holder stops
+    (or is renamed: its row goes, a new jname with the same host_hostname comes), the
+    node passes to the other jail in the same cycle: its registration (a create-only
+    ``cas`` of the node) used to be sent before the holder's node was deleted, so
+    Consul answered "index is stale", ``once`` exited 1 and the jail was missing until
+    the next cycle. A deletion that frees a node wanted by this cycle now goes first."""
+    workdir.add("a", jid=1, status=1, ip4_addr="127.0.47.1", host_hostname="same.my.domain")
+    workdir.add("b", jid=2, status=1, ip4_addr="127.0.47.2", host_hostname="same.my.domain")
+    config = catalog_config(tmp_path, workdir, catalog, "node1")
+    code, events, err = once(config)
+    assert code == 0, err
+    assert catalog.get("/v1/catalog/node/same.my.domain")["Services"]["jailsyncd-a"]["Address"] == "127.0.47.1"
+    if change == "stop":
+        workdir.stop("a")
+        wanted = "jailsyncd-b"
+    else:
+        workdir.destroy("a")
+        workdir.add("0renamed", jid=1, status=1, ip4_addr="127.0.47.1", host_hostname="same.my.domain")
+        wanted = "jailsyncd-0renamed"
+    code, events, err = once(config)
+    assert code == 0, err
+    assert not [e for e in events if e["event"] == "action_failed"]
+    assert set(catalog.get("/v1/catalog/node/same.my.domain")["Services"]) == {wanted}
+    code, events, err = once(config)
+    assert code == 0 and summary(events)["writes"] == 0, err

@@ -292,3 +292,22 @@ def test_catalog_collision_reads_node_meta_and_is_not_purged():
     purge = purge_plan(Observed((theirs, mine)), "node1")
     assert ids(purge.deregister) == ["jailsyncd-web1"] and ids(purge.collisions) == ["jailsyncd-db1"]
     assert ids(purge_plan(Observed((theirs, mine))).deregister) == ["jailsyncd-db1", "jailsyncd-web1"]  # node unknown
+
+
+@pytest.mark.parametrize(("limit", "force", "skipped"), [(10, False, False), (0, True, False), (0, False, True)])
+def test_a_node_still_held_by_a_jail_whose_deregistration_waits_is_a_conflict(limit, force, skipped):
+    """Catalog mode: jail b wants the node of jail a, which stopped. When a's
+    deregistration is not made this cycle (refused by a rail, held by the start-up
+    grace), b's create-only registration of that node could only be refused by
+    Consul ("index is stale") on every cycle: b is a conflict naming a instead, until
+    a's node is freed."""
+    held = catalog_record("a", "same.example")
+    wanted = catalog_record("b", "same.example", address="10.0.0.2")
+    result = run([wanted], [held], limit=limit, force=force)
+    if skipped:
+        assert ids(result.register) == [] and ids(result.refused) == ["jailsyncd-a"]
+        [skip] = [k for k in result.skipped if k.jail == "b"]
+        assert skip.reason == "conflict" and "same.example" in skip.detail and "jail a" in skip.detail
+    else:
+        assert ids(result.register) == ["jailsyncd-b"] and ids(result.deregister) == ["jailsyncd-a"]
+        assert not [k for k in result.skipped if k.jail == "b"]
