@@ -108,6 +108,25 @@ class Target:
     node: str = ""
     service_id: str = ""
 
+    @property
+    def aim(self) -> tuple[str, str, int]:
+        """What is probed (as ``aims``): a check whose aim changed starts over."""
+        return (self.probe, self.address, self.port)
+
+
+def aims(record: Record) -> dict[str, tuple[str, str, int]]:
+    """What each of a record's checks probes: its kind, address and port, by check ID."""
+    return {c.check_id: (c.probe, record.address, record.port) for c in record.checks}
+
+
+def retargeted(old: Record, new: Record) -> bool:
+    """Whether an update points some check of ``new`` at something else than ``old``
+    did (the jail's address or port changed, a probe is new or another): the check
+    keeps its ID, but the old target's results say nothing about the new one, so it
+    is probed again before the update is written, like a new check."""
+    before = aims(old)
+    return any(before.get(check_id) != aim for check_id, aim in aims(new).items())
+
 
 def with_ttl(record: Record, ttl: float) -> Record:
     """A record as Consul holds it, its probed checks holding ``ttl``.

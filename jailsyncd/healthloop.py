@@ -104,6 +104,9 @@ class HealthLoop:
         self._round_running = threading.Lock()
         self._targets: tuple[Target, ...] = ()
         self._states: dict[str, CheckState] = {}
+        #: What each state is about (``Target.aim``): a check pointed at another address
+        #: or port starts over, its old run of results being about something else.
+        self._aims: dict[str, tuple[str, str, int]] = {}
         self._written: dict[str, Written] = {}
         #: Held while statuses are written; once ``_stopped``, rounds write nothing, so a
         #: round still running when the daemon stops cannot undo ``mark_stopped``.
@@ -157,6 +160,9 @@ class HealthLoop:
         statuses: dict[str, str] = {}
         with self._lock:
             for t in targets:
+                if self._aims.get(t.check_id) != t.aim:
+                    self._states.pop(t.check_id, None)
+                    self._aims[t.check_id] = t.aim
                 if t.check_id not in results:  # not probed (the prober failed): registered critical
                     statuses[t.check_id] = (self._states.get(t.check_id) or CheckState(CRITICAL)).status
                     continue
@@ -179,7 +185,9 @@ class HealthLoop:
         with self._lock:
             self._targets = targets
             known = {t.check_id for t in targets}
-            self._states = {k: v for k, v in self._states.items() if k in known}
+            aims = {t.check_id: t.aim for t in targets}
+            self._states = {k: v for k, v in self._states.items() if k in known and self._aims.get(k) == aims[k]}
+            self._aims = aims
             written = {k: v for k, v in self._written.items() if k in known}
             for check_id, status in consul_status.items():
                 if check_id in known and (check_id not in written or written[check_id].status != status):

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from jailsyncd import events
 from jailsyncd.desired import build_desired
 from jailsyncd.errors import JailsyncdError, SourceError
-from jailsyncd.health import with_ttl
+from jailsyncd.health import retargeted, with_ttl
 from jailsyncd.leases import Discovered, Target, targets
 from jailsyncd.logs import get_logger
 from jailsyncd.model import Action, CbsdState, Confirmation, Desired, Observed, Pending, Plan, Record, Startup
@@ -346,7 +346,11 @@ class Reconciler:
         log = log if log is not None else self.log.bind(cycle=self.cycles)
         statuses: dict[str, str] = {}
         if self.health is not None and observation.desired is not None:
-            fresh = tuple(plan.register) + tuple(u.new for u in plan.update if "checks" in u.fields or u.new.place != u.old.place)
+            # New checks, and checks whose target changed (an address or port moved):
+            # probed now, so that they are written with a status about what they probe.
+            fresh = tuple(plan.register) + tuple(
+                u.new for u in plan.update if "checks" in u.fields or u.new.place != u.old.place or retargeted(u.old, u.new)
+            )
             statuses = self.health.initial_statuses(fresh) if fresh else {}
 
         def action(kind: str, service: Record, old: Record | None = None) -> Action:

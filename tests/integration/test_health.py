@@ -314,3 +314,60 @@ def test_health_round_metrics(netns: NetNS, ns_consul: ConsulServer, tmp_path: P
     m = wait_for(lambda: (m := scrape()).get('jailsyncd_health_rounds_total{result="failed"}', 0) >= 1 and m, timeout=10, what="a failed round")
     ended = sum(m[f'jailsyncd_health_rounds_total{{result="{r}"}}'] for r in ("ok", "failed"))
     assert ended <= m["jailsyncd_health_round_duration_seconds_count"] <= ended + 1  # a scrape between the two updates
+
+
+@pytest.mark.parametrize("mode", ["agent", "catalog"])
+def test_an_address_change_is_a_new_target_for_its_checks(mode: str, netns: NetNS, ns_consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    """A jail whose address changes (``cbsd jset ip4_addr=...``) keeps its check IDs,
+    but what they probe is new: the run of results the old address built up says
+    nothing about the new one. Moved to an address that never answers, its checks
+    must not stay passing (with the old address's output) for
+    ``health.failures_before_critical`` more rounds; moved to one that answers, the
+    output must name the new address at once, not half a TTL later."""
+    netns.add_address(UP)
+    netns.add_address(FLAPPY)  # both answer; OTHER has no route
+    workdir.add("api", jid=3, status=1, ip4_addr=UP, tags="consul.port=8080,consul.check=tcp")
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=ns_consul, health=HEALTH, consul_extra=f'mode = "{mode}"')
+    settings = load_settings(config, env={})
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        pass
+
+    def checks() -> dict[str, tuple[str, str, str]]:
+        found = ns_consul.get("/v1/agent/checks").values() if mode == "agent" else ns_consul.get("/v1/health/state/any")
+        return {c["CheckID"]: (c["Status"], c["Name"], c["Output"]) for c in found if c["CheckID"].startswith("jailsyncd-api:")}
+
+    def body() -> None:
+        servers = [http.server.HTTPServer((address, 8080), Handler) for address in (UP, FLAPPY)]
+        reconciler, health, _ = in_process(settings)
+        try:
+            assert reconciler.cycle().ok
+            health.round()
+            assert [checks()[f"jailsyncd-api:{c}"][0] for c in ("ping", "tcp")] == ["passing", "passing"]
+
+            # Moved to an address with no route: critical with the cycle that moves it.
+            workdir.set("api", ip4_addr=OTHER)
+            assert reconciler.cycle().ok
+            now = checks()
+            for check in ("ping", "tcp"):
+                status, name, _ = now[f"jailsyncd-api:{check}"]
+                assert OTHER in name, now
+                assert status == "critical", f"{check} passing for an address that never answered: {now}"
+            # The first round writes the probe's output (a registration cannot carry it).
+            health.round()
+            now = checks()
+            assert [now[f"jailsyncd-api:{c}"][0] for c in ("ping", "tcp")] == ["critical", "critical"]
+            assert OTHER in now["jailsyncd-api:ping"][2] and OTHER in now["jailsyncd-api:tcp"][2], now
+
+            # Moved to another address that answers: passing, its output naming it.
+            workdir.set("api", ip4_addr=FLAPPY)
+            assert reconciler.cycle().ok
+            assert [checks()[f"jailsyncd-api:{c}"][0] for c in ("ping", "tcp")] == ["passing", "passing"]
+            health.round()
+            now = checks()
+            assert FLAPPY in now["jailsyncd-api:ping"][2] and FLAPPY in now["jailsyncd-api:tcp"][2], now
+        finally:
+            for server in servers:
+                server.server_close()
+
+    netns.call(body)

@@ -158,7 +158,8 @@ class ConsulAgent(StoreBase):
         """Create or replace one service on the agent (the agent API is an upsert).
 
         ``statuses`` gives the initial status of new TTL checks (default critical);
-        Consul keeps the current status of checks that already exist.
+        Consul keeps the current status of checks that already exist (``apply``
+        writes it for an update).
         """
         payload = service_payload(service, statuses or {})
         self._call("PUT", "/v1/agent/service/register", OK, body=payload, write=True)
@@ -201,6 +202,13 @@ class ConsulAgent(StoreBase):
                     self.deregister(action.service.service_id)
                 else:
                     self.register(action.service, dict(action.statuses))
+                    if action.kind == "update":
+                        # Consul keeps an existing TTL check's status when the service is
+                        # registered again: a check probed for this update (pointed at
+                        # another address or port, or redefined) gets its status now,
+                        # not one health round later. The round writes the probe's output.
+                        for check_id, status in action.statuses:
+                            self.update_check(check_id, status, f"probed before the update: {status}")
             except ConsulRejected as exc:
                 yield action, ConsulRejected(f"jail {action.service.jail}: {exc}")
                 continue

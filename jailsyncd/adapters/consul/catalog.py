@@ -268,14 +268,15 @@ class ConsulCatalog(StoreBase):
             ops.append({"Service": {"Verb": "set", "Node": new.place, "Service": _catalog_service(new)}})
         have = _triples(old) if old is not None and not moved else frozenset()
         for spec in new.checks:
-            if _triple(spec) in have:
+            if _triple(spec) in have and spec.check_id not in statuses:
                 continue
-            # A changed definition keeps the status Consul holds; a new check starts
-            # with the status probed just before registration (or critical).
-            if spec.check_id in self._status:
-                current, output = self._status[spec.check_id]
-            elif spec.check_id in statuses:
+            # A check probed just before (new, or pointed at another address or port)
+            # starts with that status; any other changed definition keeps the status
+            # Consul holds; else critical.
+            if spec.check_id in statuses:
                 current, output = statuses[spec.check_id], f"first probe before registration: {statuses[spec.check_id]}"
+            elif spec.check_id in self._status:
+                current, output = self._status[spec.check_id]
             else:
                 current, output = "critical", NOT_PROBED_OUTPUT
             ops.append(_check_op(new.place, spec, new.service_id, current, output))
