@@ -23,6 +23,10 @@
 #   PUT /v1/agent/check/update/ID         service:write on the name of the check's
 #                                         service (health on: jail checks and the
 #                                         "jailsyncd" heartbeat service)
+#   PUT /v1/agent/check/deregister/ID     service:write on the name of the check's
+#                                         service (a probe dropped from a jail, or
+#                                         health turned off: Consul keeps the checks a
+#                                         new registration does not list)
 #   GET /v1/agent/self                    agent:read (once: the agent's node name,
 #                                         for the Consul watch, sync.watch_consul)
 #   GET /v1/catalog/node-services/NODE    node:read on the agent's node (the Consul

@@ -114,8 +114,11 @@ def test_shipped_policy_covers_check_config_once_run_and_purge(
     if mode == "agent":
         # The heartbeat is refreshed every third of heartbeat_ttl (2 s): it must stay passing.
         wait_for(lambda: acl_consul.get("/v1/agent/checks")["jailsyncd.heartbeat:ttl"]["Status"] == "passing", timeout=10, what="heartbeat passing")
-    workdir.set("db1", ip4_addr="127.0.81.8")
+    # A new address, and the tcp probe dropped: its check is deregistered on its own.
+    workdir.set("db1", ip4_addr="127.0.81.8", tags="consul.port=5432")
     wait_for(lambda: any(e.get("jail") == "db1" for e in daemon.events("service_updated")), timeout=20, what="db1 updated by run")
+    checks = acl_consul.get("/v1/agent/checks").values() if mode == "agent" else acl_consul.get("/v1/health/state/any")
+    assert "jailsyncd-db1:tcp" not in {c["CheckID"] for c in checks}
     assert daemon.stop() == 0
     assert not FAILURES & {e["event"] for e in daemon.events()}, [e for e in daemon.events() if e["event"] in FAILURES]
     assert owned_names(acl_consul, mode) == expected | ({"jailsyncd-new1"} if mode == "agent" else {"new1.example.org"})

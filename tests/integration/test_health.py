@@ -371,3 +371,43 @@ def test_an_address_change_is_a_new_target_for_its_checks(mode: str, netns: NetN
                 server.server_close()
 
     netns.call(body)
+
+
+@pytest.mark.parametrize("mode", ["agent", "catalog"])
+def test_checks_a_jail_no_longer_has_are_removed(mode: str, netns: NetNS, ns_consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    """A probe dropped from a jail's tags (``consul.check=tcp`` removed), and then
+    health turned off altogether (``health.enabled = false``): the checks jailsyncd no
+    longer keeps leave Consul with the update. Consul's agent keeps a service's
+    checks that a new registration of it does not list, so a re-registration alone
+    left them there: the tcp check held its last status until its TTL ran out
+    (critical, hiding the jail), the alias checks went critical with the heartbeat
+    service gone, and every later cycle updated the service again."""
+    netns.add_address(UP)
+    workdir.add("api", jid=3, status=1, ip4_addr=UP, tags="consul.port=8080,consul.check=tcp")
+    on = load_settings(write_config(tmp_path / "on.toml", workdir=workdir.root, consul=ns_consul, health=HEALTH, consul_extra=f'mode = "{mode}"'), env={})
+    off = load_settings(write_config(tmp_path / "off.toml", workdir=workdir.root, consul=ns_consul, consul_extra=f'mode = "{mode}"'), env={})
+
+    def checks() -> set[str]:
+        found = ns_consul.get("/v1/agent/checks").values() if mode == "agent" else ns_consul.get("/v1/health/state/any")
+        return {c["CheckID"] for c in found if c["CheckID"].startswith("jailsyncd")}
+
+    def passing() -> list[str]:
+        return [e["Service"]["Address"] for e in ns_consul.get("/v1/health/service/api?passing")]
+
+    def body() -> None:
+        reconciler, _, _ = in_process(on)
+        assert reconciler.cycle().ok
+        assert {"jailsyncd-api:ping", "jailsyncd-api:tcp"} <= checks()
+
+        workdir.set("api", tags="consul.port=8080")
+        assert reconciler.cycle().ok
+        assert "jailsyncd-api:tcp" not in checks() and "jailsyncd-api:ping" in checks()
+        assert reconciler.cycle().writes == 0
+
+        plain = Reconciler(off, CbsdSource(off.cbsd.workdir), connect(off.consul))
+        assert plain.cycle().ok
+        assert checks() == set(), "health is off: no check of jailsyncd's is left"
+        wait_for(lambda: passing() == [UP], timeout=5, what="the jail passing with health off")
+        assert plain.cycle().writes == 0
+
+    netns.call(body)

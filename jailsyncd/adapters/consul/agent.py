@@ -173,6 +173,14 @@ class ConsulAgent(StoreBase):
         body = {"Status": status, "Output": output[:MAX_OUTPUT]}
         self._call("PUT", f"/v1/agent/check/update/{check_id}", OK, body=body, write=True)
 
+    def deregister_check(self, check_id: str) -> None:
+        try:
+            self._call("PUT", f"/v1/agent/check/deregister/{check_id}", OK, write=True)
+        except ConsulRejected as exc:
+            if "Unknown check" not in str(exc):
+                raise
+            # Gone since the read: what the deregistration wanted is true.
+
     def deregister(self, service_id: str) -> None:
         try:
             self._call("PUT", f"/v1/agent/service/deregister/{service_id}", OK, write=True)
@@ -202,7 +210,12 @@ class ConsulAgent(StoreBase):
                     self.deregister(action.service.service_id)
                 else:
                     self.register(action.service, dict(action.statuses))
-                    if action.kind == "update":
+                    if action.kind == "update" and action.old is not None:
+                        # Consul keeps the checks of a service that a new registration
+                        # of it does not list: ours that the jail no longer has (a
+                        # probe dropped from its tags, health turned off) go explicitly.
+                        for check_id in dropped_checks(action.old, action.service):
+                            self.deregister_check(check_id)
                         # Consul keeps an existing TTL check's status when the service is
                         # registered again: a check probed for this update (pointed at
                         # another address or port, or redefined) gets its status now,
@@ -443,6 +456,13 @@ def service_payload(record: Record, statuses: dict[str, str] | None = None) -> d
         if kind == "alias"
     ]
     return {**service_body(record), "Name": record.name, **({"Checks": checks} if checks else {})}
+
+
+def dropped_checks(old: Record, new: Record) -> list[str]:
+    """The checks of ours (``<service_id>:<name>``) that Consul holds on ``old`` and
+    ``new`` no longer has; a check someone else added to the service is not ours."""
+    mine = f"{new.service_id}:"
+    return sorted(c for c in old.check_ids - new.check_ids if c.startswith(mine))
 
 
 def _probed_checks(address: str, checks: Sequence[tuple[str, str, str]]) -> tuple[CheckSpec, ...]:
