@@ -269,13 +269,17 @@ class CbsdSource:
         objects cost more than SQLite's own work on these small DBs (about half of a
         per-VM read, docs/performance.md)."""
         try:
-            path.stat()
+            st = path.stat()
         except FileNotFoundError:
+            if os.path.islink(path):  # CBSD's local.sqlite -> inv.<node>.sqlite, target gone
+                raise SourceMissing(f"{path}: CBSD database not found: this symlink points to {os.readlink(path)}, which does not exist") from None
             raise SourceMissing(f"{path}: CBSD database not found (check cbsd.workdir)") from None
         except PermissionError:  # a folder on the way: not "missing", and not a crash
             raise SourceUnreadable(f"{path}: permission denied (run as root or in group cbsd)") from None
         except OSError as exc:
             raise SourceUnreadable(f"{path}: cannot be reached ({exc.strerror})") from None
+        if stat.S_ISDIR(st.st_mode):  # SQLite would call it a "disk I/O error"
+            raise SourceCorrupt(f"{path}: a directory, not a CBSD database")
         if not os.access(path, os.R_OK):
             raise SourceUnreadable(f"{path}: permission denied (run as root or in group cbsd)")
         if self._engine is None:

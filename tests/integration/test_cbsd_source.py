@@ -65,6 +65,31 @@ def test_missing_db_is_an_error_and_is_not_created(tmp_path: Path) -> None:
     assert not root.exists()
 
 
+def test_dangling_node_db_symlink_names_its_missing_target(workdir: Workdir) -> None:
+    """``local.sqlite`` is a symlink to ``inv.<node>.sqlite``: when the target is gone
+    (renamed by hand, a half-finished restore) the link itself is there, and "CBSD
+    database not found (check cbsd.workdir)" sent the admin to a workdir that is
+    right. The message names the link's missing target."""
+    target = workdir.node_db.resolve()
+    target.rename(target.with_name("inv.moved.sqlite"))
+    with pytest.raises(SourceMissing) as exc:
+        read(workdir)
+    message = str(exc.value)
+    assert str(workdir.node_db) in message and "symlink" in message and target.name in message
+    assert "check cbsd.workdir" not in message
+
+
+def test_node_db_that_is_a_directory_says_so(workdir: Workdir) -> None:
+    """A directory where the node DB should be was reported as "read failed (disk I/O
+    error)", which points at a failing disk."""
+    workdir.node_db.unlink()
+    workdir.node_db.mkdir()
+    with pytest.raises(SourceCorrupt) as exc:
+        read(workdir)
+    message = str(exc.value)
+    assert str(workdir.node_db) in message and "directory" in message and "I/O" not in message
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "no_jails_table"])
 def test_corrupt_db(workdir: Workdir, damage: str) -> None:
     for i in range(200):
