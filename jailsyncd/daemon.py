@@ -366,7 +366,8 @@ class Daemon:
         if problem is not None:
             self.log.warning("token_file_insecure", path=str(new.consul.token_file), problem=problem)
         old, self.settings = self.settings, new
-        self._reconciler = self._make_reconciler(new, self._stop.is_set)
+        previous, self._reconciler = self._reconciler, self._make_reconciler(new, self._stop.is_set)
+        self._reconciler.carry_on(previous)
         if self.health is not None:
             self.health.reload(new.health)
         if self.scheduler is not None and (old.sync, old.health) != (new.sync, new.health):

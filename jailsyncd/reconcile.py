@@ -251,6 +251,18 @@ class Reconciler:
         #: many (the last ``sync.interval`` of them count towards the bulk rail).
         self._deregistered: list[tuple[float, int]] = []
 
+    def carry_on(self, previous: Reconciler) -> None:
+        """Take over what ``previous`` (the same daemon's, before a ``SIGHUP``) knew
+        about time: the cycle count, the deregistrations applied within the last
+        ``sync.interval`` (they count towards ``sync.max_deregistrations``), the burst
+        waiting for its confirming read and what was already reported. A
+        reload changes settings; it does not open a new window for the safety rails.
+        What was read is not taken over: the new settings may want something else."""
+        self.cycles = previous.cycles
+        self._deregistered = list(previous._deregistered)
+        self._pending = previous._pending
+        self._reported = set(previous._reported)
+
     # -- the operations ------------------------------------------------------------
 
     def observe(self, *, reuse_consul: bool = False) -> Observation:

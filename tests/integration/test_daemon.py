@@ -121,6 +121,40 @@ def test_sighup_reload_keeps_old_settings_on_a_broken_file(consul: ConsulServer,
     assert consul.services()["jailsyncd-www1"]["Service"] == "www"
 
 
+def test_sighup_keeps_the_cycle_count_and_the_deregistration_window(consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
+    """``service jailsyncd reload`` (SIGHUP) applies new settings; it is not a new
+    daemon. The deregistrations applied within the last ``sync.interval`` still count
+    towards ``sync.max_deregistrations`` after it (a reload used to forget them, so
+    two stops of two jails each, a reload between them, removed four jails at a limit
+    of two without the confirming read), and cycle numbers go on from where they were
+    (they started again at 1, so one log held several cycles 1, 2, 3...)."""
+    for n in range(1, 5):
+        workdir.add(f"j{n}", jid=n, status=1, ip4_addr=f"127.0.31.{n}")
+    rails = '[sync]\ninterval = "1h"\njitter = "0s"\nwatch_consul = false\nmax_deregistrations = 2\nconfirm_after = "1h"\n'
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul, extra=rails)
+    daemon = start_daemon(config)
+    wait_for(lambda: {f"jailsyncd-j{n}" for n in range(1, 5)} <= set(consul.services()), timeout=10, what="four jails registered")
+    workdir.stop("j1")
+    workdir.stop("j2")
+    wait_for(lambda: not {"jailsyncd-j1", "jailsyncd-j2"} & set(consul.services()), timeout=10, what="two jails deregistered")
+    last = max(e["cycle"] for e in daemon.events("cycle_finished"))
+
+    config.write_text(config.read_text() + '\n[[rule]]\nmatch = "none*"\nname = "none"\n')
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: daemon.events("config_reloaded"), timeout=5, what="config_reloaded")
+    seen = len(daemon.events("cycle_finished"))
+    workdir.stop("j3")
+    workdir.stop("j4")
+    gone = lambda: not {"jailsyncd-j3", "jailsyncd-j4"} & set(consul.services())  # noqa: E731
+    wait_for(lambda: daemon.events("deregistrations_awaiting_confirmation") or gone(), timeout=10, what="the second stop planned")
+    assert {"jailsyncd-j3", "jailsyncd-j4"} <= set(consul.services()), "four deregistrations within sync.interval at a limit of two"
+    after = [e["cycle"] for e in daemon.events("cycle_finished")][seen:]
+    assert min(after) > last, f"cycle numbers started again after the reload: {last} then {after}"
+    assert daemon.stop() == 0
+    [stopped] = daemon.events("daemon_stopped")
+    assert stopped["cycles"] >= max(after)
+
+
 def test_sigterm_exits_0_within_5s_and_registrations_stay(consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
     workdir.add("web1", jid=3, status=1, ip4_addr="127.0.30.1")
     daemon = start_daemon(write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul, extra=QUIET))
