@@ -25,6 +25,9 @@ class IdleReconciler:
     def cycle(self, reasons: object = None) -> CycleResult:
         raise AssertionError("no cycle runs in these tests")
 
+    def carry_on(self, previous: object) -> None:
+        """A reload hands over the old reconciler's state (nothing to take here)."""
+
 
 class ScriptedWatch:
     """Answers from ``script`` (True/False, or an exception to raise), one per call;

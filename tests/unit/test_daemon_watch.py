@@ -22,6 +22,9 @@ class IdleReconciler:
     def cycle(self, reasons: object = None) -> CycleResult:
         raise AssertionError("no cycle runs in these tests")
 
+    def carry_on(self, previous: object) -> None:
+        """A reload hands over the old reconciler's state (nothing to take here)."""
+
 
 def workdir(root: Path) -> Path:
     db = node_db_path(root)
