@@ -569,7 +569,7 @@ def _decode_rules(raw: Any, fail: _Fail) -> tuple[Rule, ...]:
             raise fail(f"{key}.enabled", f"expected true or false, got {enabled!r}")
         checks = table.get("checks", [])
         if not isinstance(checks, list) or not all(isinstance(c, str) and valid_check(c) for c in checks):
-            raise fail(f"{key}.checks", 'expected a list of "tcp" or "http:/path"')
+            raise fail(f"{key}.checks", 'expected a list of "tcp" or "http:/path" (the path in printable ASCII without spaces, the rest percent-encoded)')
         rules.append(Rule(match, name, port, tuple(tags), tuple(meta.items()), enabled, tuple(checks)))
     return tuple(rules)
 

@@ -117,7 +117,7 @@ def directives_for(jname: str, tags_column: str | None, rules: tuple[Rule, ...])
                 ignored.append(f"{item}: expected consul=on or consul=off")
         elif key == "consul.check":
             if not valid_check(value):
-                ignored.append(f"{item}: expected consul.check=tcp or consul.check=http:/path")
+                ignored.append(f"{item}: expected consul.check=tcp or consul.check=http:/path (the path in printable ASCII without spaces, the rest percent-encoded)")
             elif value not in checks:
                 checks.append(value)
         elif key.startswith("consul."):
