@@ -173,7 +173,7 @@ def resolve(target: Target, seen: Observations, now: float) -> Discovered:
         return Discovered(detail=f"address discovery could not read a source: {failed[0]}", unknown=True)
     where = ["its own dhclient leases"] if target.own_leases else []
     if not macs:
-        no_mac = "no MAC in CBSD's bhyvenic/jailnic, so no DHCP server lease or neighbor entry can match"
+        no_mac = "no MAC in CBSD's NIC tables (bhyvenic, xennic, qemunic, jailnic), so no DHCP server lease or neighbor entry can match"
         if not where:  # a VM without a NIC row: there was no place to look at all
             return Discovered(detail=f"address discovery had nowhere to look: {no_mac}")
         where.append(no_mac)

@@ -38,7 +38,7 @@ RESERVED_META = frozenset(
 
 @dataclass(frozen=True)
 class Environment:
-    """One row of CBSD's ``jails`` table (merged with the per-VM DB for bhyve).
+    """One row of CBSD's ``jails`` table (merged with the per-VM DB for bhyve, xen, qemu).
 
     Text values are stripped; CBSD's spellings of "unset" (``'0'``, ``''``, NULL,
     ``(null)``) are already ``None`` here.
@@ -51,12 +51,12 @@ class Environment:
     ip4_addr: str | None
     host_hostname: str | None
     tags: str | None
-    #: CBSD starts it at boot (``astart=1``; for bhyve VMs from the node DB's ``bhyve``
+    #: CBSD starts it at boot (``astart=1``; for VMs from the node DB's ``bhyve`` (``xen``...)
     #: table, which ``bset`` keeps in step with the per-VM ``settings``).
     astart: bool = False
     #: A VNET jail (``vnet=1``): it has NICs of its own (``jailnic``).
     vnet: bool = False
-    #: The MACs of its NICs in ``nic_order`` (``bhyvenic``/``jailnic``, normalised
+    #: The MACs of its NICs in ``nic_order`` (``bhyvenic``/``xennic``/``qemunic``/``jailnic``, normalised
     #: ``58:9c:fc:00:00:01``), read only for environments that need address discovery.
     macs: tuple[str, ...] = ()
 

@@ -27,6 +27,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+#: xen and qemu VMs: what ``xcreate``/``qcreate`` add besides the ``jails`` row, in the
+#: columns jailsyncd reads (CBSD's share/local-{xen,qemu}*.schema). The node DB gets a
+#: table named after the emulator (created with the first such VM, as a fresh install
+#: has none); the VM's own DB a ``settings`` table without ``tags`` (``xset``/``qset``
+#: write it there only, ``xls``/``qls`` read ``ip4_addr`` from it) and a NIC table.
+_OTHER_VM_NODE_TABLE = "CREATE TABLE IF NOT EXISTS {kind} ( jname text default 0 unique PRIMARY KEY, astart integer default 0, vm_cpus integer default 1, vm_ram integer default 536870912 )"
+_OTHER_VM_DDL = (
+    "CREATE TABLE settings ( created TIMESTAMP DATE DEFAULT (datetime('now','localtime')), astart integer default 0, "
+    "vm_cpus integer default 1, vm_ram integer default 536870912, vm_os_type text default freebsd, ip4_addr text default 'DHCP' );\n"
+    "CREATE TABLE {kind}nic ( id INTEGER PRIMARY KEY AUTOINCREMENT, name text default 0, nic_order integer default 0, "
+    "nic_driver text default 0, nic_hwaddr text default 0 );\n"
+)
+#: The emulators whose VMs have a per-VM DB of the kind above.
+OTHER_VM_KINDS = ("xen", "qemu")
+
 #: Columns added by CBSD upgrades that an older host lacks (``tags`` came in 13.0.2).
 _NEWER_COLUMNS = ("tags", "ci_gw4", "zfs_encryption", "boot_delay", "allow_nfsd", "jnameserver")
 
@@ -103,6 +118,24 @@ class Workdir:
             with _connect(self.node_db) as conn:
                 conn.execute("INSERT INTO bhyve (jname, astart) VALUES (?, ?)", (jname, values.get("astart", 0)))
             self.set_vm(jname, ip4_addr=values.get("ip4_addr", "DHCP"), tags=values.get("tags", "0"), astart=values.get("astart", 0))
+        elif values.get("emulator") in OTHER_VM_KINDS:
+            kind = values["emulator"]
+            with _connect(self.node_db) as conn:
+                conn.execute(_OTHER_VM_NODE_TABLE.format(kind=kind))
+                conn.execute(f"INSERT INTO {kind} (jname, astart) VALUES (?, ?)", (jname, values.get("astart", 0)))
+            with self._vm_db(jname, ddl=_OTHER_VM_DDL.format(kind=kind)) as conn:
+                conn.execute("INSERT INTO settings (ip4_addr, astart) VALUES (?, ?)", (values.get("ip4_addr", "DHCP"), values.get("astart", 0)))
+
+    def vm_set(self, jname: str, **values: Any) -> None:
+        """``xset``/``qset``: update the VM's own ``settings`` row (and ``astart`` in the
+        node DB's table of its emulator, as ``xset`` does), leaving the ``jails`` row as
+        it was."""
+        kind = self.get(jname, "emulator")
+        with self._vm_db(jname) as conn:
+            conn.execute(f"UPDATE settings SET {', '.join(f'{k} = ?' for k in values)}", tuple(values.values()))
+        if "astart" in values:
+            with _connect(self.node_db) as conn:
+                conn.execute(f"UPDATE {kind} SET astart = ? WHERE jname = ?", (values["astart"], jname))
 
     def set(self, jname: str, **values: Any) -> None:
         """``cbsd jset``: update columns of one row."""
@@ -132,16 +165,17 @@ class Workdir:
         return row[0]
 
     @contextmanager
-    def _vm_db(self, jname: str) -> Iterator[sqlite3.Connection]:
+    def _vm_db(self, jname: str, ddl: str | None = None) -> Iterator[sqlite3.Connection]:
         """The environment's own DB (``jails-system/<jname>/local.sqlite``), created with
-        the per-VM schema on first use (autocommit, like ``_connect``)."""
+        the per-VM schema (bhyve's unless ``ddl``) on first use (autocommit, like
+        ``_connect``)."""
         folder = self.root / "jails-system" / jname
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "local.sqlite"
         fresh = not path.exists()
         with _connect(path) as conn:
             if fresh:
-                conn.executescript(_ddl("cbsd-vm.sql"))
+                conn.executescript(ddl or _ddl("cbsd-vm.sql"))
             yield conn
 
     def set_vm(self, jname: str, **values: Any) -> None:
@@ -163,9 +197,12 @@ class Workdir:
         """``cbsd bhyve-nic``/``jail nic`` add: a NIC with ``mac`` in the environment's
         own DB (``bhyvenic`` for a VM, ``jailnic`` for a jail; created with the per-VM
         schema when the jail has none yet)."""
+        emulator = self.get(jname, "emulator")
         with self._vm_db(jname) as conn:
-            if self.get(jname, "emulator") == "bhyve":
+            if emulator == "bhyve":
                 conn.execute("INSERT INTO bhyvenic (jname, nic_order, nic_hwaddr) VALUES (?, ?, ?)", (jname, order, mac))
+            elif emulator in OTHER_VM_KINDS:
+                conn.execute(f"INSERT INTO {emulator}nic (name, nic_order, nic_hwaddr) VALUES (?, ?, ?)", (f"nic{order}", order, mac))
             else:
                 conn.execute("INSERT INTO jailnic (name, nic_order, nic_hwaddr) VALUES (?, ?, ?)", (f"eth{order}", order, mac))
 

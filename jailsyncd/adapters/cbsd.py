@@ -22,8 +22,10 @@ How CBSD's files are treated, and why:
   SQLite file, not one per running VM;
 - columns are selected by name after ``PRAGMA table_info``: column order differs
   between hosts, old hosts lack ``tags``, and unknown columns are ignored;
+- the per-VM DB is read for bhyve, xen and qemu VMs (``VM_KINDS``), whose
+  ``ip4_addr`` (and bhyve's ``tags``) CBSD keeps there;
 - with ``read_macs`` (address discovery on), the MACs of a running VM's NICs are
-  read from its ``bhyvenic`` table in the same transaction as its settings, and
+  read from its ``bhyvenic`` (``xennic``, ``qemunic``) table in the same transaction as its settings, and
   those of a running VNET jail with no usable address from ``jailnic`` in its own
   ``jails-system/<jname>/local.sqlite`` (cached the same way; a jail without that
   file simply has no known MAC);
@@ -57,8 +59,14 @@ _T = TypeVar("_T")
 #: Columns of ``jails`` that must exist; ``_OPTIONAL`` ones may be missing on older CBSD.
 _REQUIRED = ("jname", "jid", "status", "ip4_addr")
 _OPTIONAL = ("emulator", "host_hostname", "tags", "astart", "vnet")
-#: Per-VM ``settings`` columns that override the node DB row for bhyve VMs.
+#: Per-VM ``settings`` columns that override the node DB row for VMs (xen and qemu
+#: VMs have no ``tags`` there: theirs stays the node DB's).
 _VM_COLUMNS = ("ip4_addr", "tags")
+#: The emulators whose VMs keep their settings in their own DB (``bset``, ``xset``,
+#: ``qset`` write ``ip4_addr`` there; CBSD's ``bls``/``xls``/``qls`` read it there), with
+#: a node DB table of that name holding ``astart`` and a ``<emulator>nic`` table of
+#: NICs. A ``qemu-*-static`` cross-arch jail is a jail (``Environment.kind``).
+VM_KINDS = ("bhyve", "xen", "qemu")
 _UNSET = {"", "0", "(null)"}
 #: Seconds: a per-VM DB (or its ``-wal``) modified or changed less than this long
 #: before a read is re-read next time even if its stamp is the same, because file
@@ -174,7 +182,7 @@ class CbsdSource:
             # What the environment's own DB adds: a VM's settings (and NICs), or the
             # NICs of a VNET jail that address discovery will need.
             merge = None
-            if env.emulator == "bhyve" and env.running:
+            if env.kind in VM_KINDS and env.running:
                 merge = self._merge_vm_settings
             elif self.read_macs and env.vnet and env.kind == "jail" and env.running and not parse_ip4_addr(env.ip4_addr).all:
                 merge = self._merge_jail_nics
@@ -202,14 +210,16 @@ class CbsdSource:
             raise SourceCorrupt(f"{path}: table 'jails' lacks column(s) {', '.join(missing)}")
         wanted = [c for c in _REQUIRED + _OPTIONAL if c in present]
         rows = [dict(zip(wanted, r)) for r in conn.execute(f"SELECT {_names(wanted)} FROM jails")]
-        # A VM's astart lives in its own DB; `cbsd bset` also writes it to the node DB's
-        # `bhyve` table (jails.astart is left as created), so read it there: no per-VM
-        # DB is opened for a stopped VM.
-        bhyve = _columns(conn, "bhyve")
-        if {"jname", "astart"} <= bhyve:
-            astart = {str(j).strip(): a for j, a in conn.execute('SELECT "jname", "astart" FROM bhyve')}
+        # A VM's astart lives in its own DB; `cbsd bset` (`xset`) also writes it to the
+        # node DB's `bhyve` (`xen`) table (jails.astart is left as created), so read it
+        # there: no per-VM DB is opened for a stopped VM. A fresh install has no `xen`
+        # or `qemu` table until the first such VM.
+        for kind in VM_KINDS:
+            if not {"jname", "astart"} <= _columns(conn, kind):
+                continue
+            astart = {str(j).strip(): a for j, a in conn.execute(f'SELECT "jname", "astart" FROM {_names([kind])}')}
             for row in rows:
-                if unset_to_none(row.get("emulator")) == "bhyve" and str(row["jname"]).strip() in astart:
+                if unset_to_none(row.get("emulator")) == kind and str(row["jname"]).strip() in astart:
                     row["astart"] = astart[str(row["jname"]).strip()]
         return rows
 
@@ -223,7 +233,7 @@ class CbsdSource:
         return replace(env, macs=macs)
 
     def _merge_vm_settings(self, env: Environment, path: str) -> Environment:
-        settings = self._vm_settings(path, self._vm_reader)
+        settings = self._vm_settings(path, lambda conn, where: self._vm_reader(conn, where, env.kind))
         if not settings:
             return env
         return replace(
@@ -233,10 +243,10 @@ class CbsdSource:
             macs=settings.get("macs", ()),
         )
 
-    def _vm_reader(self, conn: sqlite3.Connection, path: Path) -> dict[str, Any]:
+    def _vm_reader(self, conn: sqlite3.Connection, path: Path, kind: str) -> dict[str, Any]:
         settings = _read_vm_settings(conn, path)
         if self.read_macs:
-            settings["macs"] = _read_macs(conn, "bhyvenic")
+            settings["macs"] = _read_macs(conn, f"{kind}nic")
         return settings
 
     def _vm_settings(self, path: str, reader: Callable[[sqlite3.Connection, Path], dict[str, Any]]) -> dict[str, Any]:

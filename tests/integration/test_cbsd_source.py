@@ -111,6 +111,29 @@ def test_corrupt_db(workdir: Workdir, damage: str) -> None:
         read(workdir)
 
 
+@pytest.mark.parametrize("kind", ["xen", "qemu"])
+def test_xen_and_qemu_vm_settings_come_from_their_own_db(workdir: Workdir, kind: str) -> None:
+    """``xset ip4_addr=...`` (CBSD xenctl/xset) writes only the VM's own
+    ``settings``; ``xls``/``qls`` read ``ip4_addr`` from there, as ``bls`` does for
+    bhyve. jailsyncd read the per-VM DB of bhyve VMs only: a xen VM kept the address
+    of its ``jails`` row, stale after ``xset``. ``xset astart`` writes the node DB's
+    ``xen`` table, like ``bset`` the ``bhyve`` one; the NICs' MACs are in ``xennic``
+    / ``qemunic``. A cross-arch jail (``qemu-aarch64-static``) is a jail: no VM DB."""
+    workdir.add("vm1", jid=4242, status=0, emulator=kind, ip4_addr="DHCP")
+    workdir.add("vm2", jid=0, status=0, emulator=kind, ip4_addr="127.0.48.2")
+    workdir.add("arm1", jid=7, status=1, emulator="qemu-aarch64-static", ip4_addr="127.0.48.3")
+    workdir.vm_set("vm1", ip4_addr="127.0.48.1")
+    workdir.vm_set("vm2", astart=1)
+    workdir.add_nic("vm1", "58:9c:fc:00:48:01")
+    state = CbsdSource(workdir.root, read_macs=True).read()
+    envs = {e.jname: e for e in state.environments}
+    assert state.unreadable == ()
+    assert envs["vm1"].running and envs["vm1"].ip4_addr == "127.0.48.1"
+    assert envs["vm1"].macs == ("58:9c:fc:00:48:01",)
+    assert not envs["vm2"].running and envs["vm2"].astart and envs["vm2"].awaiting_autostart
+    assert envs["arm1"].running and envs["arm1"].kind == "jail" and envs["arm1"].ip4_addr == "127.0.48.3"
+
+
 def test_locked_longer_than_busy_timeout(workdir: Workdir) -> None:
     workdir.add("j", jid=1, status=1, ip4_addr="127.0.0.9")
     writer = sqlite3.connect(workdir.node_db, isolation_level=None)

@@ -302,8 +302,8 @@ def test_a_lease_for_a_mac_cbsd_does_not_know_is_ignored() -> None:
     [
         (True, (VM_MAC,), f"address discovery found none in its own dhclient leases; sync.dhcp_leases and the neighbor table for {VM_MAC}"),
         (False, (VM_MAC,), f"address discovery found none in sync.dhcp_leases and the neighbor table for {VM_MAC}"),
-        (True, (), "address discovery found none in its own dhclient leases; no MAC in CBSD's bhyvenic/jailnic, so no DHCP server lease or neighbor entry can match"),
-        (False, (), "address discovery had nowhere to look: no MAC in CBSD's bhyvenic/jailnic, so no DHCP server lease or neighbor entry can match"),
+        (True, (), "address discovery found none in its own dhclient leases; no MAC in CBSD's NIC tables (bhyvenic, xennic, qemunic, jailnic), so no DHCP server lease or neighbor entry can match"),
+        (False, (), "address discovery had nowhere to look: no MAC in CBSD's NIC tables (bhyvenic, xennic, qemunic, jailnic), so no DHCP server lease or neighbor entry can match"),
     ],
     ids=["jail-with-mac", "vm-with-mac", "jail-without-mac", "vm-without-mac"],
 )
