@@ -20,7 +20,7 @@ Failures of the prober itself (a socket that cannot be opened mid-run, a socket
 option or a read that fails) are never a jail's failure: the affected probes get no
 result (their checks keep their status) and the round reports a ``problem``.
 TCP and HTTP probes run concurrently in a small thread pool, each bounded by the
-same timeout.
+same timeout as a whole (an HTTP answer that trickles in is cut at it).
 """
 
 from __future__ import annotations
@@ -385,9 +385,32 @@ def _probe_tcp_or_http(probe: Probe, timeout: float) -> ProbeResult:
             return ProbeResult(True, f"tcp {target}: connected in {(time.monotonic() - started) * 1000:.1f} ms")
         path = probe.kind.removeprefix("http:")
         conn = http.client.HTTPConnection(probe.address, probe.port, timeout=timeout)
+        # The socket's timeout bounds each read, not the answer: a server that sends a
+        # line every so often would hold the probe (and the round) as long as it
+        # likes. At the deadline the connection is shut down, ending any read.
+        late = threading.Event()
+
+        def cut() -> None:
+            late.set()
+            with contextlib.suppress(OSError, AttributeError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
+
         try:
-            conn.request("GET", path, headers={"User-Agent": "jailsyncd-health"})
-            status = conn.getresponse().status
+            conn.connect()  # bounded by the timeout itself
+            watchdog = threading.Timer(max(0.0, started + timeout - time.monotonic()), cut)
+            watchdog.daemon = True
+            watchdog.start()
+            try:
+                conn.request("GET", path, headers={"User-Agent": "jailsyncd-health"})
+                status = conn.getresponse().status
+            except (OSError, http.client.HTTPException):
+                if not late.is_set():
+                    raise
+            finally:
+                watchdog.cancel()
+            # Cut: an error, or headers that seemed to end where the shutdown ended them.
+            if late.is_set():
+                return ProbeResult(False, f"{probe.kind} {target}: no complete answer within {timeout:g}s")
         finally:
             conn.close()
         ok = 200 <= status < 400

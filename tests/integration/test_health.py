@@ -411,3 +411,53 @@ def test_checks_a_jail_no_longer_has_are_removed(mode: str, netns: NetNS, ns_con
         assert plain.cycle().writes == 0
 
     netns.call(body)
+
+
+def test_an_http_answer_that_trickles_is_cut_at_the_timeout(netns: NetNS) -> None:
+    """A jail's web server that answers one header line every 0.1 s (a stuck
+    application, a tarpit) never lets a read wait ``health.timeout``, so a timeout per
+    read never fires: the probe took as long as the server liked (20 s for the 100
+    header lines http.client accepts; a status line sent a byte at a time, for ever),
+    and with it the health round of every jail and the cycle that probes a new
+    service before registering it. ``health.timeout`` bounds the whole probe."""
+    from jailsyncd.health import Probe
+
+    netns.add_address(UP)
+    stop = threading.Event()
+
+    def serve(listener) -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.recv(1024)
+                conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                while not stop.is_set():
+                    try:
+                        conn.sendall(b"X-Slow: 1\r\n")
+                    except OSError:
+                        break
+                    stop.wait(0.1)
+
+    def body() -> tuple[float, list]:
+        import socket
+
+        listener = socket.create_server((UP, 8080))
+        thread = threading.Thread(target=serve, args=(listener,), daemon=True)
+        thread.start()
+        try:
+            started = time.monotonic()
+            report = Prober().run_round([Probe("slow:http", "http:/", UP, 8080), Probe("slow:tcp", "tcp", UP, 8080)], count=1, timeout=0.5)
+            return time.monotonic() - started, [report.results["slow:http"], report.results["slow:tcp"]]
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+            listener.close()
+
+    took, (http_result, tcp_result) = netns.call(body)
+    assert took < 2.0, f"the round took {took:.1f}s at health.timeout = 0.5s"
+    assert not http_result.ok and "0.5s" in http_result.output, http_result
+    assert tcp_result.ok, tcp_result
