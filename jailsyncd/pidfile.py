@@ -127,7 +127,7 @@ def running_jailsyncd(path: Path, platform: Platform) -> int:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise NotRunning(f"{path}: no pidfile; is jailsyncd run active?") from None
+        raise NotRunning(f"{path}: no pidfile; is jailsyncd run active, started with --pidfile {path} (rc.d/jailsyncd passes it)?") from None
     except PermissionError:
         raise NotRunning(f"{path}: cannot read the pidfile: permission denied (run kick as root or as jailsyncd's user)") from None
     except OSError as exc:

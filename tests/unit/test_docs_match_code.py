@@ -171,3 +171,18 @@ def test_every_metric_is_in_the_operations_metrics_table_and_no_other() -> None:
     names = _metric_names()
     assert {"jailsyncd_cycles_total", "jailsyncd_health_writes_total", "jailsyncd_consul_up"} <= names  # the scan finds them
     assert (sorted(names - documented), sorted(documented - names)) == ([], [])
+
+
+def test_the_readme_starts_run_where_kick_and_status_look() -> None:
+    """README's "Use it" lists ``jailsyncd run`` and then ``kick`` and ``status``,
+    which read the pidfile at their default path; ``run`` writes one only with
+    ``--pidfile``. Followed as written, ``status`` said "not running" beside a
+    running daemon: the listed ``run`` must name the pidfile they read."""
+    from jailsyncd.cli import DEFAULT_PIDFILE
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Use it", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    [run] = [line.split("#", 1)[0].split() for line in block.splitlines() if line.split()[:2] == ["jailsyncd", "run"]]
+    assert "--pidfile" in run and run[run.index("--pidfile") + 1] == str(DEFAULT_PIDFILE), run
+    for command in ("kick", "status"):
+        assert any(line.split()[:2] == ["jailsyncd", command] for line in block.splitlines()), command

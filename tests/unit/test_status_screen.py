@@ -89,7 +89,7 @@ def test_process_only_text() -> None:
 def test_pid_state(tmp_path: Path) -> None:
     f = tmp_path / "p"
     platform = current()
-    assert pid_state(f, platform) == (None, f"{f}: no pidfile; is jailsyncd run active?")
+    assert pid_state(f, platform) == (None, f"{f}: no pidfile; is jailsyncd run active, started with --pidfile {f} (rc.d/jailsyncd passes it)?")
     # This process is alive but is not a jailsyncd run: the same rule as kick.
     f.write_text(f"{os.getpid()}\n")
     pid, why = pid_state(f, platform)
