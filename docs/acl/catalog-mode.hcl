@@ -17,7 +17,10 @@
 #                                         silently leaves out what the token may
 #                                         not read)
 #   GET /v1/catalog/node-services/NODE    node:read and service:read: one of our
-#                                         nodes read alone (a node changed by hand)
+#                                         nodes read alone (a node changed by hand),
+#                                         and each node before it is deleted (a
+#                                         service the token may not read is not
+#                                         seen, so not kept: keep service read)
 #   GET /v1/catalog/services?node-meta=.. node:read and service:read: run's Consul
 #                                         watch (sync.watch_consul), a blocking
 #                                         query on our nodes' services

@@ -4,6 +4,7 @@ hosts sharing one Consul, transactions of at most 64 operations."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import dns.message
@@ -234,10 +235,8 @@ def test_nodes_without_the_service_id_meta_or_edited_by_hand_are_read_whole(cata
     rc, events, err = once(config)
     stray = [e for e in events if e["event"] == "drift_detected" and e.get("service_id") == "jailsyncd-stray"]
     assert stray and stray[0]["kind"] == "orphan", err  # the batched read failed; the node read whole
-    # The missing service's cas create on its own (still existing) node fails in that
-    # cycle; the orphan's removal deletes the node, and the next cycle creates it.
-    if rc != 0:
-        rc, events, err = once(config)
+    # One cycle: the missing service is created on its own (still existing) node, at
+    # the index the node was read at, and only the orphan's service is removed from it.
     assert rc == 0, err
     services = catalog.get(f"/v1/catalog/node-services/{names[0]}")["Services"]
     assert [s["ID"] for s in services] == ["jailsyncd-old0"], services
@@ -319,3 +318,90 @@ def test_a_node_name_handed_to_another_jail_in_one_cycle(catalog: ConsulServer, 
     assert set(catalog.get("/v1/catalog/node/same.my.domain")["Services"]) == {wanted}
     code, events, err = once(config)
     assert code == 0 and summary(events)["writes"] == 0, err
+
+
+def node_services(consul: ConsulServer, node: str) -> list[str]:
+    answer = consul.get(f"/v1/catalog/node-services/{node}")
+    return sorted(s["ID"] for s in (answer or {}).get("Services") or [])
+
+
+def test_our_service_removed_by_hand_from_our_node_is_put_back(catalog: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    """The jail's service deleted by hand while its node stays: the next cycle puts it
+    back on the node it owns. Before, every cycle tried to create the node anew
+    (``cas`` at index 0), which Consul refused as stale, so the jail stayed out of
+    Consul for good with an ``action_failed`` on every cycle."""
+    workdir.add("web1", jid=3, status=1, ip4_addr="127.0.46.11", host_hostname="web1.my.domain")
+    config = catalog_config(tmp_path, workdir, catalog, "node1")
+    assert once(config)[0] == 0
+    catalog.put("/v1/txn", [{"Service": {"Verb": "delete", "Node": "web1.my.domain", "Service": {"ID": "jailsyncd-web1", "Service": "web1"}}}])
+    assert node_services(catalog, "web1.my.domain") == []
+    rc, events, err = once(config)
+    assert rc == 0, err
+    assert not [e for e in events if e["event"] == "action_failed"], err
+    assert node_services(catalog, "web1.my.domain") == ["jailsyncd-web1"]
+    assert nodes(catalog)["web1.my.domain"]["Meta"]["jailsyncd-owner"] == "node1"
+    assert summary(once(config)[1])["writes"] == 0
+
+
+def test_a_renamed_jail_keeping_its_node_name_moves_in_one_cycle(catalog: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    """A jail renamed in CBSD (``UPDATE jails SET jname``) keeps its host_hostname, so
+    the new service ID wants the node the old one holds. One cycle moves it: the new
+    service is on the node and the old one is gone, with no failed action; before,
+    the create of the node failed (it still existed) and the old one's node delete
+    went through, so the jail was missing until the next cycle."""
+    workdir.add("www2", jid=3, status=1, ip4_addr="127.0.46.21", host_hostname="www2.my.domain")
+    config = catalog_config(tmp_path, workdir, catalog, "node1")
+    assert once(config)[0] == 0
+    conn = sqlite3.connect(workdir.node_db)  # as CBSD's jrename leaves the row
+    with conn:
+        conn.execute("UPDATE jails SET jname = 'www3' WHERE jname = 'www2'")
+    conn.close()
+    rc, events, err = once(config)
+    assert rc == 0, err
+    assert not [e for e in events if e["event"] == "action_failed"], err
+    assert node_services(catalog, "www2.my.domain") == ["jailsyncd-www3"]
+    meta = nodes(catalog)["www2.my.domain"]["Meta"]
+    assert (meta["jailsyncd-service-id"], meta["cbsd-jname"]) == ("jailsyncd-www3", "www3")
+    assert summary(once(config)[1])["writes"] == 0
+
+
+def test_services_others_put_on_our_node_are_never_deleted(catalog: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    """Someone registers a service of their own (say an exporter) on a jail's node. It
+    is not jailsyncd's (ownership is the node's meta *and* the jailsyncd- ID), so a
+    stop of the jail, a purge or a renamed node remove only jailsyncd's service and
+    checks and leave the node with that service; a start puts ours back beside it.
+    Before, the node was deleted with everything on it. A node of ours left with no
+    service at all is removed."""
+    workdir.add("web1", jid=3, status=1, ip4_addr="127.0.46.31", host_hostname="web1.my.domain")
+    config = catalog_config(tmp_path, workdir, catalog, "node1")
+    assert once(config)[0] == 0
+    exporter = {"ID": "node-exporter", "Service": "node-exporter", "Port": 9100}
+    catalog.put("/v1/catalog/register", {"Node": "web1.my.domain", "Address": "127.0.46.31", "SkipNodeUpdate": True, "Service": exporter})
+    assert summary(once(config)[1])["writes"] == 0
+    workdir.stop("web1")
+    rc, events, err = once(config)
+    assert rc == 0 and summary(events)["deregistered"] == 1, err
+    assert node_services(catalog, "web1.my.domain") == ["node-exporter"]
+    assert summary(once(config)[1])["writes"] == 0, "a node kept for another's service is no drift"
+    workdir.start("web1", jid=4)
+    rc, events, err = once(config)
+    assert rc == 0 and summary(events)["registered"] == 1, err
+    assert node_services(catalog, "web1.my.domain") == ["jailsyncd-web1", "node-exporter"]
+    assert summary(once(config)[1])["writes"] == 0
+    # A renamed node (host_hostname changed): the old node keeps the exporter.
+    workdir.set("web1", host_hostname="web9.my.domain")
+    rc, events, err = once(config)
+    assert rc == 0, err
+    assert node_services(catalog, "web1.my.domain") == ["node-exporter"]
+    assert node_services(catalog, "web9.my.domain") == ["jailsyncd-web1"]
+    proc = run_cli("purge", "--yes", config=config)
+    assert proc.returncode == 0, proc.stderr
+    assert "web9.my.domain" not in nodes(catalog)
+    assert node_services(catalog, "web1.my.domain") == ["node-exporter"]
+    # Its owner removes the exporter: the empty node of ours goes with the next cycle.
+    workdir.stop("web1")
+    catalog.put("/v1/catalog/deregister", {"Node": "web1.my.domain", "ServiceID": "node-exporter"})
+    rc, events, err = once(config)
+    assert rc == 0, err
+    assert "web1.my.domain" not in nodes(catalog)
+    assert summary(once(config)[1])["writes"] == 0

@@ -64,6 +64,13 @@ class ConsulCatalog(StoreBase):
         super().__init__(client)
         self._dc_scoped = True
         self._status: dict[str, tuple[str, str]] = {}
+        #: Our nodes as the last read found them, with their ``ModifyIndex``: a jail
+        #: service created on a node of ours that lacks it (removed by hand, or the
+        #: node kept for someone else's service) is written with ``cas`` at that index.
+        self._node_index: dict[str, int] = {}
+        #: Nodes the actions being applied must not delete: something stays on them
+        #: (another action's service, or a service that is not ours). Set by ``apply``.
+        self._keep: frozenset[str] = frozenset()
         #: False once Consul answered 404 to /v1/catalog/node-services (before 1.7).
         self._node_services_endpoint = True
 
@@ -98,6 +105,7 @@ class ConsulCatalog(StoreBase):
             for n in nodes
             if (n.get("Meta") or {}).get(META_OWNER) == owner
         }
+        self._node_index = {n["Node"]: int(n.get("ModifyIndex") or 0) for n in nodes if n["Node"] in ours}
         del nodes
         checks = self._call("GET", "/v1/health/state/any", strict_json, params=params) or []
         checks_by_node: dict[str, list[dict[str, Any]]] = {}
@@ -111,6 +119,13 @@ class ConsulCatalog(StoreBase):
             node_checks = checks_by_node.get(name, [])
             status += [(c["CheckID"], c.get("Status", ""), c.get("Output", "")) for c in node_checks]
             owned += [share(record_from_catalog(ours[name], e, node_checks)) for e in entries if e.get("ID", "").startswith(SERVICE_ID_PREFIX)]
+            sid = str(ours[name]["Meta"].get(META_SERVICE_ID) or "")
+            if not entries and sid.startswith(SERVICE_ID_PREFIX):
+                # A node of ours with no service at all (its service removed by hand,
+                # or the node kept for a service of someone else's that is gone now):
+                # read as the jail's service with nothing in it, so that the jail's
+                # service is written back on it, or the node removed.
+                owned.append(share(record_from_catalog(ours[name], {"ID": sid}, node_checks)))
         foreign = self._taken(sorted(set(places) - set(ours)))
         self._status = {check_id: (st, out) for check_id, st, out in status}
         return Observed(owned=tuple(sorted(owned, key=lambda s: s.service_id)), foreign_places=foreign, check_status=tuple(sorted(status)))
@@ -240,6 +255,7 @@ class ConsulCatalog(StoreBase):
         of jails costs about Consul's own time (docs/performance.md). Still only one
         transaction is in flight at a time, the next is sent only after the last one
         succeeded, and ``should_stop`` is asked just before each is sent."""
+        self._keep = self._nodes_to_keep(actions)
         # Each transaction's operations are built while the one before is out.
         batches = _batches(((a, self._ops(a)) for a in actions), MAX_TXN_OPS)
         yield from _one_after_another(batches, lambda batch: list(self._txn(batch)), should_stop)
@@ -249,19 +265,54 @@ class ConsulCatalog(StoreBase):
         for batch in _batches(ops, MAX_TXN_OPS):
             yield from self._txn(batch)
 
+    def _nodes_to_keep(self, actions: list[Action]) -> frozenset[str]:
+        """The nodes these actions would delete (a deregistration, a renamed node's old
+        one) on which something stays: a service another action puts there (a jail
+        renamed in CBSD keeps its node name), or a service that is not jailsyncd's
+        (someone's exporter registered on the jail's node). Only jailsyncd's service
+        and checks are removed from those. One ``/v1/catalog/node-services`` read per
+        node to delete (the batched read sees only our service on each node)."""
+        staying = {a.service.place for a in actions if a.kind != "deregister"}
+        leaving: dict[str, set[str]] = {}
+        for a in actions:
+            old = a.service if a.kind == "deregister" else a.old
+            if old is not None and old.place and (a.kind == "deregister" or old.place != a.service.place):
+                leaving.setdefault(old.place, set()).add(old.service_id)
+        keep = {place for place in leaving if place in staying}
+        for place in sorted(set(leaving) - keep):
+            if {str(e.get("ID", "")) for e in self._one_node(place)} - leaving[place]:
+                keep.add(place)
+        return frozenset(keep)
+
+    def _removal(self, record: Record) -> list[dict[str, Any]]:
+        """Remove ``record`` from its node: the node with it, or only the service and
+        its checks when something else stays on the node (``_nodes_to_keep``)."""
+        if record.place not in self._keep:
+            self._node_index.pop(record.place, None)
+            return [{"Node": {"Verb": "delete", "Node": {"Node": record.place}}}]
+        ops: list[dict[str, Any]] = [
+            {"Check": {"Verb": "delete", "Check": {"Node": record.place, "CheckID": check_id}}} for check_id, _, _ in sorted(_triples(record))
+        ]
+        if record.name:  # a node read with no service has none to delete
+            ops.append({"Service": {"Verb": "delete", "Node": record.place, "Service": {"ID": record.service_id, "Service": record.name}}})
+        return ops
+
     def _ops(self, action: Action) -> list[dict[str, Any]]:
         new, old = action.service, action.old
         if action.kind == "deregister":
-            return [{"Node": {"Verb": "delete", "Node": {"Node": new.place}}}]
+            return self._removal(new)
         statuses = dict(action.statuses)
         ops: list[dict[str, Any]] = []
         moved = old is not None and old.place != new.place
         if moved:
             assert old is not None
-            ops.append({"Node": {"Verb": "delete", "Node": {"Node": old.place}}})
+            ops += self._removal(old)
         if old is None or moved:
-            # cas at index 0: create only if no such node exists by now.
-            ops.append({"Node": {"Verb": "cas", "Node": {**_node_body(new), "ModifyIndex": 0}}})
+            # cas at index 0: create only if no such node exists by now; on a node of
+            # ours without this service, at the index it was read at (changed since:
+            # refused, and read again next cycle).
+            index = self._node_index.get(new.place, 0)
+            ops.append({"Node": {"Verb": "cas", "Node": {**_node_body(new), "ModifyIndex": index}}})
         elif (old.value("node_address"), old.value("node_meta")) != (new.value("node_address"), new.value("node_meta")):
             ops.append({"Node": {"Verb": "set", "Node": _node_body(new)}})
         if old is None or moved or _service_fields(old) != _service_fields(new):
