@@ -193,6 +193,33 @@ def test_jnames_differing_only_in_case_both_reach_the_catalog(consul: ConsulServ
         assert [e["ServiceAddress"] for e in in_catalog] == [svc["Address"]], f"{sid} ({svc['Service']}) is not in Consul's catalog"
 
 
+def test_a_case_twin_taking_the_plain_id_stays_in_the_catalog(consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    """When ``web1`` is destroyed, its case-twin ``Web1`` takes the plain ID
+    ``jailsyncd-Web1`` (``naming.service_ids``). It was registered before
+    ``jailsyncd-web1`` was deregistered (registrations first): the catalog, which
+    compares IDs without case, took the deregistration for the new entry, and Web1 was
+    on the agent but missing from the catalog (DNS, health, other hosts) until the
+    agent's next anti-entropy pass, a minute or more later. A deregistration whose ID
+    equals, but for case, one this cycle registers is now sent first."""
+    workdir.add("Web1", jid=1, status=1, ip4_addr="127.0.23.11")
+    workdir.add("web1", jid=2, status=1, ip4_addr="127.0.23.12")
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul)
+    rc, events, stderr = once(config)
+    assert rc == 0, stderr
+    workdir.destroy("web1")
+    rc, events, stderr = once(config)
+    assert rc == 0, stderr
+    assert set(consul.services()) == {"jailsyncd-Web1"}
+    node = f"/v1/catalog/node/{consul.get('/v1/agent/self')['Config']['NodeName']}"
+
+    def in_catalog() -> dict:
+        return {sid: svc["Address"] for sid, svc in consul.get(node)["Services"].items() if sid.startswith("jailsyncd-")}
+
+    # The agent writes a registration to the catalog at once; anti-entropy (which would
+    # repair it) runs only about once a minute on this dev agent.
+    wait_for(lambda: in_catalog() == {"jailsyncd-Web1": "127.0.23.11"}, timeout=5, what="Web1 in the catalog under jailsyncd-Web1")
+
+
 def test_meta_beyond_consul_limits_is_dropped_not_rejected(consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
     many_pairs = ",".join(f"k{i:03}=v{i}" for i in range(100))
     key128, key129 = "k" * 128, "k" * 129
