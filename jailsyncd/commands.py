@@ -308,7 +308,8 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
     from jailsyncd import status
 
-    state = status.gather(settings.metrics.listen, args.pidfile, platform_module.current(), now=time.time())
+    state = status.gather(settings.metrics.listen, args.pidfile, platform_module.current(), now=time.time(),
+                          source=settings.source or f"{DEFAULT_CONFIG} (absent: the defaults)")
     print(json.dumps(state, indent=2) if args.json else status.as_text(state))
     return ExitCode.OK if state["running"] else ExitCode.NOT_RUNNING
 

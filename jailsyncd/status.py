@@ -127,16 +127,19 @@ def process_only(pid: int, pidfile: Path, platform: Platform, *, now: float, url
             "installed_version": __version__, "started_at": _iso(started), "uptime_s": _age(started, now)}
 
 
-def gather(listen: str, pidfile: Path, platform: Platform, *, now: float, timeout: float = 3.0) -> dict[str, Any]:
+def gather(listen: str, pidfile: Path, platform: Platform, *, now: float, timeout: float = 3.0, source: Path | str = "the settings") -> dict[str, Any]:
     """Ask the running daemon. Returns the status dict; ``running`` False when
-    neither its pidfile names a live ``jailsyncd run`` nor its metrics answer."""
+    neither its pidfile names a live ``jailsyncd run`` nor its metrics answer.
+    ``listen`` comes from the settings file ``status`` read (``source``), which
+    need not be the one the daemon was started with."""
     pid, why = pid_state(pidfile, platform)
     url = scrape_url(listen) if listen else None
     if url is None:
         if pid is None:
             return not_running(pid_file=str(pidfile), why=why, url=None, problem=None)
         return process_only(pid, pidfile, platform, now=now, url=None,
-                            problem="[metrics] listen is not set: only the process is known; set it to see cycles, jails and health")
+                            problem=f"[metrics] listen is not set in {source}: only the process is known; set it to see cycles, "
+                            "jails and health (or, if jailsyncd run uses another file, pass it: jailsyncd --config FILE status)")
     try:
         samples = read_endpoint(url, timeout)
     except DaemonUnreachable as exc:

@@ -131,3 +131,20 @@ def test_status_without_metrics_knows_only_the_process(consul: ConsulServer, tmp
     assert s["installed_version"] == __version__ and "version" not in s
     daemon.stop()
     assert status(config, daemon.pidfile).returncode == 3
+
+
+def test_status_read_with_another_settings_file_says_which(consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
+    """``jailsyncd run`` started with ``--config FILE`` (metrics on), then
+    ``jailsyncd status`` typed without it: status reads its own settings file (the
+    default one, absent here: no metrics), so it cannot ask the daemon. It said
+    "[metrics] listen is not set" beside a daemon whose file sets it; the line names
+    the file it read and how to give it the daemon's."""
+    workdir.add("web1", jid=3, status=1, ip4_addr="127.0.33.1")
+    config, _ = metrics_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul)
+    daemon = start_daemon(config)
+    other = tmp_path / "other.toml"
+    other.write_text("")
+    proc = status(other, daemon.pidfile)
+    assert proc.returncode == 0, proc.stderr
+    [line] = [line for line in proc.stdout.splitlines() if "listen is not set" in line]
+    assert str(other) in line and "--config" in line, line
