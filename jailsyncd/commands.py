@@ -355,7 +355,7 @@ def plan_as_text(plan: Plan) -> str:
         found = f" address-source={source}" if source else ""
         lines.append(f"+ {s.jail:<20} register   {s.name} {s.address}{port} tags={','.join(sorted(s.tags))}{found}")
     for u in plan.update:
-        changes = "; ".join(f"{f}: {_show(u.old.value(f))} -> {_show(u.new.value(f))}" for f in u.fields)
+        changes = "; ".join(_show_change(f, u.old.value(f), u.new.value(f)) for f in u.fields)
         lines.append(f"~ {_who(u.new):<20} update     {changes}")
     for s in plan.deregister:
         lines.append(f"- {_who(s):<20} deregister {s.service_id}")
@@ -392,6 +392,18 @@ def _json_value(value: object) -> Any:
     if isinstance(value, tuple):
         return dict(value)
     return value
+
+
+def _show_change(field: str, old: Any, new: Any) -> str:
+    """One field's change; checks that kept their IDs but not their definition (a TTL,
+    a probe) say which and how, rather than the same IDs on both sides."""
+    if field == "checks" and isinstance(old, frozenset) and isinstance(new, frozenset):
+        before = {v[0]: v[1:] for v in old if isinstance(v, tuple)}
+        after = {v[0]: v[1:] for v in new if isinstance(v, tuple)}
+        if set(before) == set(after):
+            redefined = [f"{i} ({' '.join(before[i])} -> {' '.join(after[i])})" for i in sorted(after) if before[i] != after[i]]
+            return f"checks: redefined {', '.join(redefined)}"
+    return f"{field}: {_show(old)} -> {_show(new)}"
 
 
 def _show(value: Any) -> str:

@@ -155,3 +155,15 @@ def test_the_empty_table_refusal_counts_in_words(count, words):
     owned = tuple(svc(f"web{i}") for i in range(count))
     result = plan(Desired((), host="node1", empty_source=True, records=()), Observed(owned), max_deregistrations=10)
     assert [k.detail for k in result.skipped if k.reason == "refused"] and all(words in k.detail for k in result.skipped if k.reason == "refused")
+
+
+def test_a_redefined_check_shows_what_changed_not_the_same_ids_twice():
+    """The same checks with another definition (``health.ttl`` changed, or the
+    heartbeat's TTL after ``once``) read "checks: a,b -> a,b": an update that seems to
+    change nothing. The row says which check changed and how."""
+    old = svc("web1", probes=(), ttl=3600.0)
+    new = svc("web1", probes=(), ttl=120.0)
+    result = plan(Desired((), host="node1", records=(new,)), Observed((old,)), max_deregistrations=10)
+    [line] = plan_as_text(result).splitlines()
+    assert "checks: jailsyncd-web1:alive,jailsyncd-web1:ping -> jailsyncd-web1:alive,jailsyncd-web1:ping" not in line, line
+    assert "jailsyncd-web1:ping" in line and "ttl=3600s" in line and "ttl=120s" in line, line
