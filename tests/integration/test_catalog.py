@@ -405,3 +405,23 @@ def test_services_others_put_on_our_node_are_never_deleted(catalog: ConsulServer
     assert rc == 0, err
     assert "web1.my.domain" not in nodes(catalog)
     assert summary(once(config)[1])["writes"] == 0
+
+
+def test_two_jails_swapping_their_host_hostnames(catalog: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    """``cbsd jset jname=a host_hostname=b.my.domain`` and the reverse: each node
+    moves to where the other one was, in one cycle, and the next cycle writes
+    nothing (a cycle of moves that could be refused on every cycle for ever, if the
+    writes freeing a node did not go with, or before, the ones taking it)."""
+    workdir.add("a", jid=1, status=1, ip4_addr="127.0.47.11", host_hostname="a.my.domain")
+    workdir.add("b", jid=2, status=1, ip4_addr="127.0.47.12", host_hostname="b.my.domain")
+    config = catalog_config(tmp_path, workdir, catalog, "node1")
+    code, events, err = once(config)
+    assert code == 0, err
+    workdir.set("a", host_hostname="b.my.domain")
+    workdir.set("b", host_hostname="a.my.domain")
+    code, events, err = once(config)
+    assert code == 0, err
+    assert set(catalog.get("/v1/catalog/node/b.my.domain")["Services"]) == {"jailsyncd-a"}
+    assert set(catalog.get("/v1/catalog/node/a.my.domain")["Services"]) == {"jailsyncd-b"}
+    code, events, err = once(config)
+    assert code == 0 and summary(events)["writes"] == 0, err
