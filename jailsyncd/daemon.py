@@ -116,6 +116,10 @@ class Daemon:
         #: The ``reconcile.StartupWindow`` its reconcilers share: one more cycle is
         #: asked for when ``sync.startup_grace`` ends, for the deregistrations it held.
         self.startup = startup
+        if health is not None:
+            # A check write Consul refused (a check removed by hand, unseen by the
+            # Consul watch): a full cycle reads Consul and registers it again.
+            health.on_refused = lambda: self.request("health")
         #: Called once by ``run`` after the pidfile is locked and before anything
         #: serves or runs a cycle: the switch to ``daemon.user`` (``privileges``).
         self._drop_privileges = drop_privileges

@@ -100,6 +100,13 @@ class HealthLoop:
         #: Told about every scheduled round (``safe_round``): its stats, or None when it
         #: failed, and its duration. Set by ``metrics``.
         self.on_round: Callable[[RoundStats | None, float], None] | None = None
+        #: Called after a round in which Consul refused a check write it had not
+        #: refused in the round before (a check removed by hand, which the Consul watch
+        #: cannot see): the daemon asks for a full cycle, which registers it again.
+        #: Once per new refusal, not per round: a write the token may never make does
+        #: not cost a full read every round.
+        self.on_refused: Callable[[], None] | None = None
+        self._refused: frozenset[str] = frozenset()
         self._lock = threading.Lock()
         self._round_running = threading.Lock()
         self._targets: tuple[Target, ...] = ()
@@ -255,6 +262,7 @@ class HealthLoop:
             self.log.info(events.HEALTH_CHANGED, jail=change.jail, check=check, check_id=change.check_id, **{"from": change.old, "to": change.new}, output=change.output)
         done: list[tuple[Target, str]] = []
         failed = 0
+        refused: set[str] = set()
         if writes:
             with self._write_lock:
                 if self._stopped:
@@ -265,12 +273,19 @@ class HealthLoop:
                             done.append((target, status))
                             continue
                         failed += 1
+                        refused.add(target.check_id)
                         self.log.warning("health_write_failed", jail=target.jail, check_id=target.check_id, status=status, error=str(error))
                 finally:
                     # What was written stays written even when a later write raised.
                     now = self.clock()
                     with self._lock:
                         self._written.update({target.check_id: Written(status, now) for target, status in done})
+        # A check whose write failed and was not written since stays "refused".
+        still = {check_id for check_id in self._refused if check_id not in {t.check_id for t, _ in done}}
+        new = refused - self._refused
+        self._refused = frozenset(refused | (still & {t.check_id for t in targets}))
+        if new and self.on_refused is not None:
+            self.on_refused()
         pace = self.pace(targets)
         self.last_pace = pace
         ok = sum(1 for result in results.values() if result.ok)

@@ -207,3 +207,42 @@ def test_once_leaves_a_running_daemons_health_alone(netns: NetNS, ns_consul: Con
     start_daemon(config, netns.prefix())
     wait_for(lambda: checks(ns_consul)["jailsyncd.heartbeat:ttl"]["Notes"] == definition, timeout=10, what="the daemon's heartbeat back")
     assert status(ns_consul)["jailsyncd-web1:alive"] == "passing"
+
+
+@pytest.mark.parametrize("mode", ["agent", "catalog"])
+def test_a_check_removed_by_hand_is_put_back_when_its_status_changes(
+    netns: NetNS, ns_consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon, mode: str
+) -> None:
+    """A jail's ping check deregistered by hand under ``run``, once all is quiet: the
+    Consul watch does not see checks (it would wake on every TTL write), so nothing
+    notices until the jail's status changes. In agent mode the round's write of it is
+    then refused; that refusal now asks for a full cycle, which registers the check
+    again with the probed status, so a dead jail shows critical within seconds.
+    Before, the write was refused round after round (``health_write_failed``) and the
+    dead jail stayed passing until the next full read of Consul (``sync.resync``, 5
+    minutes; an hour here). Catalog mode's write (a transaction's ``set``) creates the
+    check again by itself."""
+    netns.add_address(UP)
+    workdir.add("web1", jid=1, status=1, ip4_addr=UP, host_hostname="web1.my.domain")
+    extra = '[sync]\ninterval = "1h"\nresync = "1h"\n'
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=ns_consul, health=HEALTH, extra=extra,
+                          consul_extra='mode = "catalog"' if mode == "catalog" else "")
+
+    def ping() -> dict | None:
+        if mode == "agent":
+            return checks(ns_consul).get("jailsyncd-web1:ping")
+        return next((c for c in ns_consul.get("/v1/health/node/web1.my.domain") if c["CheckID"] == "jailsyncd-web1:ping"), None)
+
+    daemon = start_daemon(config, netns.prefix())
+    wait_for(lambda: (ping() or {}).get("Status") == "passing", timeout=10, what="web1 passing")
+    # Quiet: the agent has synced the registration to the catalog, no cycle is due.
+    cycles = lambda: len(daemon.events("cycle_started"))  # noqa: E731
+    wait_for(lambda: (n := cycles(), time.sleep(2), cycles() == n)[-1], timeout=20, what="no cycle for 2 s")
+    if mode == "agent":
+        ns_consul.put("/v1/agent/check/deregister/jailsyncd-web1:ping")
+    else:
+        ns_consul.put("/v1/catalog/deregister", {"Node": "web1.my.domain", "CheckID": "jailsyncd-web1:ping"})
+    assert ping() is None
+    netns.del_address(UP)  # the jail stops answering
+    wait_for(lambda: (ping() or {}).get("Status") == "critical", timeout=10, what="web1's ping check back, critical")
+    assert daemon.proc.poll() is None

@@ -228,3 +228,35 @@ def test_a_cycle_hands_its_checks_to_health_and_a_refused_write_is_retried(tmp_p
     checks.refuse.clear()
     assert health.round().writes == 1 and checks.written[-1] == ("jailsyncd-a:ping", "passing")  # retried
     assert health.round().writes == 0  # and then left alone
+
+
+def test_a_newly_refused_check_write_asks_the_daemon_for_one_full_cycle(tmp_path: Path) -> None:
+    """A check write Consul refuses for the first time (a check removed by hand, which
+    the Consul watch does not see) asks for one cycle with reason ``health``, which
+    reads Consul again; the same refusal in the following rounds asks for none, and
+    a check refused again after it was written asks again."""
+    s = dataclasses.replace(settings(tmp_path, health=True), consul=ConsulSettings(mode="agent"))
+    source, store, checks = MemorySource(jail("a", 1)), MemoryStore(), MemoryChecks()
+    up = {"10.0.0.1"}
+    health = HealthLoop(s.health, MemoryProber(up), checks)
+    d = Daemon(s, lambda st, stop: Reconciler(st, source, store, should_stop=stop, health=health), lambda: s, health=health)
+    d.run_requested()  # registers a (passing, probed first)
+    assert not d._wanted.is_set()
+    health.round()
+    checks.refuse.add("jailsyncd-a:ping")
+    up.clear()  # a stops answering: its status is written, and refused
+    for _ in range(s.health.failures_before_critical):
+        health.round()
+    assert d._wanted.is_set() and d._reasons == {"health"}
+    d.run_requested()
+    for _ in range(3):
+        health.round()  # refused again: no more cycles
+    assert not d._wanted.is_set()
+    checks.refuse.clear()
+    health.round()
+    assert ("jailsyncd-a:ping", "critical") in checks.written
+    checks.refuse.add("jailsyncd-a:ping")
+    up.add("10.0.0.1")
+    for _ in range(s.health.success_before_passing):
+        health.round()
+    assert d._wanted.is_set()
