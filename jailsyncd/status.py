@@ -193,7 +193,11 @@ def as_text(status: dict[str, Any]) -> str:
         lines.append(f"             changed: {a.get('register', 0)} registered, {a.get('update', 0)} updated, {a.get('deregister', 0)} deregistered")
         lines.append(f"             last success: {_when(last['last_success_at'])}" + (f" ({_duration(last['last_success_age_s'])} ago)" if last["last_success_at"] else ""))
     c = status["cycles"]
-    lines.append(f"cycles       {sum(c.values())} since start: {c.get('ok', 0)} ok, {c.get('failed', 0)} failed, {c.get('crashed', 0)} crashed")
+    # Every result the counter has, so that the parts add up to the total.
+    skipped = f"{c['skipped']} skipped (nothing changed), " if c.get("skipped") else ""
+    lines.append(
+        f"cycles       {sum(c.values())} since start: {c.get('ok', 0)} ok, {skipped}{c.get('failed', 0)} failed, {c.get('crashed', 0)} crashed"
+    )
     lines.append(f"managed      {status['managed_services']} services in Consul owned by this host")
     if status["managed"]:
         lines.append(f"             {'kind':<10} {'registered':>10}  skipped")

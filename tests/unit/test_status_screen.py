@@ -100,3 +100,13 @@ def test_scrape_url() -> None:
     assert scrape_url("127.0.0.1:9311") == "http://127.0.0.1:9311/metrics"
     assert scrape_url("0.0.0.0:9311") == "http://127.0.0.1:9311/metrics"
     assert scrape_url("[::1]:9311") == "http://[::1]:9311/metrics"
+
+
+def test_the_cycle_counts_add_up_with_skipped_cycles() -> None:
+    """``run`` skips the periodic and change-feed cycles that have nothing to do
+    (``jailsyncd_cycles_total{result="skipped"}``). The screen counted them in the
+    total but not in its parts ("71 since start: 31 ok, 3 failed, 0 crashed"), so the
+    numbers did not add up; each kind is named now."""
+    extra = [("jailsyncd_cycles_total", {"result": "skipped"}, 37.0), ("jailsyncd_cycles_total", {"result": "crashed"}, 1.0)]
+    text = as_text(summarise(samples(extra=extra), now=NOW, pid=42, pid_file="/p", url="u"))
+    assert "cycles       80 since start: 40 ok, 37 skipped (nothing changed), 2 failed, 1 crashed" in text
