@@ -33,7 +33,8 @@ long).
 ``SIGTERM``/``SIGINT`` stop: the current cycle is abandoned between two requests
 (each request is atomic), registrations stay unless ``sync.deregister_on_stop``; in
 catalog mode with health on every check is set critical first
-(``catalog.critical_on_stop``: catalog checks have no TTL).
+(``catalog.critical_on_stop``: catalog checks have no TTL); in agent mode the
+heartbeat is left passing with an output saying the daemon stopped (for ``once``).
 """
 
 from __future__ import annotations
@@ -478,6 +479,8 @@ class Daemon:
                 self._deregister_all()
             elif self.health is not None and not self.health.checks.checks_expire and self.settings.catalog.critical_on_stop:
                 self._mark_critical()
+            elif self.health is not None and self.health.checks.has_heartbeat:
+                self._stop_heartbeat()
             if self.metrics:
                 self.metrics.stop()
             if lock is not None:
@@ -494,6 +497,16 @@ class Daemon:
             self.log.error("checks_critical_on_stop", checks=0, error=str(exc))
             return
         self.log.info("checks_critical_on_stop", checks=count)
+
+    def _stop_heartbeat(self) -> None:
+        """Agent mode: the heartbeat stays passing (a restart must not flap the jails)
+        but says the daemon stopped, for ``once`` (docs/architecture.md, "Stopping")."""
+        try:
+            self.health.stop_heartbeat()
+        except JailsyncdError as exc:
+            self.log.warning("heartbeat_stopped", error=str(exc))
+            return
+        self.log.info("heartbeat_stopped", error=None)
 
     def _deregister_all(self) -> None:
         started = time.monotonic()

@@ -25,6 +25,12 @@ PASSING = "passing"
 CRITICAL = "critical"
 #: Output of a check registered before its first probe.
 NOT_PROBED = "not probed yet"
+#: Outputs of agent mode's heartbeat: refreshed by a running daemon (constant, so an
+#: unchanged check does not move Consul's index), and written once by a daemon that
+#: stops cleanly. Still passing, so that a restart does not flap every jail; ``once``
+#: reads it as "no daemon" and keeps the statuses itself.
+HEARTBEAT_RUNNING = "jailsyncd is running"
+HEARTBEAT_STOPPED = "jailsyncd stopped (clean stop): passing until its TTL runs out, so that a restart does not flap the jails"
 
 
 def jail_checks(service_id: str, address: str, probes: tuple[str, ...], ttl: float) -> tuple[CheckSpec, ...]:

@@ -24,6 +24,8 @@ from jailsyncd import events
 from jailsyncd.errors import JailsyncdError
 from jailsyncd.health import (
     CRITICAL,
+    HEARTBEAT_RUNNING,
+    HEARTBEAT_STOPPED,
     CheckState,
     Pace,
     Probe,
@@ -299,10 +301,21 @@ class HealthLoop:
         with self._lock:
             return sum(1 for t in self._targets if (state := self._states.get(t.check_id)) is not None and state.status == status)
 
-    def heartbeat(self, output: str = "jailsyncd is running") -> None:
+    def heartbeat(self, output: str = HEARTBEAT_RUNNING) -> None:
         # A constant output: an unchanged check is not synced to the catalog again,
         # so the heartbeat does not move Consul's index every few seconds.
-        self.checks.heartbeat(output)
+        with self._write_lock:
+            if self._stopped:
+                return  # a refresh still running at stop must not undo stop_heartbeat
+            self.checks.heartbeat(output)
+
+    def stop_heartbeat(self) -> None:
+        """Agent mode, when ``run`` stops cleanly: the heartbeat says so (still passing,
+        until its TTL runs out), so that ``once`` run before then does not take it for a
+        live daemon and leave the statuses to nobody; nothing is written after it."""
+        with self._write_lock:
+            self._stopped = True
+            self.checks.heartbeat(HEARTBEAT_STOPPED)
 
     def mark_stopped(self, output: str) -> int:
         """Catalog mode, when ``run`` stops: write ``critical`` to every check this loop

@@ -209,6 +209,26 @@ def test_once_leaves_a_running_daemons_health_alone(netns: NetNS, ns_consul: Con
     assert status(ns_consul)["jailsyncd-web1:alive"] == "passing"
 
 
+def test_once_right_after_a_clean_stop_takes_over_the_health(netns: NetNS, ns_consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
+    """``service jailsyncd stop`` (SIGTERM) leaves the heartbeat passing, so that a
+    restart does not turn every jail critical. ``once`` run right after it took that
+    heartbeat for a live daemon ("health_left_to_daemon"), wrote nothing, and once
+    the heartbeat expired every jail's alias check was critical for good, with no
+    daemon to refresh it. A stopped daemon says so in its heartbeat's output."""
+    netns.add_address(UP)
+    workdir.add("web1", jid=1, status=1, ip4_addr=UP)
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=ns_consul, health=HEALTH, extra='[sync]\ninterval = "1h"\n')
+    daemon = start_daemon(config, netns.prefix())
+    wait_for(lambda: status(ns_consul).get("jailsyncd-web1:alive") == "passing", timeout=10, what="the daemon's statuses")
+    assert daemon.stop() == 0
+    assert status(ns_consul)["jailsyncd.heartbeat:ttl"] == "passing", "a clean stop keeps the heartbeat passing (a restart must not flap)"
+    rc, evs, stderr = once_in(netns, config)
+    assert rc == 0, stderr
+    assert not [e for e in evs if e["event"] == "health_left_to_daemon"], stderr
+    assert "by=once" in checks(ns_consul)["jailsyncd.heartbeat:ttl"]["Notes"]
+    stays(lambda: status(ns_consul)["jailsyncd-web1:alive"] == "passing", 3 + 1.5, "web1 passing past the stopped daemon's heartbeat_ttl")
+
+
 @pytest.mark.parametrize("mode", ["agent", "catalog"])
 def test_a_check_removed_by_hand_is_put_back_when_its_status_changes(
     netns: NetNS, ns_consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon, mode: str

@@ -20,7 +20,7 @@ from jailsyncd.aclcheck import Need, write_needs
 from jailsyncd.adapters.consul.transport import MAX_OUTPUT, OK, ConsulClient, Sharing, StoreBase, service_body, strict_json, text_body
 from jailsyncd.desired import MAX_META_PAIRS
 from jailsyncd.errors import ConsulDenied, ConsulError, ConsulRefused, ConsulRejected, JailsyncdError
-from jailsyncd.health import PASSING, Target
+from jailsyncd.health import HEARTBEAT_STOPPED, PASSING, Target
 from jailsyncd.model import (
     META_HOST,
     META_JNAME,
@@ -401,9 +401,10 @@ def records(desired: Desired, settings: Settings) -> Desired:
 def daemon_heartbeat(observed: Observed) -> Record | None:
     """The heartbeat service of a daemon alive on this host, if Consul shows one: ours,
     its TTL check passing (the daemon refreshes it every third of its TTL), and not
-    one that ``once`` registered. A daemon killed less than ``heartbeat_ttl`` ago
-    still counts as alive until its heartbeat expires."""
-    status = {check_id: st for check_id, st, _ in observed.check_status}
+    one that ``once`` registered, nor one a daemon that stopped cleanly left passing
+    (its output says so). A daemon killed less than ``heartbeat_ttl`` ago still counts
+    as alive until its heartbeat expires."""
+    status = {check_id: st for check_id, st, output in observed.check_status if output != HEARTBEAT_STOPPED}
     for record in observed.owned:
         if not record.is_self:
             continue
