@@ -209,6 +209,7 @@ class Daemon:
         the thread is a daemon thread, so a stopping process never waits for it)."""
         assert self.watch is not None
         failures = 0
+        last_error = ""
         while not self._stop.is_set():
             owner = self._reconciler.owner
             if not self.settings.sync.watch_consul or not owner:
@@ -220,7 +221,11 @@ class Daemon:
             except JailsyncdError as exc:
                 failures += 1
                 delay = backoff_delay(failures, WATCH_BACKOFF_MAX) if exc.retryable else WATCH_BACKOFF_MAX
-                (self.log.warning if failures == 1 else self.log.debug)("consul_watch_failed", error=str(exc), failures=failures, retry_in_s=delay)
+                # A warning for the first failure and for each new reason (the outage
+                # may end in an error that lasts): the rest are debug.
+                warn = failures == 1 or str(exc) != last_error
+                last_error = str(exc)
+                (self.log.warning if warn else self.log.debug)("consul_watch_failed", error=str(exc), failures=failures, retry_in_s=delay)
                 self._stop.wait(delay)
                 continue
             except Exception as exc:  # noqa: BLE001 - a bug here must not end the watch for good
@@ -230,7 +235,7 @@ class Daemon:
                 continue
             if failures:
                 self.log.info("consul_watch_recovered", failures=failures)
-                failures = 0
+                failures, last_error = 0, ""
             if changed and not self._stop.is_set():
                 self.log.debug("consul_changed", generation=self.watch.generation)
                 if self.failures:

@@ -116,6 +116,8 @@ class ConsulServer:
     workdir: Path | None = None
     #: Run the agent inside this ``devnet.NetNS``; requests then go through it too.
     netns: Any = None
+    #: The agent's node name (``-node``); a test may change it between a stop and a start.
+    node: str = "jailsyncd-test"
 
     @property
     def address(self) -> str:
@@ -150,7 +152,7 @@ class ConsulServer:
             "-http-port", str(self.http_port), "-dns-port", str(self.dns_port),
             "-serf-lan-port", str(free_port()), "-serf-wan-port", str(free_port()),
             "-server-port", str(free_port()), "-grpc-port", "-1",
-            "-node", "jailsyncd-test", "-config-file", str(self.workdir / "extra.hcl"),
+            "-node", self.node, "-config-file", str(self.workdir / "extra.hcl"),
         ]
         with open(self.workdir / "consul.log", "wb") as log:  # Popen keeps its own copy of the fd
             prefix = self.netns.prefix() if self.netns is not None else []

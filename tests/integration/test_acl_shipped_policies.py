@@ -176,7 +176,7 @@ def test_without_a_rule_of_the_shipped_policy_check_config_and_once_fail(
 
 @pytest.mark.parametrize(
     ("drop", "why"),
-    [('agent_prefix "" {\n  policy = "read"\n}', "/v1/agent/self"), ('node_prefix "" {\n  policy = "read"\n}', "no node in the answer")],
+    [('agent_prefix "" {\n  policy = "read"\n}', "/v1/agent/self"), ('node_prefix "" {\n  policy = "read"\n}', "lacks node:read")],
     ids=["agent-read", "node-read"],
 )
 def test_without_a_read_rule_of_the_agent_policy_only_the_consul_watch_is_lost(

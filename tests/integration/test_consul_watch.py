@@ -185,3 +185,27 @@ def test_a_cbsd_change_costs_its_writes_and_no_re_read_of_consul(mode: str, cata
     # Agent mode: the registration alone. Catalog mode: one transaction, and one read-only
     # one asking whether the node name is taken. A full read would add 3 or more.
     assert finished["requests"] == (1 if mode == "agent" else 2), finished
+
+
+def test_an_agent_back_under_another_node_name_is_watched_again(consul_bin: str, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
+    """The local agent restarted under another node name (its ``node_name`` changed,
+    or the host re-provisioned): the watch asks the agent for its node name again
+    after a failed query, so hand edits are repaired within seconds again. Before, it
+    kept the name read at start, blocked on a node that no longer existed, failed
+    there for good (at debug level, after one warning about the outage) and said the
+    token lacked ``node:read``; hand edits waited for the periodic cycle."""
+    server = ConsulServer(consul_bin).start()
+    try:
+        workdir.add("web1", jid=3, status=1, ip4_addr="127.0.30.1")
+        daemon = start_daemon(write_config(tmp_path / "c.toml", workdir=workdir.root, consul=server, extra=QUIET))
+        settle(daemon)
+        server.stop()
+        server.node = "renamed"
+        server.start()  # a fresh dev agent on the same port, under another node name
+        wait_for(lambda: "jailsyncd-web1" in server.services(), timeout=15, what="web1 registered on the new agent")
+        settle(daemon, quiet=3.0, timeout=30)
+        server.put("/v1/agent/service/deregister/jailsyncd-web1")
+        wait_for(lambda: "jailsyncd-web1" in server.services(), timeout=REPAIRED_WITHIN, what="web1 repaired on the renamed agent")
+        assert not [e for e in daemon.events("consul_watch_failed") if "node:read" in e["error"]]
+    finally:
+        server.stop()

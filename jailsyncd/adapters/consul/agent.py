@@ -524,6 +524,12 @@ class AgentWatch:
                 raise ConsulError(f"GET {self._client.endpoint}/v1/agent/self: the answer names no node (is this a Consul agent?)") from None
         return f"/v1/catalog/node-services/{self._node}", {}
 
+    def forget(self) -> None:
+        """After a failed query the agent's node name is read again: an agent restarted
+        under another name would otherwise be watched under the old one for good (a
+        node no longer in the catalog, or a stale one whose services never change)."""
+        self._node = ""
+
     def digest(self, body: str) -> str:
         where = f"GET {self._client.endpoint}/v1/catalog/node-services/{self._node}"
         try:
@@ -533,10 +539,13 @@ class AgentWatch:
         except (ValueError, AttributeError):
             raise ConsulError(f"{where}: the answer is not Consul's") from None
         if node is None:
-            # Consul answers 200 with no node to a token without node:read on it.
+            # Consul answers 200 with no node to a token without node:read on it, and
+            # for a node that is not in the catalog (the agent came back under another
+            # name: the name is read again for the next query, see ``forget``).
             raise ConsulRefused(
-                f"{where}: no node in the answer; "
-                f"the Consul watch needs node:read on {self._node} and agent:read (docs/acl/agent-mode.hcl)"
+                f"{where}: no node {self._node} in the answer: the agent's node is not in the catalog under that name "
+                f"(it is asked again), or the token lacks node:read on it; the Consul watch needs node:read and agent:read "
+                f"(docs/acl/agent-mode.hcl)"
             )
         ours = sorted(
             (s.get("ID", ""), s.get("ModifyIndex", 0))

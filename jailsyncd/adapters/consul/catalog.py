@@ -650,3 +650,6 @@ class CatalogWatch:
 
     def digest(self, body: str) -> str:
         return body
+
+    def forget(self) -> None:
+        """Nothing learnt from Consul to drop: the query depends on the owner only."""

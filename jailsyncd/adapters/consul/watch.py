@@ -65,6 +65,11 @@ class WatchQuery(Protocol):
         ``ConsulRefused``) for an answer that cannot be Consul's or that a token hid."""
         ...
 
+    def forget(self) -> None:
+        """A query failed: drop what was learnt from Consul to make it (agent mode: the
+        agent's node name, which an agent restarted under another name changes)."""
+        ...
+
 
 class ConsulChangeFeed:
     """One blocking query per call over the process's client (``ports.ConsulWatch``).
@@ -118,6 +123,7 @@ class ConsulChangeFeed:
             # whose index is below ours, and a query with ours would hang for the
             # whole wait before telling (the first answer after this counts as a change).
             self.healthy, self.index, self._seen = False, 0, None
+            self.what.forget()
             raise
         was_healthy, self.healthy = self.healthy, True
         changed = not was_healthy or self._seen is None
