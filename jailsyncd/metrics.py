@@ -349,7 +349,9 @@ def read_endpoint(url: str, timeout: float = 3.0) -> list[tuple[str, dict[str, s
     import urllib.request
 
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as answer:  # noqa: S310 - a URL built from metrics.listen
+        # The daemon's own endpoint, never through an http_proxy of the environment.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(url, timeout=timeout) as answer:  # noqa: S310 - a URL built from metrics.listen
             text = answer.read(4 * 1024 * 1024).decode("utf-8", errors="replace")
     except urllib.error.HTTPError as exc:
         raise DaemonUnreachable(f"{url}: answered HTTP {exc.code}") from None

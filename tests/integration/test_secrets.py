@@ -9,12 +9,15 @@ daemon's command line.
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
+import threading
 import uuid
 from pathlib import Path
 
 import pytest
-from harness import ConsulServer, log_events, run_cli, wait_for, write_config
+from harness import ConsulServer, free_port, log_events, run_cli, wait_for, write_config
 
 from jailsyncd.errors import ExitCode
 from testing.sample import Workdir
@@ -138,3 +141,69 @@ def test_world_readable_token_file_is_used_with_a_warning(acl_consul: ConsulServ
     assert warning["level"] == "warning" and "0644" in warning["problem"] and "chmod 600" in warning["problem"]
     assert warning["path"] == str(token_file)
     assert token not in proc.stderr + proc.stdout
+
+
+class ProxyTrap:
+    """A listener on loopback standing for an HTTP proxy: records every request that
+    reaches it and answers none."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.received: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(1.0)
+                try:
+                    self.received.append(conn.recv(65536))
+                except OSError:
+                    self.received.append(b"(connected)")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+
+def test_proxy_variables_never_get_the_token(acl_consul: ConsulServer, setup, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
+    """An administrator's shell (or rc.conf's jailsyncd_env) with ``http_proxy`` set,
+    as for pkg(8) behind a proxy: jailsyncd talks to ``consul.address`` itself, never
+    through the proxy, and ``status`` reads the daemon's own metrics endpoint. Before,
+    requests (trust_env) sent every Consul request to the proxy, the X-Consul-Token
+    header included, even for 127.0.0.1, and ``once`` then failed with "cannot
+    connect (is the Consul agent running ...)"; ``status`` asked the proxy for
+    /metrics. (Consul's own client never proxies loopback.)"""
+    token, _, config = setup
+    trap = ProxyTrap()
+    try:
+        proxy = {name: trap.url for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")}
+        t = Transcript()
+        t.run("once", config=config, env=proxy)
+        assert set(acl_consul.services()) == {"jailsyncd-web1", "jailsyncd-db1"}
+        t.run("plan", config=config, env=proxy)
+        t.run("check-config", "--online", config=config, env=proxy)
+        listen = f"127.0.0.1:{free_port()}"
+        service = config.with_name("service.toml")
+        service.write_text(config.read_text() + f'\n[metrics]\nlisten = "{listen}"\n')
+        daemon = start_daemon(service)
+        status = t.run("status", "--json", "--pidfile", str(daemon.pidfile), config=service, env=proxy)
+        assert json.loads(status.stdout)["last_cycle"] is not None, status.stdout
+        assert trap.received == [], trap.received
+        t.assert_clean(token)
+    finally:
+        trap.close()

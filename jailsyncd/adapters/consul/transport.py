@@ -221,6 +221,12 @@ class ConsulClient:
         verify: bool | str = str(settings.ca_file) if settings.ca_file else settings.verify
         cert = (str(settings.cert_file), str(settings.key_file)) if settings.cert_file else None
         self._http = consul_std.HTTPClient(host, port, settings.scheme, verify, cert, timeout=settings.timeout)
+        # Straight to consul.address, whatever the environment says: requests would
+        # otherwise send every request, the X-Consul-Token header included, to an
+        # http_proxy/https_proxy/all_proxy of the caller's shell or rc.conf (loopback
+        # too, which Consul's own client never proxies), and add ~/.netrc credentials.
+        self._http.session.trust_env = False
+        self._http.session.proxies = {}
         self._http.session.mount("http://", _DeadlineAdapter())
         self._http.session.mount("https://", _ServerNameAdapter(settings.tls_server_name) if settings.tls_server_name else _DeadlineAdapter())
         self._http.session.hooks["response"].append(_count_bytes)
