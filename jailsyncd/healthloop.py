@@ -121,6 +121,9 @@ class HealthLoop:
         #: round still running when the daemon stops cannot undo ``mark_stopped``.
         self._write_lock = threading.Lock()
         self._stopped = False
+        #: The heartbeat's own: once ``stop_heartbeat`` wrote, no refresh follows.
+        self._heartbeat_lock = threading.Lock()
+        self._heartbeat_stopped = False
 
     def reload(self, settings: HealthSettings) -> None:
         """New settings, from the daemon's main thread (SIGHUP) while rounds run on the
@@ -304,17 +307,19 @@ class HealthLoop:
     def heartbeat(self, output: str = HEARTBEAT_RUNNING) -> None:
         # A constant output: an unchanged check is not synced to the catalog again,
         # so the heartbeat does not move Consul's index every few seconds.
-        with self._write_lock:
-            if self._stopped:
+        # Its own lock, not the rounds' (a round writing thousands of statuses must
+        # not hold the heartbeat back towards its TTL).
+        with self._heartbeat_lock:
+            if self._heartbeat_stopped:
                 return  # a refresh still running at stop must not undo stop_heartbeat
             self.checks.heartbeat(output)
 
     def stop_heartbeat(self) -> None:
         """Agent mode, when ``run`` stops cleanly: the heartbeat says so (still passing,
         until its TTL runs out), so that ``once`` run before then does not take it for a
-        live daemon and leave the statuses to nobody; nothing is written after it."""
-        with self._write_lock:
-            self._stopped = True
+        live daemon and leave the statuses to nobody; no heartbeat is written after it."""
+        with self._heartbeat_lock:
+            self._heartbeat_stopped = True
             self.checks.heartbeat(HEARTBEAT_STOPPED)
 
     def mark_stopped(self, output: str) -> int:
