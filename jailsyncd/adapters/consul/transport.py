@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
 import functools
 import heapq
 import itertools
@@ -319,8 +320,8 @@ class ConsulClient:
             raise ConsulError(f"{what}: TLS handshake failed (check consul.ca_file, cert_file and tls_server_name)") from None
         except requests.exceptions.Timeout:
             raise ConsulError(f"{what}: no answer within {timeout:g}s") from None
-        except requests.exceptions.ConnectionError:
-            raise ConsulError(f"{what}: cannot connect (is the Consul agent running at {self.endpoint}?)") from None
+        except requests.exceptions.ConnectionError as exc:
+            raise ConsulError(f"{what}: {connect_failure(exc, self.endpoint, self._settings.host_port[0])}") from None
         except requests.exceptions.RequestException as exc:
             raise ConsulError(f"{what}: request failed ({exc.__class__.__name__})") from None
         except ValueError:  # JSON that is not JSON: a proxy, a portal, not Consul
@@ -508,6 +509,30 @@ def rejects_payload(message: str) -> bool:
     if 400 <= status < 500:
         return status not in (408, 429)
     return status == 500 and body.strip().startswith(_PAYLOAD_500)
+
+
+def connect_failure(exc: BaseException, endpoint: str, host: str) -> str:
+    """Why no connection to Consul could be made, from the OS error at the root of
+    ``exc`` (requests wraps urllib3's error, which wraps the socket's): a name that
+    does not resolve is named as such (it is ``consul.address`` to fix, not the
+    agent), a refused or unreachable address says so; anything else keeps the old
+    words. Pure: walks the chain (``args``, ``reason``, causes), each link once."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        link = todo.pop(0)
+        if id(link) in seen:
+            continue
+        seen.add(id(link))
+        if isinstance(link, socket.gaierror):
+            return f"cannot resolve {host} ({link.strerror or link}): check consul.address (or CONSUL_HTTP_ADDR)"
+        if isinstance(link, ConnectionRefusedError):
+            return f"cannot connect: connection refused (is the Consul agent running at {endpoint}?)"
+        if isinstance(link, OSError) and link.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN):
+            return f"cannot connect: {link.strerror} (is {endpoint} reachable from this host?)"
+        nested = (getattr(link, "reason", None), link.__cause__, link.__context__, *link.args)
+        todo += [n for n in nested if isinstance(n, BaseException)]
+    return f"cannot connect (is the Consul agent running at {endpoint}?)"
 
 
 def first_line(exc: BaseException) -> str:
