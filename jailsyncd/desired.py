@@ -44,6 +44,10 @@ from jailsyncd.tagspec import MAX_META_VALUE, Rule, directives_for
 NAMELESS = "(no jname)"
 #: Consul accepts at most 64 meta pairs per service.
 MAX_META_PAIRS = 64
+#: Service names Consul gives a meaning of its own: ``consul`` is its servers'
+#: service (``consul.service.consul`` is how clients find them). Consul compares
+#: service names without regard to case.
+RESERVED_NAMES = frozenset({"consul"})
 
 
 def build_desired(
@@ -139,6 +143,21 @@ def build_desired(
         skipped.append(Skip(NAMELESS, "invalid_row", f"{state.nameless} row(s) of table jails have a NULL or empty jname: not registered"))
     protected = frozenset(unreadable)
     return Desired(tuple(services), tuple(skipped), tuple(notes), protected, host=host, empty_source=not state.environments, owner=owner)
+
+
+def without_reserved_names(desired: Desired) -> Desired:
+    """``desired`` without the records whose service name Consul reserves
+    (``RESERVED_NAMES``), each reported as a ``reserved_name`` skip. Checked on the
+    mode's records, because the mode decides the final name (catalog mode's article
+    layout names every service ``jail``). The heartbeat service is jailsyncd's own."""
+    reserved = [r for r in desired.records if not r.is_self and r.name.lower() in RESERVED_NAMES]
+    if not reserved:
+        return desired
+    skips = tuple(
+        Skip(r.jail, "reserved_name", f"service name {r.name!r} is Consul's own (its servers' service); name the jail's service with consul.name= in its tags column or a [[rule]]")
+        for r in reserved
+    )
+    return replace(desired, records=tuple(r for r in desired.records if r not in reserved), skipped=desired.skipped + skips)
 
 
 def _primary_address(parsed: ParsedAddresses, prefer_ipv6: bool) -> str | None:

@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from jailsyncd import events
-from jailsyncd.desired import build_desired
+from jailsyncd.desired import build_desired, without_reserved_names
 from jailsyncd.errors import JailsyncdError, SourceError
 from jailsyncd.health import retargeted, with_ttl
 from jailsyncd.leases import Discovered, Target, targets
@@ -290,7 +290,7 @@ class Reconciler:
                 health=self.settings.health if self.settings.health.enabled else None,
                 discovered=discovered,
             )
-            desired = self.store.records(desired, self.settings)
+            desired = without_reserved_names(self.store.records(desired, self.settings))
             self._memo = (state, desired, discovered)
         places = frozenset(r.place for r in desired.records if r.place)
         last = self._current_read()

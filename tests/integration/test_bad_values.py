@@ -333,3 +333,29 @@ def test_addresses_no_jail_can_have_are_skipped_and_nameless_rows_ignored(consul
     assert "NULL or empty jname" in nameless["detail"]
     assert not any(e.get("jail") == "None" for e in events)
     assert_stable(config)
+
+
+def test_a_jail_named_consul_never_joins_consuls_own_service(consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    """A jail called ``consul`` (a common name for the jail that runs Consul), or one
+    renamed so by ``consul.name=`` in its tags column, registered as service ``consul``
+    joins Consul's own service: ``consul.service.consul`` (how clients find the
+    servers) then answers the jail's address too. Such a jail is skipped with reason
+    ``reserved_name`` and a detail saying how to name it; its other jails are not
+    affected. Consul's name comparisons ignore case, so ``Consul`` is the same name."""
+    workdir.add("consul", jid=1, status=1, ip4_addr="127.0.28.1")
+    workdir.add("web", jid=2, status=1, ip4_addr="127.0.28.2", tags="consul.name=Consul")
+    workdir.add("renamed", jid=3, status=1, ip4_addr="127.0.28.3")
+    with sqlite3.connect(workdir.node_db) as conn:  # the jail 'consul', named otherwise by its tags
+        conn.execute("UPDATE jails SET jname = 'consul2', tags = 'consul.name=consul-jail' WHERE jname = 'renamed'")
+    conn.close()
+    servers = dns_a(consul, "consul")
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul)
+    rc, events, stderr = once(config)
+    assert rc == 0, stderr
+    assert set(consul.services()) == {"jailsyncd-consul2"}
+    assert consul.services()["jailsyncd-consul2"]["Service"] == "consul-jail"
+    for jail in ("consul", "web"):
+        [skip] = of(events, "jail_skipped", jail)
+        assert skip["reason"] == "reserved_name" and "consul.name=" in skip["detail"], skip
+    assert dns_a(consul, "consul") == servers
+    assert_stable(config)

@@ -461,3 +461,28 @@ def test_the_address_source_meta_cannot_be_set_from_the_tags_column() -> None:
     vm = env(ip4_addr="DHCP", tags="cbsd-address-source=forged")
     svc = one(build_desired(CbsdState("node1", (vm,)), owner=OWNER, discovered={"web1": Discovered(("10.0.0.5",), "dhclient")}))
     assert dict(svc.meta)["cbsd-address-source"] == "dhclient"
+
+
+def test_a_service_name_consul_reserves_is_skipped_in_the_modes_that_register_it():
+    """A record named ``consul`` (any case) would join Consul's own service; catalog
+    mode's article layout names every service ``jail`` and is not affected."""
+    from records import agent_record, catalog_record
+
+    from jailsyncd.desired import without_reserved_names
+    from jailsyncd.model import Desired
+    from jailsyncd.settings import CatalogSettings
+
+    article = CatalogSettings(layout="article")
+    cases = [
+        (agent_record("consul"), "reserved_name"),
+        (agent_record("web", name="Consul"), "reserved_name"),
+        (catalog_record("consul"), "reserved_name"),
+        (catalog_record("consul", settings=article), None),
+        (agent_record("consul2", name="consul-jail"), None),
+    ]
+    for record, reason in cases:
+        out = without_reserved_names(Desired((), records=(record,)))
+        assert [s.reason for s in out.skipped] == ([reason] if reason else []), record
+        assert out.records == (() if reason else (record,))
+        if reason:
+            assert out.skipped[0].jail == record.jail and "consul.name=" in out.skipped[0].detail
