@@ -8,8 +8,9 @@ about to be registered, ``sync`` after every cycle) and by ``cli`` (``once``,
 What it remembers between rounds: each check's state (status and its run of
 consecutive results) and what was last written to Consul. Every reconcile cycle
 that reads Consul hands over its statuses (``sync``; under ``run`` at least every
-``sync.resync``): if a status there differs from what we last wrote (a TTL ran out while the daemon was down, someone wrote to it), the next round
-writes ours again. So health is level-triggered too, and costs O(changes) in writes.
+``sync.resync``): if a status there differs from what we last wrote (a TTL ran out
+while the daemon was down, someone wrote to it), the next round writes ours again.
+So health is level-triggered too, and costs O(changes) in writes.
 """
 
 from __future__ import annotations
