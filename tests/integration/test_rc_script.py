@@ -446,7 +446,11 @@ def test_rc_start_status_reload_kick_stop(rc: RcHarness, install: str) -> None:
     assert supervisor and rc.signals(1) == ["STARTED"]
     status = rc.run("status")
     assert status.stdout.strip() == f"jailsyncd is running as pid {supervisor}."
-    assert rc.run("reload").returncode == 0
+    reload = rc.run("reload")
+    assert reload.returncode == 0
+    # jailsyncd refuses, in its log only, a file that changes what needs a restart: the
+    # reload must not read as done for those (health.enabled, [consul], ...).
+    assert "restart" in reload.stdout and "config_reload_failed" in reload.stdout, reload.stdout
     assert rc.signals(2) == ["STARTED", "HUP"]
     assert rc.run("kick").returncode == 0
     assert rc.signals(3) == ["STARTED", "HUP", "USR1"]
