@@ -255,7 +255,7 @@ class ConsulCatalog(StoreBase):
         of jails costs about Consul's own time (docs/performance.md). Still only one
         transaction is in flight at a time, the next is sent only after the last one
         succeeded, and ``should_stop`` is asked just before each is sent."""
-        self._keep = self._nodes_to_keep(actions)
+        self._keep = self._nodes_to_keep(actions, should_stop)
         # Each transaction's operations are built while the one before is out.
         batches = _batches(((a, self._ops(a)) for a in actions), MAX_TXN_OPS)
         yield from _one_after_another(batches, lambda batch: list(self._txn(batch)), should_stop)
@@ -265,13 +265,15 @@ class ConsulCatalog(StoreBase):
         for batch in _batches(ops, MAX_TXN_OPS):
             yield from self._txn(batch)
 
-    def _nodes_to_keep(self, actions: list[Action]) -> frozenset[str]:
+    def _nodes_to_keep(self, actions: list[Action], should_stop: Callable[[], bool] = lambda: False) -> frozenset[str]:
         """The nodes these actions would delete (a deregistration, a renamed node's old
         one) on which something stays: a service another action puts there (a jail
         renamed in CBSD keeps its node name), or a service that is not jailsyncd's
         (someone's exporter registered on the jail's node). Only jailsyncd's service
         and checks are removed from those. One ``/v1/catalog/node-services`` read per
-        node to delete (the batched read sees only our service on each node)."""
+        node to delete (the batched read sees only our service on each node). Once
+        ``should_stop``, the nodes not read yet are kept: nothing more is sent then
+        anyway, and a node is never deleted unread."""
         staying = {a.service.place for a in actions if a.kind != "deregister"}
         leaving: dict[str, set[str]] = {}
         for a in actions:
@@ -280,7 +282,7 @@ class ConsulCatalog(StoreBase):
                 leaving.setdefault(old.place, set()).add(old.service_id)
         keep = {place for place in leaving if place in staying}
         for place in sorted(set(leaving) - keep):
-            if {str(e.get("ID", "")) for e in self._one_node(place)} - leaving[place]:
+            if should_stop() or {str(e.get("ID", "")) for e in self._one_node(place)} - leaving[place]:
                 keep.add(place)
         return frozenset(keep)
 
