@@ -174,21 +174,20 @@ class ConsulAgent(StoreBase):
         self._call("PUT", f"/v1/agent/check/update/{check_id}", OK, body=body, write=True)
 
     def deregister_check(self, check_id: str) -> None:
-        try:
-            self._call("PUT", f"/v1/agent/check/deregister/{check_id}", OK, write=True)
-        except ConsulRejected as exc:
-            if "Unknown check" not in str(exc):
-                raise
-            # Gone since the read: what the deregistration wanted is true.
+        self._deregister(f"/v1/agent/check/deregister/{check_id}", "Unknown check")
 
     def deregister(self, service_id: str) -> None:
+        self._deregister(f"/v1/agent/service/deregister/{service_id}", "Unknown service")
+
+    def _deregister(self, path: str, unknown: str) -> None:
+        """One deregistration. An entry the agent does not know (``unknown`` in its
+        answer) is gone since the read, removed by hand or by a restart of a dev
+        agent: what the deregistration wanted is true."""
         try:
-            self._call("PUT", f"/v1/agent/service/deregister/{service_id}", OK, write=True)
+            self._call("PUT", path, OK, write=True)
         except ConsulRejected as exc:
-            if "Unknown service" not in str(exc):
+            if unknown not in str(exc):
                 raise
-            # Gone since the read (removed by hand, or by a restart of a dev agent):
-            # what the deregistration wanted is true.
 
     def apply(self, actions: list[Action], should_stop: Callable[[], bool]) -> Iterator[tuple[Action, JailsyncdError | None]]:
         """One request per action. A rejected payload fails only that action. A 403
