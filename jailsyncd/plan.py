@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jailsyncd.model import CbsdState, Confirmation, Desired, Observed, Pending, Plan, Record, Skip, Startup, Update
+from jailsyncd.model import Action, CbsdState, Confirmation, Desired, Observed, Pending, Plan, Record, Skip, Startup, Update
 
 
 def changed_fields(old: Record, new: Record) -> tuple[str, ...]:
@@ -177,6 +177,30 @@ def _wait_for_places(
     kept_register = [r for r in register if not blocked(r)]
     kept_update = [u for u in update if u.old.place == u.new.place or not blocked(u.new)]
     return kept_register, kept_update
+
+
+def frees_first(actions: list[Action]) -> list[Action]:
+    """``actions`` with those that free a place (catalog mode's node: a deregistration,
+    or an update moving its service elsewhere) or a service ID (but for case) that
+    another action takes moved to the front, the order otherwise kept. A node is created only if it does not exist
+    (``cas`` at index 0), so a jail given the node of one that stopped, was renamed
+    or changed its host_hostname in the same cycle would otherwise be refused
+    ("index is stale") until the next cycle."""
+    taken = {a.service.place for a in actions if a.kind != "deregister" and a.service.place and (a.old is None or a.old.place != a.service.place)}
+    # Consul's catalog compares service IDs without case: registering jailsyncd-Web1
+    # before deregistering jailsyncd-web1 (its case-twin's old ID, naming.service_ids)
+    # would delete the new entry from the catalog, the agent keeping it until its next
+    # anti-entropy pass.
+    ids = {a.service.service_id.lower(): a.service.service_id for a in actions if a.kind == "register"}
+    if not taken and not ids:
+        return actions
+
+    def frees(a: Action) -> bool:
+        if a.kind == "deregister" and ids.get(a.service.service_id.lower(), a.service.service_id) != a.service.service_id:
+            return True
+        return a.old is not None and a.old.place in taken and (a.kind == "deregister" or a.service.place != a.old.place)
+
+    return [a for a in actions if frees(a)] + [a for a in actions if not frees(a)]
 
 
 # -- the bulk rail (sync.max_deregistrations, sync.confirm_after) ----------------------

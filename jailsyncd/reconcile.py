@@ -42,7 +42,7 @@ from jailsyncd.health import retargeted, with_ttl
 from jailsyncd.leases import Discovered, Target, targets
 from jailsyncd.logs import get_logger
 from jailsyncd.model import Action, CbsdState, Confirmation, Desired, Observed, Pending, Plan, Record, Startup
-from jailsyncd.plan import autostart_stopped, field_changes, purge_plan, track_burst
+from jailsyncd.plan import autostart_stopped, field_changes, frees_first, purge_plan, track_burst
 from jailsyncd.plan import plan as make_plan
 from jailsyncd.ports import AddressFinder, CbsdReader, ConsulStore, ConsulWatch
 from jailsyncd.settings import Settings
@@ -352,8 +352,8 @@ class Reconciler:
     def apply(self, observation: Observation, plan: Plan, log: Any = None) -> Applied:
         """Write ``plan``: register, then update, then deregister (new instances appear
         before old ones go), except that an action freeing a place another action of
-        the plan takes goes first (``frees_first``); with health on, new checks are probed first so they start
-        with a real status, and the health loop is told afterwards which checks exist.
+        the plan takes goes first (``plan.frees_first``); with health on, new checks are
+        probed first so they start with a real status, and the health loop is told afterwards which checks exist.
         A rejected action fails alone; errors that would fail every action raise."""
         log = log if log is not None else self.log.bind(cycle=self.cycles)
         statuses: dict[str, str] = {}
@@ -648,28 +648,3 @@ def health_services(desired: Desired, observed: Observed, plan: Plan, failed: se
                 svc = replace(svc, checks=tuple(c for c in svc.checks if c.check_id in have))
             out.append(svc)
     return tuple(out)
-
-
-
-def frees_first(actions: list[Action]) -> list[Action]:
-    """``actions`` with those that free a place (catalog mode's node: a deregistration,
-    or an update moving its service elsewhere) or a service ID (but for case) that
-    another action takes moved to the front, the order otherwise kept. A node is created only if it does not exist
-    (``cas`` at index 0), so a jail given the node of one that stopped, was renamed
-    or changed its host_hostname in the same cycle would otherwise be refused
-    ("index is stale") until the next cycle."""
-    taken = {a.service.place for a in actions if a.kind != "deregister" and a.service.place and (a.old is None or a.old.place != a.service.place)}
-    # Consul's catalog compares service IDs without case: registering jailsyncd-Web1
-    # before deregistering jailsyncd-web1 (its case-twin's old ID, naming.service_ids)
-    # would delete the new entry from the catalog, the agent keeping it until its next
-    # anti-entropy pass.
-    ids = {a.service.service_id.lower(): a.service.service_id for a in actions if a.kind == "register"}
-    if not taken and not ids:
-        return actions
-
-    def frees(a: Action) -> bool:
-        if a.kind == "deregister" and ids.get(a.service.service_id.lower(), a.service.service_id) != a.service.service_id:
-            return True
-        return a.old is not None and a.old.place in taken and (a.kind == "deregister" or a.service.place != a.old.place)
-
-    return [a for a in actions if frees(a)] + [a for a in actions if not frees(a)]
