@@ -287,9 +287,10 @@ class HealthLoop:
                     with self._lock:
                         self._written.update({target.check_id: Written(status, now) for target, status in done})
         # A check whose write failed and was not written since stays "refused".
-        still = {check_id for check_id in self._refused if check_id not in {t.check_id for t, _ in done}}
+        written_now = {t.check_id for t, _ in done}
+        current = {t.check_id for t in targets}
         new = refused - self._refused
-        self._refused = frozenset(refused | (still & {t.check_id for t in targets}))
+        self._refused = frozenset(refused | ((self._refused - written_now) & current))
         if new and self.on_refused is not None:
             self.on_refused()
         pace = self.pace(targets)
