@@ -118,11 +118,11 @@ def db(tmp_path: Path) -> Path:
 class Watched:
     """A ``DbWatcher`` on the fake kqueue, stepped by hand (no thread)."""
 
-    def __init__(self, db: Path) -> None:
+    def __init__(self, db: Path, also: tuple[Path, ...] = ()) -> None:
         self.select = FreeBSDSelect()
         self.kq = self.select.queue
         self.changes = 0
-        self.watcher = DbWatcher(db, self._changed, 3600, events=lambda: Kqueue(self.select))
+        self.watcher = DbWatcher(db, self._changed, 3600, events=lambda: Kqueue(self.select), also=also)
         self.watcher.setup()
 
     def _changed(self) -> None:
@@ -221,6 +221,30 @@ def test_kqueue_reopens_a_replaced_file_even_without_its_note(db: Path, watched:
     watched.watcher._check()
     assert watched.changes == 1
     assert os.fstat(watched.fd(db)).st_ino != before
+
+
+def test_kqueue_node_name_file_appearing_and_changing_is_a_change(db: Path) -> None:
+    """The node name file (``$workdir/nodename``, watched as ``also``) on kqueue: its
+    directory's NOTE_WRITE says it was created (vop_create_post in
+    sys/kern/vfs_subr.c), the file is then opened and its own NOTE_WRITE says it was
+    rewritten; each is one change. Descriptors: the kqueue's, the DB's directory and
+    file, the workdir and the node name file."""
+    nodename = db.parents[2] / "nodename"
+    w = Watched(db, also=(nodename,))
+    try:
+        assert set(w.watcher._events._fds) == {str(db), str(db.parent), str(nodename.parent)}  # type: ignore[union-attr]
+        nodename.write_text("node1\n")
+        w.kq.post(w.fd(nodename.parent), K.KQ_NOTE_WRITE)
+        w.watcher.step(1.0)
+        assert w.changes == 1
+        assert w.registered()[w.fd(nodename)] == FILE_NOTES
+        with nodename.open("a") as f:
+            f.write("renamed\n")
+        w.kq.post(w.fd(nodename), K.KQ_NOTE_WRITE | K.KQ_NOTE_EXTEND)
+        w.watcher.step(1.0)
+        assert w.changes == 2
+    finally:
+        w.watcher.stop()
 
 
 def test_kqueue_closes_everything_on_stop(db: Path) -> None:
