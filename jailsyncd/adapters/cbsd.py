@@ -1,5 +1,7 @@
-"""Read CBSD's state from its SQLite DBs, strictly read-only (an SQLAlchemy engine
-hands out the connections; the queries run on its ``sqlite3`` connection).
+"""Read CBSD's state from its SQLite DBs, strictly read-only (the node DB through an
+SQLAlchemy engine whose ``sqlite3`` connection runs the queries; the per-VM DBs, one
+per running VM, on plain ``sqlite3`` connections: the engine's checkout and checkin
+were a third of each such read).
 
 Called by ``reconcile`` once per cycle through ``CbsdSource.read()``. The only module
 that imports SQLAlchemy.
@@ -20,8 +22,11 @@ How CBSD's files are treated, and why:
   ``RACY_WINDOW`` seconds before they were read (a second write in the same
   timestamp granule could otherwise go unnoticed). So a no-op cycle opens one
   SQLite file, not one per running VM;
-- columns are selected by name after ``PRAGMA table_info``: column order differs
-  between hosts, old hosts lack ``tags``, and unknown columns are ignored;
+- columns are selected by name: column order differs between hosts, old hosts lack
+  ``tags``, and unknown columns are ignored. The node DB's are looked up with
+  ``PRAGMA table_info``; a per-VM DB is first asked directly for the columns CBSD
+  writes today, and looked up only when SQLite answers "no such column"/"no such
+  table" (the lookup of its hundred-odd ``settings`` columns cost more than the query);
 - the per-VM DB is read for bhyve, xen and qemu VMs (``VM_KINDS``), whose
   ``ip4_addr`` (and bhyve's ``tags``) CBSD keeps there;
 - with ``read_macs`` (address discovery on), the MACs of a running VM's NICs are
@@ -258,7 +263,7 @@ class CbsdSource:
             return cached[1]
         self._vm_cache.pop(path, None)
         read_at = time.time_ns()
-        settings = self._read_db(Path(path), reader)
+        settings = self._read_vm_db(Path(path), reader)
         self.vm_reads += 1
         # The stamp was taken before the read, so what was read is at least that new; a
         # write after it changes the stamp, unless it lands in the same timestamp granule
@@ -273,30 +278,16 @@ class CbsdSource:
         return sqlite3.connect(self._uri.get(), uri=True, timeout=self.busy_timeout, check_same_thread=False)
 
     def _read_db(self, path: Path, reader: Callable[[sqlite3.Connection, Path], _T]) -> _T:
-        """Run ``reader(conn, path)`` inside one read-only transaction on ``path``. The
-        reader gets the DBAPI (``sqlite3``) connection of the engine's connection: its
-        few statements run there, because SQLAlchemy's compiled queries and result
-        objects cost more than SQLite's own work on these small DBs (about half of a
-        per-VM read, docs/performance.md)."""
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            if os.path.islink(path):  # CBSD's local.sqlite -> inv.<node>.sqlite, target gone
-                raise SourceMissing(f"{path}: CBSD database not found: this symlink points to {os.readlink(path)}, which does not exist") from None
-            raise SourceMissing(f"{path}: CBSD database not found (check cbsd.workdir)") from None
-        except PermissionError:  # a folder on the way: not "missing", and not a crash
-            raise SourceUnreadable(f"{path}: permission denied (run as root or in group cbsd)") from None
-        except OSError as exc:
-            raise SourceUnreadable(f"{path}: cannot be reached ({exc.strerror})") from None
-        if stat.S_ISDIR(st.st_mode):  # SQLite would call it a "disk I/O error"
-            raise SourceCorrupt(f"{path}: a directory, not a CBSD database")
-        if not os.access(path, os.R_OK):
-            raise SourceUnreadable(f"{path}: permission denied (run as root or in group cbsd)")
+        """Run ``reader(conn, path)`` inside one read-only transaction on the node DB
+        ``path``. The reader gets the DBAPI (``sqlite3``) connection of the engine's
+        connection: its few statements run there, because SQLAlchemy's compiled queries
+        and result objects cost more than SQLite's own work on these small DBs."""
+        _check_db_file(path)
         if self._engine is None:
             # NullPool: every connect() opens a new read-only connection to the URI set
             # just before it, and closing it really closes the file.
             self._engine = create_engine("sqlite+pysqlite://", creator=self._connect, poolclass=NullPool)
-        token = self._uri.set("file:" + urllib.parse.quote(str(path)) + "?mode=ro")
+        token = self._uri.set(_ro_uri(path))
         try:
             with self._engine.connect() as conn:
                 raw = conn.connection.driver_connection
@@ -312,8 +303,76 @@ class CbsdSource:
         finally:
             self._uri.reset(token)
 
+    def _read_vm_db(self, path: Path, reader: Callable[[sqlite3.Connection, Path], _T]) -> _T:
+        """``_read_db`` for an environment's own DB, on a plain ``sqlite3`` connection:
+        the same checks, URI, busy timeout, single read transaction and error messages,
+        without the engine's checkout and checkin, which cost about a third of a
+        per-VM read and are paid once per running VM on a cold read
+        (docs/performance.md)."""
+        _check_db_file(path)
+        try:
+            conn = sqlite3.connect(_ro_uri(path), uri=True, timeout=self.busy_timeout)
+            try:
+                conn.execute("BEGIN")  # one snapshot for every SELECT of the reader
+                return reader(conn, path)
+            finally:
+                conn.close()  # never committed: closing ends the read transaction
+        except sqlite3.Error as exc:
+            raise _wrap(path, exc) from exc
+
+
+def _check_db_file(path: Path) -> None:
+    """Raise the ``SourceError`` that says why ``path`` cannot be a readable DB, before
+    SQLite is asked (its own messages are vaguer: a directory is a "disk I/O error")."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if os.path.islink(path):  # CBSD's local.sqlite -> inv.<node>.sqlite, target gone
+            raise SourceMissing(f"{path}: CBSD database not found: this symlink points to {os.readlink(path)}, which does not exist") from None
+        raise SourceMissing(f"{path}: CBSD database not found (check cbsd.workdir)") from None
+    except PermissionError:  # a folder on the way: not "missing", and not a crash
+        raise SourceUnreadable(f"{path}: permission denied (run as root or in group cbsd)") from None
+    except OSError as exc:
+        raise SourceUnreadable(f"{path}: cannot be reached ({exc.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):  # SQLite would call it a "disk I/O error"
+        raise SourceCorrupt(f"{path}: a directory, not a CBSD database")
+    if not os.access(path, os.R_OK):
+        raise SourceUnreadable(f"{path}: permission denied (run as root or in group cbsd)")
+
+
+def _ro_uri(path: Path) -> str:
+    return "file:" + urllib.parse.quote(str(path)) + "?mode=ro"
+
+
+#: The direct queries of a per-VM DB, for the layout CBSD writes today. Column names
+#: are left unquoted: SQLite takes an unknown double-quoted name for a string literal,
+#: and the query must fail instead ("no such column"), so that the layout is then
+#: looked up with ``PRAGMA table_info`` (the costly part of a per-VM read with CBSD's
+#: hundred-odd ``settings`` columns, so done only when the direct query fails).
+_VM_SETTINGS_SQL = "SELECT ip4_addr, tags FROM settings ORDER BY created DESC, rowid DESC LIMIT 1"
+_MACS_SQL = "SELECT nic_hwaddr FROM {table} ORDER BY nic_order, rowid"
+
+
+def _layout_differs(exc: sqlite3.Error) -> bool:
+    """Whether a direct query failed because a table or column it names is absent."""
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and (text.startswith("no such column") or text.startswith("no such table"))
+
 
 def _read_vm_settings(conn: sqlite3.Connection, path: Path) -> dict[str, Any]:
+    """The newest ``settings`` row's ``_VM_COLUMNS`` that the table has."""
+    try:
+        row = conn.execute(_VM_SETTINGS_SQL).fetchone()
+    except sqlite3.Error as exc:
+        if not _layout_differs(exc):
+            raise
+        return _read_vm_settings_by_layout(conn, path)
+    return dict(zip(_VM_COLUMNS, row)) if row else {}
+
+
+def _read_vm_settings_by_layout(conn: sqlite3.Connection, path: Path) -> dict[str, Any]:
+    """``_read_vm_settings`` for another layout: no ``tags`` (xen, qemu, an old CBSD),
+    no ``created``, or no ``settings`` table at all."""
     present = _columns(conn, "settings")
     if not present:
         raise SourceCorrupt(f"{path}: no table 'settings' (is this a CBSD per-VM DB?)")
@@ -334,12 +393,26 @@ def _read_macs(conn: sqlite3.Connection, name: str) -> tuple[str, ...]:
     """The NICs' MACs of table ``name`` in ``nic_order`` (then row order); unset
     (``0``) and malformed values are left out. No table, or no ``nic_hwaddr``
     column (an old CBSD): no MACs."""
+    try:
+        values = conn.execute(_MACS_SQL.format(table=_names([name]))).fetchall()
+    except sqlite3.Error as exc:
+        if not _layout_differs(exc):
+            raise
+        return _read_macs_by_layout(conn, name)
+    return _macs(values)
+
+
+def _read_macs_by_layout(conn: sqlite3.Connection, name: str) -> tuple[str, ...]:
     present = _columns(conn, name)
     if "nic_hwaddr" not in present:
         return ()
     order = ' ORDER BY "nic_order", rowid' if "nic_order" in present else ""
+    return _macs(conn.execute(f'SELECT "nic_hwaddr" FROM {_names([name])}{order}').fetchall())
+
+
+def _macs(values: list[tuple[Any, ...]]) -> tuple[str, ...]:
     macs: list[str] = []
-    for (value,) in conn.execute(f'SELECT "nic_hwaddr" FROM {_names([name])}{order}'):
+    for (value,) in values:
         mac = normalize_mac(unset_to_none(value))
         if mac is not None and mac not in macs:
             macs.append(mac)
@@ -419,15 +492,28 @@ def _environment(row: dict[str, Any]) -> Environment:
     return Environment(
         # NULL is no jname at all (str() would make it the jail "None").
         jname="" if row["jname"] is None else str(row["jname"]).strip(),
-        emulator=unset_to_none(row.get("emulator")) or "jail",
-        status=_as_int(row["status"]),
-        jid=_as_int(row["jid"]),
-        ip4_addr=unset_to_none(row["ip4_addr"]),
-        host_hostname=unset_to_none(row.get("host_hostname")),
-        tags=unset_to_none(row.get("tags")),
-        astart=_as_int(row.get("astart")) == 1,
-        vnet=_as_int(row.get("vnet")) == 1,
+        emulator=_unset(row.get("emulator")) or "jail",
+        status=_int(row["status"]),
+        jid=_int(row["jid"]),
+        ip4_addr=_unset(row["ip4_addr"]),
+        host_hostname=_unset(row.get("host_hostname")),
+        tags=_unset(row.get("tags")),
+        astart=_int(row.get("astart")) == 1,
+        vnet=_int(row.get("vnet")) == 1,
     )
+
+
+# ``unset_to_none`` and ``_as_int`` for the node DB's thousands of values: the types
+# SQLite hands back for CBSD's columns skip the conversions (same results).
+def _unset(value: object) -> str | None:
+    if type(value) is str:
+        text = value.strip()
+        return None if text in _UNSET else text
+    return unset_to_none(value)
+
+
+def _int(value: object) -> int:
+    return value if type(value) is int else _as_int(value)
 
 
 def _wrap(path: Path, exc: BaseException) -> SourceError:
