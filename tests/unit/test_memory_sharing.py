@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 
 import pytest
 from records import catalog_record
@@ -15,6 +16,7 @@ from jailsyncd.adapters.consul import agent
 from jailsyncd.adapters.consul.transport import Sharing
 from jailsyncd.adapters.consul.agent import _slim
 from jailsyncd.model import SERVICE_ID_PREFIX, SELF_SERVICE_ID
+from jailsyncd.settings import CatalogSettings
 
 
 def test_shared_records_are_equal_and_share_repeated_values() -> None:
@@ -98,3 +100,49 @@ def test_the_watch_digest_of_a_slim_parse_is_the_digest_of_the_whole() -> None:
     assert digest(slim) == digest(json.loads(body))
     assert slim["Node"]["Node"] == "agent1"
     assert all(set(s) == {"ID", "ModifyIndex"} for s in slim["Services"])
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        (("name", "web"), ("port", 0), ("tags", frozenset({"jail"}))),
+        (("meta", (("cbsd-jname", "web1"), ("external-source", "cbsd"))), ("node_meta", ())),
+        (("meta", (("a", "b", "c"), "loose", ("k", "v"))),),  # items that are not pairs
+        (("checks", frozenset({("jailsyncd-web1:ping", "node", "jailsyncd probe=ping")})),),
+        (("unhashable", ["a list"]), ("port", 8080)),
+        (("flag", True), ("count", 1), ("ratio", 1.0)),
+    ],
+)
+def test_shared_fields_equal_the_fields_given(fields: tuple) -> None:
+    share = Sharing()
+    first = share.fields(fields)
+    again = share.fields(tuple((name, value) for name, value in fields))
+    assert first == fields and again == fields
+    assert [type(v) for _, v in first] == [type(v) for _, v in fields]
+    # The second time round every hashable pair is the one kept the first time.
+    assert all(a is b for a, b in zip(first, again) if not isinstance(a[1], list))
+
+
+def test_a_meta_pair_met_in_another_record_is_the_same_object() -> None:
+    share = Sharing()
+    owner = "".join(["node", "1"])  # equal to "node1", not the same object
+    a = share.fields((("meta", (("cbsd-jname", "web1"), ("jailsyncd-owner", "node1"))), ("node", "web1")))
+    b = share.fields((("meta", (("cbsd-jname", "web2"), ("jailsyncd-owner", owner))), ("node", "web2")))
+    assert a[0][1][1] is b[0][1][1]
+    # A pair seen once has its parts shared: the key of the per-jail pair.
+    assert a[0][1][0][0] is b[0][1][0][0]
+
+
+def test_catalog_records_share_through_one_pool_and_equal_unshared_ones() -> None:
+    records = [catalog_record(f"web{i}", probes=("ping", "tcp")) for i in range(3)]
+    share = Sharing()
+    shared = [replace(r, fields=share.fields(r.fields)) for r in records]
+    assert shared == records
+    assert dict(shared[0].fields)["tags"] is dict(shared[2].fields)["tags"]
+
+
+def test_catalog_node_meta_is_in_key_order() -> None:
+    for settings in (CatalogSettings(), CatalogSettings(external_probe=True)):
+        node_meta = dict(catalog_record("web1", settings=settings).fields)["node_meta"]
+        assert isinstance(node_meta, tuple) and list(node_meta) == sorted(node_meta)
+        assert dict(node_meta)["external-probe"] == ("true" if settings.external_probe else "false")

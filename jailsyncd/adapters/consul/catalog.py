@@ -118,14 +118,14 @@ class ConsulCatalog(StoreBase):
         for name, entries in self._node_services(ours):
             node_checks = checks_by_node.get(name, [])
             status += [(c["CheckID"], c.get("Status", ""), c.get("Output", "")) for c in node_checks]
-            owned += [share(record_from_catalog(ours[name], e, node_checks)) for e in entries if e.get("ID", "").startswith(SERVICE_ID_PREFIX)]
+            owned += [record_from_catalog(ours[name], e, node_checks, share=share) for e in entries if e.get("ID", "").startswith(SERVICE_ID_PREFIX)]
             sid = str(ours[name]["Meta"].get(META_SERVICE_ID) or "")
             if not entries and sid.startswith(SERVICE_ID_PREFIX):
                 # A node of ours with no service at all (its service removed by hand,
                 # or the node kept for a service of someone else's that is gone now):
                 # read as the jail's service with nothing in it, so that the jail's
                 # service is written back on it, or the node removed.
-                owned.append(share(record_from_catalog(ours[name], {"ID": sid}, node_checks)))
+                owned.append(record_from_catalog(ours[name], {"ID": sid}, node_checks, share=share))
         foreign = self._taken(sorted(set(places) - set(ours)))
         self._status = {check_id: (st, out) for check_id, st, out in status}
         return Observed(owned=tuple(sorted(owned, key=lambda s: s.service_id)), foreign_places=foreign, check_status=tuple(sorted(status)))
@@ -559,16 +559,24 @@ def _fields(
 
 def record_of(service: Service, node: str, catalog: CatalogSettings, *, owner: str, host: str) -> Record:
     """The catalog record of one jail service on its node ``node``."""
+    return _record_of(service, node, catalog, owner, host, None)
+
+
+def _record_of(service: Service, node: str, catalog: CatalogSettings, owner: str, host: str, share: Sharing | None) -> Record:
+    """``record_of``, its fields shared through ``share`` when given (``records``)."""
+    jail = service.jail
     meta = dict(service.meta)
-    node_meta = tuple(sorted({
-        "external-node": "true",
-        "external-probe": "true" if catalog.external_probe else "false",
-        META_OWNER: owner,
-        META_SERVICE_ID: service.service_id,
-        META_HOST: host,
-        META_JNAME: service.jail,
-        META_EMULATOR: meta.get(META_EMULATOR, ""),
-    }.items()))
+    # In key order (the keys are these constants; a unit test checks the order), not
+    # a dict built and sorted for every jail.
+    node_meta = (
+        (META_EMULATOR, meta.get(META_EMULATOR, "")),
+        (META_HOST, host),
+        (META_JNAME, jail),
+        ("external-node", "true"),
+        ("external-probe", "true" if catalog.external_probe else "false"),
+        (META_OWNER, owner),
+        (META_SERVICE_ID, service.service_id),
+    )
     name, tags = (service.name, service.tags) if catalog.layout != "article" else ("jail", frozenset({catalog.host_tag, "jail"}))
     # Consul 1.8's /v1/txn drops a service's TaggedAddresses, so every address goes
     # into the meta value cbsd-addresses instead.
@@ -576,13 +584,13 @@ def record_of(service: Service, node: str, catalog: CatalogSettings, *, owner: s
     if len(addresses) <= MAX_META_VALUE and len(meta) < MAX_META_PAIRS:
         meta[META_ADDRESSES] = addresses
     # consul-esm pings the nodes with external-probe=true: no node check of ours then.
-    checks = tuple(c for c in service.checks if not (c.on_host and catalog.external_probe))
+    checks = tuple(c for c in service.checks if not c.on_host) if catalog.external_probe else service.checks
     fields = _fields(
         name, service.address, service.port, tags, tuple(sorted(meta.items())), (), frozenset(_triple(c) for c in checks), node, service.address, node_meta
     )
     # Ownership as a read finds it: the service's meta, else the node's.
     owned_by, cbsd_host = meta.get(META_OWNER) or owner, meta.get(META_HOST) or host
-    return Record(service.service_id, service.jail, fields, place=node, owner=owned_by, cbsd_host=cbsd_host, checks=checks)
+    return Record(service.service_id, jail, share.fields(fields) if share is not None else fields, node, owned_by, cbsd_host, checks)
 
 
 def records(desired: Desired, catalog: CatalogSettings) -> Desired:
@@ -599,7 +607,7 @@ def records(desired: Desired, catalog: CatalogSettings) -> Desired:
             conflicts.append(Skip(service.jail, "conflict", f"node name {node} is already used by jail {nodes[node]}"))
             continue
         nodes[node] = service.jail
-        out.append(share(record_of(service, node, catalog, owner=desired.owner, host=desired.host)))
+        out.append(_record_of(service, node, catalog, desired.owner, desired.host, share))
     if not conflicts:
         return replace(desired, records=tuple(out))
     # In jname order among the others (the row without a jname last), as if found on the way.
@@ -609,9 +617,10 @@ def records(desired: Desired, catalog: CatalogSettings) -> Desired:
     return replace(desired, records=tuple(out), skipped=skipped, notes=notes)
 
 
-def record_from_catalog(dump: dict[str, Any], entry: dict[str, Any], checks: list[dict[str, Any]]) -> Record:
+def record_from_catalog(dump: dict[str, Any], entry: dict[str, Any], checks: list[dict[str, Any]], *, share: Sharing | None = None) -> Record:
     """A catalog record from one of our nodes (as ``/v1/catalog/nodes`` lists it), one
-    of its services and the node's checks."""
+    of its services and the node's checks; its fields shared through ``share`` when
+    given (``ConsulCatalog.read``)."""
     sid = entry["ID"]
     mine = [c for c in checks if c.get("CheckID", "").startswith(sid + ":")]
     triples = frozenset((c["CheckID"], "service" if c.get("ServiceID") else "node", c.get("Notes", "")) for c in mine)
@@ -625,7 +634,7 @@ def record_from_catalog(dump: dict[str, Any], entry: dict[str, Any], checks: lis
         tuple(sorted(node_meta.items())),
     )
     return Record(
-        sid, meta.get(META_JNAME, sid.removeprefix(SERVICE_ID_PREFIX)), fields, place=dump["Node"],
+        sid, meta.get(META_JNAME, sid.removeprefix(SERVICE_ID_PREFIX)), share.fields(fields) if share is not None else fields, place=dump["Node"],
         owner=meta.get(META_OWNER) or node_meta.get(META_OWNER, ""), cbsd_host=meta.get(META_HOST) or node_meta.get(META_HOST) or "",
         checks=_probed_checks(address, tuple(triples)),
     )

@@ -447,7 +447,14 @@ class Sharing:
     jails this takes about a third off their memory (docs/performance.md). Values are
     immutable, so sharing them changes nothing else. Each record is shared as it is
     made (its own copies go at once), and the pool keeps at most ``LIMIT`` values:
-    the ones that repeat are met in the first records, the rest need no entry."""
+    the ones that repeat are met in the first records, the rest need no entry.
+
+    Cheap because it knows the shape of ``Record.fields``: ``(name, value)`` pairs
+    whose value is a string, a number, a frozenset (kept whole) or a tuple of
+    ``(key, value)`` pairs (meta). A whole pair is looked up before it is taken
+    apart, so a pair every record repeats (``("port", 0)``, ``("external-source",
+    "cbsd")``) costs one dict lookup; only a pair not met before has its parts
+    shared one by one (its name, a meta key, a value another field repeats)."""
 
     LIMIT = 4096
 
@@ -455,20 +462,62 @@ class Sharing:
         self._pool: dict[Any, Any] = {}
 
     def __call__(self, record: Record) -> Record:
-        return replace(record, fields=tuple(self._one(item) for item in record.fields))
+        return replace(record, fields=self.fields(record.fields))
 
-    def _one(self, value: Any) -> Any:
-        if isinstance(value, tuple):  # a (name, value) pair, meta as sorted pairs
-            value = tuple(self._one(item) for item in value)
-        try:
-            found = self._pool.get(value)
-        except TypeError:  # not hashable: kept as it is
-            return value
-        if found is not None:
-            return found
-        if len(self._pool) < self.LIMIT:
-            self._pool[value] = value
-        return value
+    def fields(self, fields: tuple[tuple[str, object], ...]) -> tuple[tuple[str, object], ...]:
+        """``fields`` with each part equal to one met before replaced by that one.
+        Written flat (no call per part): it runs for every record of a cycle."""
+        pool = self._pool
+        get = pool.get
+        room = self.LIMIT - len(pool)
+        out = []
+        for pair in fields:
+            try:
+                found = get(pair)
+            except TypeError:  # not hashable: kept as it is
+                out.append(pair)
+                continue
+            if found is not None:
+                out.append(found)
+                continue
+            name, value = pair
+            known = get(name)
+            if known is not None:
+                name = known
+            elif room > 0:
+                pool[name], room = name, room - 1
+            if type(value) is tuple:  # meta as sorted (key, value) pairs
+                items = []
+                for item in value:
+                    found = get(item)
+                    if found is None:
+                        if type(item) is tuple and len(item) == 2 and type(item[0]) is str and type(item[1]) is str:
+                            key, text = item
+                            known_key, known_text = get(key), get(text)
+                            if known_key is None and room > 0:
+                                pool[key], room = key, room - 1
+                            if known_text is None and room > 0:
+                                pool[text], room = text, room - 1
+                            found = (key if known_key is None else known_key, text if known_text is None else known_text)
+                        else:
+                            found = item
+                        if room > 0:
+                            pool[found], room = found, room - 1
+                    items.append(found)
+                value = tuple(items)
+            elif type(value) is str or type(value) is frozenset:
+                # Not a bare number: it would be found as an equal one of another
+                # type (1 == True == 1.0). The pair holding it is kept whole below.
+                known = get(value)
+                if known is not None:
+                    value = known
+                elif room > 0:
+                    pool[value], room = value, room - 1
+            shared = (name, value)
+            if room > 0:
+                pool[shared], room = shared, room - 1
+            out.append(shared)
+        return tuple(out)
 
 
 # -- answers -------------------------------------------------------------------------
