@@ -115,11 +115,23 @@ def reject_reason(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, prefix: i
     if addr.is_multicast:
         return "multicast address: a group, not one host"
     if addr.version == 4:
-        if addr == ipaddress.IPv4Address("255.255.255.255"):
+        if addr == _LIMITED_BROADCAST:
             return "broadcast address: every host of the link, not one"
-        if prefix is not None and prefix <= 30 and addr == ipaddress.IPv4Network(f"{addr}/{prefix}", strict=False).broadcast_address:
+        if prefix is not None and prefix <= 30 and is_directed_broadcast(int(addr), prefix):
             return f"broadcast address of its /{prefix}: every host of the subnet, not one"
     return None
+
+
+_LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
+def is_directed_broadcast(value: int, prefix: int) -> bool:
+    """Whether the IPv4 address ``value`` (as an integer) is the broadcast address of
+    its ``/prefix``: every host bit set. The same answer as comparing it with
+    ``IPv4Network(f"{addr}/{prefix}", strict=False).broadcast_address``, without
+    parsing the address again into a network (a cold start checks every jail's)."""
+    host_bits = (1 << (32 - prefix)) - 1
+    return value & host_bits == host_bits
 
 
 def _parse_token(token: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int | None] | None:

@@ -13,12 +13,16 @@ import re
 
 MAX_LABEL = 63
 _INVALID = re.compile(r"[^a-z0-9-]")
+#: A text that is a label already: what ``dns_label`` would return unchanged.
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 
 def dns_label(text: str) -> str:
     """Lower-case ``text``, turn every character outside ``[a-z0-9-]`` into ``-``, and
     cut it to 63 characters. Leading/trailing dashes are dropped; an empty result
     becomes ``x`` so that a label always exists."""
+    if _LABEL.fullmatch(text):  # the usual case (a jname, a host name): one match, no copies
+        return text
     label = _INVALID.sub("-", text.lower())[:MAX_LABEL].strip("-")
     return label or "x"
 

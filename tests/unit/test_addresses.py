@@ -14,7 +14,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from jailsyncd.addresses import ParsedAddresses, parse_ip4_addr
+from jailsyncd.addresses import ParsedAddresses, is_directed_broadcast, parse_ip4_addr
 
 P = ParsedAddresses
 
@@ -251,3 +251,16 @@ def test_every_token_is_accounted_for(tokens):
             assert token[:64] in result.invalid
             continue
         assert canon in result.all or token[:64] in result.invalid or token[:64] in dict(result.rejected)
+
+
+@pytest.mark.parametrize(
+    "address,prefix",
+    [
+        (a, p)
+        for a in ("10.0.0.255", "10.0.0.254", "10.0.255.255", "10.0.0.0", "192.168.1.127", "192.168.1.128", "255.255.255.255", "0.0.0.0", "172.16.3.3", "1.2.3.4")
+        for p in (0, 1, 8, 16, 23, 24, 25, 29, 30)
+    ],
+)
+def test_directed_broadcast_is_the_networks_broadcast_address(address: str, prefix: int) -> None:
+    expected = ipaddress.IPv4Address(address) == ipaddress.IPv4Network(f"{address}/{prefix}", strict=False).broadcast_address
+    assert is_directed_broadcast(int(ipaddress.IPv4Address(address)), prefix) is expected

@@ -217,3 +217,9 @@ def test_two_lossy_jnames_with_same_hash_suffix():
     assert dns_label(a) == dns_label(b)
     result = unique_labels([a, b])
     assert result[a] != result[b]
+
+
+@pytest.mark.parametrize("text", ["a", "0", "a-", "-a", "a--b", "web1\n", "a" * 63, "a" * 64, "a" * 62 + "-", "x.y", "Ab", "a\u0131"])
+def test_dns_label_shortcut_for_a_label_says_what_the_rewrite_says(text: str) -> None:
+    slow = re.sub(r"[^a-z0-9-]", "-", text.lower())[:MAX_LABEL].strip("-") or "x"
+    assert dns_label(text) == slow
