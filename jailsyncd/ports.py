@@ -4,7 +4,8 @@
 (an import-linter contract in pyproject.toml keeps the adapters out of them). Each is
 implemented once per outside system:
 
-- ``CbsdReader``: ``adapters.cbsd.CbsdSource`` (CBSD's SQLite files, read-only);
+- ``CbsdReader``: ``adapters.cbsd.CbsdSource`` (CBSD's SQLite files, read-only; its
+  ``begin()`` gives a ``CbsdReading``, ``adapters.cbsd.CbsdReading``);
 - ``ConsulStore`` and ``CheckWriter``: ``adapters.consul.ConsulAgent`` or
   ``ConsulCatalog`` (the mode chosen once at start-up, ``app``);
 - ``Prober``: ``adapters.probe.Prober`` (ICMP, TCP, HTTP);
@@ -23,11 +24,36 @@ from jailsyncd.errors import JailsyncdError
 from jailsyncd.health import Probe, RoundReport, Target
 from jailsyncd.leases import Discovered
 from jailsyncd.leases import Target as AddressTarget
-from jailsyncd.model import Action, CbsdState, Desired, Observed
+from jailsyncd.model import Action, CbsdState, Desired, Environment, Observed
 from jailsyncd.settings import Settings
 
 #: One check status to write: the check, its status, its output.
 CheckWrite = tuple[Target, str, str]
+
+
+class CbsdReading(Protocol):
+    """One read of CBSD under way (``CbsdReader.begin``), handing the environments
+    over group by group as their own DBs are read."""
+
+    #: CBSD's node name, read by ``begin`` as ``read`` reads it.
+    nodename: str
+    #: Every named ``jails`` row as an environment, in jname order, before what its
+    #: own DB adds (a VM's settings, NIC MACs) is merged.
+    listed: tuple[Environment, ...]
+    #: Rows of ``jails`` without a jname (``CbsdState.nameless``).
+    nameless: int
+
+    def parts(self, size: int) -> Iterator[tuple[tuple[Environment, ...], tuple[tuple[str, str], ...]]]:
+        """The environments not handed over yet, complete (as ``read`` gives them), in
+        jname order and groups of at most ``size``, each with the ``(jname, error)``
+        entries of its environments whose own data could not be read; each group's
+        data is read as it is asked for."""
+        ...
+
+    def state(self) -> CbsdState:
+        """The complete read, exactly what ``read`` returns (reading whatever ``parts``
+        has not handed over yet); ``unchanged`` then answers as after ``read``."""
+        ...
 
 
 class CbsdReader(Protocol):
@@ -35,6 +61,12 @@ class CbsdReader(Protocol):
 
     def read(self) -> CbsdState:
         """A complete read; a failed or partial one raises ``SourceError`` (never "no jails")."""
+        ...
+
+    def begin(self) -> CbsdReading:
+        """A read handed over in parts: the node's own data (node DB, node name) is
+        read now, and a failure raises here as ``read`` would, before anything is
+        handed over."""
         ...
 
     def nodename(self) -> str:

@@ -21,7 +21,8 @@ def jail(jname: str, n: int, address: str | None = None, *, running: bool = True
 
 
 class MemorySource:
-    """CBSD as a value the test sets; ``fail`` makes the next reads raise it."""
+    """CBSD as a value the test sets; ``fail`` makes the next reads raise it (at
+    ``begin``, as the real reader's node DB read does)."""
 
     def __init__(self, *environments: Environment, nodename: str = "node1") -> None:
         self.state = CbsdState(nodename, tuple(environments))
@@ -32,12 +33,19 @@ class MemorySource:
         self.state = replace(self.state, environments=tuple(environments))
 
     def read(self) -> CbsdState:
+        reading = self.begin()
+        for _ in reading.parts(max(1, len(reading.listed))):
+            pass
+        return reading.state()
+
+    def begin(self) -> "MemoryReading":
         self.reads += 1
         self._read = None
         if self.fail is not None:
             raise self.fail
-        self._read = self.state
-        return self.state
+        reading = MemoryReading(self, self.state)
+        self._reading = reading
+        return reading
 
     def unchanged(self) -> bool:
         return getattr(self, "_read", None) is self.state and self.fail is None
@@ -45,6 +53,43 @@ class MemorySource:
     def nodename(self) -> str:
         assert self.state.nodename is not None
         return self.state.nodename
+
+
+class MemoryReading:
+    """``MemorySource.begin()``'s reading (``ports.CbsdReading``) of the state set when
+    it began: the environments in jname order, each group with the unreadable
+    entries of its jails (entries naming no environment come with the last group)."""
+
+    def __init__(self, source: MemorySource, state: CbsdState) -> None:
+        self.nodename = state.nodename or ""
+        self.listed = tuple(sorted(state.environments, key=lambda e: e.jname))
+        self.nameless = state.nameless
+        self._source = source
+        self._state = state
+        self._done = 0
+        self._finished = False
+
+    def parts(self, size: int) -> Iterator[tuple[tuple[Environment, ...], tuple[tuple[str, str], ...]]]:
+        if size < 1:
+            raise ValueError(f"part size must be at least 1, not {size}")
+        listed = {e.jname for e in self.listed}
+        leftover = {j for j, _ in self._state.unreadable} - listed
+        if not self.listed and leftover and not self._finished:
+            self._finished = True  # no environment to come with: a group of its own
+            yield (), self._state.unreadable
+        while self._done < len(self.listed):
+            group = self.listed[self._done : self._done + size]
+            self._done += len(group)
+            names = {e.jname for e in group} | (leftover if self._done == len(self.listed) else set())
+            yield group, tuple(u for u in self._state.unreadable if u[0] in names)
+
+    def state(self) -> CbsdState:
+        self._done = len(self.listed)
+        self._finished = True
+        if getattr(self._source, "_reading", None) is self:
+            self._source._read = self._state  # what unchanged() compares, as after read()
+            self._source._reading = None
+        return self._state
 
 
 def record(service: Service) -> Record:

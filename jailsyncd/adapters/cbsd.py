@@ -3,8 +3,13 @@ SQLAlchemy engine whose ``sqlite3`` connection runs the queries; the per-VM DBs,
 per running VM, on plain ``sqlite3`` connections: the engine's checkout and checkin
 were a third of each such read).
 
-Called by ``reconcile`` once per cycle through ``CbsdSource.read()``. The only module
-that imports SQLAlchemy.
+Called by ``reconcile`` once per cycle through ``CbsdSource.read()``, or
+``CbsdSource.begin()`` for the same read handed over in parts: ``begin()`` reads the
+node DB and the node name (a failure raises there, before anything is handed over),
+its ``CbsdReading.parts(size)`` hands the environments over complete, in jname order
+and groups of at most ``size``, opening each group's per-VM DBs only when the group is
+asked for, and ``state()`` is then exactly what ``read()`` returns (``read()`` is
+these three steps). The only module that imports SQLAlchemy.
 
 How CBSD's files are treated, and why:
 - the node DB is ``$workdir/var/db/local.sqlite``; peers' ``<node>.sqlite`` copies
@@ -47,7 +52,7 @@ import urllib.parse
 from contextvars import ContextVar
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
@@ -120,6 +125,8 @@ class CbsdSource:
         #: (None: the last read cannot vouch for itself).
         self._vm_paths: frozenset[str] = frozenset()
         self._last: tuple[frozenset[str], tuple[Any, ...]] | None = None
+        #: The reading of the last ``begin()`` until its ``state()``.
+        self._reading: CbsdReading | None = None
 
     def nodename(self) -> str:
         """CBSD's node name, from ``$workdir/nodename`` (written by ``cbsd initenv``),
@@ -157,52 +164,61 @@ class CbsdSource:
 
     def read(self) -> CbsdState:
         """A complete, consistent read of CBSD's node name, the node DB and the per-VM
-        DBs of running VMs."""
+        DBs of running VMs: ``begin()``, every part, then ``state()``."""
+        reading = self.begin()
+        for _ in reading.parts(max(1, len(reading.listed))):
+            pass
+        return reading.state()
+
+    def begin(self) -> CbsdReading:
+        """Start a read: the node DB and the node name are read now (a failure raises
+        here, before anything is handed over); the per-VM DBs as the reading's
+        ``parts`` are iterated. The stamp bookkeeping of ``unchanged`` is done by the
+        reading's ``state()`` (until then ``unchanged()`` is False)."""
         self._last = None
+        self._reading = None
         before = self._stamps(frozenset())
         read_at = time.time_ns()
-        state = self._read()
+        raw_rows = self._read_db(self.node_db, self._read_node)  # first: a missing workdir names the DB
+        nodename = self.nodename()
+        self.vm_reads = 0
+        reading = CbsdReading(self, nodename, [_environment(row) for row in raw_rows], before, read_at)
+        self._reading = reading
+        return reading
+
+    def _complete(self, env: Environment) -> tuple[Environment, str | None, str | None]:
+        """``env`` with what its own DB adds (a VM's settings and NICs, or the NICs of a
+        VNET jail that address discovery will need), the path of that DB when it has
+        one to read, and why it could not be read (None when it could)."""
+        if env.kind in VM_KINDS and env.running:
+            merge = self._merge_vm_settings
+        elif self.read_macs and env.vnet and env.kind == "jail" and env.running and not parse_ip4_addr(env.ip4_addr).all:
+            merge = self._merge_jail_nics
+        else:
+            return env, None, None
+        path = f"{self._vm_dir}/{env.jname}/local.sqlite"
+        try:
+            return merge(env, path), path, None
+        except SourceError as exc:
+            return env, path, str(exc)
+
+    def _finish(self, reading: CbsdReading, running_vms: set[str]) -> None:
+        """What a complete read leaves for the next: the per-VM cache pruned, and the
+        stamps ``unchanged`` compares (only for the latest ``begin()``'s reading)."""
+        if self._reading is not reading:
+            return  # a later begin() started another read: that one vouches, or not
+        self._reading = None
+        self._vm_paths = frozenset(running_vms)
+        for gone in self._vm_cache.keys() - running_vms:
+            del self._vm_cache[gone]  # stopped or destroyed: read afresh when it runs again
         after = self._stamps(self._vm_paths)
         # A per-VM DB is vouched for by the stamp taken before its settings were read
         # (the cache's), or by being absent; one read but not cached was racy.
         vms = tuple(self._vm_cache[p][0] if p in self._vm_cache else (None, None) for p in sorted(self._vm_paths))
         node, name = after[1][0], after[1][1]
+        before, read_at = reading._before, reading._read_at
         if before[1][:2] == after[1][:2] and vms == after[1][2] and node[0] is not None and not _racy(node, read_at) and not _racy((name, None), read_at):
             self._last = after
-        return state
-
-    def _read(self) -> CbsdState:
-        raw_rows = self._read_db(self.node_db, self._read_node)  # first: a missing workdir names the DB
-        nodename = self.nodename()
-        environments: list[Environment] = []
-        unreadable: list[tuple[str, str]] = []
-        running_vms: set[str] = set()
-        self.vm_reads = 0
-        nameless = 0
-        for row in raw_rows:
-            env = _environment(row)
-            if not env.jname:
-                nameless += 1  # a row without its primary key is not an environment
-                continue
-            # What the environment's own DB adds: a VM's settings (and NICs), or the
-            # NICs of a VNET jail that address discovery will need.
-            merge = None
-            if env.kind in VM_KINDS and env.running:
-                merge = self._merge_vm_settings
-            elif self.read_macs and env.vnet and env.kind == "jail" and env.running and not parse_ip4_addr(env.ip4_addr).all:
-                merge = self._merge_jail_nics
-            if merge is not None:
-                path = f"{self._vm_dir}/{env.jname}/local.sqlite"
-                running_vms.add(path)
-                try:
-                    env = merge(env, path)
-                except SourceError as exc:
-                    unreadable.append((env.jname, str(exc)))
-            environments.append(env)
-        self._vm_paths = frozenset(running_vms)
-        for gone in self._vm_cache.keys() - running_vms:
-            del self._vm_cache[gone]  # stopped or destroyed: read afresh when it runs again
-        return CbsdState(nodename, tuple(environments), tuple(unreadable), nameless)
 
     # -- node DB ---------------------------------------------------------------
 
@@ -319,6 +335,75 @@ class CbsdSource:
                 conn.close()  # never committed: closing ends the read transaction
         except sqlite3.Error as exc:
             raise _wrap(path, exc) from exc
+
+
+class CbsdReading:
+    """One read of CBSD under way (``CbsdSource.begin``): the node DB's rows are read,
+    the environments' own DBs are read group by group as ``parts`` is iterated, so
+    that a caller can start on the first environments while the others are read.
+
+    ``listed`` holds every named ``jails`` row as an environment, per-VM settings not
+    merged yet, in jname order; ``parts`` hands the same environments over complete,
+    in the same order; ``state()`` is then exactly what ``CbsdSource.read()`` returns
+    (environments and unreadable entries in the node DB's row order)."""
+
+    def __init__(self, source: CbsdSource, nodename: str, rows: list[Environment], before: tuple[frozenset[str], tuple[Any, ...]], read_at: int) -> None:
+        self.nodename = nodename
+        #: The named rows in the node DB's order (``state()``'s order).
+        self._rows = [env for env in rows if env.jname]
+        #: Rows of ``jails`` without a jname (the primary key): not environments.
+        self.nameless = len(rows) - len(self._rows)
+        self._order = sorted(range(len(self._rows)), key=lambda i: self._rows[i].jname)
+        self.listed: tuple[Environment, ...] = tuple(self._rows[i] for i in self._order)
+        self._source = source
+        self._before = before
+        self._read_at = read_at
+        #: How many of ``_order`` are complete; by row index, what they became.
+        self._done = 0
+        self._merged: dict[int, Environment] = {}
+        self._unreadable: dict[int, tuple[str, str]] = {}
+        self._running_vms: set[str] = set()
+        self._state: CbsdState | None = None
+
+    def parts(self, size: int) -> Iterator[tuple[tuple[Environment, ...], tuple[tuple[str, str], ...]]]:
+        """The environments not handed over yet, complete, in groups of at most
+        ``size``, each with the ``(jname, error)`` of its environments whose own DB
+        could not be read; each group's DBs are read when the group is asked for."""
+        if size < 1:
+            raise ValueError(f"part size must be at least 1, not {size}")
+        while self._done < len(self._order):
+            yield self._advance(size)
+
+    def state(self) -> CbsdState:
+        """The complete read (what ``read()`` returns), reading first whatever
+        ``parts`` has not handed over yet."""
+        if self._state is None:
+            while self._done < len(self._order):
+                self._advance(len(self._order) - self._done)
+            self._source._finish(self, self._running_vms)
+            rows = range(len(self._rows))
+            self._state = CbsdState(
+                self.nodename,
+                tuple(self._merged[i] for i in rows),
+                tuple(self._unreadable[i] for i in rows if i in self._unreadable),
+                self.nameless,
+            )
+        return self._state
+
+    def _advance(self, size: int) -> tuple[tuple[Environment, ...], tuple[tuple[str, str], ...]]:
+        group: list[Environment] = []
+        unreadable: list[tuple[str, str]] = []
+        for i in self._order[self._done : self._done + size]:
+            env, path, error = self._source._complete(self._rows[i])
+            if path is not None:
+                self._running_vms.add(path)
+            if error is not None:
+                self._unreadable[i] = (env.jname, error)
+                unreadable.append((env.jname, error))
+            self._merged[i] = env
+            group.append(env)
+            self._done += 1
+        return tuple(group), tuple(unreadable)
 
 
 def _check_db_file(path: Path) -> None:
