@@ -27,7 +27,7 @@ import run as bench  # noqa: E402
 import workload  # noqa: E402
 
 from jailsyncd import reconcile  # noqa: E402
-from jailsyncd.adapters.consul.transport import txn_result  # noqa: E402
+from jailsyncd.adapters.consul.transport import txn_errors  # noqa: E402
 
 PARTS = ("cbsd read", "desired", "records", "consul read", "plan", "writes")
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
                 store = bench.in_process(config, tmp / "log.json")[0].store
                 started = time.perf_counter()
                 for batch in batches:
-                    store._call("PUT", "/v1/txn", txn_result, body=batch, write=True)
+                    store._call("PUT", "/v1/txn", txn_errors, body=batch, write=True)
                 transport = time.perf_counter() - started
             with bench.fresh_consul(opts, None) as consul:
                 tight = baselines.tight_txn(consul, ops)[0]

@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from jailsyncd.aclcheck import Need, write_needs
-from jailsyncd.adapters.consul.transport import MAX_OUTPUT, ConsulClient, Sharing, StoreBase, service_body, strict_json, txn_result
+from jailsyncd.adapters.consul.transport import MAX_OUTPUT, ConsulClient, Sharing, StoreBase, service_body, strict_json, txn_errors, txn_result
 from jailsyncd.desired import MAX_META_PAIRS, NAMELESS
 from jailsyncd.errors import ConsulDenied, ConsulError, ConsulRejected, JailsyncdError
 from jailsyncd.health import Target
@@ -349,7 +349,7 @@ class ConsulCatalog(StoreBase):
         while batch:
             ops = [op for _, item_ops in batch for op in item_ops]
             try:
-                result = self._call("PUT", "/v1/txn", txn_result, body=ops, write=True) or {}
+                errors = self._call("PUT", "/v1/txn", txn_errors, body=ops, write=True)
             except (ConsulRejected, ConsulDenied) as exc:
                 # The whole request was refused (a payload Consul will not parse, a
                 # name the token may not write) without saying which operation: try
@@ -360,7 +360,6 @@ class ConsulCatalog(StoreBase):
                 for one in batch:
                     yield from self._txn([one])
                 return
-            errors = result.get("Errors") or []
             if not errors:
                 for item, _ in batch:
                     yield item, None

@@ -25,6 +25,7 @@ import heapq
 import itertools
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -79,7 +80,12 @@ class _Watchdog:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="consul-deadline", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if self._heap[0][1] == token:
+                # The thread sleeps until the earliest deadline it knows of: it needs
+                # waking only for an earlier one. A request's deadline is usually later
+                # than those already armed (all are now + consul.timeout), so a burst
+                # of requests does not wake the thread once each (docs/performance.md).
+                self._cond.notify()
             return token
 
     def disarm(self, token: int) -> None:
@@ -288,6 +294,11 @@ class ConsulClient:
         self.check_files()
         token = self.token.current()
         headers = {"X-Consul-Token": token} if token is not None else {}
+        if method != "GET":
+            # The answers to PUT and POST (an acknowledgement, a transaction's echo of
+            # what it wrote) come from the local agent and are read once: compressing
+            # them costs Consul CPU (the limit of a cold start) and saves nothing.
+            headers["Accept-Encoding"] = "identity"
         counting = _READ_BYTES.set(read_bytes)
         try:
             with self._deadline(timeout):
@@ -617,6 +628,28 @@ def indexed_body(response: Any) -> tuple[int, str]:
     except (TypeError, ValueError):
         index = 0
     return index, str(response.body)
+
+
+#: How the answer of a transaction that applied ends (Consul writes ``"Errors": null``
+#: last, whatever the indentation).
+_NO_TXN_ERRORS = re.compile(r'"Errors"\s*:\s*null\s*}\s*$')
+
+
+def txn_errors(response: Any) -> list[Any]:
+    """The ``Errors`` of a transaction's answer (empty: it applied). An answer that
+    ends with ``"Errors": null`` (every 200) is not decoded: it echoes every node and
+    service written, which nothing reads; a 409 (operations rolled back) is decoded
+    for its errors. Raises ``ValueError`` (not Consul's JSON) for anything else that
+    is not an object."""
+    if response.code != 409:
+        consul_base.CB._status(response)
+    body = response.body or ""
+    if response.code == 200 and _NO_TXN_ERRORS.search(body, max(0, len(body) - 64)):
+        return []
+    answer = json.loads(body) if body else {}
+    if not isinstance(answer, dict):
+        raise ValueError("a transaction's answer is a JSON object")
+    return list(answer.get("Errors") or [])
 
 
 def txn_result(response: Any) -> Any:
