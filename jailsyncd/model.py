@@ -153,7 +153,10 @@ class Service:
     @property
     def jail(self) -> str:
         """The CBSD jname this service stands for."""
-        return dict(self.meta).get(META_JNAME, self.service_id.removeprefix(SERVICE_ID_PREFIX))
+        for key, value in reversed(self.meta):  # the last pair wins, as in dict(self.meta)
+            if key == META_JNAME:
+                return value
+        return self.service_id.removeprefix(SERVICE_ID_PREFIX)
 
 
 @dataclass(frozen=True)

@@ -546,14 +546,18 @@ def service_body(record: Record) -> dict[str, Any]:
     """The fields of a service entry that the agent API and the catalog API spell
     alike; each mode adds its own (the name's key, checks). Tagged addresses come as
     the record holds them, ``(name, address)`` pairs, with the service's port."""
-    tagged = record.value("tagged_addresses")
+    # The fields looked up once (the ``Record`` properties each walk them): this runs
+    # for every service written.
+    fields = dict(record.fields)
+    port, tags, meta, tagged = fields.get("port"), fields.get("tags"), fields.get("meta"), fields.get("tagged_addresses")
+    port = port if isinstance(port, int) else 0
     return {
         "ID": record.service_id,
-        "Address": record.address,
-        "Port": record.port,
-        "Tags": sorted(record.tags),
-        "Meta": dict(record.meta),
-        "TaggedAddresses": {name: {"Address": addr, "Port": record.port} for name, addr in (tagged if isinstance(tagged, tuple) else ())},
+        "Address": str(fields.get("address") or ""),
+        "Port": port,
+        "Tags": sorted(tags) if isinstance(tags, frozenset) else [],
+        "Meta": dict(meta) if isinstance(meta, tuple) else {},
+        "TaggedAddresses": {name: {"Address": addr, "Port": port} for name, addr in (tagged if isinstance(tagged, tuple) else ())},
         "EnableTagOverride": False,
     }
 
