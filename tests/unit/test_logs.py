@@ -93,3 +93,18 @@ def test_utc_timestamp_of_now_is_now() -> None:
     after = datetime.now(timezone.utc)
     assert STAMP.fullmatch(stamp)
     assert before <= datetime.fromisoformat(stamp.replace("Z", "+00:00")) <= after
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"cycle": 1, "jail": "web1", "event": "service_registered", "level": "info", "timestamp": "2026-11-29T23:00:00Z"},
+        {"fields": {"tags": {"from": ["a"], "to": ["b"]}}, "n": 1.5, "ok": False, "none": None, "text": "caf\u00e9 \"q\" \\ \n"},
+        {"path": Path("/var/db"), "ids": frozenset({"x"}), "pair": ("a", 1)},
+    ],
+)
+def test_the_encoder_writes_what_jsons_own_encoder_writes_with_or_without_its_c_part(event: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = json.dumps(event, default=logs._fallback)
+    assert logs._encoder()(event) == expected
+    monkeypatch.setattr(json.encoder, "c_make_encoder", None)
+    assert logs._encoder()(event) == expected
