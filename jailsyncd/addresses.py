@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 from dataclasses import dataclass
 
 #: Tokens longer than this cannot be an address (the longest IPv6 with zone and prefix
@@ -68,6 +69,15 @@ def parse_ip4_addr(value: str | None) -> ParsedAddresses:
             continue
         if token.upper() in _DYNAMIC:
             dynamic.append(token.upper())
+            continue
+        quad = _ipv4_token(token)
+        if quad is not None:  # the usual item, read without building an IPv4Address
+            text, number, length = quad
+            reason = _ipv4_reject_reason(number, length)
+            if reason is not None:
+                rejected.append((token[:64], reason))
+            else:
+                _append_once(ipv4, text)
             continue
         parsed = _parse_token(token)
         if parsed is None:
@@ -132,6 +142,45 @@ def is_directed_broadcast(value: int, prefix: int) -> bool:
     parsing the address again into a network (a cold start checks every jail's)."""
     host_bits = (1 << (32 - prefix)) - 1
     return value & host_bits == host_bits
+
+
+#: An IPv4 address as ``ipaddress`` accepts it (four decimal octets 0-255, ASCII
+#: digits, no leading zeros), which is also how it writes it back.
+_DOTTED_QUAD = re.compile(r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])")
+
+
+def _ipv4_token(token: str) -> tuple[str, int, int | None] | None:
+    """An item that is an IPv4 address in canonical form, with or without a prefix
+    length, as its text, its value and the prefix; None for anything else (left to
+    ``_parse_token``, which says the same of these: the fast path of a cold read)."""
+    if len(token) > _MAX_TOKEN:
+        return None
+    for sep in ("#", "|"):
+        token = token.rpartition(sep)[2]
+    host, slash, prefix = token.partition("/")
+    quad = _DOTTED_QUAD.fullmatch(host)
+    if quad is None:
+        return None
+    a, b, c, d = (int(octet) for octet in quad.groups())
+    number = a << 24 | b << 16 | c << 8 | d
+    if not slash:
+        return host, number, None
+    if not (prefix.isascii() and prefix.isdigit() and len(prefix) <= 3 and int(prefix) <= 32):
+        return None
+    return host, number, int(prefix)
+
+
+def _ipv4_reject_reason(number: int, prefix: int | None) -> str | None:
+    """``reject_reason`` of the IPv4 address ``number``, in the same order and words."""
+    if number == 0:
+        return "unspecified address: it means any address, no host has it"
+    if number >> 28 == 0xE:  # 224.0.0.0/4
+        return "multicast address: a group, not one host"
+    if number == 0xFFFFFFFF:
+        return "broadcast address: every host of the link, not one"
+    if prefix is not None and prefix <= 30 and is_directed_broadcast(number, prefix):
+        return f"broadcast address of its /{prefix}: every host of the subnet, not one"
+    return None
 
 
 def _parse_token(token: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int | None] | None:

@@ -264,3 +264,39 @@ def test_every_token_is_accounted_for(tokens):
 def test_directed_broadcast_is_the_networks_broadcast_address(address: str, prefix: int) -> None:
     expected = ipaddress.IPv4Address(address) == ipaddress.IPv4Network(f"{address}/{prefix}", strict=False).broadcast_address
     assert is_directed_broadcast(int(ipaddress.IPv4Address(address)), prefix) is expected
+
+
+_octet = st.one_of(st.integers(0, 300).map(str), st.sampled_from(["00", "01", "010", "0x1", "", "\u0661", "25 ", "-1", "1e2"]))
+_quad_like = st.builds(
+    lambda o, sep, pre, suffix: f"{pre}{'.'.join(o)}{sep}{suffix}",
+    st.lists(_octet, min_size=3, max_size=5),
+    st.sampled_from(["", "/", "/24", "/30", "/31", "/32", "/33", "/0", "/024", "/\u0662"]),
+    st.sampled_from(["", "em0#", "vhid_3#", "a|", "#"]),
+    st.sampled_from(["", "", "x"]),
+)
+
+
+def _both_ways(value: str, monkeypatch: pytest.MonkeyPatch) -> tuple[ParsedAddresses, ParsedAddresses]:
+    import jailsyncd.addresses as addresses
+
+    parse_ip4_addr.cache_clear()
+    fast = parse_ip4_addr(value)
+    with monkeypatch.context() as m:
+        m.setattr(addresses, "_ipv4_token", lambda token: None)
+        parse_ip4_addr.cache_clear()
+        slow = parse_ip4_addr(value)
+    parse_ip4_addr.cache_clear()
+    return fast, slow
+
+
+@settings(max_examples=300, deadline=None, database=None, derandomize=True)
+@given(st.lists(_quad_like, min_size=1, max_size=4))
+@example(["0.0.0.0", "224.0.0.1", "239.255.255.255/8", "255.255.255.255", "10.0.0.255/24", "10.0.0.255/31", "10.0.0.1/24"])
+@example(["1.2.3.04", "1.2.3.256", "1.2.3", "1.2.3.4.5", "em0#192.168.0.1/16", "192.168.0.1/033"])
+def test_the_ipv4_shortcut_says_what_ipaddress_says(tokens: list[str]) -> None:
+    monkeypatch = pytest.MonkeyPatch()
+    try:
+        fast, slow = _both_ways(",".join(tokens), monkeypatch)
+    finally:
+        monkeypatch.undo()
+    assert fast == slow
