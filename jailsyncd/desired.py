@@ -10,8 +10,8 @@ mode's nodes) is the mode module's (``adapters/consul/agent.py``, ``catalog.py``
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Mapping
+from dataclasses import dataclass, replace
+from typing import Iterable, Mapping, Sequence
 
 from jailsyncd.addresses import ParsedAddresses, parse_ip4_addr
 from jailsyncd.leases import Discovered
@@ -50,6 +50,23 @@ MAX_META_PAIRS = 64
 RESERVED_NAMES = frozenset({"consul"})
 
 
+@dataclass(frozen=True)
+class Naming:
+    """Every jail's DNS label and service ID, settled over every jname in CBSD's
+    ``jails`` table, running or not (``naming.unique_labels``, ``naming.service_ids``),
+    so that a jail's name does not change when another one starts or stops, and a
+    part of the table is named exactly as the whole would be (``build_desired``'s
+    ``naming``)."""
+
+    labels: Mapping[str, str]
+    ids: Mapping[str, str]
+
+    @classmethod
+    def of(cls, jnames: Iterable[str]) -> Naming:
+        names = list(jnames)
+        return cls(unique_labels(names), service_ids(names, SERVICE_ID_PREFIX))
+
+
 def build_desired(
     state: CbsdState,
     *,
@@ -58,6 +75,7 @@ def build_desired(
     prefer_ipv6: bool = False,
     health: HealthSettings | None = None,
     discovered: Mapping[str, Discovered] | None = None,
+    naming: Naming | None = None,
 ) -> Desired:
     """The services this host should have in Consul, given a complete CBSD read.
 
@@ -67,13 +85,18 @@ def build_desired(
     environments whose ``ip4_addr`` has none: they are registered like any other,
     with meta ``cbsd-address-source`` naming the source; when discovery found none,
     the ``unaddressable`` skip says where it looked.
+
+    ``naming`` (``Naming.of`` every jname of the table) builds the desired state of a
+    *part* of the table (``state`` holding some of its environments): what
+    ``reconcile`` does while CBSD is still being read. ``combine`` joins the parts
+    into what one call over the whole table returns.
     """
     discovered = discovered or {}
     host = state.nodename or owner
     # Collisions are settled over every environment in the DB, running or not, so a
     # jail's name does not change when another one starts or stops.
-    labels = unique_labels([env.jname for env in state.environments])
-    ids = service_ids([env.jname for env in state.environments], SERVICE_ID_PREFIX)
+    naming = naming or Naming.of(env.jname for env in state.environments)
+    labels, ids = naming.labels, naming.ids
     unreadable = dict(state.unreadable)
     services: list[Service] = []
     skipped: list[Skip] = []
@@ -140,9 +163,34 @@ def build_desired(
             )
         )
     if state.nameless:
-        skipped.append(Skip(NAMELESS, "invalid_row", f"{state.nameless} row(s) of table jails have a NULL or empty jname: not registered"))
+        skipped.append(_nameless(state.nameless))
     protected = frozenset(unreadable)
     return Desired(tuple(services), tuple(skipped), tuple(notes), protected, host=host, empty_source=not state.environments, owner=owner)
+
+
+def combine(parts: Sequence[Desired], state: CbsdState, *, owner: str) -> Desired:
+    """The desired state of the whole table ``state`` from the desired states of its
+    parts (``build_desired`` with one ``Naming`` over the whole table, parts in jname
+    order, each with its mode's records; ``state.nameless`` left out of every part):
+    the same services, records, skips, notes and protected jails as one build over
+    ``state`` (skips in the parts' order). Pure."""
+    skipped = [k for part in parts for k in part.skipped]
+    if state.nameless:
+        skipped.append(_nameless(state.nameless))
+    return Desired(
+        services=tuple(s for part in parts for s in part.services),
+        skipped=tuple(skipped),
+        notes=tuple(n for part in parts for n in part.notes),
+        protected=frozenset().union(*(part.protected for part in parts)),
+        host=state.nodename or owner,
+        empty_source=not state.environments,
+        owner=owner,
+        records=tuple(r for part in parts for r in part.records),
+    )
+
+
+def _nameless(count: int) -> Skip:
+    return Skip(NAMELESS, "invalid_row", f"{count} row(s) of table jails have a NULL or empty jname: not registered")
 
 
 def without_reserved_names(desired: Desired) -> Desired:

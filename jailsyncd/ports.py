@@ -18,7 +18,7 @@ the real ones from the settings.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator, Mapping, Protocol
 
 from jailsyncd.errors import JailsyncdError
 from jailsyncd.health import Probe, RoundReport, Target
@@ -96,9 +96,11 @@ class ConsulStore(Protocol):
     #: store's last ``read`` (catalog mode), so that read must be fresh when checks are on.
     applies_read_statuses: bool
 
-    def records(self, desired: Desired, settings: Settings) -> Desired:
+    def records(self, desired: Desired, settings: Settings, *, taken: Mapping[str, str] | None = None) -> Desired:
         """``desired`` with its records in this mode (``Desired.records``; pure), and
-        the mode's own skips."""
+        the mode's own skips. ``desired`` may be a part of the table
+        (``desired.combine``): ``taken`` maps the places the parts before it gave
+        to their jails."""
         ...
 
     def read(self, owner: str, places: frozenset[str] = frozenset()) -> Observed:
@@ -123,6 +125,12 @@ class ConsulStore(Protocol):
         """Apply in order, yielding each action with None (done) or the error that
         rejected that action alone; stops early when ``should_stop()``; raises on
         errors that would fail every other action too (unreachable, 403...)."""
+        ...
+
+    def register_new(self, actions: Iterable[Action], should_stop: Callable[[], bool]) -> Iterator[tuple[Action, JailsyncdError | None]]:
+        """``apply`` for registrations of records Consul holds nothing of for this
+        host (no owned service ID or place), taken from ``actions`` as they are made:
+        the mode may send some while the caller is still making the next."""
         ...
 
 

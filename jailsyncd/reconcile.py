@@ -33,10 +33,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from jailsyncd import events
-from jailsyncd.desired import build_desired, without_reserved_names
+from jailsyncd.desired import Naming, build_desired, combine, without_reserved_names
 from jailsyncd.errors import JailsyncdError, SourceError
 from jailsyncd.health import retargeted, with_ttl
 from jailsyncd.leases import Discovered, Target, targets
@@ -44,7 +44,7 @@ from jailsyncd.logs import get_logger
 from jailsyncd.model import Action, CbsdState, Confirmation, Desired, Observed, Pending, Plan, Record, Startup
 from jailsyncd.plan import autostart_stopped, field_changes, frees_first, purge_plan, track_burst
 from jailsyncd.plan import plan as make_plan
-from jailsyncd.ports import AddressFinder, CbsdReader, ConsulStore, ConsulWatch
+from jailsyncd.ports import AddressFinder, CbsdReader, CbsdReading, ConsulStore, ConsulWatch
 from jailsyncd.settings import Settings
 
 if TYPE_CHECKING:  # the health loop is handed in; reconcile never builds one
@@ -107,6 +107,24 @@ class Observation:
     #: ``observed`` is the last cycle's read of Consul, kept because the Consul watch
     #: saw no change since (its check statuses may be older than the health loop's).
     cached: bool = False
+    #: Records registered while CBSD was read (``Reconciler._read_registering``):
+    #: absent from ``observed`` (read before), done before ``plan``; ``apply`` skips them.
+    registered: tuple[Record, ...] = ()
+
+
+#: Registering while CBSD is read (``Reconciler._read_registering``) starts when at
+#: least this many running environments have nothing in Consul: a transaction's
+#: worth in catalog mode (two operations per jail, 64 per transaction). Fewer are
+#: written after the read as they always were, reusing the last desired state.
+EARLY_MIN = 32
+#: Environments per part of that read: about one transaction's worth of new jails.
+EARLY_PART = 32
+
+
+def _new_environments(reading: CbsdReading, observed: Observed) -> int:
+    """How many running environments of the node DB have nothing in Consul."""
+    have = {r.jail for r in observed.owned}
+    return sum(1 for env in reading.listed if env.running and env.jname not in have)
 
 
 #: Reasons for a cycle that always read both sides (``run``): everything but the
@@ -265,52 +283,128 @@ class Reconciler:
 
     # -- the operations ------------------------------------------------------------
 
-    def observe(self, *, reuse_consul: bool = False) -> Observation:
-        """Read CBSD (a failed or partial read raises before Consul is touched), build
-        the desired state and the mode's records of it, read what this host owns in
-        Consul, and let the mode finish the records with what only Consul can tell
-        (agent mode: the token's accessor, a running daemon's heartbeat).
+    def observe(self, *, reuse_consul: bool = False, early: bool = False, log: Any = None) -> Observation:
+        """Read CBSD's node DB (a failed read raises before Consul is touched), read
+        what this host owns in Consul, read the rest of CBSD (the per-VM DBs), build
+        the desired state and the mode's records of it, ask whether the places it
+        wants that are not ours are taken, and let the mode finish the records with
+        what only Consul can tell (agent mode: the token's accessor, a running
+        daemon's heartbeat).
         ``reuse_consul``: take the last read of Consul instead, if it was made for the
-        same owner at the watch's current generation."""
-        state = self.source.read()  # raises (retryable) while CBSD's node name cannot be read
+        same owner at the watch's current generation.
+        ``early`` (a cycle that applies, with health and address discovery off):
+        when at least ``EARLY_MIN`` running environments have nothing in Consul,
+        those are registered while CBSD is still being read (``_read_registering``;
+        docs/architecture.md, "Registering while reading"); ``log`` logs them."""
+        reading = self.source.begin()  # raises (retryable) while CBSD's node name cannot be read
         # The owner is never guessed: host.name, else the node name read with this state.
-        owner = self.owner = self.settings.host.name or state.nodename or ""
-        discovered = self._discover(state, self.cycles)
-        if self._memo is not None and self._memo[0] == state and self._memo[2] == discovered:
-            desired = self._memo[1]
-        else:
-            # Let the old state and desired state go before the new one is built: at
-            # thousands of jails both at once would raise the peak memory by ~10 MB.
-            self._memo = None
-            desired = build_desired(
-                state,
-                owner=owner,
-                rules=self.settings.rules,
-                prefer_ipv6=self.settings.sync.prefer_ipv6,
-                health=self.settings.health if self.settings.health.enabled else None,
-                discovered=discovered,
-            )
-            desired = without_reserved_names(self.store.records(desired, self.settings))
-            self._memo = (state, desired, discovered)
-        places = frozenset(r.place for r in desired.records if r.place)
+        owner = self.owner = self.settings.host.name or reading.nodename or ""
         last = self._current_read()
         cached = reuse_consul and last is not None and last.owner == owner
         if cached and last is not None:
             observed = last.observed
-            # A place the last read did not cover (a new jail's node name): ask only
-            # whether it is taken, as the read would have.
-            missing = places - {r.place for r in observed.owned} - observed.foreign_places
-            if missing:
-                observed = replace(observed, foreign_places=observed.foreign_places | self.store.places_taken(frozenset(missing)))
         else:
             cached = False
             # The generation before the read: a change during it is read next time.
             generation = self.watch.generation if self.watch is not None else 0
             last = self._consul = None  # the last read goes before the next is made (peak memory)
-            observed = self.store.read(owner, places)
-            self._consul = ConsulRead(owner, observed, generation, self.clock())
+            observed = self.store.read(owner)
+            self._consul = last = ConsulRead(owner, observed, generation, self.clock())
+        registered: tuple[Record, ...] = ()
+        if early and not self.settings.health.enabled and self.discovery is None and _new_environments(reading, observed) >= EARLY_MIN:
+            state, desired, registered = self._read_registering(reading, owner, observed, log if log is not None else self.log)
+        else:
+            state = reading.state()
+            desired = self._desired(state, owner)
+        # The places wanted that the read did not cover (not ours, not known to be
+        # taken, not registered just now): ask whether they are taken, so that a clash
+        # is reported as a conflict before the cas create (which refuses it anyway).
+        places = frozenset(r.place for r in desired.records if r.place)
+        missing = places - {r.place for r in observed.owned} - {r.place for r in registered} - observed.foreign_places
+        if missing:
+            observed = replace(observed, foreign_places=observed.foreign_places | self.store.places_taken(frozenset(missing)))
+            if not cached:
+                self._consul = replace(last, observed=observed)
         desired, daemon_running = self.store.settle(desired, observed, standalone=self.standalone, settings=self.settings)
-        return Observation(owner, observed, state, desired, desired.host, daemon_running, cached=cached)
+        return Observation(owner, observed, state, desired, desired.host, daemon_running, cached=cached, registered=registered)
+
+    def _desired(self, state: CbsdState, owner: str) -> Desired:
+        """The desired state and the mode's records for a complete read (with what
+        address discovery finds); an unchanged input reuses the last result."""
+        discovered = self._discover(state, self.cycles)
+        if self._memo is not None and self._memo[0] == state and self._memo[2] == discovered:
+            return self._memo[1]
+        # Let the old state and desired state go before the new one is built: at
+        # thousands of jails both at once would raise the peak memory by ~10 MB.
+        self._memo = None
+        desired = build_desired(
+            state,
+            owner=owner,
+            rules=self.settings.rules,
+            prefer_ipv6=self.settings.sync.prefer_ipv6,
+            health=self.settings.health if self.settings.health.enabled else None,
+            discovered=discovered,
+        )
+        desired = without_reserved_names(self.store.records(desired, self.settings))
+        self._memo = (state, desired, discovered)
+        return desired
+
+    def _read_registering(self, reading: CbsdReading, owner: str, observed: Observed, log: Any) -> tuple[CbsdState, Desired, tuple[Record, ...]]:
+        """Read the rest of CBSD part by part (``EARLY_PART`` environments, in jname
+        order), build each part's desired state and records (``desired.combine``
+        joins them into exactly what one build over the whole read gives), and
+        register each new record as soon as its part is built: one whose service ID
+        and place (catalog mode's node) Consul holds nothing of for this host, nor
+        anyone else's service ID (catalog mode creates the node with ``cas`` at
+        index 0, so a node someone else holds is refused, never overwritten). Consul
+        works on one transaction while the next part is read (``store.register_new``).
+
+        Only registrations go early: they add, never remove, and each is what the
+        cycle's plan would register (the plan is made afterwards from the complete
+        read, as always; ``apply`` skips what was done here). A registration that
+        fails here is left to that plan: read again (a node taken: a conflict) and
+        tried again or reported. Returns the complete state, its desired state and
+        the records registered."""
+        naming = Naming.of(env.jname for env in reading.listed)
+        taken: dict[str, str] = {}
+        parts: list[Desired] = []
+        ids = {r.service_id.casefold() for r in observed.owned} | {i.casefold() for i in observed.foreign_ids}
+        places = {r.place.casefold() for r in observed.owned if r.place}
+
+        def new_records() -> Iterator[Action]:
+            for environments, unreadable in reading.parts(EARLY_PART):
+                part = build_desired(
+                    CbsdState(reading.nodename, environments, unreadable),
+                    owner=owner,
+                    rules=self.settings.rules,
+                    prefer_ipv6=self.settings.sync.prefer_ipv6,
+                    naming=naming,
+                )
+                part = self.store.records(part, self.settings, taken=taken)
+                # Before the reserved names go: as in one build, their places are taken.
+                taken.update((r.place, r.jail) for r in part.records if r.place)
+                part = without_reserved_names(part)
+                parts.append(part)
+                final, _ = self.store.settle(part, observed, standalone=self.standalone, settings=self.settings)
+                for r in final.records:
+                    if not r.is_self and r.service_id.casefold() not in ids and not (r.place and r.place.casefold() in places):
+                        yield Action("register", r)
+
+        registered: list[Record] = []
+        actions = new_records()
+        for act, error in self.store.register_new(actions, self.should_stop):
+            if error is None:
+                svc = act.service
+                registered.append(svc)
+                extra = {"node": svc.place} if svc.place else {}
+                log.info(events.DRIFT_DETECTED, kind="missing", jail=svc.jail, service_id=svc.service_id, service=svc.name, address=svc.address)
+                log.info(events.APPLIED["register"], jail=svc.jail, service_id=svc.service_id, service=svc.name, address=svc.address, **extra)
+        for _ in actions:  # stopped early (the daemon stops): read the rest, write nothing more
+            pass
+        state = reading.state()
+        desired = combine(parts, state, owner=owner)
+        self._memo = (state, desired, {})
+        return state, desired, tuple(registered)
 
     def plan(self, observation: Observation, *, force: bool = False) -> Plan:
         """The changes that make Consul match the desired state, with the safety rails
@@ -369,12 +463,13 @@ class Reconciler:
             own = tuple((c.check_id, statuses[c.check_id]) for c in service.checks if c.check_id in statuses)
             return Action(kind, service, old, own)
 
-        actions = [action("register", s) for s in plan.register]
+        early = {s.service_id for s in observation.registered}
+        actions = [action("register", s) for s in plan.register if s.service_id not in early]
         actions += [action("update", u.new, u.old) for u in plan.update]
         actions += [action("deregister", s, s) for s in plan.deregister]
         actions = frees_first(actions)
         fields = {u.new.service_id: list(u.fields) for u in plan.update}
-        counts = {"register": 0, "update": 0, "deregister": 0}
+        counts = {"register": len(early), "update": 0, "deregister": 0}
         registered: dict[str, str] = {}
         failed: list[tuple[Action, JailsyncdError]] = []
         done = 0
@@ -467,12 +562,12 @@ class Reconciler:
                 result.plan = self.purge_plan(observation)
                 self._report_collisions(log, result.plan, observation.host)
             else:
-                observation = self.observe(reuse_consul=reuse)
+                observation = self.observe(reuse_consul=reuse, early=apply, log=log)
                 result.consul_cached = observation.cached
                 result.owner = observation.owner
                 result.plan = self.plan(observation, force=force)
                 result.desired, result.state, result.daemon_running = observation.desired, observation.state, observation.daemon_running
-                self._report(log, result.plan, observation.host)
+                self._report(log, result.plan, observation.host, logged=frozenset(s.service_id for s in observation.registered))
             result.observed = observation.observed
             result.managed = sum(1 for s in observation.observed.owned if not s.is_self)
             if apply:
@@ -530,11 +625,14 @@ class Reconciler:
         self.log.debug("address_discovery", cycle=cycle, targets=len(wanted), found=dict(sorted(by_source.items())))
         return found
 
-    def _report(self, log: Any, plan: Plan, host: str) -> None:
+    def _report(self, log: Any, plan: Plan, host: str, logged: frozenset[str] = frozenset()) -> None:
+        """Log the plan's drift (but that of ``logged``, the registrations made while
+        CBSD was read, logged then), the skips and notes not reported yet, and the
+        collisions."""
         current_held: set[tuple[str, str, str]] = set()
         # The heartbeat service is not a jail: its own writes are logged by _apply.
         for svc in plan.register:
-            if not svc.is_self:
+            if not svc.is_self and svc.service_id not in logged:
                 log.info(events.DRIFT_DETECTED, kind="missing", jail=svc.jail, service_id=svc.service_id, service=svc.name, address=svc.address)
         for upd in plan.update:
             if not upd.new.is_self:

@@ -6,7 +6,7 @@ check writer and a prober. Never Consul's HTTP API: these stand in for OUR proto
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping
 
 from jailsyncd.errors import ConsulRejected, JailsyncdError
 from jailsyncd.health import Probe, ProbeResult, RoundReport
@@ -112,12 +112,14 @@ class MemoryStore:
         self.services: dict[str, Record] = {}
         self.applied: list[tuple[str, str]] = []
         self.refuse: set[str] = set()
+        #: How many times ``register_new`` was called.
+        self.streamed = 0
         self.requests = 0
         self.writes = 0
         self.bytes_read = 0
 
     @staticmethod
-    def records(desired: Desired, settings: Settings) -> Desired:
+    def records(desired: Desired, settings: Settings, *, taken: Mapping[str, str] | None = None) -> Desired:
         return replace(desired, records=tuple(record(s) for s in desired.services))
 
     def read(self, owner: str, places: frozenset[str] = frozenset()) -> Observed:
@@ -148,6 +150,12 @@ class MemoryStore:
             else:
                 self.services[sid] = replace(action.service, checks=())
             yield action, None
+
+    def register_new(self, actions: Iterable[Action], should_stop: Callable[[], bool]) -> Iterator[tuple[Action, JailsyncdError | None]]:
+        """``apply``, taking each action as it is made (as catalog mode does)."""
+        self.streamed += 1
+        for action in actions:
+            yield from self.apply([action], should_stop)
 
 
 class MemoryChecks:

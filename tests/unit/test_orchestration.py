@@ -8,6 +8,7 @@ test_faults_*, test_health_write_path)."""
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from pathlib import Path
 
 from memory import MemoryChecks, MemoryProber, MemorySource, MemoryStore, jail
@@ -16,7 +17,7 @@ from structlog.testing import capture_logs
 from jailsyncd.daemon import Daemon
 from jailsyncd.errors import ConfigError, SourceLocked
 from jailsyncd.healthloop import HealthLoop
-from jailsyncd.reconcile import Reconciler
+from jailsyncd.reconcile import EARLY_MIN, Reconciler
 from jailsyncd.settings import CbsdSettings, ConsulSettings, HealthSettings, HostSettings, Settings, SyncSettings
 
 
@@ -260,3 +261,79 @@ def test_a_newly_refused_check_write_asks_the_daemon_for_one_full_cycle(tmp_path
     for _ in range(s.health.success_before_passing):
         health.round()
     assert d._wanted.is_set()
+
+
+# -- registering while CBSD is read ----------------------------------------------------
+
+
+def many(count: int, start: int = 1) -> list:
+    return [jail(f"j{n:03d}", n % 250 + 1) for n in range(start, start + count)]
+
+
+def test_a_cold_start_registers_while_reading_each_jail_once(tmp_path: Path) -> None:
+    """At least EARLY_MIN new jails: registered through ``register_new`` as CBSD is
+    read; each logged once as drift and once as registered; counted once; nothing
+    left for the plan, and the next cycle writes nothing."""
+    source, store = MemorySource(*many(EARLY_MIN + 9)), MemoryStore()
+    with capture_logs() as logs:
+        result = Reconciler(settings(tmp_path), source, store).cycle()
+    assert result.ok and store.streamed == 1
+    assert len(store.services) == EARLY_MIN + 9 and result.applied == {"register": EARLY_MIN + 9, "update": 0, "deregister": 0}
+    assert [e["jail"] for e in events(logs, "drift_detected")] == [e["jail"] for e in events(logs, "service_registered")]
+    assert Counter(e["jail"] for e in events(logs, "service_registered")) == Counter(f"j{n:03d}" for n in range(1, EARLY_MIN + 10))
+    assert [s.service_id for s in result.plan.register] == sorted(store.services)  # the plan still shows the drift
+    assert events(logs, "cycle_finished")[0]["registered"] == EARLY_MIN + 9
+
+
+def test_fewer_new_jails_than_a_transaction_are_written_after_the_read(tmp_path: Path) -> None:
+    source, store = MemorySource(*many(EARLY_MIN - 1)), MemoryStore()
+    result = Reconciler(settings(tmp_path), source, store).cycle()
+    assert result.ok and store.streamed == 0 and len(store.services) == EARLY_MIN - 1
+
+
+def test_with_health_on_new_jails_wait_for_their_first_probe(tmp_path: Path) -> None:
+    """Health on: new checks are probed as one round before they are written, so
+    nothing is registered while CBSD is read."""
+    source, store = MemorySource(*many(EARLY_MIN + 1)), MemoryStore()
+    config = settings(tmp_path, health=True)
+    loop = HealthLoop(config.health, MemoryProber({j.ip4_addr or "" for j in many(EARLY_MIN + 1)}), MemoryChecks())
+    result = Reconciler(config, source, store, health=loop).cycle()
+    assert result.ok and store.streamed == 0 and len(store.services) == EARLY_MIN + 1
+
+
+def test_only_jails_consul_has_nothing_of_go_early_and_the_rest_follows_the_plan(tmp_path: Path) -> None:
+    """An owned service to update and one to deregister go after the read, in the
+    plan's order; the new ones went before."""
+    source, store = MemorySource(jail("a", 1), jail("z", 2)), MemoryStore()
+    reconciler = Reconciler(settings(tmp_path), source, store)
+    assert reconciler.cycle().ok
+    source.set(jail("a", 1, "10.0.9.1"), *many(EARLY_MIN))  # a moved, z gone, EARLY_MIN new
+    store.applied.clear()
+    result = reconciler.cycle()
+    assert result.ok and store.streamed == 1
+    assert result.applied == {"register": EARLY_MIN, "update": 1, "deregister": 1}
+    assert store.applied[-2:] == [("update", "jailsyncd-a"), ("deregister", "jailsyncd-z")]
+    assert {sid for kind, sid in store.applied[:-2]} == {f"jailsyncd-j{n:03d}" for n in range(1, EARLY_MIN + 1)}
+
+
+def test_a_registration_refused_early_is_tried_again_by_the_plan_and_reported_once(tmp_path: Path) -> None:
+    source, store = MemorySource(*many(EARLY_MIN + 2)), MemoryStore()
+    store.refuse = {"jailsyncd-j005"}
+    with capture_logs() as logs:
+        result = Reconciler(settings(tmp_path), source, store).cycle()
+    assert [a.service.service_id for a, _ in result.failed] == ["jailsyncd-j005"]
+    assert [e["jail"] for e in events(logs, "action_failed")] == ["j005"]
+    assert result.applied["register"] == EARLY_MIN + 1 and "jailsyncd-j005" not in store.services
+    assert [e["jail"] for e in events(logs, "drift_detected")].count("j005") == 1
+
+
+def test_a_stop_while_registering_early_abandons_the_cycle(tmp_path: Path) -> None:
+    source, store = MemorySource(*many(EARLY_MIN + 8)), MemoryStore()
+    stopping = {"after": 5}
+    with capture_logs() as logs:
+        reconciler = Reconciler(settings(tmp_path), source, store, should_stop=lambda: len(store.applied) >= stopping["after"])
+        result = reconciler.cycle()
+    assert len(store.services) == 5 and result.applied["register"] == 5
+    assert [e["remaining"] for e in events(logs, "cycle_abandoned")] == [EARLY_MIN + 3]
+    stopping["after"] = 999
+    assert reconciler.cycle().applied["register"] == EARLY_MIN + 3 and len(store.services) == EARLY_MIN + 8

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import replace
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from jailsyncd.aclcheck import Need, write_needs
 from jailsyncd.adapters.consul.transport import MAX_OUTPUT, OK, ConsulClient, Sharing, StoreBase, service_body, strict_json, text_body
@@ -96,9 +96,10 @@ class ConsulAgent(StoreBase):
         return AgentWatch(self._client)
 
     @staticmethod
-    def records(desired: Desired, settings: Settings) -> Desired:
+    def records(desired: Desired, settings: Settings, *, taken: Mapping[str, str] | None = None) -> Desired:
         """``desired`` with its agent records (pure): one per service, plus the
-        heartbeat service when health is on."""
+        heartbeat service when health is on. Agent records have no place, so no
+        part of the table can take one from another (``taken`` is not needed)."""
         return records(desired, settings)
 
     @staticmethod
@@ -234,6 +235,13 @@ class ConsulAgent(StoreBase):
                 yield action, ConsulRejected(f"jail {action.service.jail}: {exc}")
                 continue
             yield action, None
+
+    def register_new(self, actions: Iterable[Action], should_stop: Callable[[], bool]) -> Iterator[tuple[Action, JailsyncdError | None]]:
+        """``apply`` of new registrations: agent mode sends one request per service,
+        and the agent, not jailsyncd, is what limits a cold start (docs/performance.md),
+        so they are taken all at once (which names the token may write is asked
+        over all of them, as ``apply`` does)."""
+        yield from self.apply(list(actions), should_stop)
 
     def write_checks(self, writes: list[tuple[Target, str, str]]) -> Iterator[tuple[tuple[Target, str, str], JailsyncdError | None]]:
         """Each check write with None (written) or the error that refused that check

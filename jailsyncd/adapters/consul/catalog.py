@@ -15,7 +15,7 @@ import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from jailsyncd.aclcheck import Need, write_needs
 from jailsyncd.adapters.consul.transport import MAX_OUTPUT, ConsulClient, Sharing, StoreBase, service_body, strict_json, txn_errors, txn_result
@@ -135,11 +135,12 @@ class ConsulCatalog(StoreBase):
         return CatalogWatch()
 
     @staticmethod
-    def records(desired: Desired, settings: Settings) -> Desired:
+    def records(desired: Desired, settings: Settings, *, taken: Mapping[str, str] | None = None) -> Desired:
         """``desired`` with its catalog records (pure): each service on a node of its
         own; a node name two jails would share goes to the first jname in sort order,
-        the other is skipped as ``conflict``."""
-        return records(desired, settings.catalog)
+        the other is skipped as ``conflict``. ``taken``: the node names earlier parts
+        of the table gave to their jails (``desired.combine``)."""
+        return records(desired, settings.catalog, taken=taken)
 
     @staticmethod
     def settle(desired: Desired, observed: Observed, *, standalone: bool, settings: Settings) -> tuple[Desired, bool]:
@@ -256,6 +257,16 @@ class ConsulCatalog(StoreBase):
         transaction is in flight at a time, the next is sent only after the last one
         succeeded, and ``should_stop`` is asked just before each is sent."""
         self._keep = self._nodes_to_keep(actions, should_stop)
+        yield from self._send(actions, should_stop)
+
+    def register_new(self, actions: Iterable[Action], should_stop: Callable[[], bool]) -> Iterator[tuple[Action, JailsyncdError | None]]:
+        """Registrations of nodes none of ours holds (each created with ``cas`` at
+        index 0, so a node that exists by now is refused, never overwritten), taken
+        from ``actions`` as the caller makes them: the next transaction's actions are
+        made while the one before is out (``_one_after_another``)."""
+        yield from self._send(actions, should_stop)
+
+    def _send(self, actions: Iterable[Action], should_stop: Callable[[], bool]) -> Iterator[tuple[Action, JailsyncdError | None]]:
         # Each transaction's operations are built while the one before is out.
         batches = _batches(((a, self._ops(a)) for a in actions), MAX_TXN_OPS)
         yield from _one_after_another(batches, lambda batch: list(self._txn(batch)), should_stop)
@@ -592,18 +603,22 @@ def _record_of(service: Service, node: str, catalog: CatalogSettings, owner: str
     return Record(service.service_id, jail, share.fields(fields) if share is not None else fields, node, owned_by, cbsd_host, checks)
 
 
-def records(desired: Desired, catalog: CatalogSettings) -> Desired:
+def records(desired: Desired, catalog: CatalogSettings, *, taken: Mapping[str, str] | None = None) -> Desired:
     """``desired`` with its catalog records: each service on an external node of its
     own (``catalog.node_name``); a node name two jails would share goes to the first
-    jname in sort order, the other is skipped as ``conflict``."""
-    nodes: dict[str, str] = {}  # node name -> jname
+    jname in sort order, the other is skipped as ``conflict``. ``desired`` may be a
+    part of the table (``desired.combine``): ``taken`` maps the node names of the
+    parts before it (jnames sorting first) to their jails."""
+    earlier = taken or {}
+    nodes: dict[str, str] = {}  # node name -> jname, this part's
     out: list[Record] = []
     share = Sharing()
     conflicts: list[Skip] = []
     for service in desired.services:
         node = node_name(catalog.node_name, fqdn=service.fqdn or service.jail, jname=service.jail, host=desired.host)
-        if node in nodes:
-            conflicts.append(Skip(service.jail, "conflict", f"node name {node} is already used by jail {nodes[node]}"))
+        holder = nodes.get(node) or earlier.get(node)
+        if holder is not None:
+            conflicts.append(Skip(service.jail, "conflict", f"node name {node} is already used by jail {holder}"))
             continue
         nodes[node] = service.jail
         out.append(_record_of(service, node, catalog, desired.owner, desired.host, share))
