@@ -169,10 +169,22 @@ class ConsulWatch(Protocol):
         ...
 
 
+class AddressFinding(Protocol):
+    """One cycle's address discovery, asked part by part (``AddressFinder.session``)."""
+
+    def discover(self, wanted: tuple[AddressTarget, ...]) -> dict[str, Discovered]: ...
+
+    def finish(self) -> None: ...
+
+
 class AddressFinder(Protocol):
     """Addresses of environments CBSD gives none (``sync.discover_addresses``)."""
 
     def discover(self, wanted: tuple[AddressTarget, ...], now: float) -> dict[str, Discovered]: ...
+
+    def session(self, now: float) -> AddressFinding:
+        """The same, asked in parts: together they find what one ``discover`` finds."""
+        ...
 
 
 class Prober(Protocol):

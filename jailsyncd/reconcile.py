@@ -292,7 +292,7 @@ class Reconciler:
         daemon's heartbeat).
         ``reuse_consul``: take the last read of Consul instead, if it was made for the
         same owner at the watch's current generation.
-        ``early`` (a cycle that applies, with health and address discovery off):
+        ``early`` (a cycle that applies, with health off):
         when at least ``EARLY_MIN`` running environments have nothing in Consul,
         those are registered while CBSD is still being read (``_read_registering``;
         docs/architecture.md, "Registering while reading"); ``log`` logs them."""
@@ -311,7 +311,7 @@ class Reconciler:
             observed = self.store.read(owner)
             self._consul = last = ConsulRead(owner, observed, generation, self.clock())
         registered: tuple[Record, ...] = ()
-        if early and not self.settings.health.enabled and self.discovery is None and _new_environments(reading, observed) >= EARLY_MIN:
+        if early and not self.settings.health.enabled and _new_environments(reading, observed) >= EARLY_MIN:
             state, desired, registered = self._read_registering(reading, owner, observed, log if log is not None else self.log)
         else:
             state = reading.state()
@@ -368,16 +368,25 @@ class Reconciler:
         naming = Naming.of(env.jname for env in reading.listed)
         taken: dict[str, str] = {}
         parts: list[Desired] = []
+        finding = self.discovery.session(self.wall()) if self.discovery is not None else None
+        discovered: dict[str, Discovered] = {}
         ids = {r.service_id.casefold() for r in observed.owned} | {i.casefold() for i in observed.foreign_ids}
         places = {r.place.casefold() for r in observed.owned if r.place}
 
         def new_records() -> Iterator[Action]:
             for environments, unreadable in reading.parts(EARLY_PART):
+                found: dict[str, Discovered] = {}
+                if finding is not None:
+                    lost = dict(unreadable)
+                    wanted = tuple(t for t in targets(environments, self.settings.rules) if t.jname not in lost)
+                    found = finding.discover(wanted) if wanted else {}
+                    discovered.update(found)
                 part = build_desired(
                     CbsdState(reading.nodename, environments, unreadable),
                     owner=owner,
                     rules=self.settings.rules,
                     prefer_ipv6=self.settings.sync.prefer_ipv6,
+                    discovered=found,
                     naming=naming,
                 )
                 part = self.store.records(part, self.settings, taken=taken)
@@ -401,9 +410,12 @@ class Reconciler:
                 log.info(events.APPLIED["register"], jail=svc.jail, service_id=svc.service_id, service=svc.name, address=svc.address, **extra)
         for _ in actions:  # stopped early (the daemon stops): read the rest, write nothing more
             pass
+        if finding is not None:
+            finding.finish()
+            self._log_discovery(discovered)
         state = reading.state()
         desired = combine(parts, state, owner=owner)
-        self._memo = (state, desired, {})
+        self._memo = (state, desired, discovered)
         return state, desired, tuple(registered)
 
     def plan(self, observation: Observation, *, force: bool = False) -> Plan:
@@ -618,12 +630,18 @@ class Reconciler:
         if not wanted:
             return {}
         found = self.discovery.discover(wanted, self.wall())
+        self._log_discovery(found, cycle)
+        return found
+
+    def _log_discovery(self, found: dict[str, Discovered], cycle: int | None = None) -> None:
+        """One debug line: how many targets, and what each source found."""
+        if not found:
+            return
         by_source: dict[str, int] = {}
         for item in found.values():
             key = item.source or ("unknown" if item.unknown else "none")
             by_source[key] = by_source.get(key, 0) + 1
-        self.log.debug("address_discovery", cycle=cycle, targets=len(wanted), found=dict(sorted(by_source.items())))
-        return found
+        self.log.debug("address_discovery", cycle=self.cycles if cycle is None else cycle, targets=len(found), found=dict(sorted(by_source.items())))
 
     def _report(self, log: Any, plan: Plan, host: str, logged: frozenset[str] = frozenset()) -> None:
         """Log the plan's drift (but that of ``logged``, the registrations made while

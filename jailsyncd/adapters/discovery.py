@@ -27,7 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from jailsyncd.leases import Discovered, Lease, Observations, Target, needs_neighbors, parse_dhclient, parse_server_leases, resolve
+from jailsyncd.leases import Discovered, Lease, Neighbor, Observations, Target, needs_neighbors, parse_dhclient, parse_server_leases, resolve
 from jailsyncd.platform import Platform
 
 #: Seconds: a file modified this recently is parsed again next cycle even if its
@@ -41,6 +41,63 @@ MAX_SERVER_LEASES = 64 << 20
 _PREFIX = "dhclient.leases."
 
 _Stamp = tuple[int, int, int, int, int]
+
+
+class DiscoverySession:
+    """The sources as one cycle sees them, asked target by target
+    (``AddressDiscovery.session``); ``finish`` forgets the cached files no target
+    used."""
+
+    def __init__(self, owner: AddressDiscovery, now: float) -> None:
+        self.owner = owner
+        self.now = now
+        self._seen_paths: set[str] = set()
+        self._server: tuple[tuple[Lease, ...], tuple[str, ...]] | None = None
+        #: The neighbor table, once run: (entries, or None when the command failed).
+        self._neighbors: tuple[tuple[Neighbor, ...] | None] | None = None
+
+    def discover(self, wanted: tuple[Target, ...]) -> dict[str, Discovered]:
+        """``leases.resolve`` for each of ``wanted``."""
+        if not wanted:
+            return {}
+        owner = self.owner
+        own: dict[str, tuple[tuple[str, tuple[Lease, ...]], ...]] = {}
+        own_errors: dict[str, str] = {}
+        for target in wanted:
+            if target.own_leases:
+                try:
+                    own[target.jname] = owner._own_leases(target.jname, self._seen_paths)
+                except OSError as exc:
+                    own_errors[target.jname] = f"{owner.data_dir / (target.jname + '-data')}/var/db: {exc.strerror or type(exc).__name__}"
+        server: tuple[Lease, ...] = ()
+        errors: tuple[str, ...] = ()
+        if any(t.macs for t in wanted):
+            if self._server is None:
+                leases: list[Lease] = []
+                failed: list[str] = []
+                for path in owner.lease_files:
+                    try:
+                        leases.extend(owner._server_leases(str(path)))
+                    except OSError as exc:
+                        failed.append(f"{path}: {exc.strerror or type(exc).__name__}")
+                    self._seen_paths.add(str(path))
+                self._server = (tuple(leases), tuple(failed))
+            server, errors = self._server
+        seen = Observations(own, server, None, own_errors, errors)
+        found = {t.jname: resolve(t, seen, self.now) for t in wanted}
+        if needs_neighbors(found, wanted):
+            if self._neighbors is None:
+                owner.neighbor_runs = 1
+                self._neighbors = (owner.platform.neighbor_table(),)
+            neighbors = self._neighbors[0]
+            more = ("the neighbor table command failed",) if neighbors is None else ()
+            seen = replace(seen, neighbors=neighbors, errors=seen.errors + more)
+            found.update({t.jname: resolve(t, seen, self.now) for t in wanted if not found[t.jname].addresses})
+        return found
+
+    def finish(self) -> None:
+        for gone in self.owner._cache.keys() - self._seen_paths:
+            del self.owner._cache[gone]  # a target that got an address, stopped, or was destroyed
 
 
 def _stamp(st: os.stat_result) -> _Stamp:
@@ -63,40 +120,20 @@ class AddressDiscovery:
 
     def discover(self, wanted: tuple[Target, ...], now: float) -> dict[str, Discovered]:
         """``leases.resolve`` for every target, from what the sources hold now."""
-        self.parsed = self.neighbor_runs = 0
-        if not wanted:
-            return {}
-        own: dict[str, tuple[tuple[str, tuple[Lease, ...]], ...]] = {}
-        own_errors: dict[str, str] = {}
-        seen_paths: set[str] = set()
-        for target in wanted:
-            if target.own_leases:
-                try:
-                    own[target.jname] = self._own_leases(target.jname, seen_paths)
-                except OSError as exc:
-                    own_errors[target.jname] = f"{self.data_dir / (target.jname + '-data')}/var/db: {exc.strerror or type(exc).__name__}"
-        server: list[Lease] = []
-        errors: list[str] = []
-        if any(t.macs for t in wanted):
-            for path in self.lease_files:
-                try:
-                    server.extend(self._server_leases(str(path)))
-                except OSError as exc:
-                    errors.append(f"{path}: {exc.strerror or type(exc).__name__}")
-                seen_paths.add(str(path))
-        for gone in self._cache.keys() - seen_paths:
-            del self._cache[gone]  # a target that got an address, stopped, or was destroyed
-        seen = Observations(own, tuple(server), None, own_errors, tuple(errors))
-        found = {t.jname: resolve(t, seen, now) for t in wanted}
-        if needs_neighbors(found, wanted):
-            self.neighbor_runs = 1
-            neighbors = self.platform.neighbor_table()
-            more = ["the neighbor table command failed"] if neighbors is None else []
-            seen = replace(seen, neighbors=neighbors, errors=seen.errors + tuple(more))
-            found.update({t.jname: resolve(t, seen, now) for t in wanted if not found[t.jname].addresses})
+        session = self.session(now)
+        found = session.discover(wanted)
+        session.finish()
         return found
 
-    # -- files ----------------------------------------------------------------------
+    def session(self, now: float) -> DiscoverySession:
+        """One cycle's discovery asked in parts (``reconcile`` while CBSD is still
+        being read): what the parts find together is what one ``discover`` over all
+        their targets finds (each target is resolved alone; the server lease files
+        are read once and the neighbor table run at most once per session)."""
+        self.parsed = self.neighbor_runs = 0
+        return DiscoverySession(self, now)
+
+    # -- files ----    # -- files ----------------------------------------------------------------------
 
     def _own_leases(self, jname: str, seen_paths: set[str]) -> tuple[tuple[str, tuple[Lease, ...]], ...]:
         """Every ``var/db/dhclient.leases.*`` of one jail's data directory; none when

@@ -243,26 +243,47 @@ def test_nodes_without_the_service_id_meta_or_edited_by_hand_are_read_whole(cata
     assert summary(once(config)[1])["writes"] == 0
 
 
-def test_many_taken_names_are_asked_for_64_per_read_only_transaction(catalog: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
-    """The names to check are asked 64 per read-only transaction of Node gets (a cold
-    start of 100 new jails: 2 requests, not 4 filtered reads or 100 lookups); every
-    clash, in either transaction and in any letter case, is still a conflict, never
-    overwritten, and every free name is created."""
+def test_a_cold_start_among_taken_names_conflicts_on_them_and_creates_the_rest(catalog: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    """A cold start of 100 new jails registers them while CBSD is read, without asking
+    first whether their node names are taken: each node is created with cas at
+    index 0, so a taken name (in any letter case: Consul's node names are
+    case-insensitive) is refused by Consul, never overwritten; the rest of its
+    transaction goes again without it, and the cycle's plan asks about the refused
+    names alone and reports each as a conflict, not as a failure."""
     add_foreign_nodes(catalog, 5, prefix="many")
     for i in range(5):
-        # Consul's node names are case-insensitive: "MANY00004" is taken by "many00004".
+        # "MANY00004" is taken by "many00004".
         name = f"many0000{i}" if i < 4 else "MANY00004"
         workdir.add(f"clash{i}", jid=i + 1, status=1, ip4_addr=f"127.0.46.{i + 1}", host_hostname=name)
     for i in range(95):
         workdir.add(f"free{i}", jid=10 + i, status=1, ip4_addr=f"127.0.47.{i + 1}", host_hostname=f"free{i:03}.my.domain")
     config = catalog_config(tmp_path, workdir, catalog, "node1")
     rc, events, err = once(config)
+    assert rc == 0, err
     assert sorted(e["jail"] for e in events if e["event"] == "jail_skipped" and e["reason"] == "conflict") == [f"clash{i}" for i in range(5)], err
+    assert not [e for e in events if e["event"] == "action_failed"]
     assert all(n["Meta"]["jailsyncd-owner"].startswith("other") for name, n in nodes(catalog).items() if name.startswith("many"))
     assert sum(1 for name in nodes(catalog) if name.startswith("free")) == 95
-    # Ours (none), their checks, two transactions for the 100 names, and the
-    # registrations of the 95 free ones (2 operations each: 3 transactions).
-    assert (summary(events)["requests"], summary(events)["writes"]) == (2 + 2 + 3, 3), summary(events)
+    assert sorted(e["jail"] for e in events if e["event"] == "service_registered") == sorted(f"free{i}" for i in range(95))
+    # Ours (none) and their checks; the first transaction (32 jails, 2 operations
+    # each, the 5 clashes first in jname order) refused and sent again without them,
+    # the other 68 free ones in transactions of at most 64 operations; one read-only
+    # transaction asking about the 5 refused names.
+    writes = 2 + -(-68 * 2 // 64)
+    assert (summary(events)["requests"], summary(events)["writes"]) == (2 + writes + 1, writes), summary(events)
+    assert summary(events)["registered"] == 95 and summary(events)["failed"] == 0
+
+
+def test_many_taken_names_are_asked_for_64_per_read_only_transaction(catalog: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    """Whether node names are taken is asked 64 per read-only transaction of Node
+    gets (100 names: 2 requests, not 4 filtered reads or 100 lookups), in any letter
+    case."""
+    add_foreign_nodes(catalog, 5, prefix="many")
+    store = ConsulCatalog(load_settings(catalog_config(tmp_path, workdir, catalog, "node1"), env={}).consul)
+    names = [f"many0000{i}" for i in range(4)] + ["MANY00004"] + [f"free{i:03}.my.domain" for i in range(95)]
+    before = store.requests
+    assert store.places_taken(frozenset(names)) == frozenset(names[:5])
+    assert store.requests - before == 2
 
 
 def test_a_node_address_edited_by_hand_is_drift_and_repaired(catalog: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:

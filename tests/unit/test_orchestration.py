@@ -159,17 +159,17 @@ def test_requests_coalesce_into_one_cycle_and_one_during_a_cycle_into_one_more(t
     d.run_requested()
     assert source.reads == 1 and not d._wanted.is_set()
 
-    read = source.read
+    begin = source.begin
 
     def read_and_ask():  # requests while the cycle runs
         for reason in ("change", "interval", "kick"):
             d.request(reason)
-        return read()
+        return begin()
 
-    source.read = read_and_ask  # type: ignore[method-assign]
+    source.begin = read_and_ask  # type: ignore[method-assign]
     d.request("interval")
     d.run_requested()
-    source.read = read  # type: ignore[method-assign]
+    source.begin = begin  # type: ignore[method-assign]
     assert d._wanted.is_set()  # exactly one more cycle is wanted...
     d.run_requested()
     assert source.reads == 3 and not d._wanted.is_set()  # ...and then none

@@ -170,9 +170,12 @@ class ConsulCatalog(StoreBase):
     TAKEN_BATCH = 32
 
     def places_taken(self, places: frozenset[str]) -> frozenset[str]:
-        """Which of ``places`` (node names none of ours holds) are nodes already:
-        ``read``'s clash check alone, for a cycle that reuses the last read."""
-        return self._taken(sorted(places))
+        """Which of ``places`` (node names no record of ours holds) are nodes of
+        someone else's already: the clash check of a cycle, after its read. A node of
+        ours as the last read found it is never taken, even with no service of ours
+        on it (kept for someone else's service after its jail was deregistered):
+        the jail's service goes back on it (``cas`` at the index read)."""
+        return self._taken(sorted(places - self._node_index.keys()))
 
     def _taken(self, names: list[str]) -> frozenset[str]:
         """Which of ``names`` are nodes in the catalog (none of them is ours). Asked
