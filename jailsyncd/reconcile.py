@@ -3,22 +3,27 @@
 Called by ``cli`` (``plan``, ``once``, ``purge``) and by ``daemon``'s worker. The
 order of a cycle:
 
-1. read CBSD (a failed or partial read raises ``SourceError``: the cycle stops
-   before Consul is touched, so nothing is ever deregistered because of it);
-   with ``sync.discover_addresses``, look up addresses for the running environments
+1. read CBSD's node DB and node name (a failed read raises ``SourceError``: the
+   cycle stops before Consul is touched, so nothing is ever deregistered because
+   of it), then what this host owns in Consul (agent mode: two requests to the
+   local agent; catalog mode: three, plus one per 64 jails beyond the first 64:
+   docs/scaling.md), then the rest of CBSD (the per-VM DBs); with
+   ``sync.discover_addresses``, look up addresses for the running environments
    CBSD gives none (``adapters.discovery``, resolved against the wall clock here);
-2. build the desired services (``desired.build_desired``);
-3. read what this host owns in Consul (agent mode: two requests to the local agent;
-   catalog mode: three, plus one per 64 jails beyond the first 64: docs/scaling.md);
-4. ``plan.plan`` with the safety rails; log drift;
-5. apply through the store: register, then update, then deregister (new instances
+2. build the desired services (``desired.build_desired``) and ask whether the
+   places they want that nobody of this host holds are taken. With at least
+   ``EARLY_MIN`` new environments (health off), steps 1 and 2 go part by part and
+   each part's new services are registered as soon as it is built
+   (``_read_registering``; docs/architecture.md, "Registering while reading");
+3. ``plan.plan`` with the safety rails, from the complete read; log drift;
+4. apply through the store: register, then update, then deregister (new instances
    appear before old ones go); with health on, new services are probed first so
    they start with a real status. A rejection of one action (its payload refused:
    a 4xx or a 500 naming the payload, a rolled-back catalog operation, a 403 on a
    service name the token may not write) fails that action only and the cycle goes
    on; Consul unreachable, timing out or refusing the token as a whole stops the
    cycle, since the next request would fail the same way;
-6. tell the health loop which checks exist now (only those of services this host
+5. tell the health loop which checks exist now (only those of services this host
    holds in Consul: never a conflict's, never one whose registration failed); log
    one ``cycle_finished`` summary.
 

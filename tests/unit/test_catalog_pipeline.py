@@ -1,7 +1,8 @@
 """``_one_after_another``: catalog mode sends its transactions from a helper thread
-while the reconciler logs the results of the one before. What must not change: one
-transaction at a time (one helper thread), in order, nothing sent after one failed
-or once the daemon asked to stop, and the failure raised to the caller in its turn."""
+while the reconciler builds the next ones (up to ``ahead`` queued) and logs the
+results of those before. What must not change: one transaction at a time (one helper
+thread), in order, nothing sent after one failed or once the daemon asked to stop,
+and the failure raised to the caller in its turn."""
 
 from __future__ import annotations
 
@@ -80,16 +81,26 @@ def test_nothing_is_sent_after_a_failure_and_it_is_raised_in_its_turn() -> None:
 
 
 def test_should_stop_is_asked_before_each_send() -> None:
-    rec = Recorder()
+    """Batches queued ahead are sent only while ``should_stop()`` says no: once the
+    daemon is told to stop (here while batch 1's results are handled), nothing more
+    goes out, and the results of what went out before are all handed over."""
     stop = threading.Event()
+    sent: list[tuple[int, bool]] = []
+
+    def send(batch: list[int]) -> list[tuple[int, str]]:
+        sent.append((batch[0] // 10, stop.is_set()))
+        if batch[0] // 10 >= 2:
+            stop.wait(timeout=1.0)  # Consul is slow from here on: the stop comes meanwhile
+        return [(item, "ok") for item in batch]
+
     seen = []
-    for item, _ in _one_after_another(BATCHES, rec.send, stop.is_set):
+    for item, _ in _one_after_another(BATCHES, send, stop.is_set):
         seen.append(item)
-        if item == 12:  # the daemon is told to stop while batch 1's results are handled
+        if item == 12:
             stop.set()
-    # Batch 2 may have been sent (and asked) before the stop; nothing after it is.
-    assert rec.sent in ([0, 1], [0, 1, 2]), rec.sent
-    assert seen == [item for batch in BATCHES[: len(rec.sent)] for item in batch]
+    assert [n for n, _ in sent] == list(range(len(sent))) and len(sent) < len(BATCHES)
+    assert not [n for n, stopped in sent if stopped], "nothing is sent once the daemon stops"
+    assert seen == [item for batch in BATCHES[: len(sent)] for item in batch]
 
 
 def test_a_caller_that_stops_early_leaves_nothing_running() -> None:
@@ -119,7 +130,8 @@ def test_one_batch_is_sent_by_the_caller_and_batches_are_built_as_they_are_neede
         built_when_sent.append(len(built))
         return [(item, "ok") for item in batch]
 
-    assert len(list(_one_after_another(batches(), send, lambda: False))) == 18
-    # The operations of a batch are built while the one before it is out, never all first.
-    assert all(count <= sent + 3 for sent, count in enumerate(built_when_sent)), built_when_sent
-    assert built_when_sent[0] <= 2
+    assert len(list(_one_after_another(batches(), send, lambda: False, ahead=2))) == 18
+    # Batches are built while those before them are out, at most `ahead` queued
+    # behind the one being sent (and the one being built), never all first.
+    assert all(count <= sent + 2 + 2 for sent, count in enumerate(built_when_sent)), built_when_sent
+    assert built_when_sent[0] <= 4

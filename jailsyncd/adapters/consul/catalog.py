@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
@@ -419,16 +419,23 @@ _Batch = TypeVar("_Batch")
 _Result = TypeVar("_Result")
 
 
+#: Transactions built ahead of the one being sent (``_one_after_another``): enough
+#: that building never waits for Consul while there is more to build, few enough that
+#: at most a few hundred operations are held at once.
+AHEAD = 4
+
+
 def _one_after_another(
-    batches: Iterable[_Batch], send: Callable[[_Batch], list[_Result]], should_stop: Callable[[], bool]
+    batches: Iterable[_Batch], send: Callable[[_Batch], list[_Result]], should_stop: Callable[[], bool], ahead: int = AHEAD
 ) -> Iterator[_Result]:
-    """``send(batch)`` for each batch, in order, yielding each batch's results. With
-    more than one batch, the sends run on one helper thread, and the next batch is
-    taken from ``batches`` (built) and queued while the one before is being sent and
-    its results handed over. The helper runs one batch at a time; after a batch
-    raised, or once ``should_stop()`` (asked just before each send), nothing more is
-    sent, and the error is raised here in its turn. Leaving early (the caller stops
-    iterating) waits for the batch being sent."""
+    """``send(batch)`` for each batch, in order, yielding each batch's results in
+    order. With more than one batch, the sends run on one helper thread, one at a
+    time, while this thread takes the next batches from ``batches`` (builds them) and
+    queues them, up to ``ahead`` waiting; results are handed over as they come, and
+    this thread waits for one only when ``ahead`` are queued or nothing is left to
+    build. After a batch raised, or once ``should_stop()`` (asked just before each
+    send), nothing more is sent, and the error is raised here in its turn. Leaving
+    early (the caller stops iterating) waits for the batch being sent."""
     halted = threading.Event()
 
     def run(batch: _Batch) -> list[_Result] | None:
@@ -443,23 +450,25 @@ def _one_after_another(
 
     it = iter(batches)
     first = next(it, None)
-    upcoming = next(it, None) if first is not None else None
-    if first is None or upcoming is None:  # one transaction at most: no helper thread
-        yield from (run(first) or []) if first is not None else []
+    if first is None:
+        return
+    upcoming = next(it, None)
+    if upcoming is None:  # one transaction: no helper thread
+        yield from run(first) or []
         return
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="consul-txn")
+    queued: deque[Future[list[_Result] | None]] = deque([pool.submit(run, first)])
     try:
-        current = pool.submit(run, first)
-        while True:
-            queued = pool.submit(run, upcoming) if upcoming is not None else None  # sent once `current` is done
-            upcoming = next(it, None) if queued is not None else None
-            results = current.result()
+        while upcoming is not None or queued:
+            if upcoming is not None and len(queued) <= ahead:
+                queued.append(pool.submit(run, upcoming))  # sent once those before it are done
+                upcoming = next(it, None) if not halted.is_set() else None
+                if not queued[0].done():
+                    continue  # build the next one while Consul works
+            results = queued.popleft().result()
             if results is None:
                 return
             yield from results
-            if queued is None:
-                return
-            current = queued
     finally:
         halted.set()
         pool.shutdown(wait=True, cancel_futures=True)
