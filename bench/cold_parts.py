@@ -4,8 +4,8 @@
 
 Builds the bench workload of N environments (``workload.build``), then per run: an
 empty dev Consul on loopback, jailsyncd's first cycle in this process (built as
-``once`` builds it) with ``time.perf_counter`` around each part (CBSD read, desired
-state, the mode's records, the read of Consul, plan, the write phase); and, in
+``once`` builds it) with ``time.perf_counter`` around each part (``timed_parts``:
+they overlap, since the cycle registers while it reads); and, in
 catalog mode, the transport alone sending the very transactions that cycle sent,
 one after the other, against the bench's tight ``/v1/txn`` client on another empty
 Consul. Prints one table row per run. Health is off: nothing is pinged. Only
@@ -29,31 +29,60 @@ import workload  # noqa: E402
 from jailsyncd import reconcile  # noqa: E402
 from jailsyncd.adapters.consul.transport import txn_errors  # noqa: E402
 
-PARTS = ("cbsd read", "desired", "records", "consul read", "plan", "writes")
+PARTS = ("node db", "consul read", "desired", "records", "plan", "first write", "writes busy")
 
 
 def timed_parts(reconciler: Any) -> dict[str, float]:
-    """Wrap each part of ``reconciler``'s cycle so that its wall time adds up here."""
+    """Wrap each part of ``reconciler``'s cycle so that its wall time adds up here.
+
+    The cycle registers while it reads CBSD (docs/architecture.md, "Registering while
+    reading"), so the parts overlap: "node db" is ``begin`` (the node DB and node
+    name), "desired" and "records" add up every part's build, "consul read" the
+    reads and the clash check, "first write" is when the first transaction went out
+    (from the cycle's start), and "writes busy" the sum of the writing transactions'
+    round trips (Consul's work plus jailsyncd's sending)."""
     spent = dict.fromkeys(PARTS, 0.0)
+    started = [0.0]
 
     def wrap(owner: Any, attr: str, part: str) -> None:
         inner: Callable[..., Any] = getattr(owner, attr)
 
         def timed(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
+            begun = time.perf_counter()
             try:
                 return inner(*args, **kwargs)
             finally:
-                spent[part] += time.perf_counter() - started
+                spent[part] += time.perf_counter() - begun
 
         setattr(owner, attr, timed)
 
-    wrap(reconciler.source, "read", "cbsd read")
+    store = reconciler.store
+    call = store._call
+
+    def counted(method: str, path: str, callback: Any, **kwargs: Any) -> Any:
+        begun = time.perf_counter()
+        if kwargs.get("write") and not spent["first write"]:
+            spent["first write"] = begun - started[0]
+        try:
+            return call(method, path, callback, **kwargs)
+        finally:
+            if kwargs.get("write"):
+                spent["writes busy"] += time.perf_counter() - begun
+
+    store._call = counted
+    cycle = reconciler.cycle
+
+    def timed_cycle(*args: Any, **kwargs: Any) -> Any:
+        started[0] = time.perf_counter()
+        return cycle(*args, **kwargs)
+
+    reconciler.cycle = timed_cycle
+    wrap(reconciler.source, "begin", "node db")
     wrap(reconcile, "build_desired", "desired")
-    wrap(reconciler.store, "records", "records")
-    wrap(reconciler.store, "read", "consul read")
+    wrap(store, "records", "records")
+    wrap(store, "read", "consul read")
+    wrap(store, "places_taken", "consul read")
     wrap(reconciler, "plan", "plan")
-    wrap(reconciler, "apply", "writes")
     return spent
 
 

@@ -214,14 +214,16 @@ def write_config(path: Path, *, workdir: Path, consul: ConsulServer, mode: str, 
 
 def in_process(config: Path, log_path: Path):
     """A reconciler (and health loop) built exactly as ``jailsyncd once`` builds them."""
-    from jailsyncd.app import App
+    from jailsyncd.app import App, freeze_startup
     from jailsyncd.logs import configure
 
     configure("json", "info", stream=open(log_path, "a"))  # noqa: SIM115 - lives as long as the run
     settings = settings_module.load_settings(config, env={})
     app = App(settings)
     health = app.health_loop()
-    return app.reconciler(health=True), health
+    reconciler = app.reconciler(health=True)
+    freeze_startup()  # as `once` and `run` do before their first cycle
+    return reconciler, health
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:

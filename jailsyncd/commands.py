@@ -20,7 +20,7 @@ from typing import Any
 from jailsyncd import aclcheck, privileges
 from jailsyncd import platform as platform_module
 from jailsyncd.adapters.cbsd import CbsdSource
-from jailsyncd.app import App
+from jailsyncd.app import App, freeze_startup
 from jailsyncd.health import check_name, targets_of
 from jailsyncd.healthloop import HealthLoop
 from jailsyncd.errors import ConfigError, ConsulRefused, ExitCode, JailsyncdError, NotRunning, PrivilegeError, SafetyRefusal, SourceError, SourceUnreadable
@@ -188,7 +188,9 @@ ONCE_HEARTBEAT = "written by jailsyncd once, no daemon running: statuses hold un
 def cmd_once(settings: Settings, args: argparse.Namespace) -> int:
     app = App(settings)
     health = app.health_loop()
-    result = app.reconciler(health=True, startup=_startup(args)).cycle(force=args.force)
+    reconciler = app.reconciler(health=True, startup=_startup(args))
+    freeze_startup()
+    result = reconciler.cycle(force=args.force)
     if health is not None and result.error is None:
         if result.daemon_running:
             # The daemon owns health: its anti-flap state and its heartbeat stay as they are.
@@ -297,6 +299,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     )
     if metrics is not None:
         metrics.watch(lambda: daemon.settings, health)
+    freeze_startup()
     try:
         return daemon.run(args.pidfile)
     finally:

@@ -87,6 +87,42 @@ def test_lease_files_dhclient_dnsmasq_isc_expired_renewed_and_cached(workdir: Wo
     assert discovery.discover(wanted, now + 7200)["vnet1"].addresses == ()  # the lease expired; "now" is the caller's
 
 
+def test_a_session_asked_in_parts_finds_what_one_discover_finds(workdir: Workdir, tmp_path: Path) -> None:
+    """What a cycle reading CBSD in parts asks (``AddressDiscovery.session``): each
+    part's targets alone, the server lease files read once and the neighbor table
+    run at most once per session, and the parts together find exactly what one
+    ``discover`` over every target finds; the files no target used are forgotten
+    only when the session finishes."""
+    now = time.time()
+    workdir.write_dhclient_lease("vnet1", "eth0", dhclient_lease("10.0.0.6", now + 3600))
+    dnsmasq = tmp_path / "dnsmasq.leases"
+    dnsmasq.write_text(f"{int(now) + 600} 58:9c:fc:00:00:02 10.0.0.62 vm2 *\n")
+    runs: list[list[str]] = []
+
+    def neighbors(argv: list[str]) -> str:
+        runs.append(argv)
+        return json.dumps([{"dst": "10.0.0.71", "lladdr": VM_MAC, "state": ["PERMANENT"]}])
+
+    wanted = (
+        Target("vm1", (VM_MAC,), False),  # only the neighbor table knows it
+        Target("vm2", ("58:9c:fc:00:00:02",), False),  # a server lease
+        Target("vnet1", (JAIL_MAC,), True),  # its own dhclient lease
+        Target("vnet9", (STRANGER,), True),  # nowhere
+    )
+    whole = AddressDiscovery(workdir.root, (dnsmasq,), Platform("linux", run=neighbors)).discover(wanted, now)
+    assert len(runs) == 1
+    discovery = AddressDiscovery(workdir.root, (dnsmasq,), Platform("linux", run=neighbors))
+    session = discovery.session(now)
+    found: dict = {}
+    for part in (wanted[:1], wanted[1:3], (), wanted[3:]):
+        found.update(session.discover(part))
+    session.finish()
+    assert found == whole
+    assert (found["vm1"].addresses, found["vm2"].addresses, found["vnet1"].addresses, found["vnet9"].addresses) == (("10.0.0.71",), ("10.0.0.62",), ("10.0.0.6",), ())
+    assert len(runs) == 2 and discovery.neighbor_runs == 1  # once for the whole session
+    assert discovery.parsed == 2  # the dnsmasq file and vnet1's lease, once each
+
+
 def test_a_missing_server_lease_file_makes_the_state_unknown_not_empty(workdir: Workdir, tmp_path: Path) -> None:
     discovery = AddressDiscovery(workdir.root, (tmp_path / "absent.leases",), Platform("linux", run=lambda argv: "[]"))
     found = discovery.discover((Target("vm1", (VM_MAC,), False),), time.time())["vm1"]
