@@ -430,8 +430,8 @@ def _one_after_another(
     batches: Iterable[_Batch], send: Callable[[_Batch], list[_Result]], should_stop: Callable[[], bool], ahead: int = AHEAD
 ) -> Iterator[_Result]:
     """``send(batch)`` for each batch, in order, yielding each batch's results in
-    order. With more than one batch, the sends run on one helper thread, one at a
-    time, while this thread takes the next batches from ``batches`` (builds them) and
+    order. The sends run on one helper thread, one at a time (the first as soon as it
+    is built), while this thread takes the next batches from ``batches`` (builds them) and
     queues them, up to ``ahead`` waiting; results are handed over as they come, and
     this thread waits for one only when ``ahead`` are queued or nothing is left to
     build. After a batch raised, or once ``should_stop()`` (asked just before each
@@ -453,13 +453,11 @@ def _one_after_another(
     first = next(it, None)
     if first is None:
         return
-    upcoming = next(it, None)
-    if upcoming is None:  # one transaction: no helper thread
-        yield from run(first) or []
-        return
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="consul-txn")
-    queued: deque[Future[list[_Result] | None]] = deque([pool.submit(run, first)])
     try:
+        # The first goes out as soon as it is built: the next is built meanwhile.
+        queued: deque[Future[list[_Result] | None]] = deque([pool.submit(run, first)])
+        upcoming = next(it, None)
         while upcoming is not None or queued:
             if upcoming is not None and len(queued) <= ahead:
                 queued.append(pool.submit(run, upcoming))  # sent once those before it are done
