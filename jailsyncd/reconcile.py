@@ -126,10 +126,13 @@ EARLY_MIN = 32
 EARLY_PART = 32
 
 
-def _new_environments(reading: CbsdReading, observed: Observed) -> int:
-    """How many running environments of the node DB have nothing in Consul."""
+def _new_environments(reading: CbsdReading, observed: Observed, skipped: frozenset[str]) -> int:
+    """How many running environments of the node DB have nothing in Consul and were
+    not skipped by the last desired state (``skipped``: opted out, unaddressable, a
+    conflict...: those stay unregistered cycle after cycle, and must not send every
+    cycle down the path of a cold start)."""
     have = {r.jail for r in observed.owned}
-    return sum(1 for env in reading.listed if env.running and env.jname not in have)
+    return sum(1 for env in reading.listed if env.running and env.jname not in have and env.jname not in skipped)
 
 
 #: Reasons for a cycle that always read both sides (``run``): everything but the
@@ -316,7 +319,8 @@ class Reconciler:
             observed = self.store.read(owner)
             self._consul = last = ConsulRead(owner, observed, generation, self.clock())
         registered: tuple[Record, ...] = ()
-        if early and not self.settings.health.enabled and _new_environments(reading, observed) >= EARLY_MIN:
+        skipped = frozenset(k.jail for k in self._memo[1].skipped) if self._memo is not None else frozenset()
+        if early and not self.settings.health.enabled and _new_environments(reading, observed, skipped) >= EARLY_MIN:
             state, desired, registered = self._read_registering(reading, owner, observed, log if log is not None else self.log)
         else:
             state = reading.state()

@@ -337,3 +337,17 @@ def test_a_stop_while_registering_early_abandons_the_cycle(tmp_path: Path) -> No
     assert [e["remaining"] for e in events(logs, "cycle_abandoned")] == [EARLY_MIN + 3]
     stopping["after"] = 999
     assert reconciler.cycle().applied["register"] == EARLY_MIN + 3 and len(store.services) == EARLY_MIN + 8
+
+
+def test_jails_that_stay_unregistered_do_not_make_every_cycle_a_cold_start(tmp_path: Path) -> None:
+    """Running jails that are skipped cycle after cycle (no address, opted out) are
+    not new jails: after the first cycle, a change of one jail is written after
+    the read, reusing what the last cycle built, not by reading in parts."""
+    dhcp = [dataclasses.replace(j, ip4_addr="DHCP") for j in many(EARLY_MIN + 5, start=100)]
+    source, store = MemorySource(jail("a", 1), *dhcp), MemoryStore()
+    reconciler = Reconciler(settings(tmp_path), source, store)
+    assert reconciler.cycle().ok
+    first = store.streamed
+    source.set(jail("a", 1), jail("b", 2), *dhcp)
+    result = reconciler.cycle()
+    assert result.ok and result.applied["register"] == 1 and store.streamed == first
