@@ -12,7 +12,6 @@ heartbeat service). Requests go through ``transport``.
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
@@ -272,7 +271,7 @@ class ConsulCatalog(StoreBase):
 
     def _send(self, actions: Iterable[Action], should_stop: Callable[[], bool]) -> Iterator[tuple[Action, JailsyncdError | None]]:
         # Each transaction's operations are built while the one before is out.
-        batches = _batches(((a, self._ops(a)) for a in _with_pauses(actions)), MAX_TXN_OPS)
+        batches = _batches(((a, self._ops(a)) for a in actions), MAX_TXN_OPS)
         yield from _one_after_another(batches, lambda batch: list(self._txn(batch)), should_stop)
 
     def write_checks(self, writes: list[tuple[Target, str, str]]) -> Iterator[tuple[tuple[Target, str, str], JailsyncdError | None]]:
@@ -482,23 +481,6 @@ def _subject(item: Any) -> str:
     if isinstance(item, Action):
         return f"node {item.service.place} of jail {item.service.jail}"
     return f"check {item[0].check_id}"
-
-
-def _with_pauses(actions: Iterable[Action]) -> Iterator[Action]:
-    """``actions``, letting the interpreter go to another thread before each is made.
-
-    Building the actions (and, when registering while CBSD is read, reading and
-    building the environments behind them) keeps the interpreter busy on this
-    thread, while the helper thread of ``_one_after_another`` needs it for a moment
-    each time Consul answers, to hand the answer over and send the next transaction.
-    Without a pause it waits for the interpreter's switch interval (5 ms) at each of
-    those moments, several per request, and Consul idles: a transaction took 23 to
-    27 ms against a busy thread instead of 4 to 5 (measured with ``sys.getswitchinterval``
-    at its default). ``time.sleep(0)`` gives the interpreter up at once, and is taken
-    back at once when no other thread wants it (a few microseconds)."""
-    for action in actions:
-        time.sleep(0)
-        yield action
 
 
 def _batches(items: Iterable[tuple[Any, list[dict[str, Any]]]], limit: int) -> Iterator[list[tuple[Any, list[dict[str, Any]]]]]:
