@@ -216,3 +216,29 @@ def test_unreachable_consul_and_bad_config(tmp_path: Path, sample: Workdir) -> N
     proc = run_cli("once", config=bad)
     assert proc.returncode == ExitCode.CONFIG
     assert proc.stderr.strip() == f"jailsyncd: {bad}: consul.adress: unknown key (did you mean 'address'?)"
+
+
+def test_a_cold_start_of_many_jails_registers_each_once(consul: ConsulServer, tmp_path: Path, workdir: Workdir) -> None:
+    """40 new jails (more than ``EARLY_MIN``): the cycle takes the path that
+    registers while CBSD is read (the agent store sends them after the read, one
+    request each); every jail is registered once, logged once as drift and once as
+    registered, counted once, and the next cycle writes nothing. Stopped and
+    address-less jails beside them stay out."""
+    for i in range(40):
+        workdir.add(f"cold{i:02}", jid=200 + i, status=1, ip4_addr=f"127.0.12.{i + 1}")
+    workdir.add("stopped", jid=0, status=0, ip4_addr="127.0.12.100")
+    workdir.add("nowhere", jid=300, status=1, ip4_addr="0")
+    config = write_config(tmp_path / "c.toml", workdir=workdir.root, consul=consul)
+    rc, events = once(config)
+    assert rc == 0
+    assert set(consul.services()) == {f"jailsyncd-cold{i:02}" for i in range(40)}
+    registered = [e["jail"] for e in events if e["event"] == "service_registered"]
+    assert sorted(registered) == [f"cold{i:02}" for i in range(40)]
+    assert sorted(e["jail"] for e in events if e["event"] == "drift_detected") == sorted(registered)
+    # Registered as read: each jail's drift line is followed by its registration,
+    # not every drift line first and every registration after the read.
+    names = [(e["event"], e["jail"]) for e in events if e["event"] in ("drift_detected", "service_registered")]
+    assert names[:2] == [("drift_detected", "cold00"), ("service_registered", "cold00")], names[:4]
+    assert summary(events)["registered"] == 40 and summary(events)["writes"] == 40
+    rc, events = once(config)
+    assert rc == 0 and summary(events)["writes"] == 0
