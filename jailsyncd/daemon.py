@@ -83,6 +83,10 @@ def wait_event(event: threading.Event, timeout: float) -> bool:
 WATCH_MIN_GAP = 0.25
 #: The Consul watch's retry delay while Consul cannot answer doubles up to this.
 WATCH_BACKOFF_MAX = 10.0
+#: How long the start-up cycle waits for the Consul watch's first answer (its
+#: baseline), when the owner is known before it: a read of Consul made before that
+#: answer would count as stale the moment it comes, and cost one more full read.
+WATCH_BASELINE_WAIT = 1.0
 
 
 def backoff_delay(failures: int, cap: float) -> float:
@@ -136,6 +140,8 @@ class Daemon:
         self.consul_watcher: threading.Thread | None = None
         self.log = get_logger()
         self._stop = threading.Event()
+        #: The Consul watch has answered (or failed, or cannot ask yet) once.
+        self._watch_baseline = threading.Event()
         self._wanted = threading.Event()  # a cycle was asked for
         self._kicked = threading.Event()  # an explicit request: cuts a backoff short
         self._main_wake = threading.Event()
@@ -213,12 +219,14 @@ class Daemon:
         while not self._stop.is_set():
             owner = self._reconciler.owner
             if not self.settings.sync.watch_consul or not owner:
+                self._watch_baseline.set()  # nothing to wait for
                 self._stop.wait(0.5)  # off (a reload may turn it on), or before the first read
                 continue
             started = time.monotonic()
             try:
                 changed = self.watch.wait_change(owner)
             except JailsyncdError as exc:
+                self._watch_baseline.set()
                 failures += 1
                 delay = backoff_delay(failures, WATCH_BACKOFF_MAX) if exc.retryable else WATCH_BACKOFF_MAX
                 # A warning for the first failure and for each new reason (the outage
@@ -236,6 +244,7 @@ class Daemon:
             if failures:
                 self.log.info("consul_watch_recovered", failures=failures)
                 failures, last_error = 0, ""
+            self._watch_baseline.set()  # the start-up cycle may read Consul now
             if changed and not self._stop.is_set():
                 self.log.debug("consul_changed", generation=self.watch.generation)
                 if self.failures:
@@ -247,6 +256,8 @@ class Daemon:
     # -- the worker -------------------------------------------------------------
 
     def _worker(self) -> None:
+        if self.watch is not None:
+            self._watch_baseline.wait(WATCH_BASELINE_WAIT)
         while not self._stop.is_set():
             if not self._wait(self._wanted, 0.5):
                 continue

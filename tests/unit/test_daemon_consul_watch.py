@@ -120,3 +120,63 @@ def test_off_or_without_an_owner_the_watch_is_not_asked(tmp_path: Path, fast: li
     timer.start()
     run(daemon, fast)
     assert watch.calls == 0 and not daemon._wanted.is_set()
+
+
+class SlowFirstAnswer:
+    """A watch whose first answer (the baseline) comes only after ``delay``; every
+    later call blocks until the daemon stops, like a blocking query with no change."""
+
+    def __init__(self, daemon_stop: threading.Event, delay: float) -> None:
+        self.stop = daemon_stop
+        self.delay = delay
+        self.generation = 0
+        self.healthy = False
+        self.calls = 0
+
+    def wait_change(self, owner: str, timeout: float | None = None) -> bool:
+        self.calls += 1
+        if self.calls == 1:
+            self.stop.wait(self.delay)
+            self.healthy, self.generation = True, self.generation + 1
+            return True
+        self.stop.wait(5)
+        return False
+
+
+def test_the_start_up_cycle_reads_consul_after_the_watch_s_first_answer(tmp_path: Path) -> None:
+    """With the owner known at start (host.name), the start-up cycle waits (up to
+    WATCH_BASELINE_WAIT) for the watch's first answer, its baseline, before it reads
+    Consul: a read made before it would be taken as stale the moment the answer
+    comes, and the next cycle would read everything again instead of being skipped."""
+    from memory import MemorySource, MemoryStore, jail
+
+    from jailsyncd.reconcile import Reconciler
+
+    s = settings()
+    source, store = MemorySource(jail("a", 1)), MemoryStore()
+    watch = None
+
+    def make(st: Settings, stop: object) -> Reconciler:
+        return Reconciler(st, source, store, should_stop=stop, watch=watch)  # type: ignore[arg-type]
+
+    daemon = Daemon(s, make, lambda: s)
+    watch = daemon.watch = SlowFirstAnswer(daemon._stop, 0.3)
+    daemon._reconciler = make(s, daemon._stop.is_set)
+    threads = [threading.Thread(target=daemon._worker), threading.Thread(target=daemon._consul_watch)]
+    for t in threads:
+        t.start()
+    daemon.request("startup")
+    try:
+        deadline = threading.Event()
+        for _ in range(100):  # poll up to 5 s for the start-up cycle
+            if daemon._reconciler._consul is not None:
+                break
+            deadline.wait(0.05)
+        read = daemon._reconciler._consul
+        assert read is not None, "the start-up cycle did not run"
+        assert read.generation == 1, "Consul was read before the watch's baseline answer"
+    finally:
+        daemon._stop.set()
+        daemon._wanted.set()
+        for t in threads:
+            t.join(6)
