@@ -188,15 +188,12 @@ def test_sigkill_during_run_the_daemon_waits_and_converges(agent: Agent, tmp_pat
 # -- Consul that does not answer, or is not Consul --------------------------------------
 
 
-class Listener:
-    """A TCP server on 127.0.0.1 that accepts connections and then says nothing
-    (``hang``), or answers every request with ``{}`` but trickles the first answer's
-    body (``trickle``) or its whole answer, status line and headers included
-    (``trickle-head``), one byte every ``delay`` seconds. Bounded: it stops at teardown."""
+class LoopbackServer:
+    """A TCP server on 127.0.0.1 whose thread hands each accepted connection to
+    ``take``; ``close`` stops it and closes every connection in ``conns``. Bounded:
+    each test closes it at teardown."""
 
-    def __init__(self, mode: str, delay: float = 0.5) -> None:
-        self.mode = mode
-        self.delay = delay
+    def __init__(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.conns: list[socket.socket] = []
@@ -209,9 +206,33 @@ class Listener:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            self.conns.append(conn)
-            if self.mode.startswith("trickle"):
-                threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+            self.take(conn)
+
+    def take(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+class Listener(LoopbackServer):
+    """Accepts connections and then says nothing (``hang``), or answers every request
+    with ``{}`` but trickles the first answer's body (``trickle``) or its whole
+    answer, status line and headers included (``trickle-head``), one byte every
+    ``delay`` seconds."""
+
+    def __init__(self, mode: str, delay: float = 0.5) -> None:
+        self.mode = mode
+        self.delay = delay
+        super().__init__()
+
+    def take(self, conn: socket.socket) -> None:
+        self.conns.append(conn)
+        if self.mode.startswith("trickle"):
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
 
     def _trickle(self, conn: socket.socket) -> None:
         body = b"{" + b" " * 10 + b"}"
@@ -229,12 +250,6 @@ class Listener:
                 first = False
         except OSError:
             return
-
-    def close(self) -> None:
-        self.stopped.set()
-        self.sock.close()
-        for conn in self.conns:
-            conn.close()
 
 
 def timeout_config(tmp_path: Path, workdir: Workdir, port: int) -> Path:
@@ -280,9 +295,9 @@ def test_a_trickling_answer_is_cut_at_the_timeout(tmp_path: Path, workdir: Workd
     assert elapsed < 8
 
 
-class TrickleRelay:
-    """A TCP relay on 127.0.0.1 in front of a real Consul: requests pass at once, and
-    while ``slow`` is set every answer comes back one byte every ``delay`` seconds (a
+class TrickleRelay(LoopbackServer):
+    """A TCP relay in front of a real Consul: requests pass at once, and while
+    ``slow`` is set every answer comes back one byte every ``delay`` seconds (a
     congested or lossy link, a proxy buffering badly); cleared, answers pass at once.
     Bounded: every thread stops at ``close``."""
 
@@ -290,27 +305,18 @@ class TrickleRelay:
         self.target_port = target_port
         self.delay = delay
         self.slow = threading.Event()
-        self.stopped = threading.Event()
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            self.conns += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+    def take(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        self.conns += [client, upstream]
+        threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+        threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
 
     def _pump(self, source: socket.socket, sink: socket.socket, answers: bool) -> None:
         try:
@@ -333,12 +339,6 @@ class TrickleRelay:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
-
-    def close(self) -> None:
-        self.stopped.set()
-        self.sock.close()
-        for conn in self.conns:
-            conn.close()
 
 
 def test_a_real_consuls_answer_trickled_by_the_link_is_cut_at_the_timeout(consul: ConsulServer, tmp_path: Path, workdir: Workdir, start_daemon) -> None:
