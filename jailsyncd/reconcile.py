@@ -46,7 +46,7 @@ from jailsyncd.errors import JailsyncdError, SourceError
 from jailsyncd.health import retargeted, with_ttl
 from jailsyncd.leases import Discovered, Target, targets
 from jailsyncd.logs import get_logger
-from jailsyncd.model import Action, CbsdState, Confirmation, Desired, Observed, Pending, Plan, Record, Startup
+from jailsyncd.model import Action, CbsdState, Confirmation, Desired, Environment, Observed, Pending, Plan, Record, Startup
 from jailsyncd.plan import autostart_stopped, field_changes, frees_first, purge_plan, track_burst
 from jailsyncd.plan import plan as make_plan
 from jailsyncd.ports import AddressFinder, CbsdReader, CbsdReading, ConsulStore, ConsulWatch
@@ -346,17 +346,28 @@ class Reconciler:
         # Let the old state and desired state go before the new one is built: at
         # thousands of jails both at once would raise the peak memory by ~10 MB.
         self._memo = None
-        desired = build_desired(
+        desired = without_reserved_names(self.store.records(self._build(state, owner, discovered), self.settings))
+        self._memo = (state, desired, discovered)
+        return desired
+
+    def _build(self, state: CbsdState, owner: str, discovered: dict[str, Discovered], naming: Naming | None = None) -> Desired:
+        """``build_desired`` with this reconciler's settings (``naming``: for a part of
+        the table, the names settled over all of it)."""
+        return build_desired(
             state,
             owner=owner,
             rules=self.settings.rules,
             prefer_ipv6=self.settings.sync.prefer_ipv6,
             health=self.settings.health if self.settings.health.enabled else None,
             discovered=discovered,
+            naming=naming,
         )
-        desired = without_reserved_names(self.store.records(desired, self.settings))
-        self._memo = (state, desired, discovered)
-        return desired
+
+    def _targets(self, environments: Sequence[Environment], unreadable: Sequence[tuple[str, str]]) -> tuple[Target, ...]:
+        """The environments address discovery is asked about: those CBSD gives no
+        address, but not those whose own data could not be read."""
+        lost = dict(unreadable)
+        return tuple(t for t in targets(environments, self.settings.rules) if t.jname not in lost)
 
     def _read_registering(self, reading: CbsdReading, owner: str, observed: Observed, log: Any) -> tuple[CbsdState, Desired, tuple[Record, ...]]:
         """Read the rest of CBSD part by part (``EARLY_PART`` environments, in jname
@@ -386,18 +397,10 @@ class Reconciler:
             for environments, unreadable in reading.parts(EARLY_PART):
                 found: dict[str, Discovered] = {}
                 if finding is not None:
-                    lost = dict(unreadable)
-                    wanted = tuple(t for t in targets(environments, self.settings.rules) if t.jname not in lost)
+                    wanted = self._targets(environments, unreadable)
                     found = finding.discover(wanted) if wanted else {}
                     discovered.update(found)
-                part = build_desired(
-                    CbsdState(reading.nodename, environments, unreadable),
-                    owner=owner,
-                    rules=self.settings.rules,
-                    prefer_ipv6=self.settings.sync.prefer_ipv6,
-                    discovered=found,
-                    naming=naming,
-                )
+                part = self._build(CbsdState(reading.nodename, environments, unreadable), owner, found, naming)
                 part = self.store.records(part, self.settings, taken=taken)
                 # Before the reserved names go: as in one build, their places are taken.
                 taken.update((r.place, r.jail) for r in part.records if r.place)
@@ -414,9 +417,8 @@ class Reconciler:
             if error is None:
                 svc = act.service
                 registered.append(svc)
-                extra = {"node": svc.place} if svc.place else {}
-                log.info(events.DRIFT_DETECTED, kind="missing", jail=svc.jail, service_id=svc.service_id, service=svc.name, address=svc.address)
-                log.info(events.APPLIED["register"], jail=svc.jail, service_id=svc.service_id, service=svc.name, address=svc.address, **extra)
+                _log_missing(log, svc)
+                log.info(events.APPLIED["register"], jail=svc.jail, service_id=svc.service_id, **_registered(svc))
         for _ in actions:  # stopped early (the daemon stops): read the rest, write nothing more
             pass
         if finding is not None:
@@ -503,9 +505,9 @@ class Reconciler:
                 continue
             registered.update(dict(act.statuses))
             extra: dict[str, Any] = (
-                {"fields": fields[svc.service_id]} if act.kind == "update" else {"service": svc.name, "address": svc.address} if act.kind == "register" else {}
+                _registered(svc) if act.kind == "register" else {"fields": fields[svc.service_id]} if act.kind == "update" else {}
             )
-            if svc.place:
+            if svc.place and act.kind != "register":
                 extra["node"] = svc.place
             if svc.is_self:
                 log.info(f"heartbeat_service_{events.APPLIED[act.kind].removeprefix('service_')}", service_id=svc.service_id, **extra)
@@ -634,8 +636,7 @@ class Reconciler:
         """Addresses for the environments that need them (none: nothing is read)."""
         if self.discovery is None:
             return {}
-        unreadable = dict(state.unreadable)
-        wanted = tuple(t for t in targets(state.environments, self.settings.rules) if t.jname not in unreadable)
+        wanted = self._targets(state.environments, state.unreadable)
         if not wanted:
             return {}
         found = self.discovery.discover(wanted, self.wall())
@@ -660,7 +661,7 @@ class Reconciler:
         # The heartbeat service is not a jail: its own writes are logged by _apply.
         for svc in plan.register:
             if not svc.is_self and svc.service_id not in logged:
-                log.info(events.DRIFT_DETECTED, kind="missing", jail=svc.jail, service_id=svc.service_id, service=svc.name, address=svc.address)
+                _log_missing(log, svc)
         for upd in plan.update:
             if not upd.new.is_self:
                 log.info(events.DRIFT_DETECTED, kind="changed", jail=upd.new.jail, service_id=upd.new.service_id, fields=field_changes(upd))
@@ -749,6 +750,17 @@ class Reconciler:
             bytes_read=result.bytes_read,
             duration_ms=round(result.duration * 1000, 1),
         )
+
+
+def _log_missing(log: Any, svc: Record) -> None:
+    """The drift line of a service Consul lacks (logged when planned, or when it is
+    registered while CBSD is read)."""
+    log.info(events.DRIFT_DETECTED, kind="missing", jail=svc.jail, service_id=svc.service_id, service=svc.name, address=svc.address)
+
+
+def _registered(svc: Record) -> dict[str, Any]:
+    """The keys of a ``service_registered`` line beside ``jail`` and ``service_id``."""
+    return {"service": svc.name, "address": svc.address, **({"node": svc.place} if svc.place else {})}
 
 
 def health_services(desired: Desired, observed: Observed, plan: Plan, failed: set[str]) -> tuple[Record, ...]:
