@@ -1,6 +1,6 @@
 """Where a cold converge spends its time, part by part (issue 13, target 4).
 
-    .venv/bin/python bench/cold_parts.py [N] [--mode catalog|agent] [--runs 3]
+    .venv/bin/python bench/cold_parts.py [N] [--mode catalog|agent] [--runs 3] [--after-read]
 
 Builds the bench workload of N environments (``workload.build``), then per run: an
 empty dev Consul on loopback, jailsyncd's first cycle in this process (built as
@@ -91,11 +91,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("n", nargs="?", type=int, default=5000)
     p.add_argument("--mode", choices=("catalog", "agent"), default="catalog")
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--after-read", action="store_true", help="register only after the whole read (reconcile.EARLY_MIN out of reach), for an A/B")
     a = p.parse_args(argv)
+    if a.after_read:
+        reconcile.EARLY_MIN = 1 << 30
     opts = bench.Options(consul_bin=bench.consul_binary())
     tmp = Path(tempfile.mkdtemp(prefix="jailsyncd-coldparts-"))
     load = workload.build(tmp / "workdir", a.n)
-    print(f"cold converge, N = {a.n:,}, {a.mode} mode, health off (ms)\n")
+    how = "registering after the whole read" if a.after_read else "registering while reading"
+    print(f"cold converge, N = {a.n:,}, {a.mode} mode, health off, {how} (ms)\n")
     print("| run | total | CPU | " + " | ".join(PARTS) + " | transport alone | tight client |")
     print("|" + "---|" * (len(PARTS) + 5))
     for i in range(a.runs):
