@@ -103,16 +103,15 @@ class ConsulStore(Protocol):
         to their jails."""
         ...
 
-    def read(self, owner: str, places: frozenset[str] = frozenset()) -> Observed:
-        """What ``owner`` holds, as records; also which of ``places`` (the places of
-        the records this cycle wants: catalog mode's node names) exist and are not
-        ours."""
+    def read(self, owner: str) -> Observed:
+        """What ``owner`` holds, as records (``places_taken`` tells which other
+        places are someone else's)."""
         ...
 
     def places_taken(self, places: frozenset[str]) -> frozenset[str]:
-        """Which of ``places`` exist and are not ours, asked alone (what ``read``
-        tells in ``foreign_places``): a cycle that reuses the last read asks only
-        for the places it did not cover (a new jail's node name)."""
+        """Which of ``places`` exist and are not ours (``Observed.foreign_places``):
+        asked after each read for the places the cycle wants that no record of ours
+        holds, so that a clash is a ``conflict`` before the write."""
         ...
 
     def settle(self, desired: Desired, observed: Observed, *, standalone: bool, settings: Settings) -> tuple[Desired, bool]:

@@ -122,7 +122,7 @@ class MemoryStore:
     def records(desired: Desired, settings: Settings, *, taken: Mapping[str, str] | None = None) -> Desired:
         return replace(desired, records=tuple(record(s) for s in desired.services))
 
-    def read(self, owner: str, places: frozenset[str] = frozenset()) -> Observed:
+    def read(self, owner: str) -> Observed:
         self.requests += 1
         owned = tuple(s for s in sorted(self.services.values(), key=lambda s: s.service_id) if s.owner == owner)
         return Observed(owned)

@@ -59,10 +59,9 @@ class ConsulAgent(StoreBase):
         """Agent mode has no places (node names): nothing to look up."""
         return frozenset()
 
-    def read(self, owner: str, places: frozenset[str] = frozenset()) -> Observed:
+    def read(self, owner: str) -> Observed:
         """Every service and check on the agent in two requests, whatever their number;
-        keep ours, and note foreign IDs that look like ours (agent records have no
-        ``places``)."""
+        keep ours, and note foreign IDs that look like ours."""
         services, services_digest = self._call("GET", "/v1/agent/services", _text_and_digest)
         checks, checks_digest = self._call("GET", "/v1/agent/checks", _text_and_digest)
         try:

@@ -74,9 +74,8 @@ class ConsulCatalog(StoreBase):
         #: False once Consul answered 404 to /v1/catalog/node-services (before 1.7).
         self._node_services_endpoint = True
 
-    def read(self, owner: str, places: frozenset[str] = frozenset()) -> Observed:
-        """Our nodes with their services and checks, and which of ``places`` (the
-        node names this cycle wants) exist without being ours. Only public endpoints,
+    def read(self, owner: str) -> Observed:
+        """Our nodes with their services and checks. Only public endpoints,
         answered by any server (``?stale``), and what is read depends on this host's
         jails only, never on the size of the cluster (docs/scaling.md):
 
@@ -86,10 +85,10 @@ class ConsulCatalog(StoreBase):
            the ID taken from the node meta ``jailsyncd-service-id``; a node without it
            (written by an older jailsyncd) or a get that fails (a service changed by
            hand) is read alone (``/v1/catalog/node-services/<node>``, Consul >= 1.7,
-           else ``/v1/catalog/node/<node>``);
-        4. only when a wanted node is not ours: ``PUT /v1/txn`` with one read-only
-           ``Node get`` per name (64 per request; ``_taken``), to report a clash as
-           a conflict before the ``cas`` create (which refuses it anyway).
+           else ``/v1/catalog/node/<node>``).
+
+        Whether the node names a cycle wants are taken is asked apart, after the
+        read (``places_taken``).
 
         A stale answer can lag the leader by a few milliseconds: the next cycle then
         repeats a write that is idempotent (``set``, ``delete``) or refused (``cas``),
@@ -126,9 +125,8 @@ class ConsulCatalog(StoreBase):
                 # read as the jail's service with nothing in it, so that the jail's
                 # service is written back on it, or the node removed.
                 owned.append(record_from_catalog(ours[name], {"ID": sid}, node_checks, share=share))
-        foreign = self._taken(sorted(set(places) - set(ours)))
         self._status = {check_id: (st, out) for check_id, st, out in status}
-        return Observed(owned=tuple(sorted(owned, key=lambda s: s.service_id)), foreign_places=foreign, check_status=tuple(sorted(status)))
+        return Observed(owned=tuple(sorted(owned, key=lambda s: s.service_id)), check_status=tuple(sorted(status)))
 
     def watch_query(self) -> CatalogWatch:
         """What the Consul watch blocks on in catalog mode (``watch.ConsulChangeFeed``)."""
